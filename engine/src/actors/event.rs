@@ -1,0 +1,631 @@
+//! The event actor: one per event per node. It owns the seat statuses in
+//! memory, decides a batch of requests, and commits the batch to the hot
+//! store with one call. Decisions are plain methods on [`EventState`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Mailbox;
+use crate::domain::{EventInfo, Fen, Id, OrderStatus, SeatIdx};
+use crate::error::EngineError;
+use crate::views::OrderView;
+use crate::store::{Attendee, EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState};
+
+/// In-memory state of one event.
+pub struct EventState {
+    /// Definition and seat map, shared read-only.
+    info: Arc<EventInfo>,
+    /// Status of every seat, by seat index.
+    seats: Vec<SeatState>,
+    /// Free seats per row (all categories): lets the search skip full rows.
+    row_free: Vec<u32>,
+    /// Free seats per category id: answers sold out without a scan.
+    free_by_category: HashMap<String, u32>,
+    /// Live holds (orders in `pending_payment`).
+    holds: HashMap<Id, HotOrder>,
+    /// Paid orders: their seats are sold.
+    paid: HashMap<Id, PaidOrder>,
+    /// Seats held or bought per user, for the per-user limit.
+    user_seats: HashMap<String, u32>,
+}
+
+/// Which seats a buyer asks for.
+#[derive(Clone, Debug)]
+pub enum Selection {
+    Named(Vec<String>),
+    Category { category: String, quantity: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct HoldRequest {
+    pub order_id: Id,
+    pub user_id: String,
+    pub selection: Selection,
+    pub attendees: Vec<Attendee>,
+    pub now_ms: u64,
+}
+
+/// Why an order is being released.
+#[derive(Clone, Debug)]
+pub enum ReleaseReason {
+    /// The buyer (or an admin, `user_id = None`) cancels.
+    Cancel { user_id: Option<String> },
+    /// The hold's time ran out; refused before `expires_at_ms`.
+    Expire,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CategoryView {
+    pub id: String,
+    pub name: String,
+    pub price: Fen,
+    pub remaining: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SeatView {
+    pub seat_id: String,
+    pub section: String,
+    pub row: u32,
+    pub col: u32,
+    pub category: String,
+    pub status: &'static str,
+}
+
+impl EventState {
+    pub fn from_snapshot(s: EventSnapshot) -> Self {
+        let map = &s.info.map;
+        let mut row_free = vec![0u32; map.row_count()];
+        let mut free_by_category: HashMap<String, u32> =
+            s.info.def.categories.iter().map(|c| (c.id.clone(), 0)).collect();
+        for (i, st) in s.seats.iter().enumerate() {
+            if *st == SeatState::Available {
+                row_free[map.row_of(i as SeatIdx) as usize] += 1;
+                *free_by_category.entry(map.seat(i as SeatIdx).category.clone()).or_default() += 1;
+            }
+        }
+        let mut user_seats: HashMap<String, u32> = HashMap::new();
+        for o in s.holds.values() {
+            *user_seats.entry(o.user_id.clone()).or_default() += o.seats.len() as u32;
+        }
+        for p in s.paid.values() {
+            *user_seats.entry(p.user_id.clone()).or_default() += p.seats.len() as u32;
+        }
+        EventState {
+            info: s.info,
+            seats: s.seats,
+            row_free,
+            free_by_category,
+            holds: s.holds,
+            paid: s.paid,
+            user_seats,
+        }
+    }
+
+    pub fn info(&self) -> &Arc<EventInfo> {
+        &self.info
+    }
+
+    fn set(&mut self, seat: SeatIdx, to: SeatState) {
+        let was_free = self.seats[seat as usize] == SeatState::Available;
+        let now_free = to == SeatState::Available;
+        if was_free != now_free {
+            let row = self.info.map.row_of(seat) as usize;
+            let cat = &self.info.map.seat(seat).category;
+            let counter = self.free_by_category.entry(cat.clone()).or_default();
+            if now_free {
+                self.row_free[row] += 1;
+                *counter += 1;
+            } else {
+                self.row_free[row] -= 1;
+                *counter -= 1;
+            }
+        }
+        self.seats[seat as usize] = to;
+    }
+
+    /// Decides a hold and applies it to memory. The caller commits it.
+    pub fn decide_hold(&mut self, req: &HoldRequest) -> Result<HotOrder, EngineError> {
+        let limits = self.info.def.limits;
+        let quantity = match &req.selection {
+            Selection::Named(seats) => seats.len() as u32,
+            Selection::Category { quantity, .. } => *quantity,
+        };
+        if quantity == 0 {
+            return Err(EngineError::Invalid("quantity must be at least 1".into()));
+        }
+        if quantity > limits.per_order {
+            return Err(EngineError::LimitExceeded { which: "per_order", max: limits.per_order });
+        }
+        let seats: Vec<SeatIdx> = match &req.selection {
+            Selection::Named(labels) => {
+                let mut idx = Vec::with_capacity(labels.len());
+                for l in labels {
+                    let i = self
+                        .info
+                        .map
+                        .index_of(l)
+                        .ok_or_else(|| EngineError::Invalid(format!("unknown seat {l}")))?;
+                    if idx.contains(&i) {
+                        return Err(EngineError::Invalid(format!("seat {l} named twice")));
+                    }
+                    idx.push(i);
+                }
+                let taken: Vec<String> = idx
+                    .iter()
+                    .filter(|i| self.seats[**i as usize] != SeatState::Available)
+                    .map(|i| self.info.map.seat(*i).label())
+                    .collect();
+                if !taken.is_empty() {
+                    return Err(EngineError::SeatUnavailable(taken));
+                }
+                idx
+            }
+            Selection::Category { category, quantity } => {
+                let free = *self
+                    .free_by_category
+                    .get(category)
+                    .ok_or_else(|| EngineError::Invalid(format!("unknown category {category}")))?;
+                if free < *quantity {
+                    return Err(EngineError::SoldOut { category: category.clone(), remaining: free });
+                }
+                let seats = &self.seats;
+                self.info
+                    .map
+                    .find_adjacent(category, *quantity, |s| seats[s as usize] == SeatState::Available, &self.row_free)
+                    .ok_or_else(|| EngineError::NoAdjacentSeats { category: category.clone(), quantity: *quantity })?
+            }
+        };
+        let owned = self.user_seats.get(&req.user_id).copied().unwrap_or(0);
+        if owned + quantity > limits.per_user {
+            return Err(EngineError::LimitExceeded { which: "per_user", max: limits.per_user });
+        }
+        let amount = Fen::new(
+            seats
+                .iter()
+                .map(|s| self.info.price_of(&self.info.map.seat(*s).category).get())
+                .sum(),
+        );
+        let order = HotOrder {
+            order_id: req.order_id,
+            event_id: self.info.def.event_id,
+            user_id: req.user_id.clone(),
+            seats,
+            amount,
+            created_at_ms: req.now_ms,
+            expires_at_ms: req.now_ms + u64::from(self.info.def.hold_ttl_s) * 1000,
+            attendees: req.attendees.clone(),
+        };
+        for s in &order.seats {
+            self.set(*s, SeatState::Held(order.order_id));
+        }
+        *self.user_seats.entry(order.user_id.clone()).or_default() += quantity;
+        self.holds.insert(order.order_id, order.clone());
+        Ok(order)
+    }
+
+    /// Decides to release a live hold (cancel or expiry) and frees its seats.
+    pub fn decide_release(&mut self, order_id: Id, why: &ReleaseReason, now_ms: u64) -> Result<HotOrder, EngineError> {
+        let Some(order) = self.holds.get(&order_id) else {
+            return Err(match self.paid.get(&order_id) {
+                Some(_) => EngineError::OrderNotPending { status: OrderStatus::Paid },
+                None => EngineError::NotFound("order"),
+            });
+        };
+        match why {
+            ReleaseReason::Cancel { user_id: Some(u) } if *u != order.user_id => {
+                return Err(EngineError::NotFound("order"))
+            }
+            ReleaseReason::Expire if now_ms < order.expires_at_ms => {
+                return Err(EngineError::Invalid("hold is not due to expire yet".into()))
+            }
+            _ => {}
+        }
+        let order = self.holds.remove(&order_id).ok_or(EngineError::NotFound("order"))?;
+        for s in &order.seats {
+            self.set(*s, SeatState::Available);
+        }
+        if let Some(n) = self.user_seats.get_mut(&order.user_id) {
+            *n = n.saturating_sub(order.seats.len() as u32);
+        }
+        Ok(order)
+    }
+
+    /// Decides that a live hold is paid: its seats become sold.
+    pub fn decide_confirm(&mut self, order_id: Id) -> Result<HotOrder, EngineError> {
+        let order = self.holds.remove(&order_id).ok_or(match self.paid.contains_key(&order_id) {
+            true => EngineError::OrderNotPending { status: OrderStatus::Paid },
+            false => EngineError::NotFound("order"),
+        })?;
+        for s in &order.seats {
+            self.set(*s, SeatState::Sold(order.order_id));
+        }
+        self.paid.insert(order.order_id, PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() });
+        Ok(order)
+    }
+
+    pub fn categories(&self) -> Vec<CategoryView> {
+        self.info
+            .def
+            .categories
+            .iter()
+            .map(|c| CategoryView {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                price: c.price,
+                remaining: self.free_by_category.get(&c.id).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    pub fn seat_views(&self, section: Option<&str>) -> Vec<SeatView> {
+        self.info
+            .map
+            .seats()
+            .iter()
+            .zip(&self.seats)
+            .filter(|(d, _)| section.is_none_or(|s| d.section == s))
+            .map(|(d, st)| SeatView {
+                seat_id: d.label(),
+                section: d.section.clone(),
+                row: d.row,
+                col: d.col,
+                category: d.category.clone(),
+                status: match st {
+                    SeatState::Available => "available",
+                    SeatState::Held(_) => "held",
+                    SeatState::Sold(_) => "sold",
+                },
+            })
+            .collect()
+    }
+
+    /// Checks the invariants that must hold after every batch.
+    pub fn check_invariants(&self) {
+        let held: usize = self.holds.values().map(|o| o.seats.len()).sum();
+        let sold: usize = self.paid.values().map(|o| o.seats.len()).sum();
+        let free = self.seats.iter().filter(|s| **s == SeatState::Available).count();
+        assert_eq!(held + sold + free, self.seats.len(), "seats held + sold + free != capacity");
+        assert_eq!(free as u32, self.row_free.iter().sum::<u32>(), "row counters drifted");
+    }
+}
+
+pub enum EventMsg {
+    Hold(HoldRequest, oneshot::Sender<Result<OrderView, EngineError>>),
+    Release {
+        order_id: Id,
+        why: ReleaseReason,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<OrderView, EngineError>>,
+    },
+    Confirm {
+        order_id: Id,
+        reply: oneshot::Sender<Result<OrderView, EngineError>>,
+    },
+    View(oneshot::Sender<Vec<CategoryView>>),
+    Seats {
+        section: Option<String>,
+        reply: oneshot::Sender<Vec<SeatView>>,
+    },
+}
+
+type Reply = oneshot::Sender<Result<OrderView, EngineError>>;
+
+/// A decision waiting for its commit.
+struct Pending {
+    reply: Reply,
+    order: HotOrder,
+    /// The order's status once committed.
+    status: OrderStatus,
+    /// What to answer if the store rejects the op (a stale view).
+    on_reject: fn(&HotOrder, &EventInfo) -> EngineError,
+}
+
+/// Runs the actor until its mailbox closes or it has been idle too long.
+pub async fn run(
+    mut state: EventState,
+    mut rx: mpsc::Receiver<EventMsg>,
+    store: Arc<dyn HotStore>,
+    mailbox: Mailbox,
+) {
+    let event_id = state.info.def.event_id;
+    let mut buf = Vec::with_capacity(mailbox.batch_len_max);
+    loop {
+        let got = tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await;
+        match got {
+            Ok(0) => break,
+            Ok(n) => mailbox.received(n),
+            Err(_) => {
+                // Idle: refuse new messages, finish what is queued, then stop.
+                rx.close();
+                continue;
+            }
+        }
+        let now_ms = crate::domain::now_unix_ms();
+        let mut ops = Vec::with_capacity(buf.len());
+        let mut pending: Vec<Pending> = Vec::with_capacity(buf.len());
+        let mut reads = Vec::new();
+        for msg in buf.drain(..) {
+            match msg {
+                EventMsg::Hold(req, reply) => match state.decide_hold(&req) {
+                    Ok(order) => {
+                        ops.push(SeatOp::Hold(order.clone()));
+                        pending.push(Pending {
+                            reply,
+                            order,
+                            status: OrderStatus::PendingPayment,
+                            on_reject: |o, info| {
+                                EngineError::SeatUnavailable(o.seats.iter().map(|s| info.map.seat(*s).label()).collect())
+                            },
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                EventMsg::Release { order_id, why, now_ms, reply } => {
+                    match state.decide_release(order_id, &why, now_ms) {
+                        Ok(order) => {
+                            let status = match why {
+                                ReleaseReason::Cancel { .. } => OrderStatus::Cancelled,
+                                ReleaseReason::Expire => OrderStatus::Expired,
+                            };
+                            ops.push(SeatOp::Release { order_id, status });
+                            pending.push(Pending {
+                                reply,
+                                order,
+                                status,
+                                on_reject: |_, _| EngineError::NotFound("order"),
+                            });
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                EventMsg::Confirm { order_id, reply } => match state.decide_confirm(order_id) {
+                    Ok(order) => {
+                        ops.push(SeatOp::Confirm { order_id });
+                        pending.push(Pending {
+                            reply,
+                            order,
+                            status: OrderStatus::Paid,
+                            on_reject: |_, _| EngineError::NotFound("order"),
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                other => reads.push(other),
+            }
+        }
+        if !ops.is_empty() {
+            match store.apply_seats(event_id, &ops, now_ms).await {
+                Ok(outcomes) => {
+                    let mut stale = false;
+                    let info = state.info.clone();
+                    for (p, outcome) in pending.into_iter().zip(outcomes) {
+                        let answer = match outcome {
+                            OpOutcome::Applied => Ok(OrderView::from_hot(&p.order, &info, p.status)),
+                            OpOutcome::Rejected => {
+                                stale = true;
+                                Err((p.on_reject)(&p.order, &info))
+                            }
+                        };
+                        let _ = p.reply.send(answer);
+                    }
+                    if stale {
+                        // Another writer got there first: our memory is
+                        // wrong, so take the store's truth.
+                        tracing::warn!(%event_id, "hot store rejected a decision; reloading");
+                        match reload(&store, event_id).await {
+                            Some(s) => state = s,
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%event_id, error = %e, "seat batch failed");
+                    for p in pending {
+                        let _ = p.reply.send(Err(EngineError::StoreUnavailable));
+                    }
+                    // Memory holds decisions that never committed.
+                    match reload(&store, event_id).await {
+                        Some(s) => state = s,
+                        None => break,
+                    }
+                }
+            }
+            state.check_invariants();
+        }
+        for r in reads {
+            match r {
+                EventMsg::View(reply) => {
+                    let _ = reply.send(state.categories());
+                }
+                EventMsg::Seats { section, reply } => {
+                    let _ = reply.send(state.seat_views(section.as_deref()));
+                }
+                _ => {}
+            }
+        }
+    }
+    mailbox.stopped();
+}
+
+async fn reload(store: &Arc<dyn HotStore>, event_id: Id) -> Option<EventState> {
+    match store.load_event(event_id).await {
+        Ok(Some(s)) => Some(EventState::from_snapshot(s)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%event_id, error = %e, "reload failed; actor stops");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Category, EventDef, Limits, SectionLayout, SeatMap};
+    use proptest::prelude::*;
+
+    fn state(rows: u32, cols: u32, per_user: u32) -> EventState {
+        let seats = SeatMap::from_layout(
+            &[SectionLayout { name: "A".into(), rows, cols, category: "std".into() }],
+            &["std"],
+            100_000,
+        )
+        .unwrap()
+        .seats()
+        .to_vec();
+        let def = EventDef {
+            event_id: Id::from_raw(1).unwrap(),
+            name: "e".into(),
+            venue: "v".into(),
+            starts_at: chrono::Utc::now(),
+            hold_ttl_s: 60,
+            limits: Limits { per_order: 6, per_user },
+            categories: vec![Category { id: "std".into(), name: "Std".into(), price: Fen::new(100) }],
+            seats,
+        };
+        let info = EventInfo::build(def, 100_000).unwrap();
+        let n = info.map.len();
+        EventState::from_snapshot(EventSnapshot {
+            info,
+            seats: vec![SeatState::Available; n],
+            holds: HashMap::new(),
+            paid: HashMap::new(),
+        })
+    }
+
+    fn req(order: i64, user: &str, sel: Selection) -> HoldRequest {
+        HoldRequest { order_id: Id::from_raw(order).unwrap(), user_id: user.into(), selection: sel, attendees: vec![], now_ms: 1000 }
+    }
+
+    fn cat(q: u32) -> Selection {
+        Selection::Category { category: "std".into(), quantity: q }
+    }
+
+    #[test]
+    fn holding_a_held_seat_is_refused() {
+        let mut s = state(1, 4, 6);
+        s.decide_hold(&req(1, "a", Selection::Named(vec!["A-1-2".into()]))).unwrap();
+        let err = s.decide_hold(&req(2, "b", Selection::Named(vec!["A-1-2".into(), "A-1-3".into()]))).unwrap_err();
+        assert!(matches!(err, EngineError::SeatUnavailable(ref v) if v == &vec!["A-1-2".to_string()]));
+    }
+
+    #[test]
+    fn a_category_hold_beyond_the_free_seats_is_sold_out() {
+        let mut s = state(1, 2, 6);
+        s.decide_hold(&req(1, "a", cat(2))).unwrap();
+        assert!(matches!(s.decide_hold(&req(2, "b", cat(1))), Err(EngineError::SoldOut { remaining: 0, .. })));
+    }
+
+    #[test]
+    fn per_order_and_per_user_limits_are_enforced() {
+        let mut s = state(2, 10, 3);
+        assert!(matches!(s.decide_hold(&req(1, "a", cat(7))), Err(EngineError::LimitExceeded { which: "per_order", .. })));
+        s.decide_hold(&req(2, "a", cat(2))).unwrap();
+        assert!(matches!(s.decide_hold(&req(3, "a", cat(2))), Err(EngineError::LimitExceeded { which: "per_user", .. })));
+        // Cancelling gives the allowance back.
+        s.decide_release(Id::from_raw(2).unwrap(), &ReleaseReason::Cancel { user_id: Some("a".into()) }, 1000).unwrap();
+        s.decide_hold(&req(4, "a", cat(3))).unwrap();
+    }
+
+    #[test]
+    fn cancel_by_another_user_is_not_found_and_expiry_waits_for_the_deadline() {
+        let mut s = state(1, 4, 6);
+        let o = s.decide_hold(&req(1, "a", cat(1))).unwrap();
+        assert!(matches!(
+            s.decide_release(o.order_id, &ReleaseReason::Cancel { user_id: Some("b".into()) }, 1000),
+            Err(EngineError::NotFound("order"))
+        ));
+        assert!(s.decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms - 1).is_err());
+        s.decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms).unwrap();
+        assert_eq!(s.categories()[0].remaining, 4);
+    }
+
+    #[test]
+    fn a_paid_order_cannot_be_cancelled() {
+        let mut s = state(1, 4, 6);
+        let o = s.decide_hold(&req(1, "a", cat(2))).unwrap();
+        s.decide_confirm(o.order_id).unwrap();
+        assert!(matches!(
+            s.decide_release(o.order_id, &ReleaseReason::Cancel { user_id: None }, 1000),
+            Err(EngineError::OrderNotPending { status: OrderStatus::Paid })
+        ));
+        assert_eq!(s.seat_views(None).iter().filter(|v| v.status == "sold").count(), 2);
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Named(String, Vec<u32>),
+        Cat(String, u32),
+        Cancel(usize),
+        Expire(usize),
+        Confirm(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let user = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(String::from);
+        prop_oneof![
+            (user.clone(), prop::collection::vec(1u32..=8, 1..4)).prop_map(|(u, c)| Op::Named(u, c)),
+            (user, 1u32..4).prop_map(|(u, q)| Op::Cat(u, q)),
+            (0usize..50).prop_map(Op::Cancel),
+            (0usize..50).prop_map(Op::Expire),
+            (0usize..50).prop_map(Op::Confirm),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn seats_are_never_held_or_sold_twice(ops in prop::collection::vec(op(), 1..120)) {
+            let mut s = state(3, 8, 6);
+            let mut orders: Vec<Id> = Vec::new();
+            let mut next = 1;
+            for op in ops {
+                match op {
+                    Op::Named(u, cols) => {
+                        let labels = cols.iter().map(|c| format!("A-1-{c}")).collect();
+                        if let Ok(o) = s.decide_hold(&req(next, &u, Selection::Named(labels))) { orders.push(o.order_id); }
+                        next += 1;
+                    }
+                    Op::Cat(u, q) => {
+                        if let Ok(o) = s.decide_hold(&req(next, &u, cat(q))) { orders.push(o.order_id); }
+                        next += 1;
+                    }
+                    Op::Cancel(i) => if let Some(o) = orders.get(i) {
+                        let _ = s.decide_release(*o, &ReleaseReason::Cancel { user_id: None }, 1000);
+                    },
+                    Op::Expire(i) => if let Some(o) = orders.get(i) {
+                        let _ = s.decide_release(*o, &ReleaseReason::Expire, u64::MAX);
+                    },
+                    Op::Confirm(i) => if let Some(o) = orders.get(i) {
+                        let _ = s.decide_confirm(*o);
+                    },
+                }
+                s.check_invariants();
+                // Every non-free seat belongs to exactly one live or paid order.
+                let mut owner = vec![None; s.seats.len()];
+                for (id, o) in &s.holds {
+                    for seat in &o.seats { prop_assert!(owner[*seat as usize].replace(*id).is_none()); }
+                }
+                for (id, o) in &s.paid {
+                    for seat in &o.seats { prop_assert!(owner[*seat as usize].replace(*id).is_none()); }
+                }
+                for (i, st) in s.seats.iter().enumerate() {
+                    match st {
+                        SeatState::Available => prop_assert!(owner[i].is_none()),
+                        SeatState::Held(o) | SeatState::Sold(o) => prop_assert_eq!(owner[i], Some(*o)),
+                    }
+                }
+                for (u, n) in &s.user_seats { prop_assert!(*n <= 6, "user {} has {}", u, n); }
+            }
+        }
+    }
+}

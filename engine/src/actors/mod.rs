@@ -1,0 +1,170 @@
+//! Actors: one per hot event and one per packet on this node, created on
+//! first use and stopped when idle. Each reads a bounded mailbox; a full
+//! mailbox is answered at once with [`EngineError::Overloaded`] (503 with
+//! `Retry-After`), never queued without limit.
+
+pub mod event;
+pub mod packet;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus::{Histogram, IntGauge};
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use crate::config::ActorConfig;
+use crate::domain::Id;
+use crate::error::EngineError;
+use crate::store::HotStore;
+use crate::telemetry::Metrics;
+
+use event::{EventMsg, EventState};
+use packet::{PacketMsg, PacketState};
+
+/// What an actor task needs to know about its mailbox, and its gauges.
+#[derive(Clone)]
+pub struct Mailbox {
+    pub batch_len_max: usize,
+    pub idle: Duration,
+    depth: IntGauge,
+    batch_len: Histogram,
+    live: IntGauge,
+}
+
+impl Mailbox {
+    fn received(&self, n: usize) {
+        self.depth.sub(n as i64);
+        self.batch_len.observe(n as f64);
+    }
+
+    fn stopped(&self) {
+        self.live.dec();
+    }
+}
+
+struct Handle<M> {
+    tx: mpsc::Sender<M>,
+    generation: u64,
+}
+
+pub struct Actors {
+    store: Arc<dyn HotStore>,
+    cfg: ActorConfig,
+    metrics: Metrics,
+    events: Arc<DashMap<Id, Handle<EventMsg>>>,
+    packets: Arc<DashMap<Id, Handle<PacketMsg>>>,
+    generation: AtomicU64,
+}
+
+/// How many times a send retries when it finds an actor that just stopped.
+const RESPAWN_TRIES_MAX: usize = 3;
+
+impl Actors {
+    pub fn new(store: Arc<dyn HotStore>, cfg: ActorConfig, metrics: Metrics) -> Self {
+        Actors {
+            store,
+            cfg,
+            metrics,
+            events: Arc::new(DashMap::new()),
+            packets: Arc::new(DashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn mailbox(&self, kind: &str) -> Mailbox {
+        Mailbox {
+            batch_len_max: self.cfg.batch_len_max,
+            idle: Duration::from_millis(self.cfg.idle_ms),
+            depth: self.metrics.mailbox_depth.with_label_values(&[kind]),
+            batch_len: self.metrics.batch_len.with_label_values(&[kind]),
+            live: self.metrics.actors_live.with_label_values(&[kind]),
+        }
+    }
+
+    /// Sends to the event's actor, spawning it (from the hot store) if it
+    /// is not running. `Ok(false)` when the event does not exist.
+    pub async fn send_event(&self, event_id: Id, mut msg: EventMsg) -> Result<bool, EngineError> {
+        for _ in 0..RESPAWN_TRIES_MAX {
+            let tx = match self.events.get(&event_id) {
+                Some(h) => h.tx.clone(),
+                None => {
+                    let Some(snapshot) = self.store.load_event(event_id).await? else {
+                        return Ok(false);
+                    };
+                    let state = EventState::from_snapshot(snapshot);
+                    self.spawn(&self.events, event_id, "event", |rx, store, mailbox| {
+                        event::run(state, rx, store, mailbox)
+                    })
+                }
+            };
+            match tx.try_send(msg) {
+                Ok(()) => {
+                    self.metrics.mailbox_depth.with_label_values(&["event"]).inc();
+                    return Ok(true);
+                }
+                Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("event")),
+                Err(TrySendError::Closed(m)) => {
+                    self.events.remove_if(&event_id, |_, h| h.tx.same_channel(&tx));
+                    msg = m;
+                }
+            }
+        }
+        Err(EngineError::Overloaded("event"))
+    }
+
+    pub async fn send_packet(&self, packet_id: Id, mut msg: PacketMsg) -> Result<bool, EngineError> {
+        for _ in 0..RESPAWN_TRIES_MAX {
+            let tx = match self.packets.get(&packet_id) {
+                Some(h) => h.tx.clone(),
+                None => {
+                    let Some(snapshot) = self.store.load_packet(packet_id).await? else {
+                        return Ok(false);
+                    };
+                    let state = PacketState::from_snapshot(snapshot);
+                    self.spawn(&self.packets, packet_id, "packet", |rx, store, mailbox| {
+                        packet::run(state, rx, store, mailbox)
+                    })
+                }
+            };
+            match tx.try_send(msg) {
+                Ok(()) => {
+                    self.metrics.mailbox_depth.with_label_values(&["packet"]).inc();
+                    return Ok(true);
+                }
+                Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("packet")),
+                Err(TrySendError::Closed(m)) => {
+                    self.packets.remove_if(&packet_id, |_, h| h.tx.same_channel(&tx));
+                    msg = m;
+                }
+            }
+        }
+        Err(EngineError::Overloaded("packet"))
+    }
+
+    /// Registers and starts an actor unless another task did first; returns
+    /// the sender of whichever actor is registered.
+    fn spawn<M, F, Fut>(&self, map: &Arc<DashMap<Id, Handle<M>>>, id: Id, kind: &'static str, start: F) -> mpsc::Sender<M>
+    where
+        M: Send + 'static,
+        F: FnOnce(mpsc::Receiver<M>, Arc<dyn HotStore>, Mailbox) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let entry = map.entry(id).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.cfg.mailbox_len_max);
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+            let mailbox = self.mailbox(kind);
+            mailbox.live.inc();
+            let task = start(rx, self.store.clone(), mailbox);
+            let map = map.clone();
+            tokio::spawn(async move {
+                task.await;
+                // Unregister this actor (not a successor that replaced it).
+                map.remove_if(&id, |_, h| h.generation == generation);
+            });
+            Handle { tx, generation }
+        });
+        entry.tx.clone()
+    }
+}

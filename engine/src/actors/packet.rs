@@ -1,0 +1,220 @@
+//! The packet actor: one per red packet per node. It hands out the parts
+//! split at creation, one per user, and commits each batch of grabs to the
+//! hot store with one call. Decisions are plain methods on [`PacketState`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Mailbox;
+use crate::domain::{Fen, Id, PacketStatus};
+use crate::error::EngineError;
+use crate::store::{Grab, HotStore, OpOutcome, PacketDef, PacketSnapshot};
+
+/// In-memory state of one packet.
+pub struct PacketState {
+    /// Definition and parts, shared read-only.
+    def: Arc<PacketDef>,
+    status: PacketStatus,
+    /// Grabs in order; grab `i` took part `i`.
+    grabs: Vec<Grab>,
+    /// Index into `grabs` per user: one grab per user.
+    by_user: HashMap<String, usize>,
+}
+
+impl PacketState {
+    pub fn from_snapshot(s: PacketSnapshot) -> Self {
+        let by_user = s.grabs.iter().enumerate().map(|(i, g)| (g.user_id.clone(), i)).collect();
+        PacketState { def: s.def, status: s.status, grabs: s.grabs, by_user }
+    }
+
+    /// Decides a grab and applies it to memory. The caller commits it.
+    pub fn decide_grab(&mut self, user_id: &str, grab_id: Id, now_ms: u64) -> Result<Grab, EngineError> {
+        if let Some(i) = self.by_user.get(user_id) {
+            return Err(EngineError::AlreadyGrabbed { amount: self.grabs[*i].amount });
+        }
+        if self.status == PacketStatus::Expired || now_ms >= self.def.expires_at_ms {
+            return Err(EngineError::PacketExpired);
+        }
+        let part = self.grabs.len();
+        let Some(amount) = self.def.parts.get(part).copied() else {
+            return Err(EngineError::PacketEmpty);
+        };
+        let grab = Grab { grab_id, user_id: user_id.to_string(), part: part as u32, amount, at_ms: now_ms };
+        self.by_user.insert(grab.user_id.clone(), part);
+        self.grabs.push(grab.clone());
+        if self.grabs.len() == self.def.parts.len() {
+            self.status = PacketStatus::Empty;
+        }
+        Ok(grab)
+    }
+
+    pub fn snapshot(&self) -> PacketSnapshot {
+        PacketSnapshot { def: self.def.clone(), status: self.status, grabs: self.grabs.clone() }
+    }
+
+    pub fn check_invariants(&self) {
+        let granted: i64 = self.grabs.iter().map(|g| g.amount.get()).sum();
+        assert!(granted <= self.def.total.get(), "grants exceed the packet total");
+        assert_eq!(self.by_user.len(), self.grabs.len(), "a user holds two grabs");
+    }
+}
+
+pub enum PacketMsg {
+    Grab {
+        user_id: String,
+        grab_id: Id,
+        reply: oneshot::Sender<Result<Grab, EngineError>>,
+    },
+    /// Close the packet if its time is up; answers the remainder returned.
+    Expire { reply: oneshot::Sender<Result<Option<Fen>, EngineError>> },
+    View(oneshot::Sender<PacketSnapshot>),
+}
+
+pub async fn run(mut state: PacketState, mut rx: mpsc::Receiver<PacketMsg>, store: Arc<dyn HotStore>, mailbox: Mailbox) {
+    let packet_id = state.def.packet_id;
+    let mut buf = Vec::with_capacity(mailbox.batch_len_max);
+    loop {
+        match tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await {
+            Ok(0) => break,
+            Ok(n) => mailbox.received(n),
+            Err(_) => {
+                rx.close();
+                continue;
+            }
+        }
+        let now_ms = crate::domain::now_unix_ms();
+        let mut grabs = Vec::new();
+        let mut replies = Vec::new();
+        let mut later = Vec::new();
+        for msg in buf.drain(..) {
+            match msg {
+                PacketMsg::Grab { user_id, grab_id, reply } => match state.decide_grab(&user_id, grab_id, now_ms) {
+                    Ok(g) => {
+                        grabs.push(g);
+                        replies.push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                other => later.push(other),
+            }
+        }
+        if !grabs.is_empty() {
+            match store.grab_batch(packet_id, &grabs, now_ms).await {
+                Ok(outcomes) => {
+                    let mut stale = false;
+                    for ((g, reply), outcome) in grabs.into_iter().zip(replies).zip(outcomes) {
+                        let _ = reply.send(match outcome {
+                            OpOutcome::Applied => Ok(g),
+                            OpOutcome::Rejected => {
+                                stale = true;
+                                Err(EngineError::PacketEmpty)
+                            }
+                        });
+                    }
+                    if stale {
+                        tracing::warn!(%packet_id, "hot store rejected a grab; reloading");
+                        match reload(&store, packet_id).await {
+                            Some(s) => state = s,
+                            None => break,
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%packet_id, error = %e, "grab batch failed");
+                    for reply in replies {
+                        let _ = reply.send(Err(EngineError::StoreUnavailable));
+                    }
+                    match reload(&store, packet_id).await {
+                        Some(s) => state = s,
+                        None => break,
+                    }
+                }
+            }
+            state.check_invariants();
+        }
+        for msg in later {
+            match msg {
+                PacketMsg::Expire { reply } => {
+                    let answer = if now_ms < state.def.expires_at_ms || state.status == PacketStatus::Expired {
+                        Ok(None)
+                    } else {
+                        match store.expire_packet(packet_id, now_ms).await {
+                            Ok(r) => {
+                                state.status = PacketStatus::Expired;
+                                Ok(r)
+                            }
+                            Err(e) => Err(e.into()),
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }
+                PacketMsg::View(reply) => {
+                    let _ = reply.send(state.snapshot());
+                }
+                PacketMsg::Grab { .. } => {}
+            }
+        }
+    }
+    mailbox.stopped();
+}
+
+async fn reload(store: &Arc<dyn HotStore>, packet_id: Id) -> Option<PacketState> {
+    match store.load_packet(packet_id).await {
+        Ok(Some(s)) => Some(PacketState::from_snapshot(s)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%packet_id, error = %e, "reload failed; actor stops");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PacketKind;
+
+    fn state(parts: &[i64], expires_at_ms: u64) -> PacketState {
+        let parts: Vec<Fen> = parts.iter().map(|p| Fen::new(*p)).collect();
+        PacketState::from_snapshot(PacketSnapshot {
+            def: Arc::new(PacketDef {
+                packet_id: Id::from_raw(9).unwrap(),
+                sender: "s".into(),
+                kind: PacketKind::Lucky,
+                total: Fen::new(parts.iter().map(|p| p.get()).sum()),
+                count: parts.len() as u32,
+                greeting: String::new(),
+                created_at_ms: 0,
+                expires_at_ms,
+                parts,
+            }),
+            status: PacketStatus::Active,
+            grabs: vec![],
+        })
+    }
+
+    fn id(n: i64) -> Id {
+        Id::from_raw(n).unwrap()
+    }
+
+    #[test]
+    fn a_user_grabs_once_and_is_told_their_amount_again() {
+        let mut s = state(&[30, 70], 10_000);
+        let g = s.decide_grab("u", id(1), 5).unwrap();
+        assert_eq!(g.amount, Fen::new(30));
+        assert!(matches!(s.decide_grab("u", id(2), 5), Err(EngineError::AlreadyGrabbed { amount }) if amount == Fen::new(30)));
+    }
+
+    #[test]
+    fn an_empty_packet_answers_empty_and_an_old_one_expired() {
+        let mut s = state(&[1], 10_000);
+        s.decide_grab("a", id(1), 5).unwrap();
+        assert!(matches!(s.decide_grab("b", id(2), 5), Err(EngineError::PacketEmpty)));
+        let mut s = state(&[1], 10_000);
+        assert!(matches!(s.decide_grab("b", id(2), 10_000), Err(EngineError::PacketExpired)));
+    }
+}

@@ -1,0 +1,352 @@
+//! Layered configuration: defaults < a TOML file < `RUSH__SECTION__FIELD`
+//! environment variables. Unknown keys are refused at every layer so a typo
+//! never passes silently. Every limit the engine enforces lives here with the
+//! reason for its default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id in snowflake ids (0..=1023). Two live nodes must differ.
+    pub node_id: u16,
+    /// Where embedded mode keeps its SQLite file.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub actors: ActorConfig,
+    pub events: EventConfig,
+    pub packets: PacketConfig,
+    pub orders: OrderConfig,
+    pub workers: WorkerConfig,
+    pub sqlite: SqliteConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+    /// Largest request body accepted; an event with 100 000 explicit seats
+    /// is about 6 MB of JSON.
+    pub body_len_max: usize,
+    /// actix worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Seconds `Retry-After` asks a client to wait after a 503.
+    pub retry_after_s: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 key for tokens. The default is for development only; set
+    /// `RUSH__AUTH__JWT_SECRET` anywhere real.
+    pub jwt_secret: String,
+    /// Serves `POST /v1/auth/dev-token`. Off in production.
+    pub dev_tokens: bool,
+    pub token_ttl_s: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorConfig {
+    /// Requests queued per actor before new ones get 503: bounds memory and
+    /// the worst queueing delay (len × per-request cost).
+    pub mailbox_len_max: usize,
+    /// Requests decided and committed together; bounds one store call.
+    pub batch_len_max: usize,
+    /// An actor with no request for this long stops and frees its memory.
+    pub idle_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventConfig {
+    /// Largest seat map; the actor scans rows, so this bounds a hold's cost.
+    pub seats_max: u32,
+    pub categories_max: usize,
+    pub hold_ttl_s_default: u32,
+    pub hold_ttl_s_max: u32,
+    pub per_order_default: u32,
+    pub per_user_default: u32,
+    /// Most attendees named on one order.
+    pub attendees_max: usize,
+    pub name_len_max: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PacketConfig {
+    /// Most parts in one packet: the actor keeps every grab in memory.
+    pub count_max: u32,
+    /// Largest packet total in fen (200 000.00 by default).
+    pub total_max_fen: i64,
+    pub expires_in_s_default: u64,
+    pub expires_in_s_max: u64,
+    pub greeting_len_max: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrderConfig {
+    /// Largest page of `GET /v1/orders` and the ledger.
+    pub list_limit_max: u32,
+    pub list_limit_default: u32,
+    /// Largest single admin credit in fen (1 000 000.00 by default).
+    pub credit_max_fen: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Events applied in one durable transaction.
+    pub batch_len_max: usize,
+    /// How long a poll of the event log waits for new events.
+    pub poll_wait_ms: u64,
+    /// How often the timeout worker looks for due holds and packets.
+    pub timeout_poll_ms: u64,
+    /// Due items handled per timeout tick.
+    pub due_batch_max: usize,
+    /// First and largest pause after a failed batch (doubling between).
+    pub retry_backoff_ms: u64,
+    pub retry_backoff_max_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// How long a statement waits for a lock before failing.
+    pub busy_timeout_ms: u64,
+    /// Readers; writes go through one connection so they never conflict.
+    pub read_pool_max: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 0,
+            data_dir: PathBuf::from("./rush-data"),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            actors: ActorConfig::default(),
+            events: EventConfig::default(),
+            packets: PacketConfig::default(),
+            orders: OrderConfig::default(),
+            workers: WorkerConfig::default(),
+            sqlite: SqliteConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:8080".into(),
+            body_len_max: 8 * 1024 * 1024,
+            workers: 0,
+            retry_after_s: 1,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: "rush-dev-secret-change-me".into(),
+            dev_tokens: true,
+            token_ttl_s: 24 * 3600,
+        }
+    }
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig {
+            mailbox_len_max: 8192,
+            batch_len_max: 512,
+            idle_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        EventConfig {
+            seats_max: 100_000,
+            categories_max: 32,
+            hold_ttl_s_default: 900,
+            hold_ttl_s_max: 24 * 3600,
+            per_order_default: 6,
+            per_user_default: 6,
+            attendees_max: 20,
+            name_len_max: 200,
+        }
+    }
+}
+
+impl Default for PacketConfig {
+    fn default() -> Self {
+        PacketConfig {
+            count_max: 10_000,
+            total_max_fen: 20_000_000,
+            expires_in_s_default: 86_400,
+            expires_in_s_max: 7 * 86_400,
+            greeting_len_max: 200,
+        }
+    }
+}
+
+impl Default for OrderConfig {
+    fn default() -> Self {
+        OrderConfig {
+            list_limit_max: 100,
+            list_limit_default: 20,
+            credit_max_fen: 100_000_000,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            batch_len_max: 1024,
+            poll_wait_ms: 200,
+            timeout_poll_ms: 250,
+            due_batch_max: 1000,
+            retry_backoff_ms: 50,
+            retry_backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            busy_timeout_ms: 5_000,
+            read_pool_max: 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file if given, then `RUSH__…` variables from the
+    /// process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`] with an explicit environment (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("RUSH__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("RUSH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let cfg: Config = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.node_id > crate::domain::id::NODE_MAX {
+            return bad("node_id must be 0..=1023");
+        }
+        if self.actors.mailbox_len_max == 0 || self.actors.batch_len_max == 0 {
+            return bad("actors.mailbox_len_max and actors.batch_len_max must be at least 1");
+        }
+        if self.auth.jwt_secret.len() < 16 {
+            return bad("auth.jwt_secret must be at least 16 bytes");
+        }
+        if self.events.per_order_default == 0 || self.events.per_user_default == 0 {
+            return bad("events.per_order_default and per_user_default must be at least 1");
+        }
+        if self.events.hold_ttl_s_default == 0
+            || self.events.hold_ttl_s_default > self.events.hold_ttl_s_max
+        {
+            return bad("events.hold_ttl_s_default must be 1..=hold_ttl_s_max");
+        }
+        if self.packets.count_max == 0 || self.packets.total_max_fen <= 0 {
+            return bad("packets.count_max and packets.total_max_fen must be positive");
+        }
+        if self.orders.list_limit_default == 0
+            || self.orders.list_limit_default > self.orders.list_limit_max
+        {
+            return bad("orders.list_limit_default must be 1..=list_limit_max");
+        }
+        if self.workers.batch_len_max == 0 || self.workers.due_batch_max == 0 {
+            return bad("workers batch sizes must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_run_embedded_on_localhost_8080() {
+        let cfg = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(cfg.http.addr, "127.0.0.1:8080");
+        assert_eq!(cfg.data_dir, PathBuf::from("./rush-data"));
+    }
+
+    #[test]
+    fn env_vars_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rush.toml");
+        std::fs::write(&file, "[http]\naddr = \"127.0.0.1:9000\"\n[actors]\nbatch_len_max = 7\n").unwrap();
+        let cfg = Config::load_from(
+            Some(&file),
+            env(&[("RUSH__HTTP__ADDR", "127.0.0.1:9100"), ("RUSH__DATA_DIR", "/tmp/x")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.http.addr, "127.0.0.1:9100");
+        assert_eq!(cfg.actors.batch_len_max, 7);
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_in_files_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rush.toml");
+        std::fs::write(&file, "[http]\nadress = \"x\"\n").unwrap();
+        assert!(Config::load_from(Some(&file), env(&[])).is_err());
+        assert!(Config::load_from(None, env(&[("RUSH__HTTP__PORTT", "1")])).is_err());
+        assert!(Config::load_from(None, env(&[("RUSH__NOPE", "1")])).is_err());
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(Config::load_from(None, env(&[("RUSH__NODE_ID", "5000")])).is_err());
+        assert!(Config::load_from(None, env(&[("RUSH__ACTORS__MAILBOX_LEN_MAX", "0")])).is_err());
+        assert!(Config::load_from(None, env(&[("RUSH__AUTH__JWT_SECRET", "short")])).is_err());
+    }
+}

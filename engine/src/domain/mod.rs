@@ -1,0 +1,31 @@
+//! Domain types: plain data and pure rules, no I/O.
+
+pub mod event;
+pub mod id;
+pub mod money;
+pub mod order;
+pub mod packet;
+pub mod seatmap;
+
+pub use event::{Category, EventDef, EventInfo, Limits};
+pub use id::{gene_of_user, now_unix_ms, Id, IdGen};
+pub use money::Fen;
+pub use order::OrderStatus;
+pub use packet::{PacketKind, PacketStatus};
+pub use seatmap::{SeatDef, SeatIdx, SeatMap, SectionLayout};
+
+/// A user id: 1-64 ASCII letters, digits, `_`, `-`, `.`, `@`. Ids starting
+/// with `@` are reserved for system accounts (the outside world in the
+/// ledger), so a user can never be one.
+pub fn valid_user_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('@')
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+}
+
+/// The ledger account standing for money outside rush: credits and deposits
+/// come from it, withdrawals go to it. Its balance is minus the money inside.
+pub const WORLD_ACCOUNT: &str = "@world";

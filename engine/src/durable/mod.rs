@@ -1,0 +1,623 @@
+//! The durable store over sqlx: accounts and the double-entry journal,
+//! orders in 16 gene tables, packets, grabs, and the workers' idempotent
+//! application of events. SQL is kept portable to Postgres (`$n` binds,
+//! `ON CONFLICT`, partial unique index); only the migrations are per dialect.
+
+pub mod db;
+
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+
+pub use db::{Db, DbOpenError};
+
+use crate::domain::{Fen, Id, OrderStatus, WORLD_ACCOUNT};
+use crate::events::{DomainEvent, Envelope, OrderSeat};
+use crate::store::{Attendee, PacketDef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("durable store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    /// A replayed or conflicting write that the constraints caught: it must
+    /// alert, never pass silently.
+    #[error("durable invariant broken: {0}")]
+    Invariant(String),
+}
+
+/// Which half of an account a leg touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    Available,
+    Frozen,
+}
+
+impl Bucket {
+    fn column(self) -> &'static str {
+        match self {
+            Bucket::Available => "available",
+            Bucket::Frozen => "frozen",
+        }
+    }
+}
+
+/// One movement of money between two account buckets.
+pub struct Transfer<'a> {
+    /// Unique per transfer: replaying one hits the journal's unique key.
+    pub transfer_id: String,
+    pub from: (&'a str, Bucket),
+    pub to: (&'a str, Bucket),
+    pub amount: Fen,
+    pub kind: &'static str,
+    pub ref_id: String,
+    pub memo: &'a str,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub order_id: Id,
+    pub event_id: Id,
+    pub user_id: String,
+    pub status: OrderStatus,
+    pub amount: Fen,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub seats: Vec<OrderSeat>,
+    pub attendees: Vec<Attendee>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub entry_id: i64,
+    pub transfer_id: String,
+    pub bucket: String,
+    pub amount: Fen,
+    pub kind: String,
+    pub ref_id: String,
+    pub memo: String,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    pub available: Fen,
+    pub frozen: Fen,
+}
+
+/// What reconciliation reads: the sum over every account (the world account
+/// included) is zero when money is conserved, and no transfer is lopsided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audit {
+    pub sum_all_accounts: i64,
+    pub sum_users: i64,
+    pub lopsided_transfers: Vec<String>,
+}
+
+fn order_table(id: Id) -> String {
+    format!("orders_{}", id.gene())
+}
+
+fn order_table_of_user(user_id: &str) -> String {
+    format!("orders_{}", crate::domain::gene_of_user(user_id))
+}
+
+fn ms(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// Amounts and times bind as i64 (SQLite's integer; Postgres BIGINT).
+fn ms_i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[derive(Clone, Debug)]
+pub struct Durable {
+    db: Db,
+}
+
+async fn ensure_account(conn: &mut SqliteConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accounts (user_id, available, frozen, version) VALUES ($1, 0, 0, 0) \
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves money between two buckets and journals both legs. Only system
+/// accounts (`@…`) may go negative.
+pub async fn transfer(conn: &mut SqliteConnection, t: &Transfer<'_>) -> Result<(), DurableError> {
+    let amount = t.amount.get();
+    if amount <= 0 {
+        return Err(DurableError::Invariant(format!(
+            "transfer {} of non-positive amount {amount}",
+            t.transfer_id
+        )));
+    }
+    ensure_account(conn, t.from.0).await?;
+    ensure_account(conn, t.to.0).await?;
+    let col = t.from.1.column();
+    let debited = sqlx::query(&format!(
+        "UPDATE accounts SET {col} = {col} - $2, version = version + 1 \
+         WHERE user_id = $1 AND ({col} >= $2 OR user_id LIKE '@%')"
+    ))
+    .bind(t.from.0)
+    .bind(amount)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if debited == 0 {
+        return Err(DurableError::InsufficientFunds);
+    }
+    let col = t.to.1.column();
+    sqlx::query(&format!(
+        "UPDATE accounts SET {col} = {col} + $2, version = version + 1 WHERE user_id = $1"
+    ))
+    .bind(t.to.0)
+    .bind(amount)
+    .execute(&mut *conn)
+    .await?;
+    for (leg, (user, bucket), delta) in [(0, t.from, -amount), (1, t.to, amount)] {
+        sqlx::query(
+            "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&t.transfer_id)
+        .bind(leg)
+        .bind(user)
+        .bind(bucket.column())
+        .bind(delta)
+        .bind(t.kind)
+        .bind(&t.ref_id)
+        .bind(t.memo)
+        .bind(ms_i(t.at_ms))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => DurableError::Invariant(format!(
+                "transfer {} applied twice",
+                t.transfer_id
+            )),
+            e => DurableError::Db(e),
+        })?;
+    }
+    Ok(())
+}
+
+impl Durable {
+    pub fn new(db: Db) -> Self {
+        Durable { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Freezes a packet's total in the sender's wallet and records the packet,
+    /// in one transaction; refused when the sender's available is short.
+    pub async fn freeze_for_packet(&self, def: &PacketDef) -> Result<(), DurableError> {
+        let mut tx = self.db.write.begin().await?;
+        transfer(
+            &mut tx,
+            &Transfer {
+                transfer_id: format!("packet-freeze-{}", def.packet_id),
+                from: (&def.sender, Bucket::Available),
+                to: (&def.sender, Bucket::Frozen),
+                amount: def.total,
+                kind: "packet_freeze",
+                ref_id: def.packet_id.to_string(),
+                memo: "red packet created",
+                at_ms: def.created_at_ms,
+            },
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO packets (packet_id, sender, kind, total, count, greeting, status, \
+             created_at_ms, expires_at_ms, refunded) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, 0)",
+        )
+        .bind(def.packet_id.raw())
+        .bind(&def.sender)
+        .bind(match def.kind {
+            crate::domain::PacketKind::Normal => "normal",
+            crate::domain::PacketKind::Lucky => "lucky",
+        })
+        .bind(def.total.get())
+        .bind(i64::from(def.count))
+        .bind(&def.greeting)
+        .bind(ms_i(def.created_at_ms))
+        .bind(ms_i(def.expires_at_ms))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Undoes [`Durable::freeze_for_packet`] when the hot store refused to
+    /// create the packet, so no money stays frozen for a packet nobody can grab.
+    pub async fn unfreeze_failed_packet(&self, def: &PacketDef) -> Result<(), DurableError> {
+        let mut tx = self.db.write.begin().await?;
+        transfer(
+            &mut tx,
+            &Transfer {
+                transfer_id: format!("packet-unfreeze-{}", def.packet_id),
+                from: (&def.sender, Bucket::Frozen),
+                to: (&def.sender, Bucket::Available),
+                amount: def.total,
+                kind: "packet_create_failed",
+                ref_id: def.packet_id.to_string(),
+                memo: "red packet could not be created",
+                at_ms: crate::domain::now_unix_ms(),
+            },
+        )
+        .await?;
+        sqlx::query("UPDATE packets SET status = 'failed' WHERE packet_id = $1")
+            .bind(def.packet_id.raw())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Admin credit: money enters rush from the world account.
+    pub async fn credit(&self, user_id: &str, amount: Fen, reason: &str, transfer_id: Id) -> Result<(), DurableError> {
+        let mut tx = self.db.write.begin().await?;
+        transfer(
+            &mut tx,
+            &Transfer {
+                transfer_id: format!("credit-{transfer_id}"),
+                from: (WORLD_ACCOUNT, Bucket::Available),
+                to: (user_id, Bucket::Available),
+                amount,
+                kind: "admin_credit",
+                ref_id: transfer_id.to_string(),
+                memo: reason,
+                at_ms: crate::domain::now_unix_ms(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn balance(&self, user_id: &str) -> Result<Balance, DurableError> {
+        let row = sqlx::query("SELECT available, frozen FROM accounts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.db.read)
+            .await?;
+        Ok(match row {
+            Some(r) => Balance {
+                available: Fen::new(r.try_get("available")?),
+                frozen: Fen::new(r.try_get("frozen")?),
+            },
+            None => Balance { available: Fen::ZERO, frozen: Fen::ZERO },
+        })
+    }
+
+    /// The user's journal legs, newest first, before `before` (an entry id).
+    pub async fn ledger(&self, user_id: &str, before: Option<i64>, limit: u32) -> Result<Vec<JournalEntry>, DurableError> {
+        let rows = sqlx::query(
+            "SELECT entry_id, transfer_id, bucket, amount, kind, ref_id, memo, at_ms FROM journal \
+             WHERE user_id = $1 AND entry_id < $2 ORDER BY entry_id DESC LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.read)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(JournalEntry {
+                    entry_id: r.try_get("entry_id")?,
+                    transfer_id: r.try_get("transfer_id")?,
+                    bucket: r.try_get("bucket")?,
+                    amount: Fen::new(r.try_get("amount")?),
+                    kind: r.try_get("kind")?,
+                    ref_id: r.try_get("ref_id")?,
+                    memo: r.try_get("memo")?,
+                    at_ms: ms(r.try_get("at_ms")?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn order(&self, order_id: Id) -> Result<Option<OrderRecord>, DurableError> {
+        let row = sqlx::query(&format!(
+            "SELECT order_id, event_id, user_id, status, amount, created_at_ms, expires_at_ms \
+             FROM {} WHERE order_id = $1",
+            order_table(order_id)
+        ))
+        .bind(order_id.raw())
+        .fetch_optional(&self.db.read)
+        .await?;
+        match row {
+            Some(r) => Ok(Some(self.order_from_row(r).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The user's orders, newest first, with ids below `before`.
+    pub async fn orders_of(&self, user_id: &str, before: Option<Id>, limit: u32) -> Result<Vec<OrderRecord>, DurableError> {
+        let rows = sqlx::query(&format!(
+            "SELECT order_id, event_id, user_id, status, amount, created_at_ms, expires_at_ms \
+             FROM {} WHERE user_id = $1 AND order_id < $2 ORDER BY order_id DESC LIMIT $3",
+            order_table_of_user(user_id)
+        ))
+        .bind(user_id)
+        .bind(before.map(|b| b.raw()).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.read)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(self.order_from_row(r).await?);
+        }
+        Ok(out)
+    }
+
+    async fn order_from_row(&self, r: sqlx::sqlite::SqliteRow) -> Result<OrderRecord, DurableError> {
+        let bad = |what: &str| DurableError::Invariant(format!("stored order has a bad {what}"));
+        let order_id = Id::from_raw(r.try_get("order_id")?).map_err(|_| bad("order_id"))?;
+        let status: String = r.try_get("status")?;
+        let seats = sqlx::query(
+            "SELECT seat_id, section, row_no, col_no, category, price FROM order_seats \
+             WHERE order_id = $1 ORDER BY section, row_no, col_no",
+        )
+        .bind(order_id.raw())
+        .fetch_all(&self.db.read)
+        .await?
+        .into_iter()
+        .map(|s| {
+            Ok(OrderSeat {
+                seat_id: s.try_get("seat_id")?,
+                section: s.try_get("section")?,
+                row: s.try_get::<i64, _>("row_no")? as u32,
+                col: s.try_get::<i64, _>("col_no")? as u32,
+                category: s.try_get("category")?,
+                price: Fen::new(s.try_get("price")?),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let attendees = sqlx::query("SELECT name, id_number FROM attendees WHERE order_id = $1 ORDER BY idx")
+            .bind(order_id.raw())
+            .fetch_all(&self.db.read)
+            .await?
+            .into_iter()
+            .map(|a| Ok(Attendee { name: a.try_get("name")?, id_number: a.try_get("id_number")? }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(OrderRecord {
+            order_id,
+            event_id: Id::from_raw(r.try_get("event_id")?).map_err(|_| bad("event_id"))?,
+            user_id: r.try_get("user_id")?,
+            status: OrderStatus::parse(&status).ok_or_else(|| bad("status"))?,
+            amount: Fen::new(r.try_get("amount")?),
+            created_at_ms: ms(r.try_get("created_at_ms")?),
+            expires_at_ms: ms(r.try_get("expires_at_ms")?),
+            seats,
+            attendees,
+        })
+    }
+
+    /// Conservation check used by tests and reconciliation.
+    pub async fn audit(&self) -> Result<Audit, DurableError> {
+        let all: Option<i64> = sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts")
+            .fetch_one(&self.db.read)
+            .await?;
+        let users: Option<i64> =
+            sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts WHERE user_id NOT LIKE '@%'")
+                .fetch_one(&self.db.read)
+                .await?;
+        let lopsided: Vec<String> =
+            sqlx::query_scalar("SELECT transfer_id FROM journal GROUP BY transfer_id HAVING SUM(amount) <> 0")
+                .fetch_all(&self.db.read)
+                .await?;
+        Ok(Audit {
+            sum_all_accounts: all.unwrap_or(0),
+            sum_users: users.unwrap_or(0),
+            lopsided_transfers: lopsided,
+        })
+    }
+
+    /// Applies a batch of events in one transaction; each event's effect and
+    /// its processed id commit together, so a redelivered event is skipped.
+    /// Returns how many were new.
+    pub async fn apply_events(&self, batch: &[Envelope]) -> Result<usize, DurableError> {
+        let mut tx = self.db.write.begin().await?;
+        let mut fresh = 0;
+        for env in batch {
+            let now = crate::domain::now_unix_ms();
+            let inserted = sqlx::query(
+                "INSERT INTO processed_events (event_id, at_ms) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(env.event_id.raw())
+            .bind(ms_i(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                continue;
+            }
+            fresh += 1;
+            apply_one(&mut tx, &env.event).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+}
+
+async fn set_order_status(
+    conn: &mut SqliteConnection,
+    order_id: Id,
+    to: OrderStatus,
+    at_ms: u64,
+    live: bool,
+) -> Result<(), DurableError> {
+    let from = match to {
+        OrderStatus::Refunded => OrderStatus::Paid,
+        _ => OrderStatus::PendingPayment,
+    };
+    let changed = sqlx::query(&format!(
+        "UPDATE {} SET status = $1, updated_at_ms = $2 WHERE order_id = $3 AND status = $4",
+        order_table(order_id)
+    ))
+    .bind(to.as_str())
+    .bind(ms_i(at_ms))
+    .bind(order_id.raw())
+    .bind(from.as_str())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Err(DurableError::Invariant(format!(
+            "order {order_id} is not {} (wanted {})",
+            from.as_str(),
+            to.as_str()
+        )));
+    }
+    if !live {
+        sqlx::query("UPDATE order_seats SET live = 0 WHERE order_id = $1")
+            .bind(order_id.raw())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn unique_to_invariant(what: String) -> impl FnOnce(sqlx::Error) -> DurableError {
+    move |e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => DurableError::Invariant(what),
+        e => DurableError::Db(e),
+    }
+}
+
+async fn apply_one(conn: &mut SqliteConnection, event: &DomainEvent) -> Result<(), DurableError> {
+    match event {
+        DomainEvent::OrderHeld {
+            order_id,
+            event_id,
+            user_id,
+            amount,
+            created_at_ms,
+            expires_at_ms,
+            seats,
+            attendees,
+        } => {
+            sqlx::query(&format!(
+                "INSERT INTO {} (order_id, event_id, user_id, status, amount, created_at_ms, expires_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, 'pending_payment', $4, $5, $6, $5)",
+                order_table(*order_id)
+            ))
+            .bind(order_id.raw())
+            .bind(event_id.raw())
+            .bind(user_id)
+            .bind(amount.get())
+            .bind(ms_i(*created_at_ms))
+            .bind(ms_i(*expires_at_ms))
+            .execute(&mut *conn)
+            .await
+            .map_err(unique_to_invariant(format!("order {order_id} persisted twice")))?;
+            for s in seats {
+                sqlx::query(
+                    "INSERT INTO order_seats (order_id, event_id, seat_id, section, row_no, col_no, category, price, live) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)",
+                )
+                .bind(order_id.raw())
+                .bind(event_id.raw())
+                .bind(&s.seat_id)
+                .bind(&s.section)
+                .bind(i64::from(s.row))
+                .bind(i64::from(s.col))
+                .bind(&s.category)
+                .bind(s.price.get())
+                .execute(&mut *conn)
+                .await
+                .map_err(unique_to_invariant(format!(
+                    "seat {} of event {event_id} has two live orders",
+                    s.seat_id
+                )))?;
+            }
+            for (i, a) in attendees.iter().enumerate() {
+                sqlx::query("INSERT INTO attendees (order_id, idx, name, id_number) VALUES ($1, $2, $3, $4)")
+                    .bind(order_id.raw())
+                    .bind(i as i64)
+                    .bind(&a.name)
+                    .bind(&a.id_number)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        DomainEvent::OrderReleased { order_id, status, at_ms, .. } => {
+            set_order_status(conn, *order_id, *status, *at_ms, false).await?;
+        }
+        DomainEvent::OrderConfirmed { order_id, at_ms, .. } => {
+            set_order_status(conn, *order_id, OrderStatus::Paid, *at_ms, true).await?;
+        }
+        // The packet row and the frozen funds were written when it was
+        // created, before it was acknowledged.
+        DomainEvent::PacketCreated { .. } => {}
+        DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
+            sqlx::query("INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms) VALUES ($1, $2, $3, $4, $5)")
+                .bind(grab_id.raw())
+                .bind(packet_id.raw())
+                .bind(user_id)
+                .bind(amount.get())
+                .bind(ms_i(*at_ms))
+                .execute(&mut *conn)
+                .await
+                .map_err(unique_to_invariant(format!("{user_id} grabbed packet {packet_id} twice")))?;
+            transfer(
+                conn,
+                &Transfer {
+                    transfer_id: format!("grab-{grab_id}"),
+                    from: (sender, Bucket::Frozen),
+                    to: (user_id, Bucket::Available),
+                    amount: *amount,
+                    kind: "packet_grab",
+                    ref_id: packet_id.to_string(),
+                    memo: "red packet",
+                    at_ms: *at_ms,
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                DurableError::InsufficientFunds => DurableError::Invariant(format!(
+                    "sender {sender} has less frozen than grab {grab_id} of packet {packet_id}"
+                )),
+                e => e,
+            })?;
+        }
+        DomainEvent::PacketExpired { packet_id, sender, remaining, at_ms } => {
+            sqlx::query("UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2")
+                .bind(remaining.get())
+                .bind(packet_id.raw())
+                .execute(&mut *conn)
+                .await?;
+            if remaining.get() > 0 {
+                transfer(
+                    conn,
+                    &Transfer {
+                        transfer_id: format!("packet-expire-{packet_id}"),
+                        from: (sender, Bucket::Frozen),
+                        to: (sender, Bucket::Available),
+                        amount: *remaining,
+                        kind: "packet_expired",
+                        ref_id: packet_id.to_string(),
+                        memo: "red packet expired: remainder returned",
+                        at_ms: *at_ms,
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    DurableError::InsufficientFunds => DurableError::Invariant(format!(
+                        "sender {sender} has less frozen than the remainder of packet {packet_id}"
+                    )),
+                    e => e,
+                })?;
+            }
+        }
+    }
+    Ok(())
+}

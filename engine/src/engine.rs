@@ -1,0 +1,531 @@
+//! The engine: what the gateway calls. It validates input into domain
+//! types, routes decisions to actors, reads from the stores, and runs the
+//! workers. No HTTP here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
+use crate::actors::packet::PacketMsg;
+use crate::actors::Actors;
+use crate::config::Config;
+use crate::domain::packet::split;
+use crate::domain::{
+    gene_of_user, now_unix_ms, valid_user_id, Category, EventDef, EventInfo, Fen, Id, IdGen, Limits, OrderStatus,
+    PacketKind, SeatDef, SeatMap, SectionLayout,
+};
+use crate::durable::{Audit, Balance, Db, Durable, JournalEntry};
+use crate::error::EngineError;
+use crate::events::outbox::OutboxLog;
+use crate::events::EventLog;
+use crate::store::memory::MemoryStore;
+use crate::store::{Attendee, DueItem, HotStore, PacketDef};
+use crate::telemetry::Metrics;
+use crate::views::{OrderView, PacketView};
+
+/// Who is asking.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: String,
+    pub admin: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewCategory {
+    pub id: String,
+    pub name: String,
+    pub price: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewLimits {
+    pub per_order: Option<u32>,
+    pub per_user: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub name: String,
+    pub venue: String,
+    pub starts_at: DateTime<Utc>,
+    pub hold_ttl_s: Option<u32>,
+    pub limits: Option<NewLimits>,
+    pub categories: Vec<NewCategory>,
+    pub layout: Option<Vec<SectionLayout>>,
+    pub seats: Option<Vec<SeatDef>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewHold {
+    pub event_id: Id,
+    pub selection: Selection,
+    pub attendees: Vec<Attendee>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewPacket {
+    pub kind: PacketKind,
+    pub total_amount: i64,
+    pub count: u32,
+    pub greeting: Option<String>,
+    pub expires_in_s: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EventView {
+    pub event_id: Id,
+    pub name: String,
+    pub venue: String,
+    pub starts_at: DateTime<Utc>,
+    pub hold_ttl_s: u32,
+    pub categories: Vec<CategoryView>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GrabOk {
+    pub packet_id: Id,
+    pub grab_id: Id,
+    pub amount: Fen,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] crate::durable::DbOpenError),
+    #[error("opening the hot store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    NodeId(#[from] crate::domain::id::NodeIdError),
+}
+
+pub struct Engine {
+    cfg: Arc<Config>,
+    ids: Arc<IdGen>,
+    store: Arc<dyn HotStore>,
+    log: Arc<dyn EventLog>,
+    durable: Durable,
+    actors: Actors,
+    /// Event definitions by id: immutable, so cached for reads of holds.
+    infos: DashMap<Id, Arc<EventInfo>>,
+    pub metrics: Metrics,
+}
+
+fn invalid(msg: impl Into<String>) -> EngineError {
+    EngineError::Invalid(msg.into())
+}
+
+fn check_text(what: &str, s: &str, max: usize) -> Result<(), EngineError> {
+    if s.trim().is_empty() || s.chars().count() > max {
+        return Err(invalid(format!("{what} must be 1-{max} characters")));
+    }
+    Ok(())
+}
+
+/// Awaits an actor's reply; a dropped reply means the actor stopped
+/// mid-batch (its store failed), which the client may retry.
+async fn answer<T>(rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
+    rx.await.map_err(|_| EngineError::StoreUnavailable)
+}
+
+impl Engine {
+    /// Embedded mode: SQLite file under `data_dir`, in-memory hot store
+    /// persisted to it, the outbox as event log.
+    pub async fn open_embedded(cfg: Config, metrics: Metrics) -> Result<Arc<Engine>, StartError> {
+        let ids = Arc::new(IdGen::new(cfg.node_id)?);
+        let db = Db::open(&cfg.data_dir, &cfg.sqlite).await?;
+        let store = MemoryStore::open(db.clone(), ids.clone(), cfg.events.seats_max).await?;
+        let log = Arc::new(OutboxLog::new(db.clone(), store.appended()));
+        let store: Arc<dyn HotStore> = Arc::new(store);
+        let actors = Actors::new(store.clone(), cfg.actors.clone(), metrics.clone());
+        Ok(Arc::new(Engine {
+            cfg: Arc::new(cfg),
+            ids,
+            store,
+            log,
+            durable: Durable::new(db),
+            actors,
+            infos: DashMap::new(),
+            metrics,
+        }))
+    }
+
+    /// Starts the in-process workers; they stop when `shutdown` turns true.
+    pub fn start_workers(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(crate::workers::persist(self.clone(), shutdown.clone())),
+            tokio::spawn(crate::workers::timeouts(self.clone(), shutdown)),
+        ]
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        self.log.clone()
+    }
+
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.durable.db().ping().await
+    }
+
+    /// Waits until the workers have applied every event so far (tests,
+    /// reconciliation). False if `timeout` passes first.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if matches!(self.log.lag(crate::workers::PERSIST_CONSUMER).await, Ok(0)) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // ---- events and seats ----
+
+    pub async fn create_event(&self, input: NewEvent) -> Result<(Id, usize), EngineError> {
+        let ec = &self.cfg.events;
+        check_text("name", &input.name, ec.name_len_max)?;
+        check_text("venue", &input.venue, ec.name_len_max)?;
+        if input.categories.is_empty() || input.categories.len() > ec.categories_max {
+            return Err(invalid(format!("an event needs 1-{} categories", ec.categories_max)));
+        }
+        let mut seen = HashSet::new();
+        let mut categories = Vec::with_capacity(input.categories.len());
+        for c in input.categories {
+            check_text("category id", &c.id, 32)?;
+            check_text("category name", &c.name, ec.name_len_max)?;
+            if !seen.insert(c.id.clone()) {
+                return Err(invalid(format!("category {} appears twice", c.id)));
+            }
+            if c.price < 0 || c.price > self.cfg.packets.total_max_fen * 100 {
+                return Err(invalid("price must be a non-negative number of fen"));
+            }
+            categories.push(Category { id: c.id, name: c.name, price: Fen::new(c.price) });
+        }
+        let hold_ttl_s = input.hold_ttl_s.unwrap_or(ec.hold_ttl_s_default);
+        if hold_ttl_s == 0 || hold_ttl_s > ec.hold_ttl_s_max {
+            return Err(invalid(format!("hold_ttl_s must be 1-{}", ec.hold_ttl_s_max)));
+        }
+        let limits = Limits {
+            per_order: input.limits.as_ref().and_then(|l| l.per_order).unwrap_or(ec.per_order_default),
+            per_user: input.limits.as_ref().and_then(|l| l.per_user).unwrap_or(ec.per_user_default),
+        };
+        if limits.per_order == 0 || limits.per_user == 0 || limits.per_order > ec.seats_max {
+            return Err(invalid("limits must be at least 1"));
+        }
+        let cat_ids: Vec<&str> = categories.iter().map(|c| c.id.as_str()).collect();
+        let map = match (input.layout, input.seats) {
+            (Some(layout), None) => SeatMap::from_layout(&layout, &cat_ids, ec.seats_max),
+            (None, Some(seats)) => SeatMap::from_seats(seats, &cat_ids, ec.seats_max),
+            _ => return Err(invalid("give exactly one of layout or seats")),
+        }
+        .map_err(|e| invalid(e.to_string()))?;
+        let def = EventDef {
+            event_id: self.ids.next(0),
+            name: input.name,
+            venue: input.venue,
+            starts_at: input.starts_at,
+            hold_ttl_s,
+            limits,
+            categories,
+            seats: map.seats().to_vec(),
+        };
+        let count = map.len();
+        self.store.create_event(&def).await?;
+        let id = def.event_id;
+        self.infos.insert(id, Arc::new(EventInfo { def, map }));
+        Ok((id, count))
+    }
+
+    async fn info(&self, event_id: Id) -> Result<Arc<EventInfo>, EngineError> {
+        if let Some(i) = self.infos.get(&event_id) {
+            return Ok(i.clone());
+        }
+        let snapshot = self.store.load_event(event_id).await?.ok_or(EngineError::NotFound("event"))?;
+        self.infos.insert(event_id, snapshot.info.clone());
+        Ok(snapshot.info)
+    }
+
+    async fn ask_event<T>(&self, event_id: Id, msg: EventMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
+        if !self.actors.send_event(event_id, msg).await? {
+            return Err(EngineError::NotFound("event"));
+        }
+        answer(rx).await
+    }
+
+    async fn ask_packet<T>(&self, packet_id: Id, msg: PacketMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
+        if !self.actors.send_packet(packet_id, msg).await? {
+            return Err(EngineError::NotFound("packet"));
+        }
+        answer(rx).await
+    }
+
+    pub async fn event(&self, event_id: Id) -> Result<EventView, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let categories = self.ask_event(event_id, EventMsg::View(tx), rx).await?;
+        let info = self.info(event_id).await?;
+        Ok(EventView {
+            event_id,
+            name: info.def.name.clone(),
+            venue: info.def.venue.clone(),
+            starts_at: info.def.starts_at,
+            hold_ttl_s: info.def.hold_ttl_s,
+            categories,
+            limits: info.def.limits,
+        })
+    }
+
+    pub async fn seats(&self, event_id: Id, section: Option<String>) -> Result<Vec<SeatView>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask_event(event_id, EventMsg::Seats { section, reply }, rx).await
+    }
+
+    // ---- orders ----
+
+    pub async fn hold(&self, user_id: &str, input: NewHold) -> Result<OrderView, EngineError> {
+        let ec = &self.cfg.events;
+        if input.attendees.len() > ec.attendees_max {
+            return Err(invalid(format!("at most {} attendees", ec.attendees_max)));
+        }
+        for a in &input.attendees {
+            check_text("attendee name", &a.name, ec.name_len_max)?;
+            check_text("attendee id_number", &a.id_number, 64)?;
+        }
+        if let Selection::Named(seats) = &input.selection {
+            if seats.is_empty() {
+                return Err(invalid("name at least one seat"));
+            }
+        }
+        let req = HoldRequest {
+            order_id: self.ids.next_for_user(user_id),
+            user_id: user_id.to_string(),
+            selection: input.selection,
+            attendees: input.attendees,
+            now_ms: now_unix_ms(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let result = self.ask_event(input.event_id, EventMsg::Hold(req, tx), rx).await?;
+        let outcome = match &result {
+            Ok(_) => "held",
+            Err(EngineError::SoldOut { .. }) => "sold_out",
+            Err(EngineError::SeatUnavailable(_)) => "seat_unavailable",
+            Err(EngineError::LimitExceeded { .. }) => "limit_exceeded",
+            Err(_) => "refused",
+        };
+        self.metrics.holds.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    /// An order by id, for its owner or an admin; 404 for anyone else.
+    pub async fn order(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {
+        let view = match self.durable.order(order_id).await? {
+            Some(r) => OrderView::from_record(&r),
+            // Not persisted yet: the hold is still only in the hot store.
+            None => {
+                let hot = self.store.hold(order_id).await?.ok_or(EngineError::NotFound("order"))?;
+                let info = self.info(hot.event_id).await?;
+                OrderView::from_hot(&hot, &info, OrderStatus::PendingPayment)
+            }
+        };
+        if !caller.admin && view.user_id != caller.user_id {
+            return Err(EngineError::NotFound("order"));
+        }
+        Ok(view)
+    }
+
+    /// The user's orders, newest first; `next` is the cursor for the page
+    /// after this one.
+    pub async fn orders(
+        &self,
+        user_id: &str,
+        before: Option<Id>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<OrderView>, Option<Id>), EngineError> {
+        let limit = self.page_limit(limit)?;
+        let records = self.durable.orders_of(user_id, before, limit).await?;
+        let next = if records.len() as u32 == limit { records.last().map(|r| r.order_id) } else { None };
+        Ok((records.iter().map(OrderView::from_record).collect(), next))
+    }
+
+    fn page_limit(&self, limit: Option<u32>) -> Result<u32, EngineError> {
+        let oc = &self.cfg.orders;
+        let limit = limit.unwrap_or(oc.list_limit_default);
+        if limit == 0 || limit > oc.list_limit_max {
+            return Err(invalid(format!("limit must be 1-{}", oc.list_limit_max)));
+        }
+        Ok(limit)
+    }
+
+    pub async fn cancel(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {
+        let current = self.order(caller, order_id).await?;
+        if current.status != OrderStatus::PendingPayment {
+            return Err(EngineError::OrderNotPending { status: current.status });
+        }
+        let why = ReleaseReason::Cancel { user_id: (!caller.admin).then(|| caller.user_id.clone()) };
+        let (reply, rx) = oneshot::channel();
+        let msg = EventMsg::Release { order_id, why, now_ms: now_unix_ms(), reply };
+        match self.ask_event(current.event_id, msg, rx).await? {
+            // Released between our read and the actor's decision.
+            Err(EngineError::NotFound(_)) => Err(EngineError::OrderNotPending { status: OrderStatus::Expired }),
+            other => other,
+        }
+    }
+
+    /// Held → sold; used by payments.
+    pub async fn confirm(&self, event_id: Id, order_id: Id) -> Result<OrderView, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask_event(event_id, EventMsg::Confirm { order_id, reply }, rx).await?
+    }
+
+    /// Settles up to `limit` due holds and packets through their actors.
+    pub async fn settle_due(&self, limit: usize) -> Result<usize, EngineError> {
+        let now_ms = now_unix_ms();
+        let due = self.store.due(now_ms, limit).await?;
+        let mut waiting = Vec::with_capacity(due.len());
+        // Send everything first so each actor decides its share as one batch.
+        for item in &due {
+            match *item {
+                DueItem::Hold { event_id, order_id } => {
+                    let (reply, rx) = oneshot::channel();
+                    let msg = EventMsg::Release { order_id, why: ReleaseReason::Expire, now_ms, reply };
+                    if self.actors.send_event(event_id, msg).await? {
+                        waiting.push(tokio::spawn(async move { rx.await.map(|r| r.map(|_| ())) }));
+                    }
+                }
+                DueItem::Packet { packet_id } => {
+                    let (reply, rx) = oneshot::channel();
+                    if self.actors.send_packet(packet_id, PacketMsg::Expire { reply }).await? {
+                        waiting.push(tokio::spawn(async move { rx.await.map(|r| r.map(|_| ())) }));
+                    }
+                }
+            }
+        }
+        for w in waiting {
+            if let Ok(Ok(Err(e))) = w.await {
+                tracing::debug!(error = %e, "due item not settled");
+            }
+        }
+        Ok(due.len())
+    }
+
+    // ---- packets ----
+
+    pub async fn create_packet(&self, sender: &str, input: NewPacket) -> Result<PacketView, EngineError> {
+        let pc = &self.cfg.packets;
+        if input.total_amount <= 0 {
+            return Err(invalid("total_amount must be a positive number of fen"));
+        }
+        if input.total_amount > pc.total_max_fen {
+            return Err(invalid(format!("total_amount must be at most {}", pc.total_max_fen)));
+        }
+        let expires_in_s = input.expires_in_s.unwrap_or(pc.expires_in_s_default);
+        if expires_in_s == 0 || expires_in_s > pc.expires_in_s_max {
+            return Err(invalid(format!("expires_in_s must be 1-{}", pc.expires_in_s_max)));
+        }
+        let greeting = input.greeting.unwrap_or_default();
+        if greeting.chars().count() > pc.greeting_len_max {
+            return Err(invalid(format!("greeting must be at most {} characters", pc.greeting_len_max)));
+        }
+        let parts = split(input.kind, Fen::new(input.total_amount), input.count, pc.count_max, &mut fastrand::Rng::new())
+            .map_err(|e| invalid(e.to_string()))?;
+        let now = now_unix_ms();
+        let def = PacketDef {
+            packet_id: self.ids.next(gene_of_user(sender)),
+            sender: sender.to_string(),
+            kind: input.kind,
+            total: Fen::new(input.total_amount),
+            count: input.count,
+            greeting,
+            created_at_ms: now,
+            expires_at_ms: now + expires_in_s * 1000,
+            parts,
+        };
+        // Money first: the packet exists only once its total is frozen.
+        self.durable.freeze_for_packet(&def).await?;
+        if let Err(e) = self.store.create_packet(&def).await {
+            if let Err(undo) = self.durable.unfreeze_failed_packet(&def).await {
+                tracing::error!(packet_id = %def.packet_id, error = %undo, "could not unfreeze a packet that failed to create");
+            }
+            return Err(e.into());
+        }
+        Ok(PacketView::from(&crate::store::PacketSnapshot {
+            def: Arc::new(def),
+            status: crate::domain::PacketStatus::Active,
+            grabs: vec![],
+        }))
+    }
+
+    pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let grab_id = self.ids.next(gene_of_user(user_id));
+        let msg = PacketMsg::Grab { user_id: user_id.to_string(), grab_id, reply };
+        let result = self.ask_packet(packet_id, msg, rx).await.and_then(|r| r);
+        let outcome = match &result {
+            Ok(_) => "granted",
+            Err(EngineError::AlreadyGrabbed { .. }) => "already_grabbed",
+            Err(EngineError::PacketEmpty) => "empty",
+            Err(EngineError::PacketExpired) => "expired",
+            Err(EngineError::Overloaded(_)) => "overloaded",
+            Err(_) => "failed",
+        };
+        self.metrics.grabs.with_label_values(&[outcome]).inc();
+        result.map(|g| GrabOk { packet_id, grab_id: g.grab_id, amount: g.amount })
+    }
+
+    pub async fn packet(&self, packet_id: Id) -> Result<PacketView, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        let snap = self.ask_packet(packet_id, PacketMsg::View(tx), rx).await?;
+        Ok(PacketView::from(&snap))
+    }
+
+    // ---- wallet ----
+
+    pub async fn wallet(&self, user_id: &str) -> Result<Balance, EngineError> {
+        Ok(self.durable.balance(user_id).await?)
+    }
+
+    pub async fn ledger(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<JournalEntry>, Option<i64>), EngineError> {
+        let limit = self.page_limit(limit)?;
+        let entries = self.durable.ledger(user_id, before, limit).await?;
+        let next = if entries.len() as u32 == limit { entries.last().map(|e| e.entry_id) } else { None };
+        Ok((entries, next))
+    }
+
+    pub async fn credit(&self, user_id: &str, amount: i64, reason: &str) -> Result<Balance, EngineError> {
+        if !valid_user_id(user_id) {
+            return Err(invalid("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
+        }
+        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
+        if amount.get() > self.cfg.orders.credit_max_fen {
+            return Err(invalid(format!("amount must be at most {}", self.cfg.orders.credit_max_fen)));
+        }
+        check_text("reason", reason, 200)?;
+        self.durable.credit(user_id, amount, reason, self.ids.next(gene_of_user(user_id))).await?;
+        self.wallet(user_id).await
+    }
+
+    pub async fn audit(&self) -> Result<Audit, EngineError> {
+        Ok(self.durable.audit().await?)
+    }
+}

@@ -1,0 +1,61 @@
+//! Expected failures of the engine. The gateway maps each to one HTTP status
+//! and error code in one place.
+
+use crate::domain::{Fen, OrderStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("seats are not available: {}", .0.join(", "))]
+    SeatUnavailable(Vec<String>),
+    #[error("category {category} is sold out ({remaining} left)")]
+    SoldOut { category: String, remaining: u32 },
+    #[error("no {quantity} adjacent seats of category {category} are left in one row")]
+    NoAdjacentSeats { category: String, quantity: u32 },
+    #[error("{which} limit of {max} seats exceeded")]
+    LimitExceeded { which: &'static str, max: u32 },
+    #[error("order is {} and cannot change", .status.as_str())]
+    OrderNotPending { status: OrderStatus },
+    #[error("already grabbed this packet")]
+    AlreadyGrabbed { amount: Fen },
+    #[error("the packet is empty")]
+    PacketEmpty,
+    #[error("the packet has expired")]
+    PacketExpired,
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("too many requests queued for this {0}; retry shortly")]
+    Overloaded(&'static str),
+    #[error("the store is unavailable; retry shortly")]
+    StoreUnavailable,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<crate::store::StoreError> for EngineError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "hot store unavailable");
+                EngineError::StoreUnavailable
+            }
+            crate::store::StoreError::Corrupt(m) => EngineError::Internal(m),
+        }
+    }
+}
+
+impl From<crate::durable::DurableError> for EngineError {
+    fn from(e: crate::durable::DurableError) -> Self {
+        match e {
+            crate::durable::DurableError::InsufficientFunds => EngineError::InsufficientFunds,
+            crate::durable::DurableError::Db(e) => {
+                tracing::warn!(error = %e, "durable store failed");
+                EngineError::StoreUnavailable
+            }
+            crate::durable::DurableError::Invariant(m) => EngineError::Internal(m),
+        }
+    }
+}

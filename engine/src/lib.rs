@@ -1,0 +1,34 @@
+//! # rush-engine
+//!
+//! The flash-sale engine: actors decide in memory and in batches, the hot
+//! store is the atomic arbiter and writes an outbox, workers persist events
+//! to the durable store.
+//!
+//! # Layout
+//! - [`domain`]: ids with shard gene, money, seat maps, order states, packet split.
+//! - [`actors`]: one actor per event and per packet, bounded mailboxes, batching.
+//! - [`store`]: the hot-store trait; `memory` is the embedded implementation.
+//! - [`events`]: domain events, the event-log trait, the embedded outbox log.
+//! - [`durable`]: sqlx repositories (SQLite now): ledger, orders by gene, packets, grabs.
+//! - [`workers`]: persist events, expire holds and packets.
+//! - [`engine`]: the facade the gateway calls.
+//! - [`views`]: read models shaped as the API answers, with masking.
+//! - [`config`]: layered configuration with every limit.
+//! - [`error`]: expected failures, mapped to HTTP by the gateway.
+//! - [`telemetry`]: Prometheus metrics.
+
+pub mod actors;
+pub mod config;
+pub mod domain;
+pub mod durable;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod store;
+pub mod telemetry;
+pub mod views;
+pub mod workers;
+
+pub use config::Config;
+pub use engine::{Caller, Engine};
+pub use error::EngineError;

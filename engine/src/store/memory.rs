@@ -1,0 +1,628 @@
+//! The embedded hot store: the same re-checks as the Lua scripts, over an
+//! in-memory mirror, made durable in the SQLite file.
+//!
+//! Every call checks its ops against the mirror, then writes the accepted
+//! changes and their outbox events in one SQLite transaction, and only then
+//! returns: a batch is acknowledged after its transaction commits. If the
+//! transaction fails, the entity's mirror is dropped and re-read from the
+//! file on next use, so memory never runs ahead of what is durable.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use sqlx::{Row, SqliteConnection};
+use tokio::sync::{Mutex, Notify};
+
+use super::{
+    DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder, SeatOp,
+    SeatState, StoreError,
+};
+use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
+use crate::durable::Db;
+use crate::events::{DomainEvent, Envelope};
+use super::order_seats;
+
+struct EventHot {
+    info: Arc<EventInfo>,
+    seats: Vec<SeatState>,
+    holds: HashMap<Id, HotOrder>,
+    paid: HashMap<Id, PaidOrder>,
+}
+
+struct PacketHot {
+    def: Arc<PacketDef>,
+    status: PacketStatus,
+    grabs: Vec<Grab>,
+    grabbed: HashSet<String>,
+}
+
+type DueQueue = BTreeSet<(u64, DueItem)>;
+
+pub struct MemoryStore {
+    db: Db,
+    ids: Arc<IdGen>,
+    seats_max: u32,
+    events: DashMap<Id, Arc<Mutex<EventHot>>>,
+    packets: DashMap<Id, Arc<Mutex<PacketHot>>>,
+    /// Deadlines by time: holds to expire and packets to close.
+    due: StdMutex<DueQueue>,
+    /// Woken after every commit that appended to the outbox.
+    appended: Arc<Notify>,
+}
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn ms_i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn lock_due(due: &StdMutex<DueQueue>) -> std::sync::MutexGuard<'_, DueQueue> {
+    // A panic while holding this lock cannot leave the set half-changed
+    // (single insert/remove calls), so a poisoned lock is still usable.
+    due.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn append(conn: &mut SqliteConnection, ids: &IdGen, event: DomainEvent) -> Result<(), StoreError> {
+    let env = Envelope {
+        position: 0,
+        event_id: ids.next(0),
+        partition: event.entity_id().partition(),
+        event,
+    };
+    let body = serde_json::to_string(&env).map_err(corrupt)?;
+    sqlx::query("INSERT INTO outbox (event_id, partition, body) VALUES ($1, $2, $3)")
+        .bind(env.event_id.raw())
+        .bind(i64::from(env.partition))
+        .bind(body)
+        .execute(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+impl MemoryStore {
+    /// Opens the store over an open database and rebuilds the due queue from
+    /// it (entity mirrors load lazily, on first use).
+    pub async fn open(db: Db, ids: Arc<IdGen>, seats_max: u32) -> Result<Self, StoreError> {
+        let mut due = DueQueue::new();
+        for r in sqlx::query("SELECT order_id, event_id, expires_at_ms FROM hot_holds")
+            .fetch_all(&db.read)
+            .await
+            .map_err(db_err)?
+        {
+            let order_id = Id::from_raw(r.try_get("order_id").map_err(db_err)?).map_err(corrupt)?;
+            let event_id = Id::from_raw(r.try_get("event_id").map_err(db_err)?).map_err(corrupt)?;
+            let at: i64 = r.try_get("expires_at_ms").map_err(db_err)?;
+            due.insert((at.max(0) as u64, DueItem::Hold { event_id, order_id }));
+        }
+        for r in sqlx::query("SELECT packet_id, expires_at_ms FROM hot_packets WHERE status <> 'expired'")
+            .fetch_all(&db.read)
+            .await
+            .map_err(db_err)?
+        {
+            let packet_id = Id::from_raw(r.try_get("packet_id").map_err(db_err)?).map_err(corrupt)?;
+            let at: i64 = r.try_get("expires_at_ms").map_err(db_err)?;
+            due.insert((at.max(0) as u64, DueItem::Packet { packet_id }));
+        }
+        Ok(MemoryStore {
+            db,
+            ids,
+            seats_max,
+            events: DashMap::new(),
+            packets: DashMap::new(),
+            due: StdMutex::new(due),
+            appended: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Notified after each commit that appended events to the outbox.
+    pub fn appended(&self) -> Arc<Notify> {
+        self.appended.clone()
+    }
+
+    async fn event_mirror(&self, event_id: Id) -> Result<Option<Arc<Mutex<EventHot>>>, StoreError> {
+        if let Some(m) = self.events.get(&event_id) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(hot) = self.read_event(event_id).await? else {
+            return Ok(None);
+        };
+        // Another task may have loaded it meanwhile; the first one wins so
+        // that nobody works on a copy that is not the mirror.
+        let entry = self.events.entry(event_id).or_insert_with(|| Arc::new(Mutex::new(hot)));
+        Ok(Some(entry.clone()))
+    }
+
+    async fn read_event(&self, event_id: Id) -> Result<Option<EventHot>, StoreError> {
+        let Some(row) = sqlx::query("SELECT def FROM hot_events WHERE event_id = $1")
+            .bind(event_id.raw())
+            .fetch_optional(&self.db.read)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let def: EventDef = serde_json::from_str(row.try_get("def").map_err(db_err)?).map_err(corrupt)?;
+        let info = EventInfo::build(def, self.seats_max).map_err(corrupt)?;
+        let mut seats = vec![SeatState::Available; info.map.len()];
+        for r in sqlx::query("SELECT seat, state, order_id FROM hot_seats WHERE event_id = $1")
+            .bind(event_id.raw())
+            .fetch_all(&self.db.read)
+            .await
+            .map_err(db_err)?
+        {
+            let seat: i64 = r.try_get("seat").map_err(db_err)?;
+            let order = Id::from_raw(r.try_get("order_id").map_err(db_err)?).map_err(corrupt)?;
+            let state: String = r.try_get("state").map_err(db_err)?;
+            let slot = seats
+                .get_mut(seat as usize)
+                .ok_or_else(|| corrupt(format!("seat {seat} outside event {event_id}")))?;
+            *slot = match state.as_str() {
+                "held" => SeatState::Held(order),
+                "sold" => SeatState::Sold(order),
+                other => return Err(corrupt(format!("seat state {other}"))),
+            };
+        }
+        let mut holds = HashMap::new();
+        for r in sqlx::query("SELECT body FROM hot_holds WHERE event_id = $1")
+            .bind(event_id.raw())
+            .fetch_all(&self.db.read)
+            .await
+            .map_err(db_err)?
+        {
+            let o: HotOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
+            holds.insert(o.order_id, o);
+        }
+        let mut paid = HashMap::new();
+        for r in sqlx::query("SELECT order_id, body FROM hot_paid WHERE event_id = $1")
+            .bind(event_id.raw())
+            .fetch_all(&self.db.read)
+            .await
+            .map_err(db_err)?
+        {
+            let id = Id::from_raw(r.try_get("order_id").map_err(db_err)?).map_err(corrupt)?;
+            let p: PaidOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
+            paid.insert(id, p);
+        }
+        Ok(Some(EventHot { info, seats, holds, paid }))
+    }
+
+    async fn packet_mirror(&self, packet_id: Id) -> Result<Option<Arc<Mutex<PacketHot>>>, StoreError> {
+        if let Some(m) = self.packets.get(&packet_id) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(row) = sqlx::query("SELECT def, status FROM hot_packets WHERE packet_id = $1")
+            .bind(packet_id.raw())
+            .fetch_optional(&self.db.read)
+            .await
+            .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let def: PacketDef = serde_json::from_str(row.try_get("def").map_err(db_err)?).map_err(corrupt)?;
+        let status: String = row.try_get("status").map_err(db_err)?;
+        let status = PacketStatus::parse(&status).ok_or_else(|| corrupt(format!("packet status {status}")))?;
+        let mut grabs = Vec::new();
+        for r in sqlx::query(
+            "SELECT user_id, grab_id, part, amount, at_ms FROM hot_grabs WHERE packet_id = $1 ORDER BY part",
+        )
+        .bind(packet_id.raw())
+        .fetch_all(&self.db.read)
+        .await
+        .map_err(db_err)?
+        {
+            grabs.push(Grab {
+                grab_id: Id::from_raw(r.try_get("grab_id").map_err(db_err)?).map_err(corrupt)?,
+                user_id: r.try_get("user_id").map_err(db_err)?,
+                part: r.try_get::<i64, _>("part").map_err(db_err)? as u32,
+                amount: Fen::new(r.try_get("amount").map_err(db_err)?),
+                at_ms: r.try_get::<i64, _>("at_ms").map_err(db_err)?.max(0) as u64,
+            });
+        }
+        let grabbed = grabs.iter().map(|g| g.user_id.clone()).collect();
+        let hot = PacketHot { def: Arc::new(def), status, grabs, grabbed };
+        let entry = self.packets.entry(packet_id).or_insert_with(|| Arc::new(Mutex::new(hot)));
+        Ok(Some(entry.clone()))
+    }
+}
+
+/// What one accepted seat op writes, computed under the mirror lock.
+enum SeatWrite {
+    Hold(HotOrder),
+    Release { order: HotOrder, status: OrderStatus },
+    Confirm { order: HotOrder },
+}
+
+#[async_trait]
+impl HotStore for MemoryStore {
+    async fn create_event(&self, def: &EventDef) -> Result<(), StoreError> {
+        let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
+        let body = serde_json::to_string(def).map_err(corrupt)?;
+        sqlx::query("INSERT INTO hot_events (event_id, def) VALUES ($1, $2)")
+            .bind(def.event_id.raw())
+            .bind(body)
+            .execute(&self.db.write)
+            .await
+            .map_err(db_err)?;
+        let seats = vec![SeatState::Available; info.map.len()];
+        self.events.insert(
+            def.event_id,
+            Arc::new(Mutex::new(EventHot { info, seats, holds: HashMap::new(), paid: HashMap::new() })),
+        );
+        Ok(())
+    }
+
+    async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError> {
+        let Some(m) = self.event_mirror(event_id).await? else {
+            return Ok(None);
+        };
+        let hot = m.lock().await;
+        Ok(Some(EventSnapshot {
+            info: hot.info.clone(),
+            seats: hot.seats.clone(),
+            holds: hot.holds.clone(),
+            paid: hot.paid.clone(),
+        }))
+    }
+
+    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+        let Some(m) = self.event_mirror(event_id).await? else {
+            return Ok(vec![OpOutcome::Rejected; ops.len()]);
+        };
+        let mut hot = m.lock().await;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut writes = Vec::new();
+        // Check and apply to the mirror op by op: a later op sees the effect
+        // of an earlier one (a release then a hold of the same seat).
+        for op in ops {
+            let write = match op {
+                SeatOp::Hold(o) => {
+                    let free = !o.seats.is_empty()
+                        && !hot.holds.contains_key(&o.order_id)
+                        && o.seats.iter().all(|s| hot.seats.get(*s as usize) == Some(&SeatState::Available));
+                    if free {
+                        for s in &o.seats {
+                            hot.seats[*s as usize] = SeatState::Held(o.order_id);
+                        }
+                        hot.holds.insert(o.order_id, o.clone());
+                        Some(SeatWrite::Hold(o.clone()))
+                    } else {
+                        None
+                    }
+                }
+                SeatOp::Release { order_id, status } => match hot.holds.remove(order_id) {
+                    Some(order) => {
+                        for s in &order.seats {
+                            hot.seats[*s as usize] = SeatState::Available;
+                        }
+                        Some(SeatWrite::Release { order, status: *status })
+                    }
+                    None => None,
+                },
+                SeatOp::Confirm { order_id } => match hot.holds.remove(order_id) {
+                    Some(order) => {
+                        for s in &order.seats {
+                            hot.seats[*s as usize] = SeatState::Sold(order.order_id);
+                        }
+                        hot.paid.insert(
+                            order.order_id,
+                            PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() },
+                        );
+                        Some(SeatWrite::Confirm { order })
+                    }
+                    None => None,
+                },
+            };
+            outcomes.push(if write.is_some() { OpOutcome::Applied } else { OpOutcome::Rejected });
+            writes.extend(write);
+        }
+        if writes.is_empty() {
+            return Ok(outcomes);
+        }
+        let info = hot.info.clone();
+        if let Err(e) = self.write_seats(&info, &writes, now_ms).await {
+            drop(hot);
+            self.events.remove(&event_id);
+            return Err(e);
+        }
+        let mut due = lock_due(&self.due);
+        for w in &writes {
+            match w {
+                SeatWrite::Hold(o) => {
+                    due.insert((o.expires_at_ms, DueItem::Hold { event_id, order_id: o.order_id }));
+                }
+                SeatWrite::Release { order, .. } | SeatWrite::Confirm { order } => {
+                    due.remove(&(order.expires_at_ms, DueItem::Hold { event_id, order_id: order.order_id }));
+                }
+            }
+        }
+        drop(due);
+        self.appended.notify_one();
+        Ok(outcomes)
+    }
+
+    async fn hold(&self, order_id: Id) -> Result<Option<HotOrder>, StoreError> {
+        let row = sqlx::query("SELECT body FROM hot_holds WHERE order_id = $1")
+            .bind(order_id.raw())
+            .fetch_optional(&self.db.read)
+            .await
+            .map_err(db_err)?;
+        match row {
+            Some(r) => Ok(Some(serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {
+        let body = serde_json::to_string(def).map_err(corrupt)?;
+        let mut tx = self.db.write.begin().await.map_err(db_err)?;
+        sqlx::query("INSERT INTO hot_packets (packet_id, status, expires_at_ms, def) VALUES ($1, 'active', $2, $3)")
+            .bind(def.packet_id.raw())
+            .bind(ms_i(def.expires_at_ms))
+            .bind(body)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        append(
+            &mut tx,
+            &self.ids,
+            DomainEvent::PacketCreated {
+                packet_id: def.packet_id,
+                sender: def.sender.clone(),
+                kind: def.kind,
+                total: def.total,
+                count: def.count,
+                expires_at_ms: def.expires_at_ms,
+                at_ms: def.created_at_ms,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        self.packets.insert(
+            def.packet_id,
+            Arc::new(Mutex::new(PacketHot {
+                def: Arc::new(def.clone()),
+                status: PacketStatus::Active,
+                grabs: Vec::new(),
+                grabbed: HashSet::new(),
+            })),
+        );
+        lock_due(&self.due).insert((def.expires_at_ms, DueItem::Packet { packet_id: def.packet_id }));
+        self.appended.notify_one();
+        Ok(())
+    }
+
+    async fn load_packet(&self, packet_id: Id) -> Result<Option<PacketSnapshot>, StoreError> {
+        let Some(m) = self.packet_mirror(packet_id).await? else {
+            return Ok(None);
+        };
+        let hot = m.lock().await;
+        Ok(Some(PacketSnapshot { def: hot.def.clone(), status: hot.status, grabs: hot.grabs.clone() }))
+    }
+
+    async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+        let Some(m) = self.packet_mirror(packet_id).await? else {
+            return Ok(vec![OpOutcome::Rejected; grabs.len()]);
+        };
+        let mut hot = m.lock().await;
+        let mut outcomes = Vec::with_capacity(grabs.len());
+        let first_new = hot.grabs.len();
+        for g in grabs {
+            let next = hot.grabs.len();
+            let ok = hot.status == PacketStatus::Active
+                && now_ms < hot.def.expires_at_ms
+                && g.part as usize == next
+                && hot.def.parts.get(next) == Some(&g.amount)
+                && !hot.grabbed.contains(&g.user_id);
+            if ok {
+                hot.grabbed.insert(g.user_id.clone());
+                hot.grabs.push(g.clone());
+                if hot.grabs.len() == hot.def.parts.len() {
+                    hot.status = PacketStatus::Empty;
+                }
+            }
+            outcomes.push(if ok { OpOutcome::Applied } else { OpOutcome::Rejected });
+        }
+        if hot.grabs.len() == first_new {
+            return Ok(outcomes);
+        }
+        let result: Result<(), StoreError> = async {
+            let mut tx = self.db.write.begin().await.map_err(db_err)?;
+            for g in &hot.grabs[first_new..] {
+                sqlx::query(
+                    "INSERT INTO hot_grabs (packet_id, user_id, grab_id, part, amount, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(packet_id.raw())
+                .bind(&g.user_id)
+                .bind(g.grab_id.raw())
+                .bind(i64::from(g.part))
+                .bind(g.amount.get())
+                .bind(ms_i(g.at_ms))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                append(
+                    &mut tx,
+                    &self.ids,
+                    DomainEvent::PacketGrabbed {
+                        grab_id: g.grab_id,
+                        packet_id,
+                        sender: hot.def.sender.clone(),
+                        user_id: g.user_id.clone(),
+                        amount: g.amount,
+                        at_ms: g.at_ms,
+                    },
+                )
+                .await?;
+            }
+            if hot.status == PacketStatus::Empty {
+                sqlx::query("UPDATE hot_packets SET status = 'empty' WHERE packet_id = $1")
+                    .bind(packet_id.raw())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+            tx.commit().await.map_err(db_err)
+        }
+        .await;
+        if let Err(e) = result {
+            drop(hot);
+            self.packets.remove(&packet_id);
+            return Err(e);
+        }
+        self.appended.notify_one();
+        Ok(outcomes)
+    }
+
+    async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError> {
+        let Some(m) = self.packet_mirror(packet_id).await? else {
+            return Ok(None);
+        };
+        let mut hot = m.lock().await;
+        if hot.status == PacketStatus::Expired || now_ms < hot.def.expires_at_ms {
+            return Ok(None);
+        }
+        let remaining = Fen::new(hot.def.parts[hot.grabs.len()..].iter().map(|p| p.get()).sum());
+        let result: Result<(), StoreError> = async {
+            let mut tx = self.db.write.begin().await.map_err(db_err)?;
+            sqlx::query("UPDATE hot_packets SET status = 'expired' WHERE packet_id = $1")
+                .bind(packet_id.raw())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            append(
+                &mut tx,
+                &self.ids,
+                DomainEvent::PacketExpired { packet_id, sender: hot.def.sender.clone(), remaining, at_ms: now_ms },
+            )
+            .await?;
+            tx.commit().await.map_err(db_err)
+        }
+        .await;
+        if let Err(e) = result {
+            drop(hot);
+            self.packets.remove(&packet_id);
+            return Err(e);
+        }
+        hot.status = PacketStatus::Expired;
+        lock_due(&self.due).remove(&(hot.def.expires_at_ms, DueItem::Packet { packet_id }));
+        self.appended.notify_one();
+        Ok(Some(remaining))
+    }
+
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {
+        let due = lock_due(&self.due);
+        Ok(due.iter().take_while(|(at, _)| *at <= now_ms).take(limit).map(|(_, item)| *item).collect())
+    }
+}
+
+impl MemoryStore {
+    async fn write_seats(&self, info: &EventInfo, writes: &[SeatWrite], now_ms: u64) -> Result<(), StoreError> {
+        let event_id = info.def.event_id;
+        let mut tx = self.db.write.begin().await.map_err(db_err)?;
+        for w in writes {
+            match w {
+                SeatWrite::Hold(o) => {
+                    for s in &o.seats {
+                        sqlx::query("INSERT INTO hot_seats (event_id, seat, state, order_id) VALUES ($1, $2, 'held', $3)")
+                            .bind(event_id.raw())
+                            .bind(i64::from(*s))
+                            .bind(o.order_id.raw())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    }
+                    sqlx::query("INSERT INTO hot_holds (order_id, event_id, expires_at_ms, body) VALUES ($1, $2, $3, $4)")
+                        .bind(o.order_id.raw())
+                        .bind(event_id.raw())
+                        .bind(ms_i(o.expires_at_ms))
+                        .bind(serde_json::to_string(o).map_err(corrupt)?)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    append(
+                        &mut tx,
+                        &self.ids,
+                        DomainEvent::OrderHeld {
+                            order_id: o.order_id,
+                            event_id,
+                            user_id: o.user_id.clone(),
+                            amount: o.amount,
+                            created_at_ms: o.created_at_ms,
+                            expires_at_ms: o.expires_at_ms,
+                            seats: order_seats(info, &o.seats),
+                            attendees: o.attendees.clone(),
+                        },
+                    )
+                    .await?;
+                }
+                SeatWrite::Release { order, status } => {
+                    sqlx::query("DELETE FROM hot_seats WHERE event_id = $1 AND order_id = $2")
+                        .bind(event_id.raw())
+                        .bind(order.order_id.raw())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    sqlx::query("DELETE FROM hot_holds WHERE order_id = $1")
+                        .bind(order.order_id.raw())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    append(
+                        &mut tx,
+                        &self.ids,
+                        DomainEvent::OrderReleased {
+                            order_id: order.order_id,
+                            event_id,
+                            user_id: order.user_id.clone(),
+                            status: *status,
+                            at_ms: now_ms,
+                        },
+                    )
+                    .await?;
+                }
+                SeatWrite::Confirm { order } => {
+                    sqlx::query("UPDATE hot_seats SET state = 'sold' WHERE event_id = $1 AND order_id = $2")
+                        .bind(event_id.raw())
+                        .bind(order.order_id.raw())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    sqlx::query("DELETE FROM hot_holds WHERE order_id = $1")
+                        .bind(order.order_id.raw())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    let paid = PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() };
+                    sqlx::query("INSERT INTO hot_paid (order_id, event_id, body) VALUES ($1, $2, $3)")
+                        .bind(order.order_id.raw())
+                        .bind(event_id.raw())
+                        .bind(serde_json::to_string(&paid).map_err(corrupt)?)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                    append(
+                        &mut tx,
+                        &self.ids,
+                        DomainEvent::OrderConfirmed {
+                            order_id: order.order_id,
+                            event_id,
+                            user_id: order.user_id.clone(),
+                            at_ms: now_ms,
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await.map_err(db_err)
+    }
+}

@@ -1,0 +1,183 @@
+//! The hot store: the atomic arbiter of seats and packets.
+//!
+//! Actors decide in memory and commit a batch with one call; the store
+//! re-checks every decision before writing anything (as the Lua scripts do),
+//! applies the accepted ones atomically and appends their events to the
+//! outbox in the same step. `memory.rs` is the embedded implementation.
+
+pub mod memory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{EventDef, EventInfo, Fen, Id, OrderStatus, PacketKind, PacketStatus, SeatIdx};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("hot store unavailable: {0}")]
+    Unavailable(String),
+    #[error("hot store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The state of one seat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeatState {
+    Available,
+    Held(Id),
+    Sold(Id),
+}
+
+/// An attendee named on an order (stored in full, shown masked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attendee {
+    pub name: String,
+    pub id_number: String,
+}
+
+/// A hold: an order in `pending_payment` and its seats.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotOrder {
+    pub order_id: Id,
+    pub event_id: Id,
+    pub user_id: String,
+    pub seats: Vec<SeatIdx>,
+    pub amount: Fen,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub attendees: Vec<Attendee>,
+}
+
+/// An order whose seats are sold (kept so per-user limits survive restarts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaidOrder {
+    pub user_id: String,
+    pub seats: Vec<SeatIdx>,
+}
+
+/// Everything the event actor needs to rebuild itself.
+#[derive(Clone, Debug)]
+pub struct EventSnapshot {
+    pub info: Arc<EventInfo>,
+    pub seats: Vec<SeatState>,
+    pub holds: HashMap<Id, HotOrder>,
+    pub paid: HashMap<Id, PaidOrder>,
+}
+
+/// One decision of the event actor, to be re-checked and applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeatOp {
+    /// Every seat must be available; they become held by the order.
+    Hold(HotOrder),
+    /// The order must be held; its seats become available again.
+    Release { order_id: Id, status: OrderStatus },
+    /// The order must be held; its seats become sold.
+    Confirm { order_id: Id },
+}
+
+/// The store's verdict on one op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpOutcome {
+    Applied,
+    /// The re-check failed: the actor's view was stale (another node got
+    /// there first); nothing of this op was written.
+    Rejected,
+}
+
+/// A packet as created: its parts are split up front.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketDef {
+    pub packet_id: Id,
+    pub sender: String,
+    pub kind: PacketKind,
+    pub total: Fen,
+    pub count: u32,
+    pub greeting: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub parts: Vec<Fen>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grab {
+    pub grab_id: Id,
+    pub user_id: String,
+    /// Index of the part taken; parts are taken in order.
+    pub part: u32,
+    pub amount: Fen,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PacketSnapshot {
+    pub def: Arc<PacketDef>,
+    pub status: PacketStatus,
+    /// Grabs in the order they happened.
+    pub grabs: Vec<Grab>,
+}
+
+impl PacketSnapshot {
+    pub fn remaining(&self) -> Fen {
+        Fen::new(
+            self.def.parts[self.grabs.len().min(self.def.parts.len())..]
+                .iter()
+                .map(|p| p.get())
+                .sum(),
+        )
+    }
+}
+
+/// Something whose deadline has passed and that a timeout worker should
+/// settle through its actor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DueItem {
+    Hold { event_id: Id, order_id: Id },
+    Packet { packet_id: Id },
+}
+
+/// The seats of an order as they are recorded and shown.
+pub fn order_seats(info: &EventInfo, seats: &[SeatIdx]) -> Vec<crate::events::OrderSeat> {
+    seats
+        .iter()
+        .map(|s| {
+            let d = info.map.seat(*s);
+            crate::events::OrderSeat {
+                seat_id: d.label(),
+                section: d.section.clone(),
+                row: d.row,
+                col: d.col,
+                category: d.category.clone(),
+                price: info.price_of(&d.category),
+            }
+        })
+        .collect()
+}
+
+#[async_trait]
+pub trait HotStore: Send + Sync + 'static {
+    async fn create_event(&self, def: &EventDef) -> Result<(), StoreError>;
+    async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError>;
+    /// Re-checks and applies a batch of seat ops in order, atomically with
+    /// their outbox events. One outcome per op.
+    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64)
+        -> Result<Vec<OpOutcome>, StoreError>;
+    /// A live (pending) hold by order id, for reads before workers persist it.
+    async fn hold(&self, order_id: Id) -> Result<Option<HotOrder>, StoreError>;
+
+    async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError>;
+    async fn load_packet(&self, packet_id: Id) -> Result<Option<PacketSnapshot>, StoreError>;
+    /// Re-checks and applies grabs in order: the user has not grabbed, the
+    /// part is the next one, the packet is active.
+    async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64)
+        -> Result<Vec<OpOutcome>, StoreError>;
+    /// Marks the packet expired; returns the remainder to unfreeze, or
+    /// `None` if it was already expired.
+    async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError>;
+
+    /// Deadlines that have passed (holds to expire, packets to close), oldest
+    /// first, at most `limit`. Items leave the queue when their op applies.
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError>;
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics, one registry per engine (so tests never share one).
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
+    pub mailbox_depth: IntGaugeVec,
+    pub batch_len: HistogramVec,
+    pub actors_live: IntGaugeVec,
+    pub holds: IntCounterVec,
+    pub grabs: IntCounterVec,
+    pub worker_events: IntCounterVec,
+    pub worker_failures: IntCounterVec,
+    pub outbox_lag: IntGauge,
+    pub store_batch_latency: Histogram,
+}
+
+fn must<T>(r: Result<T, prometheus::Error>) -> T {
+    // Metric definitions are constants of this file; a bad one is a bug
+    // found by the first test, never by a request.
+    r.unwrap_or_else(|e| panic!("bad metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("rush".into()), None).unwrap_or_default();
+        let http_requests = must(IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route pattern, method and status"),
+            &["route", "method", "status"],
+        ));
+        let http_latency = must(HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP latency by route pattern")
+                .buckets(must(exponential_buckets(0.000_05, 2.0, 18))),
+            &["route"],
+        ));
+        let mailbox_depth = must(IntGaugeVec::new(
+            Opts::new("actor_mailbox_depth", "Requests queued in actor mailboxes, summed per kind"),
+            &["kind"],
+        ));
+        let batch_len = must(HistogramVec::new(
+            HistogramOpts::new("actor_batch_len", "Requests decided per actor batch")
+                .buckets(must(exponential_buckets(1.0, 2.0, 12))),
+            &["kind"],
+        ));
+        let actors_live = must(IntGaugeVec::new(Opts::new("actors_live", "Running actors per kind"), &["kind"]));
+        let holds = must(IntCounterVec::new(Opts::new("holds_total", "Hold requests by outcome"), &["outcome"]));
+        let grabs = must(IntCounterVec::new(Opts::new("grabs_total", "Grab requests by outcome"), &["outcome"]));
+        let worker_events = must(IntCounterVec::new(
+            Opts::new("worker_events_total", "Events applied by workers"),
+            &["worker"],
+        ));
+        let worker_failures = must(IntCounterVec::new(
+            Opts::new("worker_failures_total", "Failed worker batches (retried); alert when it keeps rising"),
+            &["worker"],
+        ));
+        let outbox_lag = must(IntGauge::new("outbox_lag_events", "Outbox events not yet applied by the persist worker"));
+        let store_batch_latency = must(Histogram::with_opts(
+            HistogramOpts::new("store_batch_duration_seconds", "Hot store batch commit latency")
+                .buckets(must(exponential_buckets(0.000_02, 2.0, 18))),
+        ));
+        for c in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_latency.clone()),
+            Box::new(mailbox_depth.clone()),
+            Box::new(batch_len.clone()),
+            Box::new(actors_live.clone()),
+            Box::new(holds.clone()),
+            Box::new(grabs.clone()),
+            Box::new(worker_events.clone()),
+            Box::new(worker_failures.clone()),
+            Box::new(outbox_lag.clone()),
+            Box::new(store_batch_latency.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            http_requests,
+            http_latency,
+            mailbox_depth,
+            batch_len,
+            actors_live,
+            holds,
+            grabs,
+            worker_events,
+            worker_failures,
+            outbox_lag,
+            store_batch_latency,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = prometheus::Encoder::encode(&enc, &self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,89 @@
+//! Workers: in-process in embedded mode.
+//!
+//! - persist: reads the event log and applies each batch to the durable
+//!   store in one transaction (effects and processed ids together), then
+//!   commits the log position. A failed batch is retried as it is, with
+//!   doubling backoff, so no event is skipped.
+//! - timeouts: finds holds and packets whose time is up and settles them
+//!   through their actors (which re-check the deadline).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+
+pub const PERSIST_CONSUMER: &str = "persist";
+
+pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let cfg = engine.config().workers.clone();
+    let log = engine.log();
+    let failures = engine.metrics.worker_failures.with_label_values(&["persist"]);
+    let applied = engine.metrics.worker_events.with_label_values(&["persist"]);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let batch = tokio::select! {
+            r = log.poll(PERSIST_CONSUMER, cfg.batch_len_max, Duration::from_millis(cfg.poll_wait_ms)) => r,
+            _ = shutdown.changed() => continue,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                failures.inc();
+                tracing::warn!(error = %e, "event log poll failed");
+                tokio::time::sleep(Duration::from_millis(cfg.retry_backoff_ms)).await;
+                continue;
+            }
+        };
+        let Some(last) = batch.last().map(|e| e.position) else {
+            continue;
+        };
+        let mut backoff = cfg.retry_backoff_ms;
+        loop {
+            let done = match engine.durable().apply_events(&batch).await {
+                Ok(n) => {
+                    applied.inc_by(n as u64);
+                    log.commit(PERSIST_CONSUMER, last).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match done {
+                Ok(()) => break,
+                Err(e) => {
+                    failures.inc();
+                    tracing::error!(error = %e, position = last, "persist batch failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(backoff)) => {},
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(cfg.retry_backoff_max_ms);
+                }
+            }
+        }
+        if let Ok(lag) = log.lag(PERSIST_CONSUMER).await {
+            engine.metrics.outbox_lag.set(lag as i64);
+        }
+    }
+}
+
+pub async fn timeouts(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let cfg = engine.config().workers.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.timeout_poll_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.changed() => {},
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        if let Err(e) = engine.settle_due(cfg.due_batch_max).await {
+            engine.metrics.worker_failures.with_label_values(&["timeouts"]).inc();
+            tracing::warn!(error = %e, "timeout sweep failed");
+        }
+    }
+}
