@@ -308,7 +308,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -322,10 +325,17 @@ mod tests {
     fn env_vars_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("rush.toml");
-        std::fs::write(&file, "[http]\naddr = \"127.0.0.1:9000\"\n[actors]\nbatch_len_max = 7\n").unwrap();
+        std::fs::write(
+            &file,
+            "[http]\naddr = \"127.0.0.1:9000\"\n[actors]\nbatch_len_max = 7\n",
+        )
+        .unwrap();
         let cfg = Config::load_from(
             Some(&file),
-            env(&[("RUSH__HTTP__ADDR", "127.0.0.1:9100"), ("RUSH__DATA_DIR", "/tmp/x")]),
+            env(&[
+                ("RUSH__HTTP__ADDR", "127.0.0.1:9100"),
+                ("RUSH__DATA_DIR", "/tmp/x"),
+            ]),
         )
         .unwrap();
         assert_eq!(cfg.http.addr, "127.0.0.1:9100");

@@ -30,7 +30,10 @@ pub fn mask_name(name: &str) -> String {
 pub fn mask_id_number(id: &str) -> String {
     let n = id.chars().count();
     let keep = if n >= 8 { 4 } else { 0 };
-    id.chars().enumerate().map(|(i, c)| if i + keep >= n { c } else { '*' }).collect()
+    id.chars()
+        .enumerate()
+        .map(|(i, c)| if i + keep >= n { c } else { '*' })
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
@@ -65,7 +68,10 @@ pub struct AttendeeView {
 
 impl From<&Attendee> for AttendeeView {
     fn from(a: &Attendee) -> Self {
-        AttendeeView { name: mask_name(&a.name), id_number: mask_id_number(&a.id_number) }
+        AttendeeView {
+            name: mask_name(&a.name),
+            id_number: mask_id_number(&a.id_number),
+        }
     }
 }
 
@@ -93,7 +99,10 @@ impl OrderView {
             status,
             event_id: o.event_id,
             user_id: o.user_id.clone(),
-            seats: crate::store::order_seats(info, &o.seats).iter().map(SeatOnOrder::from).collect(),
+            seats: crate::store::order_seats(info, &o.seats)
+                .iter()
+                .map(SeatOnOrder::from)
+                .collect(),
             amount: o.amount,
             attendees: o.attendees.iter().map(AttendeeView::from).collect(),
             created_at: time_of(o.created_at_ms),
@@ -160,7 +169,11 @@ impl From<&PacketSnapshot> for PacketView {
             grabs: s
                 .grabs
                 .iter()
-                .map(|g| GrabView { user_id: g.user_id.clone(), amount: g.amount, at: time_of(g.at_ms) })
+                .map(|g| GrabView {
+                    user_id: g.user_id.clone(),
+                    amount: g.amount,
+                    at: time_of(g.at_ms),
+                })
                 .collect(),
         }
     }

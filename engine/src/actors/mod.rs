@@ -56,12 +56,16 @@ pub struct Actors {
     events: Arc<DashMap<Id, Handle<EventMsg>>>,
     packets: Arc<DashMap<Id, Handle<PacketMsg>>>,
     generation: AtomicU64,
+    /// The runtime actors run on: the engine's, not the HTTP worker thread
+    /// that happened to send the first message.
+    rt: tokio::runtime::Handle,
 }
 
 /// How many times a send retries when it finds an actor that just stopped.
 const RESPAWN_TRIES_MAX: usize = 3;
 
 impl Actors {
+    /// Must be called inside the runtime the actors should run on.
     pub fn new(store: Arc<dyn HotStore>, cfg: ActorConfig, metrics: Metrics) -> Self {
         Actors {
             store,
@@ -70,6 +74,7 @@ impl Actors {
             events: Arc::new(DashMap::new()),
             packets: Arc::new(DashMap::new()),
             generation: AtomicU64::new(0),
+            rt: tokio::runtime::Handle::current(),
         }
     }
 
@@ -101,12 +106,16 @@ impl Actors {
             };
             match tx.try_send(msg) {
                 Ok(()) => {
-                    self.metrics.mailbox_depth.with_label_values(&["event"]).inc();
+                    self.metrics
+                        .mailbox_depth
+                        .with_label_values(&["event"])
+                        .inc();
                     return Ok(true);
                 }
                 Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("event")),
                 Err(TrySendError::Closed(m)) => {
-                    self.events.remove_if(&event_id, |_, h| h.tx.same_channel(&tx));
+                    self.events
+                        .remove_if(&event_id, |_, h| h.tx.same_channel(&tx));
                     msg = m;
                 }
             }
@@ -114,7 +123,11 @@ impl Actors {
         Err(EngineError::Overloaded("event"))
     }
 
-    pub async fn send_packet(&self, packet_id: Id, mut msg: PacketMsg) -> Result<bool, EngineError> {
+    pub async fn send_packet(
+        &self,
+        packet_id: Id,
+        mut msg: PacketMsg,
+    ) -> Result<bool, EngineError> {
         for _ in 0..RESPAWN_TRIES_MAX {
             let tx = match self.packets.get(&packet_id) {
                 Some(h) => h.tx.clone(),
@@ -130,12 +143,16 @@ impl Actors {
             };
             match tx.try_send(msg) {
                 Ok(()) => {
-                    self.metrics.mailbox_depth.with_label_values(&["packet"]).inc();
+                    self.metrics
+                        .mailbox_depth
+                        .with_label_values(&["packet"])
+                        .inc();
                     return Ok(true);
                 }
                 Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("packet")),
                 Err(TrySendError::Closed(m)) => {
-                    self.packets.remove_if(&packet_id, |_, h| h.tx.same_channel(&tx));
+                    self.packets
+                        .remove_if(&packet_id, |_, h| h.tx.same_channel(&tx));
                     msg = m;
                 }
             }
@@ -145,7 +162,13 @@ impl Actors {
 
     /// Registers and starts an actor unless another task did first; returns
     /// the sender of whichever actor is registered.
-    fn spawn<M, F, Fut>(&self, map: &Arc<DashMap<Id, Handle<M>>>, id: Id, kind: &'static str, start: F) -> mpsc::Sender<M>
+    fn spawn<M, F, Fut>(
+        &self,
+        map: &Arc<DashMap<Id, Handle<M>>>,
+        id: Id,
+        kind: &'static str,
+        start: F,
+    ) -> mpsc::Sender<M>
     where
         M: Send + 'static,
         F: FnOnce(mpsc::Receiver<M>, Arc<dyn HotStore>, Mailbox) -> Fut,
@@ -158,7 +181,7 @@ impl Actors {
             mailbox.live.inc();
             let task = start(rx, self.store.clone(), mailbox);
             let map = map.clone();
-            tokio::spawn(async move {
+            self.rt.spawn(async move {
                 task.await;
                 // Unregister this actor (not a successor that replaced it).
                 map.remove_if(&id, |_, h| h.generation == generation);

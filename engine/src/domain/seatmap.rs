@@ -87,7 +87,10 @@ impl SeatMap {
             .map(|s| u64::from(s.rows) * u64::from(s.cols))
             .sum();
         if count > u64::from(seats_max) {
-            return Err(SeatMapError::TooManySeats { count, max: seats_max });
+            return Err(SeatMapError::TooManySeats {
+                count,
+                max: seats_max,
+            });
         }
         let mut seats = Vec::with_capacity(count as usize);
         for s in sections {
@@ -289,8 +292,18 @@ mod tests {
     fn layout_expands_into_labelled_seats() {
         let map = SeatMap::from_layout(
             &[
-                SectionLayout { name: "A".into(), rows: 2, cols: 3, category: "vip".into() },
-                SectionLayout { name: "B".into(), rows: 1, cols: 4, category: "std".into() },
+                SectionLayout {
+                    name: "A".into(),
+                    rows: 2,
+                    cols: 3,
+                    category: "vip".into(),
+                },
+                SectionLayout {
+                    name: "B".into(),
+                    rows: 1,
+                    cols: 4,
+                    category: "std".into(),
+                },
             ],
             &["vip", "std"],
             100,
@@ -305,8 +318,16 @@ mod tests {
 
     #[test]
     fn bad_seat_maps_are_refused() {
-        let seat = |s: &str, r, c, cat: &str| SeatDef { section: s.into(), row: r, col: c, category: cat.into() };
-        assert_eq!(SeatMap::from_seats(vec![], &["a"], 10).unwrap_err(), SeatMapError::Empty);
+        let seat = |s: &str, r, c, cat: &str| SeatDef {
+            section: s.into(),
+            row: r,
+            col: c,
+            category: cat.into(),
+        };
+        assert_eq!(
+            SeatMap::from_seats(vec![], &["a"], 10).unwrap_err(),
+            SeatMapError::Empty
+        );
         assert!(matches!(
             SeatMap::from_seats(vec![seat("A", 1, 1, "a"), seat("A", 1, 1, "a")], &["a"], 10),
             Err(SeatMapError::DuplicateSeat(_))
@@ -325,7 +346,12 @@ mod tests {
         );
         assert!(matches!(
             SeatMap::from_layout(
-                &[SectionLayout { name: "A".into(), rows: 1000, cols: 1000, category: "a".into() }],
+                &[SectionLayout {
+                    name: "A".into(),
+                    rows: 1000,
+                    cols: 1000,
+                    category: "a".into()
+                }],
                 &["a"],
                 10
             ),
@@ -358,16 +384,34 @@ mod tests {
     fn adjacent_search_needs_consecutive_columns_and_the_category() {
         let map = SeatMap::from_seats(
             vec![
-                SeatDef { section: "A".into(), row: 1, col: 1, category: "a".into() },
-                SeatDef { section: "A".into(), row: 1, col: 3, category: "a".into() },
-                SeatDef { section: "A".into(), row: 1, col: 4, category: "b".into() },
+                SeatDef {
+                    section: "A".into(),
+                    row: 1,
+                    col: 1,
+                    category: "a".into(),
+                },
+                SeatDef {
+                    section: "A".into(),
+                    row: 1,
+                    col: 3,
+                    category: "a".into(),
+                },
+                SeatDef {
+                    section: "A".into(),
+                    row: 1,
+                    col: 4,
+                    category: "b".into(),
+                },
             ],
             &["a", "b"],
             10,
         )
         .unwrap();
         assert_eq!(map.find_adjacent("a", 2, |_| true, &[3]), None);
-        assert_eq!(map.find_adjacent("a", 1, |_| true, &[3]).map(|v| v.len()), Some(1));
+        assert_eq!(
+            map.find_adjacent("a", 1, |_| true, &[3]).map(|v| v.len()),
+            Some(1)
+        );
     }
 
     #[test]

@@ -263,7 +263,13 @@ impl Durable {
     }
 
     /// Admin credit: money enters rush from the world account.
-    pub async fn credit(&self, user_id: &str, amount: Fen, reason: &str, transfer_id: Id) -> Result<(), DurableError> {
+    pub async fn credit(
+        &self,
+        user_id: &str,
+        amount: Fen,
+        reason: &str,
+        transfer_id: Id,
+    ) -> Result<(), DurableError> {
         let mut tx = self.db.write.begin().await?;
         transfer(
             &mut tx,
@@ -293,12 +299,20 @@ impl Durable {
                 available: Fen::new(r.try_get("available")?),
                 frozen: Fen::new(r.try_get("frozen")?),
             },
-            None => Balance { available: Fen::ZERO, frozen: Fen::ZERO },
+            None => Balance {
+                available: Fen::ZERO,
+                frozen: Fen::ZERO,
+            },
         })
     }
 
     /// The user's journal legs, newest first, before `before` (an entry id).
-    pub async fn ledger(&self, user_id: &str, before: Option<i64>, limit: u32) -> Result<Vec<JournalEntry>, DurableError> {
+    pub async fn ledger(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<JournalEntry>, DurableError> {
         let rows = sqlx::query(
             "SELECT entry_id, transfer_id, bucket, amount, kind, ref_id, memo, at_ms FROM journal \
              WHERE user_id = $1 AND entry_id < $2 ORDER BY entry_id DESC LIMIT $3",
@@ -340,7 +354,12 @@ impl Durable {
     }
 
     /// The user's orders, newest first, with ids below `before`.
-    pub async fn orders_of(&self, user_id: &str, before: Option<Id>, limit: u32) -> Result<Vec<OrderRecord>, DurableError> {
+    pub async fn orders_of(
+        &self,
+        user_id: &str,
+        before: Option<Id>,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, DurableError> {
         let rows = sqlx::query(&format!(
             "SELECT order_id, event_id, user_id, status, amount, created_at_ms, expires_at_ms \
              FROM {} WHERE user_id = $1 AND order_id < $2 ORDER BY order_id DESC LIMIT $3",
@@ -358,7 +377,10 @@ impl Durable {
         Ok(out)
     }
 
-    async fn order_from_row(&self, r: sqlx::sqlite::SqliteRow) -> Result<OrderRecord, DurableError> {
+    async fn order_from_row(
+        &self,
+        r: sqlx::sqlite::SqliteRow,
+    ) -> Result<OrderRecord, DurableError> {
         let bad = |what: &str| DurableError::Invariant(format!("stored order has a bad {what}"));
         let order_id = Id::from_raw(r.try_get("order_id")?).map_err(|_| bad("order_id"))?;
         let status: String = r.try_get("status")?;
@@ -381,13 +403,19 @@ impl Durable {
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let attendees = sqlx::query("SELECT name, id_number FROM attendees WHERE order_id = $1 ORDER BY idx")
-            .bind(order_id.raw())
-            .fetch_all(&self.db.read)
-            .await?
-            .into_iter()
-            .map(|a| Ok(Attendee { name: a.try_get("name")?, id_number: a.try_get("id_number")? }))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let attendees =
+            sqlx::query("SELECT name, id_number FROM attendees WHERE order_id = $1 ORDER BY idx")
+                .bind(order_id.raw())
+                .fetch_all(&self.db.read)
+                .await?
+                .into_iter()
+                .map(|a| {
+                    Ok(Attendee {
+                        name: a.try_get("name")?,
+                        id_number: a.try_get("id_number")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(OrderRecord {
             order_id,
             event_id: Id::from_raw(r.try_get("event_id")?).map_err(|_| bad("event_id"))?,
@@ -406,14 +434,16 @@ impl Durable {
         let all: Option<i64> = sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts")
             .fetch_one(&self.db.read)
             .await?;
-        let users: Option<i64> =
-            sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts WHERE user_id NOT LIKE '@%'")
-                .fetch_one(&self.db.read)
-                .await?;
-        let lopsided: Vec<String> =
-            sqlx::query_scalar("SELECT transfer_id FROM journal GROUP BY transfer_id HAVING SUM(amount) <> 0")
-                .fetch_all(&self.db.read)
-                .await?;
+        let users: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(available + frozen) FROM accounts WHERE user_id NOT LIKE '@%'",
+        )
+        .fetch_one(&self.db.read)
+        .await?;
+        let lopsided: Vec<String> = sqlx::query_scalar(
+            "SELECT transfer_id FROM journal GROUP BY transfer_id HAVING SUM(amount) <> 0",
+        )
+        .fetch_all(&self.db.read)
+        .await?;
         Ok(Audit {
             sum_all_accounts: all.unwrap_or(0),
             sum_users: users.unwrap_or(0),
@@ -549,16 +579,30 @@ async fn apply_one(conn: &mut SqliteConnection, event: &DomainEvent) -> Result<(
                     .await?;
             }
         }
-        DomainEvent::OrderReleased { order_id, status, at_ms, .. } => {
+        DomainEvent::OrderReleased {
+            order_id,
+            status,
+            at_ms,
+            ..
+        } => {
             set_order_status(conn, *order_id, *status, *at_ms, false).await?;
         }
-        DomainEvent::OrderConfirmed { order_id, at_ms, .. } => {
+        DomainEvent::OrderConfirmed {
+            order_id, at_ms, ..
+        } => {
             set_order_status(conn, *order_id, OrderStatus::Paid, *at_ms, true).await?;
         }
         // The packet row and the frozen funds were written when it was
         // created, before it was acknowledged.
         DomainEvent::PacketCreated { .. } => {}
-        DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
+        DomainEvent::PacketGrabbed {
+            grab_id,
+            packet_id,
+            sender,
+            user_id,
+            amount,
+            at_ms,
+        } => {
             sqlx::query("INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms) VALUES ($1, $2, $3, $4, $5)")
                 .bind(grab_id.raw())
                 .bind(packet_id.raw())
@@ -589,12 +633,19 @@ async fn apply_one(conn: &mut SqliteConnection, event: &DomainEvent) -> Result<(
                 e => e,
             })?;
         }
-        DomainEvent::PacketExpired { packet_id, sender, remaining, at_ms } => {
-            sqlx::query("UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2")
-                .bind(remaining.get())
-                .bind(packet_id.raw())
-                .execute(&mut *conn)
-                .await?;
+        DomainEvent::PacketExpired {
+            packet_id,
+            sender,
+            remaining,
+            at_ms,
+        } => {
+            sqlx::query(
+                "UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2",
+            )
+            .bind(remaining.get())
+            .bind(packet_id.raw())
+            .execute(&mut *conn)
+            .await?;
             if remaining.get() > 0 {
                 transfer(
                     conn,

@@ -19,7 +19,10 @@ pub const PERSIST_CONSUMER: &str = "persist";
 pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     let cfg = engine.config().workers.clone();
     let log = engine.log();
-    let failures = engine.metrics.worker_failures.with_label_values(&["persist"]);
+    let failures = engine
+        .metrics
+        .worker_failures
+        .with_label_values(&["persist"]);
     let applied = engine.metrics.worker_events.with_label_values(&["persist"]);
     loop {
         if *shutdown.borrow() {
@@ -46,7 +49,9 @@ pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
             let done = match engine.durable().apply_events(&batch).await {
                 Ok(n) => {
                     applied.inc_by(n as u64);
-                    log.commit(PERSIST_CONSUMER, last).await.map_err(|e| e.to_string())
+                    log.commit(PERSIST_CONSUMER, last)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e.to_string()),
             };
@@ -82,7 +87,11 @@ pub async fn timeouts(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) 
             break;
         }
         if let Err(e) = engine.settle_due(cfg.due_batch_max).await {
-            engine.metrics.worker_failures.with_label_values(&["timeouts"]).inc();
+            engine
+                .metrics
+                .worker_failures
+                .with_label_values(&["timeouts"])
+                .inc();
             tracing::warn!(error = %e, "timeout sweep failed");
         }
     }

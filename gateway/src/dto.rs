@@ -1,0 +1,221 @@
+//! Request and response bodies. Requests reject unknown fields; each is
+//! parsed into the engine's domain input at the edge.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevTokenReq {
+    pub user_id: String,
+    /// `user` or `admin`.
+    pub role: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResp {
+    pub token: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryReq {
+    pub id: String,
+    pub name: String,
+    /// Fen.
+    pub price: i64,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsReq {
+    pub per_order: Option<u32>,
+    pub per_user: Option<u32>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SectionReq {
+    pub name: String,
+    pub rows: u32,
+    pub cols: u32,
+    pub category: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutReq {
+    pub sections: Vec<SectionReq>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeatReq {
+    pub section: String,
+    pub row: u32,
+    pub col: u32,
+    pub category: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEventReq {
+    pub name: String,
+    pub venue: String,
+    pub starts_at: DateTime<Utc>,
+    pub hold_ttl_s: Option<u32>,
+    pub limits: Option<LimitsReq>,
+    pub categories: Vec<CategoryReq>,
+    pub layout: Option<LayoutReq>,
+    pub seats: Option<Vec<SeatReq>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreateEventResp {
+    pub event_id: String,
+    pub seat_count: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CategoryResp {
+    pub id: String,
+    pub name: String,
+    pub price: i64,
+    pub remaining: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LimitsResp {
+    pub per_order: u32,
+    pub per_user: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventResp {
+    pub event_id: String,
+    pub name: String,
+    pub venue: String,
+    pub starts_at: DateTime<Utc>,
+    pub hold_ttl_s: u32,
+    pub categories: Vec<CategoryResp>,
+    pub limits: LimitsResp,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SeatResp {
+    pub seat_id: String,
+    pub section: String,
+    pub row: u32,
+    pub col: u32,
+    pub category: String,
+    /// `available`, `held` or `sold`.
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SeatsResp {
+    pub seats: Vec<SeatResp>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttendeeReq {
+    pub name: String,
+    pub id_number: String,
+}
+
+/// Either `seats` (named seats) or `category` + `quantity` (the engine
+/// picks adjacent seats in one row).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldReq {
+    pub event_id: String,
+    pub seats: Option<Vec<String>>,
+    pub category: Option<String>,
+    pub quantity: Option<u32>,
+    pub attendees: Option<Vec<AttendeeReq>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrdersResp {
+    pub orders: Vec<rush_engine::views::OrderView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeatsQuery {
+    pub section: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePacketReq {
+    /// `normal` or `lucky`.
+    pub kind: String,
+    /// Fen.
+    pub total_amount: i64,
+    pub count: u32,
+    pub greeting: Option<String>,
+    pub expires_in_s: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GrabResp {
+    pub packet_id: String,
+    pub grab_id: String,
+    pub amount: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WalletResp {
+    pub user_id: String,
+    pub available: i64,
+    pub frozen: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerEntryResp {
+    pub entry_id: String,
+    pub transfer_id: String,
+    /// `available` or `frozen`.
+    pub bucket: String,
+    /// Signed fen: positive in, negative out.
+    pub amount: i64,
+    pub kind: String,
+    pub ref_id: String,
+    pub memo: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerResp {
+    pub entries: Vec<LedgerEntryResp>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditReq {
+    pub amount: i64,
+    pub reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResp {
+    pub error: ErrorBody,
+}

@@ -1,0 +1,188 @@
+//! The one place where failures become HTTP: status, `code`, message and
+//! details, in the API's error shape `{"error": {"code", "message", ...}}`.
+
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use rush_engine::EngineError;
+use serde_json::{json, Map, Value};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Map<String, Value>,
+    /// Seconds for `Retry-After` on 503.
+    pub retry_after_s: Option<u32>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Map::new(),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.details.insert(key.to_string(), value);
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn unauthorized(code: &'static str, message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route needs the admin role",
+        )
+    }
+
+    pub fn not_found(what: &'static str) -> Self {
+        let code = match what {
+            "event" => "event_not_found",
+            "order" => "order_not_found",
+            "packet" => "packet_not_found",
+            "seat" => "seat_not_found",
+            _ => "not_found",
+        };
+        Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
+    }
+}
+
+/// Retry-After for overload answers; set once at start from config.
+pub static RETRY_AFTER_S: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        use StatusCode as S;
+        let message = e.to_string();
+        match e {
+            EngineError::Invalid(_) => ApiError::new(S::BAD_REQUEST, "invalid_request", message),
+            EngineError::NotFound(what) => ApiError::not_found(what),
+            EngineError::SeatUnavailable(seats) => {
+                ApiError::new(S::CONFLICT, "seat_unavailable", message).with("seats", json!(seats))
+            }
+            EngineError::SoldOut {
+                category,
+                remaining,
+            } => ApiError::new(S::CONFLICT, "sold_out", message)
+                .with("category", json!(category))
+                .with("remaining", json!(remaining)),
+            EngineError::NoAdjacentSeats { .. } => {
+                ApiError::new(S::CONFLICT, "no_adjacent_seats", message)
+            }
+            EngineError::LimitExceeded { which, max } => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, "limit_exceeded", message)
+                    .with("limit", json!(which))
+                    .with("max", json!(max))
+            }
+            EngineError::OrderNotPending { status } => {
+                ApiError::new(S::CONFLICT, "order_not_pending", message)
+                    .with("status", json!(status.as_str()))
+            }
+            EngineError::AlreadyGrabbed { amount } => {
+                ApiError::new(S::CONFLICT, "already_grabbed", message)
+                    .with("amount", json!(amount.get()))
+            }
+            EngineError::PacketEmpty => ApiError::new(S::GONE, "packet_empty", message),
+            EngineError::PacketExpired => ApiError::new(S::GONE, "packet_expired", message),
+            EngineError::InsufficientFunds => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, "insufficient_funds", message)
+            }
+            EngineError::Overloaded(_) => {
+                let mut e = ApiError::new(S::SERVICE_UNAVAILABLE, "overloaded", message);
+                e.retry_after_s = Some(*RETRY_AFTER_S.get().unwrap_or(&1));
+                e
+            }
+            EngineError::StoreUnavailable => {
+                let mut e = ApiError::new(S::SERVICE_UNAVAILABLE, "store_unavailable", message);
+                e.retry_after_s = Some(*RETRY_AFTER_S.get().unwrap_or(&1));
+                e
+            }
+            EngineError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = self.details.clone();
+        body.insert("code".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        let mut resp = HttpResponse::build(self.status).json(json!({ "error": body }));
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                resp.headers_mut().insert(RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+/// Turns actix's JSON, path and query extraction failures into our shape.
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let e = match &err {
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            err.to_string(),
+        ),
+        J::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        J::Deserialize(d) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", d.to_string()),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()),
+    };
+    e.into()
+}
+
+pub fn query_error(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::bad_request(err.to_string()).into()
+}
+
+pub fn path_error(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    ApiError::bad_request(err.to_string()).into()
+}

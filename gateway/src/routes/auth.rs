@@ -1,0 +1,36 @@
+use actix_web::{post, web, HttpResponse};
+use rush_engine::domain::valid_user_id;
+
+use crate::auth::{now_s, Claims, Keys};
+use crate::dto::{DevTokenReq, TokenResp};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Development only: a token for any user id and role.
+#[utoipa::path(post, path = "/v1/auth/dev-token", request_body = DevTokenReq,
+    responses((status = 200, body = TokenResp), (status = 400, body = crate::dto::ErrorResp)))]
+#[post("/v1/auth/dev-token")]
+pub async fn dev_token(
+    state: web::Data<AppState>,
+    keys: web::Data<Keys>,
+    body: web::Json<DevTokenReq>,
+) -> Result<HttpResponse, ApiError> {
+    let cfg = &state.engine.config().auth;
+    if !cfg.dev_tokens {
+        return Err(ApiError::not_found("route"));
+    }
+    if !valid_user_id(&body.user_id) {
+        return Err(ApiError::bad_request(
+            "user_id must be 1-64 letters, digits, _ - . @ and not start with @",
+        ));
+    }
+    if !matches!(body.role.as_str(), "user" | "admin") {
+        return Err(ApiError::bad_request("role must be user or admin"));
+    }
+    let token = keys.sign(&Claims {
+        sub: body.user_id.clone(),
+        role: body.role.clone(),
+        exp: now_s() + cfg.token_ttl_s,
+    });
+    Ok(HttpResponse::Ok().json(TokenResp { token }))
+}

@@ -1,0 +1,37 @@
+use actix_web::{get, web, HttpResponse};
+use serde_json::json;
+
+use crate::AppState;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Readiness: the stores answer.
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.engine.ready().await {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not_ready", "failing": ["sqlite"]}))
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.engine.metrics.render())
+}
+
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200)))]
+#[get("/openapi.json")]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::spec())
+}

@@ -1,0 +1,107 @@
+use actix_web::{get, post, web, HttpResponse};
+use rush_engine::actors::event::Selection;
+use rush_engine::engine::NewHold;
+use rush_engine::store::Attendee;
+use rush_engine::views::OrderView;
+
+use super::path_id;
+use crate::auth::Auth;
+use crate::dto::*;
+use crate::error::ApiError;
+use crate::AppState;
+
+#[utoipa::path(post, path = "/v1/orders", request_body = HoldReq,
+    responses((status = 201, body = OrderView), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
+              (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats", body = ErrorResp),
+              (status = 422, description = "limit_exceeded", body = ErrorResp),
+              (status = 503, description = "overloaded; see Retry-After", body = ErrorResp)))]
+#[post("/v1/orders")]
+pub async fn create_order(
+    state: web::Data<AppState>,
+    auth: Auth,
+    body: web::Json<HoldReq>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let event_id = b
+        .event_id
+        .parse()
+        .map_err(|_| ApiError::not_found("event"))?;
+    let selection = match (b.seats, b.category, b.quantity) {
+        (Some(seats), None, None) => Selection::Named(seats),
+        (None, Some(category), Some(quantity)) => Selection::Category { category, quantity },
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either seats, or category and quantity",
+            ))
+        }
+    };
+    let attendees = b
+        .attendees
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| Attendee {
+            name: a.name,
+            id_number: a.id_number,
+        })
+        .collect();
+    let order = state
+        .engine
+        .hold(
+            &auth.0.user_id,
+            NewHold {
+                event_id,
+                selection,
+                attendees,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Created().json(order))
+}
+
+#[utoipa::path(get, path = "/v1/orders/{id}",
+    responses((status = 200, body = OrderView), (status = 404, body = ErrorResp)))]
+#[get("/v1/orders/{id}")]
+pub async fn get_order(
+    state: web::Data<AppState>,
+    auth: Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order = state.engine.order(&auth.0, path_id(&id, "order")?).await?;
+    Ok(HttpResponse::Ok().json(order))
+}
+
+#[utoipa::path(get, path = "/v1/orders", params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = OrdersResp), (status = 400, body = ErrorResp)))]
+#[get("/v1/orders")]
+pub async fn list_orders(
+    state: web::Data<AppState>,
+    auth: Auth,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let before = match q.cursor {
+        Some(c) => Some(c.parse().map_err(|_| ApiError::bad_request("bad cursor"))?),
+        None => None,
+    };
+    let (orders, next) = state
+        .engine
+        .orders(&auth.0.user_id, before, q.limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(OrdersResp {
+        orders,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel",
+    responses((status = 200, body = OrderView), (status = 404, body = ErrorResp),
+              (status = 409, description = "order_not_pending", body = ErrorResp)))]
+#[post("/v1/orders/{id}/cancel")]
+pub async fn cancel_order(
+    state: web::Data<AppState>,
+    auth: Auth,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order = state.engine.cancel(&auth.0, path_id(&id, "order")?).await?;
+    Ok(HttpResponse::Ok().json(order))
+}
