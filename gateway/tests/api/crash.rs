@@ -1,0 +1,245 @@
+//! Kill -9 the real binary after acknowledged writes, restart it on the same
+//! file, and check that nothing acknowledged was lost or resold.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+fn start(dir: &std::path::Path) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rush"))
+        .arg("serve")
+        .env("RUSH__HTTP__ADDR", "127.0.0.1:0")
+        .env("RUSH__DATA_DIR", dir)
+        .env("RUSH__WORKERS__TIMEOUT_POLL_MS", "50")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn rush");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("banner");
+    let banner: Value = serde_json::from_str(&line).expect("banner json");
+    let base = banner["url"].as_str().expect("url").to_string();
+    Proc { child, base }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "POST" => self.http.post(url).json(&body),
+            _ => self.http.get(url),
+        };
+        let resp = req.bearer_auth(token).send().await.expect("send");
+        let s = resp.status();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn token(&self, user: &str, role: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/v1/auth/dev-token", self.base))
+            .json(&json!({"user_id": user, "role": role}))
+            .send()
+            .await
+            .expect("send");
+        let v: Value = resp.json().await.expect("json");
+        v["token"].as_str().expect("token").to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut proc = start(dir.path());
+    let c = Arc::new(Client {
+        http: reqwest::Client::new(),
+        base: proc.base.clone(),
+    });
+    let admin = c.token("ops", "admin").await;
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/admin/events",
+            &admin,
+            json!({
+            "name": "Crash", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
+            "categories": [{"id": "std", "name": "Std", "price": 100}],
+            "layout": {"sections": [{"name": "A", "rows": 5, "cols": 10, "category": "std"}]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let event = v["event_id"].as_str().expect("id").to_string();
+    let total = 50_000;
+    c.call(
+        "POST",
+        "/v1/admin/wallet/sender/credit",
+        &admin,
+        json!({"amount": total, "reason": "t"}),
+    )
+    .await;
+    let sender = c.token("sender", "user").await;
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/packets",
+            &sender,
+            json!({"kind": "lucky", "total_amount": total, "count": 100}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let packet = v["packet_id"].as_str().expect("id").to_string();
+
+    // A burst of holds and grabs; remember every acknowledged one.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let c = c.clone();
+        let event = event.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = c.token(&format!("h{i}"), "user").await;
+            let (s, v) = c
+                .call(
+                    "POST",
+                    "/v1/orders",
+                    &t,
+                    json!({"event_id": event, "category": "std", "quantity": 1}),
+                )
+                .await;
+            ("hold", t, s, v)
+        }));
+    }
+    for i in 0..60 {
+        let c = c.clone();
+        let path = format!("/v1/packets/{packet}/grab");
+        tasks.push(tokio::spawn(async move {
+            let t = c.token(&format!("g{i}"), "user").await;
+            let (s, v) = c.call("POST", &path, &t, json!({})).await;
+            ("grab", t, s, v)
+        }));
+    }
+    let mut holds: Vec<(String, String, String)> = Vec::new();
+    let mut grabs: Vec<(String, i64)> = Vec::new();
+    for t in tasks {
+        let (kind, token, s, v) = t.await.expect("task");
+        match (kind, s) {
+            ("hold", StatusCode::CREATED) => holds.push((
+                token,
+                v["order_id"].as_str().expect("order").to_string(),
+                v["seats"][0]["seat_id"].as_str().expect("seat").to_string(),
+            )),
+            ("grab", StatusCode::OK) => grabs.push((token, v["amount"].as_i64().expect("amount"))),
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    assert_eq!((holds.len(), grabs.len()), (40, 60));
+
+    // No graceful anything: SIGKILL.
+    proc.child.kill().expect("kill");
+    proc.child.wait().expect("wait");
+
+    let mut proc = start(dir.path());
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: proc.base.clone(),
+    };
+
+    for (token, order, seat) in &holds {
+        let (s, v) = c
+            .call("GET", &format!("/v1/orders/{order}"), token, Value::Null)
+            .await;
+        assert_eq!(s, StatusCode::OK, "lost order {order}: {v}");
+        assert_eq!(v["status"], "pending_payment");
+        assert_eq!(v["seats"][0]["seat_id"].as_str(), Some(seat.as_str()));
+    }
+    let granted: i64 = grabs.iter().map(|(_, a)| a).sum();
+    for (token, amount) in &grabs {
+        let (s, v) = c
+            .call(
+                "POST",
+                &format!("/v1/packets/{packet}/grab"),
+                token,
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "grab lost: {v}");
+        assert_eq!(v["error"]["amount"], *amount);
+    }
+    let (_, v) = c
+        .call(
+            "GET",
+            &format!("/v1/packets/{packet}"),
+            &sender,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(v["remaining_count"], 40, "{v}");
+    assert_eq!(v["remaining_amount"].as_i64(), Some(total - granted));
+
+    // No seat resold: buying out the rest yields exactly the free seats.
+    let held: HashSet<String> = holds.iter().map(|(_, _, s)| s.clone()).collect();
+    let mut sold_after = HashSet::new();
+    for i in 0..20 {
+        let t = c.token(&format!("late{i}"), "user").await;
+        loop {
+            let (s, v) = c
+                .call(
+                    "POST",
+                    "/v1/orders",
+                    &t,
+                    json!({"event_id": event, "category": "std", "quantity": 1}),
+                )
+                .await;
+            if s != StatusCode::CREATED {
+                break;
+            }
+            let seat = v["seats"][0]["seat_id"].as_str().expect("seat").to_string();
+            assert!(!held.contains(&seat), "seat {seat} resold after restart");
+            assert!(sold_after.insert(seat));
+        }
+    }
+    assert_eq!(sold_after.len(), 10);
+
+    // Balances add up once the restarted workers replay the outbox.
+    let mut settled = false;
+    for _ in 0..100 {
+        let mut balances = HashMap::new();
+        for (token, _) in &grabs {
+            let (_, v) = c.call("GET", "/v1/wallet", token, Value::Null).await;
+            balances.insert(token.clone(), v["available"].as_i64().unwrap_or(-1));
+        }
+        let (_, s) = c.call("GET", "/v1/wallet", &sender, Value::Null).await;
+        if grabs.iter().all(|(t, a)| balances.get(t) == Some(a))
+            && s["frozen"].as_i64() == Some(total - granted)
+        {
+            assert_eq!(s["available"], 0);
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(settled, "balances did not add up after restart");
+    let _ = proc.child.kill();
+    let _ = proc.child.wait();
+}

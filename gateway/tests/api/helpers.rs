@@ -1,0 +1,173 @@
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use rush_engine::telemetry::Metrics;
+use rush_engine::{Config, Engine};
+use serde_json::{json, Value};
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub engine: Arc<Engine>,
+    pub admin: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Config for tests: a private data dir, port 0, quick timeout sweeps.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    cfg.http.addr = "127.0.0.1:0".into();
+    cfg.workers.timeout_poll_ms = 50;
+    cfg.workers.poll_wait_ms = 50;
+    cfg
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    tune(&mut cfg);
+    let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let engine = Engine::open_embedded(cfg, Metrics::new())
+        .await
+        .expect("engine");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    engine.start_workers(stop_rx);
+    // Workers run until the test's runtime ends.
+    std::mem::forget(stop_tx);
+    let server = rush_gateway::serve::http_server(listener, engine.clone()).expect("server");
+    tokio::spawn(server);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .expect("client");
+    let mut app = TestApp {
+        base,
+        client,
+        engine,
+        admin: String::new(),
+        _dir: dir,
+    };
+    app.admin = app.token("ops", "admin").await;
+    app
+}
+
+impl TestApp {
+    pub async fn token(&self, user: &str, role: &str) -> String {
+        let (s, body) = self
+            .post(
+                "/v1/auth/dev-token",
+                None,
+                json!({"user_id": user, "role": role}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut req = self.client.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.expect("send")).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.expect("send")).await
+    }
+
+    async fn read(resp: reqwest::Response) -> (StatusCode, Value) {
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// An event of `rows` × `cols` seats, one category priced 100 fen.
+    pub async fn event(&self, rows: u32, cols: u32, extra: Value) -> String {
+        let mut body = json!({
+            "name": "Final", "venue": "Arena", "starts_at": "2026-12-31T20:00:00Z",
+            "categories": [{"id": "std", "name": "Standard", "price": 100}],
+            "layout": {"sections": [{"name": "A", "rows": rows, "cols": cols, "category": "std"}]}
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let (s, v) = self.post("/v1/admin/events", Some(&self.admin), body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["event_id"].as_str().expect("event_id").to_string()
+    }
+
+    pub async fn credit(&self, user: &str, amount: i64) {
+        let (s, v) = self
+            .post(
+                &format!("/v1/admin/wallet/{user}/credit"),
+                Some(&self.admin),
+                json!({"amount": amount, "reason": "test"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    pub async fn wallet(&self, token: &str) -> (i64, i64) {
+        let (s, v) = self.get("/v1/wallet", Some(token)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        (
+            v["available"].as_i64().expect("available"),
+            v["frozen"].as_i64().expect("frozen"),
+        )
+    }
+
+    pub async fn settle(&self) {
+        assert!(
+            self.engine.settle(Duration::from_secs(10)).await,
+            "workers did not settle"
+        );
+    }
+
+    /// Money is conserved and every transfer balances.
+    pub async fn assert_ledger_balances(&self) {
+        let audit = self.engine.audit().await.expect("audit");
+        assert_eq!(audit.sum_all_accounts, 0, "money created or destroyed");
+        assert!(
+            audit.lopsided_transfers.is_empty(),
+            "{:?}",
+            audit.lopsided_transfers
+        );
+    }
+}
+
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("<no code>")
+}
+
+/// Polls `check` every 50 ms until it returns true or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,9 @@
+//! HTTP acceptance tests: each spawns the real app on port 0 with its own
+//! SQLite file and drives it over HTTP.
+
+mod bad_input;
+mod crash;
+mod expiry;
+mod helpers;
+mod packets;
+mod seats;
