@@ -9,7 +9,6 @@ use std::sync::Arc;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-
 struct Proc {
     child: Child,
     base: String,

@@ -17,7 +17,10 @@ pub struct TestApp {
 
 /// Config for tests: a private data dir, port 0, quick timeout sweeps.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    let mut cfg = Config {
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
     cfg.http.addr = "127.0.0.1:0".into();
     cfg.workers.timeout_poll_ms = 50;
     cfg.workers.poll_wait_ms = 50;
