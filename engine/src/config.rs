@@ -95,6 +95,11 @@ pub struct OrderConfig {
     pub list_limit_default: u32,
     /// Largest single admin credit in fen (1 000 000.00 by default).
     pub credit_max_fen: i64,
+    /// How long an Idempotency-Key's first answer is replayed (API: 24 h).
+    pub idempotency_ttl_s: u64,
+    /// An unfinished request older than this is presumed dead and its key
+    /// may be reused; longer than any request can take.
+    pub idempotency_stale_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -141,32 +146,19 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            addr: "127.0.0.1:8080".into(),
-            body_len_max: 8 * 1024 * 1024,
-            workers: 0,
-            retry_after_s: 1,
-        }
+        HttpConfig { addr: "127.0.0.1:8080".into(), body_len_max: 8 * 1024 * 1024, workers: 0, retry_after_s: 1 }
     }
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig {
-            jwt_secret: "rush-dev-secret-change-me".into(),
-            dev_tokens: true,
-            token_ttl_s: 24 * 3600,
-        }
+        AuthConfig { jwt_secret: "rush-dev-secret-change-me".into(), dev_tokens: true, token_ttl_s: 24 * 3600 }
     }
 }
 
 impl Default for ActorConfig {
     fn default() -> Self {
-        ActorConfig {
-            mailbox_len_max: 8192,
-            batch_len_max: 512,
-            idle_ms: 5 * 60 * 1000,
-        }
+        ActorConfig { mailbox_len_max: 8192, batch_len_max: 512, idle_ms: 5 * 60 * 1000 }
     }
 }
 
@@ -203,6 +195,8 @@ impl Default for OrderConfig {
             list_limit_max: 100,
             list_limit_default: 20,
             credit_max_fen: 100_000_000,
+            idempotency_ttl_s: 24 * 3600,
+            idempotency_stale_s: 60,
         }
     }
 }
@@ -222,10 +216,7 @@ impl Default for WorkerConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig {
-            busy_timeout_ms: 5_000,
-            read_pool_max: 4,
-        }
+        SqliteConfig { busy_timeout_ms: 5_000, read_pool_max: 4 }
     }
 }
 
@@ -253,10 +244,7 @@ impl Config {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let vars: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("RUSH__"))
-            .collect();
+        let vars: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("RUSH__")).collect();
         builder = builder.add_source(
             config::Environment::with_prefix("RUSH")
                 .prefix_separator("__")
@@ -283,17 +271,13 @@ impl Config {
         if self.events.per_order_default == 0 || self.events.per_user_default == 0 {
             return bad("events.per_order_default and per_user_default must be at least 1");
         }
-        if self.events.hold_ttl_s_default == 0
-            || self.events.hold_ttl_s_default > self.events.hold_ttl_s_max
-        {
+        if self.events.hold_ttl_s_default == 0 || self.events.hold_ttl_s_default > self.events.hold_ttl_s_max {
             return bad("events.hold_ttl_s_default must be 1..=hold_ttl_s_max");
         }
         if self.packets.count_max == 0 || self.packets.total_max_fen <= 0 {
             return bad("packets.count_max and packets.total_max_fen must be positive");
         }
-        if self.orders.list_limit_default == 0
-            || self.orders.list_limit_default > self.orders.list_limit_max
-        {
+        if self.orders.list_limit_default == 0 || self.orders.list_limit_default > self.orders.list_limit_max {
             return bad("orders.list_limit_default must be 1..=list_limit_max");
         }
         if self.workers.batch_len_max == 0 || self.workers.due_batch_max == 0 {
@@ -308,10 +292,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -325,17 +306,10 @@ mod tests {
     fn env_vars_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("rush.toml");
-        std::fs::write(
-            &file,
-            "[http]\naddr = \"127.0.0.1:9000\"\n[actors]\nbatch_len_max = 7\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "[http]\naddr = \"127.0.0.1:9000\"\n[actors]\nbatch_len_max = 7\n").unwrap();
         let cfg = Config::load_from(
             Some(&file),
-            env(&[
-                ("RUSH__HTTP__ADDR", "127.0.0.1:9100"),
-                ("RUSH__DATA_DIR", "/tmp/x"),
-            ]),
+            env(&[("RUSH__HTTP__ADDR", "127.0.0.1:9100"), ("RUSH__DATA_DIR", "/tmp/x")]),
         )
         .unwrap();
         assert_eq!(cfg.http.addr, "127.0.0.1:9100");

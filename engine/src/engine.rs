@@ -12,16 +12,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::actors::event::{
-    CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection,
-};
+use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
 use crate::actors::packet::PacketMsg;
 use crate::actors::Actors;
 use crate::config::Config;
 use crate::domain::packet::split;
 use crate::domain::{
-    gene_of_user, now_unix_ms, valid_user_id, Category, EventDef, EventInfo, Fen, Id, IdGen,
-    Limits, OrderStatus, PacketKind, SeatDef, SeatMap, SectionLayout,
+    gene_of_user, now_unix_ms, valid_user_id, Category, EventDef, EventInfo, Fen, Id, IdGen, Limits, OrderStatus,
+    PacketKind, SeatDef, SeatMap, SectionLayout,
 };
 use crate::durable::{Audit, Balance, Db, Durable, JournalEntry};
 use crate::error::EngineError;
@@ -205,10 +203,7 @@ impl Engine {
         check_text("name", &input.name, ec.name_len_max)?;
         check_text("venue", &input.venue, ec.name_len_max)?;
         if input.categories.is_empty() || input.categories.len() > ec.categories_max {
-            return Err(invalid(format!(
-                "an event needs 1-{} categories",
-                ec.categories_max
-            )));
+            return Err(invalid(format!("an event needs 1-{} categories", ec.categories_max)));
         }
         let mut seen = HashSet::new();
         let mut categories = Vec::with_capacity(input.categories.len());
@@ -221,30 +216,15 @@ impl Engine {
             if c.price < 0 || c.price > self.cfg.packets.total_max_fen * 100 {
                 return Err(invalid("price must be a non-negative number of fen"));
             }
-            categories.push(Category {
-                id: c.id,
-                name: c.name,
-                price: Fen::new(c.price),
-            });
+            categories.push(Category { id: c.id, name: c.name, price: Fen::new(c.price) });
         }
         let hold_ttl_s = input.hold_ttl_s.unwrap_or(ec.hold_ttl_s_default);
         if hold_ttl_s == 0 || hold_ttl_s > ec.hold_ttl_s_max {
-            return Err(invalid(format!(
-                "hold_ttl_s must be 1-{}",
-                ec.hold_ttl_s_max
-            )));
+            return Err(invalid(format!("hold_ttl_s must be 1-{}", ec.hold_ttl_s_max)));
         }
         let limits = Limits {
-            per_order: input
-                .limits
-                .as_ref()
-                .and_then(|l| l.per_order)
-                .unwrap_or(ec.per_order_default),
-            per_user: input
-                .limits
-                .as_ref()
-                .and_then(|l| l.per_user)
-                .unwrap_or(ec.per_user_default),
+            per_order: input.limits.as_ref().and_then(|l| l.per_order).unwrap_or(ec.per_order_default),
+            per_user: input.limits.as_ref().and_then(|l| l.per_user).unwrap_or(ec.per_user_default),
         };
         if limits.per_order == 0 || limits.per_user == 0 || limits.per_order > ec.seats_max {
             return Err(invalid("limits must be at least 1"));
@@ -277,33 +257,19 @@ impl Engine {
         if let Some(i) = self.infos.get(&event_id) {
             return Ok(i.clone());
         }
-        let snapshot = self
-            .store
-            .load_event(event_id)
-            .await?
-            .ok_or(EngineError::NotFound("event"))?;
+        let snapshot = self.store.load_event(event_id).await?.ok_or(EngineError::NotFound("event"))?;
         self.infos.insert(event_id, snapshot.info.clone());
         Ok(snapshot.info)
     }
 
-    async fn ask_event<T>(
-        &self,
-        event_id: Id,
-        msg: EventMsg,
-        rx: oneshot::Receiver<T>,
-    ) -> Result<T, EngineError> {
+    async fn ask_event<T>(&self, event_id: Id, msg: EventMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
         if !self.actors.send_event(event_id, msg).await? {
             return Err(EngineError::NotFound("event"));
         }
         answer(rx).await
     }
 
-    async fn ask_packet<T>(
-        &self,
-        packet_id: Id,
-        msg: PacketMsg,
-        rx: oneshot::Receiver<T>,
-    ) -> Result<T, EngineError> {
+    async fn ask_packet<T>(&self, packet_id: Id, msg: PacketMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
         if !self.actors.send_packet(packet_id, msg).await? {
             return Err(EngineError::NotFound("packet"));
         }
@@ -325,14 +291,9 @@ impl Engine {
         })
     }
 
-    pub async fn seats(
-        &self,
-        event_id: Id,
-        section: Option<String>,
-    ) -> Result<Vec<SeatView>, EngineError> {
+    pub async fn seats(&self, event_id: Id, section: Option<String>) -> Result<Vec<SeatView>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.ask_event(event_id, EventMsg::Seats { section, reply }, rx)
-            .await
+        self.ask_event(event_id, EventMsg::Seats { section, reply }, rx).await
     }
 
     // ---- orders ----
@@ -359,9 +320,7 @@ impl Engine {
             now_ms: now_unix_ms(),
         };
         let (tx, rx) = oneshot::channel();
-        let result = self
-            .ask_event(input.event_id, EventMsg::Hold(req, tx), rx)
-            .await?;
+        let result = self.ask_event(input.event_id, EventMsg::Hold(req, tx), rx).await?;
         let outcome = match &result {
             Ok(_) => "held",
             Err(EngineError::SoldOut { .. }) => "sold_out",
@@ -379,11 +338,7 @@ impl Engine {
             Some(r) => OrderView::from_record(&r),
             // Not persisted yet: the hold is still only in the hot store.
             None => {
-                let hot = self
-                    .store
-                    .hold(order_id)
-                    .await?
-                    .ok_or(EngineError::NotFound("order"))?;
+                let hot = self.store.hold(order_id).await?.ok_or(EngineError::NotFound("order"))?;
                 let info = self.info(hot.event_id).await?;
                 OrderView::from_hot(&hot, &info, OrderStatus::PendingPayment)
             }
@@ -404,11 +359,7 @@ impl Engine {
     ) -> Result<(Vec<OrderView>, Option<Id>), EngineError> {
         let limit = self.page_limit(limit)?;
         let records = self.durable.orders_of(user_id, before, limit).await?;
-        let next = if records.len() as u32 == limit {
-            records.last().map(|r| r.order_id)
-        } else {
-            None
-        };
+        let next = if records.len() as u32 == limit { records.last().map(|r| r.order_id) } else { None };
         Ok((records.iter().map(OrderView::from_record).collect(), next))
     }
 
@@ -424,25 +375,14 @@ impl Engine {
     pub async fn cancel(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {
         let current = self.order(caller, order_id).await?;
         if current.status != OrderStatus::PendingPayment {
-            return Err(EngineError::OrderNotPending {
-                status: current.status,
-            });
+            return Err(EngineError::OrderNotPending { status: current.status });
         }
-        let why = ReleaseReason::Cancel {
-            user_id: (!caller.admin).then(|| caller.user_id.clone()),
-        };
+        let why = ReleaseReason::Cancel { user_id: (!caller.admin).then(|| caller.user_id.clone()) };
         let (reply, rx) = oneshot::channel();
-        let msg = EventMsg::Release {
-            order_id,
-            why,
-            now_ms: now_unix_ms(),
-            reply,
-        };
+        let msg = EventMsg::Release { order_id, why, now_ms: now_unix_ms(), reply };
         match self.ask_event(current.event_id, msg, rx).await? {
             // Released between our read and the actor's decision.
-            Err(EngineError::NotFound(_)) => Err(EngineError::OrderNotPending {
-                status: OrderStatus::Expired,
-            }),
+            Err(EngineError::NotFound(_)) => Err(EngineError::OrderNotPending { status: OrderStatus::Expired }),
             other => other,
         }
     }
@@ -450,8 +390,7 @@ impl Engine {
     /// Held → sold; used by payments.
     pub async fn confirm(&self, event_id: Id, order_id: Id) -> Result<OrderView, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.ask_event(event_id, EventMsg::Confirm { order_id, reply }, rx)
-            .await?
+        self.ask_event(event_id, EventMsg::Confirm { order_id, reply }, rx).await?
     }
 
     /// Settles up to `limit` due holds and packets through their actors.
@@ -464,23 +403,14 @@ impl Engine {
             match *item {
                 DueItem::Hold { event_id, order_id } => {
                     let (reply, rx) = oneshot::channel();
-                    let msg = EventMsg::Release {
-                        order_id,
-                        why: ReleaseReason::Expire,
-                        now_ms,
-                        reply,
-                    };
+                    let msg = EventMsg::Release { order_id, why: ReleaseReason::Expire, now_ms, reply };
                     if self.actors.send_event(event_id, msg).await? {
                         waiting.push(tokio::spawn(async move { rx.await.map(|r| r.map(|_| ())) }));
                     }
                 }
                 DueItem::Packet { packet_id } => {
                     let (reply, rx) = oneshot::channel();
-                    if self
-                        .actors
-                        .send_packet(packet_id, PacketMsg::Expire { reply })
-                        .await?
-                    {
+                    if self.actors.send_packet(packet_id, PacketMsg::Expire { reply }).await? {
                         waiting.push(tokio::spawn(async move { rx.await.map(|r| r.map(|_| ())) }));
                     }
                 }
@@ -496,43 +426,25 @@ impl Engine {
 
     // ---- packets ----
 
-    pub async fn create_packet(
-        &self,
-        sender: &str,
-        input: NewPacket,
-    ) -> Result<PacketView, EngineError> {
+    pub async fn create_packet(&self, sender: &str, input: NewPacket) -> Result<PacketView, EngineError> {
         let pc = &self.cfg.packets;
         if input.total_amount <= 0 {
             return Err(invalid("total_amount must be a positive number of fen"));
         }
         if input.total_amount > pc.total_max_fen {
-            return Err(invalid(format!(
-                "total_amount must be at most {}",
-                pc.total_max_fen
-            )));
+            return Err(invalid(format!("total_amount must be at most {}", pc.total_max_fen)));
         }
         let expires_in_s = input.expires_in_s.unwrap_or(pc.expires_in_s_default);
         if expires_in_s == 0 || expires_in_s > pc.expires_in_s_max {
-            return Err(invalid(format!(
-                "expires_in_s must be 1-{}",
-                pc.expires_in_s_max
-            )));
+            return Err(invalid(format!("expires_in_s must be 1-{}", pc.expires_in_s_max)));
         }
         let greeting = input.greeting.unwrap_or_default();
         if greeting.chars().count() > pc.greeting_len_max {
-            return Err(invalid(format!(
-                "greeting must be at most {} characters",
-                pc.greeting_len_max
-            )));
+            return Err(invalid(format!("greeting must be at most {} characters", pc.greeting_len_max)));
         }
-        let parts = split(
-            input.kind,
-            Fen::new(input.total_amount),
-            input.count,
-            pc.count_max,
-            &mut fastrand::Rng::new(),
-        )
-        .map_err(|e| invalid(e.to_string()))?;
+        let parts =
+            split(input.kind, Fen::new(input.total_amount), input.count, pc.count_max, &mut fastrand::Rng::new())
+                .map_err(|e| invalid(e.to_string()))?;
         let now = now_unix_ms();
         let def = PacketDef {
             packet_id: self.ids.next(gene_of_user(sender)),
@@ -563,11 +475,7 @@ impl Engine {
     pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
         let (reply, rx) = oneshot::channel();
         let grab_id = self.ids.next(gene_of_user(user_id));
-        let msg = PacketMsg::Grab {
-            user_id: user_id.to_string(),
-            grab_id,
-            reply,
-        };
+        let msg = PacketMsg::Grab { user_id: user_id.to_string(), grab_id, reply };
         let result = self.ask_packet(packet_id, msg, rx).await.and_then(|r| r);
         let outcome = match &result {
             Ok(_) => "granted",
@@ -578,11 +486,7 @@ impl Engine {
             Err(_) => "failed",
         };
         self.metrics.grabs.with_label_values(&[outcome]).inc();
-        result.map(|g| GrabOk {
-            packet_id,
-            grab_id: g.grab_id,
-            amount: g.amount,
-        })
+        result.map(|g| GrabOk { packet_id, grab_id: g.grab_id, amount: g.amount })
     }
 
     pub async fn packet(&self, packet_id: Id) -> Result<PacketView, EngineError> {
@@ -605,41 +509,20 @@ impl Engine {
     ) -> Result<(Vec<JournalEntry>, Option<i64>), EngineError> {
         let limit = self.page_limit(limit)?;
         let entries = self.durable.ledger(user_id, before, limit).await?;
-        let next = if entries.len() as u32 == limit {
-            entries.last().map(|e| e.entry_id)
-        } else {
-            None
-        };
+        let next = if entries.len() as u32 == limit { entries.last().map(|e| e.entry_id) } else { None };
         Ok((entries, next))
     }
 
-    pub async fn credit(
-        &self,
-        user_id: &str,
-        amount: i64,
-        reason: &str,
-    ) -> Result<Balance, EngineError> {
+    pub async fn credit(&self, user_id: &str, amount: i64, reason: &str) -> Result<Balance, EngineError> {
         if !valid_user_id(user_id) {
-            return Err(invalid(
-                "user_id must be 1-64 letters, digits, _ - . @ and not start with @",
-            ));
+            return Err(invalid("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
         }
         let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
         if amount.get() > self.cfg.orders.credit_max_fen {
-            return Err(invalid(format!(
-                "amount must be at most {}",
-                self.cfg.orders.credit_max_fen
-            )));
+            return Err(invalid(format!("amount must be at most {}", self.cfg.orders.credit_max_fen)));
         }
         check_text("reason", reason, 200)?;
-        self.durable
-            .credit(
-                user_id,
-                amount,
-                reason,
-                self.ids.next(gene_of_user(user_id)),
-            )
-            .await?;
+        self.durable.credit(user_id, amount, reason, self.ids.next(gene_of_user(user_id))).await?;
         self.wallet(user_id).await
     }
 

@@ -1,8 +1,7 @@
 //! Prometheus metrics, one registry per engine (so tests never share one).
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -31,25 +30,16 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("rush".into()), None).unwrap_or_default();
         let http_requests = must(IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests by route pattern, method and status",
-            ),
+            Opts::new("http_requests_total", "HTTP requests by route pattern, method and status"),
             &["route", "method", "status"],
         ));
         let http_latency = must(HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP latency by route pattern",
-            )
-            .buckets(must(exponential_buckets(0.000_05, 2.0, 18))),
+            HistogramOpts::new("http_request_duration_seconds", "HTTP latency by route pattern")
+                .buckets(must(exponential_buckets(0.000_05, 2.0, 18))),
             &["route"],
         ));
         let mailbox_depth = must(IntGaugeVec::new(
-            Opts::new(
-                "actor_mailbox_depth",
-                "Requests queued in actor mailboxes, summed per kind",
-            ),
+            Opts::new("actor_mailbox_depth", "Requests queued in actor mailboxes, summed per kind"),
             &["kind"],
         ));
         let batch_len = must(HistogramVec::new(
@@ -57,39 +47,20 @@ impl Metrics {
                 .buckets(must(exponential_buckets(1.0, 2.0, 12))),
             &["kind"],
         ));
-        let actors_live = must(IntGaugeVec::new(
-            Opts::new("actors_live", "Running actors per kind"),
-            &["kind"],
-        ));
-        let holds = must(IntCounterVec::new(
-            Opts::new("holds_total", "Hold requests by outcome"),
-            &["outcome"],
-        ));
-        let grabs = must(IntCounterVec::new(
-            Opts::new("grabs_total", "Grab requests by outcome"),
-            &["outcome"],
-        ));
-        let worker_events = must(IntCounterVec::new(
-            Opts::new("worker_events_total", "Events applied by workers"),
-            &["worker"],
-        ));
+        let actors_live = must(IntGaugeVec::new(Opts::new("actors_live", "Running actors per kind"), &["kind"]));
+        let holds = must(IntCounterVec::new(Opts::new("holds_total", "Hold requests by outcome"), &["outcome"]));
+        let grabs = must(IntCounterVec::new(Opts::new("grabs_total", "Grab requests by outcome"), &["outcome"]));
+        let worker_events =
+            must(IntCounterVec::new(Opts::new("worker_events_total", "Events applied by workers"), &["worker"]));
         let worker_failures = must(IntCounterVec::new(
-            Opts::new(
-                "worker_failures_total",
-                "Failed worker batches (retried); alert when it keeps rising",
-            ),
+            Opts::new("worker_failures_total", "Failed worker batches (retried); alert when it keeps rising"),
             &["worker"],
         ));
-        let outbox_lag = must(IntGauge::new(
-            "outbox_lag_events",
-            "Outbox events not yet applied by the persist worker",
-        ));
+        let outbox_lag =
+            must(IntGauge::new("outbox_lag_events", "Outbox events not yet applied by the persist worker"));
         let store_batch_latency = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "store_batch_duration_seconds",
-                "Hot store batch commit latency",
-            )
-            .buckets(must(exponential_buckets(0.000_02, 2.0, 18))),
+            HistogramOpts::new("store_batch_duration_seconds", "Hot store batch commit latency")
+                .buckets(must(exponential_buckets(0.000_02, 2.0, 18))),
         ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,

@@ -11,9 +11,7 @@ use crate::events::OrderSeat;
 use crate::store::{Attendee, HotOrder, PacketSnapshot};
 
 pub fn time_of(ms: u64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(i64::try_from(ms).unwrap_or(i64::MAX))
-        .single()
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    Utc.timestamp_millis_opt(i64::try_from(ms).unwrap_or(i64::MAX)).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Keeps the first character of a name.
@@ -30,10 +28,7 @@ pub fn mask_name(name: &str) -> String {
 pub fn mask_id_number(id: &str) -> String {
     let n = id.chars().count();
     let keep = if n >= 8 { 4 } else { 0 };
-    id.chars()
-        .enumerate()
-        .map(|(i, c)| if i + keep >= n { c } else { '*' })
-        .collect()
+    id.chars().enumerate().map(|(i, c)| if i + keep >= n { c } else { '*' }).collect()
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
@@ -68,10 +63,7 @@ pub struct AttendeeView {
 
 impl From<&Attendee> for AttendeeView {
     fn from(a: &Attendee) -> Self {
-        AttendeeView {
-            name: mask_name(&a.name),
-            id_number: mask_id_number(&a.id_number),
-        }
+        AttendeeView { name: mask_name(&a.name), id_number: mask_id_number(&a.id_number) }
     }
 }
 
@@ -99,10 +91,7 @@ impl OrderView {
             status,
             event_id: o.event_id,
             user_id: o.user_id.clone(),
-            seats: crate::store::order_seats(info, &o.seats)
-                .iter()
-                .map(SeatOnOrder::from)
-                .collect(),
+            seats: crate::store::order_seats(info, &o.seats).iter().map(SeatOnOrder::from).collect(),
             amount: o.amount,
             attendees: o.attendees.iter().map(AttendeeView::from).collect(),
             created_at: time_of(o.created_at_ms),
@@ -169,11 +158,7 @@ impl From<&PacketSnapshot> for PacketView {
             grabs: s
                 .grabs
                 .iter()
-                .map(|g| GrabView {
-                    user_id: g.user_id.clone(),
-                    amount: g.amount,
-                    at: time_of(g.at_ms),
-                })
+                .map(|g| GrabView { user_id: g.user_id.clone(), amount: g.amount, at: time_of(g.at_ms) })
                 .collect(),
         }
     }

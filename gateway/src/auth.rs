@@ -33,15 +33,12 @@ const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
 
 impl Keys {
     pub fn new(secret: &str) -> Self {
-        Keys {
-            secret: secret.as_bytes().to_vec(),
-        }
+        Keys { secret: secret.as_bytes().to_vec() }
     }
 
     fn mac(&self) -> HmacSha256 {
         // HMAC accepts keys of any length.
-        HmacSha256::new_from_slice(&self.secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+        HmacSha256::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
@@ -49,28 +46,20 @@ impl Keys {
         let signing_input = format!("{}.{}", B64.encode(HEADER), B64.encode(body));
         let mut mac = self.mac();
         mac.update(signing_input.as_bytes());
-        format!(
-            "{signing_input}.{}",
-            B64.encode(mac.finalize().into_bytes())
-        )
+        format!("{signing_input}.{}", B64.encode(mac.finalize().into_bytes()))
     }
 
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, &'static str> {
         let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err("malformed token");
         };
         #[derive(Deserialize)]
         struct Header {
             alg: String,
         }
-        let header: Header = B64
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or("malformed token header")?;
+        let header: Header =
+            B64.decode(h).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or("malformed token header")?;
         if header.alg != "HS256" {
             return Err("unsupported token algorithm");
         }
@@ -80,11 +69,8 @@ impl Keys {
         mac.update(b".");
         mac.update(c.as_bytes());
         mac.verify_slice(&sig).map_err(|_| "bad token signature")?;
-        let claims: Claims = B64
-            .decode(c)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or("malformed token claims")?;
+        let claims: Claims =
+            B64.decode(c).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or("malformed token claims")?;
         if claims.exp <= now_s {
             return Err("token expired");
         }
@@ -106,33 +92,20 @@ pub struct Auth(pub Caller);
 pub struct Admin(pub Caller);
 
 fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let keys = req.app_data::<web::Data<Keys>>().ok_or_else(|| {
-        ApiError::new(
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "no keys",
-        )
-    })?;
+    let keys = req
+        .app_data::<web::Data<Keys>>()
+        .ok_or_else(|| ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "no keys"))?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>")
-        })?;
+        .ok_or_else(|| ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>"))?;
     let token = header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>")
-        })?;
-    let claims = keys
-        .verify(token.trim(), now_s())
-        .map_err(|m| ApiError::unauthorized("invalid_token", m))?;
-    Ok(Caller {
-        admin: claims.role == "admin",
-        user_id: claims.sub,
-    })
+        .ok_or_else(|| ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>"))?;
+    let claims = keys.verify(token.trim(), now_s()).map_err(|m| ApiError::unauthorized("invalid_token", m))?;
+    Ok(Caller { admin: claims.role == "admin", user_id: claims.sub })
 }
 
 impl FromRequest for Auth {
@@ -147,13 +120,7 @@ impl FromRequest for Admin {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(caller(req).and_then(|c| {
-            if c.admin {
-                Ok(Admin(c))
-            } else {
-                Err(ApiError::forbidden())
-            }
-        }))
+        ready(caller(req).and_then(|c| if c.admin { Ok(Admin(c)) } else { Err(ApiError::forbidden()) }))
     }
 }
 
@@ -162,11 +129,7 @@ mod tests {
     use super::*;
 
     fn claims(exp: u64) -> Claims {
-        Claims {
-            sub: "u1".into(),
-            role: "user".into(),
-            exp,
-        }
+        Claims { sub: "u1".into(), role: "user".into(), exp }
     }
 
     #[test]
@@ -180,24 +143,14 @@ mod tests {
     fn forged_expired_and_alg_none_tokens_are_refused() {
         let k = Keys::new("0123456789abcdef");
         let other = Keys::new("fedcba9876543210");
-        assert_eq!(
-            k.verify(&other.sign(&claims(100)), 1),
-            Err("bad token signature")
-        );
+        assert_eq!(k.verify(&other.sign(&claims(100)), 1), Err("bad token signature"));
         assert_eq!(k.verify(&k.sign(&claims(100)), 100), Err("token expired"));
-        let none = format!(
-            "{}.{}.",
-            B64.encode(r#"{"alg":"none"}"#),
-            B64.encode(r#"{"sub":"u1","role":"admin","exp":999}"#)
-        );
+        let none =
+            format!("{}.{}.", B64.encode(r#"{"alg":"none"}"#), B64.encode(r#"{"sub":"u1","role":"admin","exp":999}"#));
         assert_eq!(k.verify(&none, 1), Err("unsupported token algorithm"));
         assert!(k.verify("a.b", 1).is_err());
         // A valid signature over claims naming a bad role is still refused.
-        let bad = k.sign(&Claims {
-            sub: "u1".into(),
-            role: "root".into(),
-            exp: 100,
-        });
+        let bad = k.sign(&Claims { sub: "u1".into(), role: "root".into(), exp: 100 });
         assert_eq!(k.verify(&bad, 1), Err("bad token claims"));
     }
 }

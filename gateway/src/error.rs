@@ -19,30 +19,26 @@ pub struct ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
     }
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            details: Map::new(),
-            retry_after_s: None,
-        }
+        ApiError { status, code, message: message.into(), details: Map::new(), retry_after_s: None }
     }
 
     pub fn with(mut self, key: &str, value: Value) -> Self {
         self.details.insert(key.to_string(), value);
         self
+    }
+
+    /// The JSON body: `{"error": {"code", "message", ...details}}`.
+    pub fn body(&self) -> Value {
+        let mut body = self.details.clone();
+        body.insert("code".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        json!({ "error": body })
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -54,11 +50,7 @@ impl ApiError {
     }
 
     pub fn forbidden() -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this route needs the admin role",
-        )
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "this route needs the admin role")
     }
 
     pub fn not_found(what: &'static str) -> Self {
@@ -86,33 +78,24 @@ impl From<EngineError> for ApiError {
             EngineError::SeatUnavailable(seats) => {
                 ApiError::new(S::CONFLICT, "seat_unavailable", message).with("seats", json!(seats))
             }
-            EngineError::SoldOut {
-                category,
-                remaining,
-            } => ApiError::new(S::CONFLICT, "sold_out", message)
+            EngineError::SoldOut { category, remaining } => ApiError::new(S::CONFLICT, "sold_out", message)
                 .with("category", json!(category))
                 .with("remaining", json!(remaining)),
-            EngineError::NoAdjacentSeats { .. } => {
-                ApiError::new(S::CONFLICT, "no_adjacent_seats", message)
-            }
+            EngineError::NoAdjacentSeats { .. } => ApiError::new(S::CONFLICT, "no_adjacent_seats", message),
             EngineError::LimitExceeded { which, max } => {
                 ApiError::new(S::UNPROCESSABLE_ENTITY, "limit_exceeded", message)
                     .with("limit", json!(which))
                     .with("max", json!(max))
             }
             EngineError::OrderNotPending { status } => {
-                ApiError::new(S::CONFLICT, "order_not_pending", message)
-                    .with("status", json!(status.as_str()))
+                ApiError::new(S::CONFLICT, "order_not_pending", message).with("status", json!(status.as_str()))
             }
             EngineError::AlreadyGrabbed { amount } => {
-                ApiError::new(S::CONFLICT, "already_grabbed", message)
-                    .with("amount", json!(amount.get()))
+                ApiError::new(S::CONFLICT, "already_grabbed", message).with("amount", json!(amount.get()))
             }
             EngineError::PacketEmpty => ApiError::new(S::GONE, "packet_empty", message),
             EngineError::PacketExpired => ApiError::new(S::GONE, "packet_expired", message),
-            EngineError::InsufficientFunds => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "insufficient_funds", message)
-            }
+            EngineError::InsufficientFunds => ApiError::new(S::UNPROCESSABLE_ENTITY, "insufficient_funds", message),
             EngineError::Overloaded(_) => {
                 let mut e = ApiError::new(S::SERVICE_UNAVAILABLE, "overloaded", message);
                 e.retry_after_s = Some(*RETRY_AFTER_S.get().unwrap_or(&1));
@@ -137,10 +120,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = self.details.clone();
-        body.insert("code".into(), json!(self.code));
-        body.insert("message".into(), json!(self.message));
-        let mut resp = HttpResponse::build(self.status).json(json!({ "error": body }));
+        let mut resp = HttpResponse::build(self.status).json(self.body());
         if let Some(s) = self.retry_after_s {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(RETRY_AFTER, v);
@@ -151,17 +131,12 @@ impl ResponseError for ApiError {
 }
 
 /// Turns actix's JSON, path and query extraction failures into our shape.
-pub fn json_error(
-    err: actix_web::error::JsonPayloadError,
-    _req: &actix_web::HttpRequest,
-) -> actix_web::Error {
+pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     let e = match &err {
-        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            err.to_string(),
-        ),
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", err.to_string())
+        }
         J::ContentType => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -173,16 +148,10 @@ pub fn json_error(
     e.into()
 }
 
-pub fn query_error(
-    err: actix_web::error::QueryPayloadError,
-    _req: &actix_web::HttpRequest,
-) -> actix_web::Error {
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::bad_request(err.to_string()).into()
 }
 
-pub fn path_error(
-    err: actix_web::error::PathError,
-    _req: &actix_web::HttpRequest,
-) -> actix_web::Error {
+pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::bad_request(err.to_string()).into()
 }

@@ -8,12 +8,14 @@
 //! - [`dto`]: request and response bodies (unknown fields refused).
 //! - [`error`]: `ApiError`, the one mapping of failures to HTTP.
 //! - [`routes`]: handlers by resource.
+//! - [`idempotency`]: `Idempotency-Key` replay for POSTs that create or move money.
 //! - [`openapi`]: the generated contract.
 //! - [`serve`]: builds the app, binds, runs workers, shuts down.
 
 pub mod auth;
 pub mod dto;
 pub mod error;
+pub mod idempotency;
 pub mod openapi;
 pub mod routes;
 pub mod serve;

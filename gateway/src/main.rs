@@ -36,20 +36,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Serve => serve(cfg).await,
             Command::Migrate => {
                 rush_engine::durable::Db::open(&cfg.data_dir, &cfg.sqlite).await?;
-                println!(
-                    "migrated {}",
-                    cfg.data_dir
-                        .join(rush_engine::durable::db::DB_FILE)
-                        .display()
-                );
+                println!("migrated {}", cfg.data_dir.join(rush_engine::durable::db::DB_FILE).display());
                 Ok(())
             }
         }
@@ -57,8 +50,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let listener =
-        TcpListener::bind(&cfg.http.addr).with_context(|| format!("binding {}", cfg.http.addr))?;
+    let listener = TcpListener::bind(&cfg.http.addr).with_context(|| format!("binding {}", cfg.http.addr))?;
     let addr = listener.local_addr()?;
     let engine = Engine::open_embedded(cfg, Metrics::new()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -27,20 +27,15 @@ const SHUTDOWN_TIMEOUT_S: u64 = 10;
 pub fn http_server(listener: TcpListener, engine: Arc<Engine>) -> std::io::Result<Server> {
     let cfg = engine.config().clone();
     let _ = crate::error::RETRY_AFTER_S.set(cfg.http.retry_after_s);
-    let state = web::Data::new(AppState {
-        engine: engine.clone(),
-    });
+    let state = web::Data::new(AppState { engine: engine.clone() });
     let keys = web::Data::new(Keys::new(&cfg.auth.jwt_secret));
     let body_len_max = cfg.http.body_len_max;
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(keys.clone())
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(body_len_max)
-                    .error_handler(json_error),
-            )
+            .app_data(web::JsonConfig::default().limit(body_len_max).error_handler(json_error))
+            .app_data(web::PayloadConfig::default().limit(body_len_max))
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .app_data(web::PathConfig::default().error_handler(path_error))
             .wrap(actix_web::middleware::from_fn(observe))
@@ -62,9 +57,7 @@ pub fn http_server(listener: TcpListener, engine: Arc<Engine>) -> std::io::Resul
             .service(routes::ops::readyz)
             .service(routes::ops::metrics)
             .service(routes::ops::openapi)
-            .default_service(web::to(|| async {
-                Err::<actix_web::HttpResponse, _>(ApiError::not_found("route"))
-            }))
+            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("route")) }))
     })
     .shutdown_timeout(SHUTDOWN_TIMEOUT_S)
     .listen(listener)?;
@@ -84,17 +77,10 @@ async fn observe(
     let method = req.method().as_str().to_string();
     let res = next.call(req).await?;
     if let Some(state) = state {
-        let route = res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".into());
+        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
         let m = &state.engine.metrics;
-        m.http_requests
-            .with_label_values(&[&route, &method, res.status().as_str()])
-            .inc();
-        m.http_latency
-            .with_label_values(&[&route])
-            .observe(start.elapsed().as_secs_f64());
+        m.http_requests.with_label_values(&[&route, &method, res.status().as_str()]).inc();
+        m.http_latency.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
     }
     Ok(res)
 }

@@ -11,9 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Mailbox;
 use crate::domain::{EventInfo, Fen, Id, OrderStatus, SeatIdx};
 use crate::error::EngineError;
-use crate::store::{
-    Attendee, EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState,
-};
+use crate::store::{Attendee, EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState};
 use crate::views::OrderView;
 
 /// In-memory state of one event.
@@ -81,19 +79,12 @@ impl EventState {
     pub fn from_snapshot(s: EventSnapshot) -> Self {
         let map = &s.info.map;
         let mut row_free = vec![0u32; map.row_count()];
-        let mut free_by_category: HashMap<String, u32> = s
-            .info
-            .def
-            .categories
-            .iter()
-            .map(|c| (c.id.clone(), 0))
-            .collect();
+        let mut free_by_category: HashMap<String, u32> =
+            s.info.def.categories.iter().map(|c| (c.id.clone(), 0)).collect();
         for (i, st) in s.seats.iter().enumerate() {
             if *st == SeatState::Available {
                 row_free[map.row_of(i as SeatIdx) as usize] += 1;
-                *free_by_category
-                    .entry(map.seat(i as SeatIdx).category.clone())
-                    .or_default() += 1;
+                *free_by_category.entry(map.seat(i as SeatIdx).category.clone()).or_default() += 1;
             }
         }
         let mut user_seats: HashMap<String, u32> = HashMap::new();
@@ -147,20 +138,14 @@ impl EventState {
             return Err(EngineError::Invalid("quantity must be at least 1".into()));
         }
         if quantity > limits.per_order {
-            return Err(EngineError::LimitExceeded {
-                which: "per_order",
-                max: limits.per_order,
-            });
+            return Err(EngineError::LimitExceeded { which: "per_order", max: limits.per_order });
         }
         let seats: Vec<SeatIdx> = match &req.selection {
             Selection::Named(labels) => {
                 let mut idx = Vec::with_capacity(labels.len());
                 for l in labels {
-                    let i = self
-                        .info
-                        .map
-                        .index_of(l)
-                        .ok_or_else(|| EngineError::Invalid(format!("unknown seat {l}")))?;
+                    let i =
+                        self.info.map.index_of(l).ok_or_else(|| EngineError::Invalid(format!("unknown seat {l}")))?;
                     if idx.contains(&i) {
                         return Err(EngineError::Invalid(format!("seat {l} named twice")));
                     }
@@ -182,39 +167,20 @@ impl EventState {
                     .get(category)
                     .ok_or_else(|| EngineError::Invalid(format!("unknown category {category}")))?;
                 if free < *quantity {
-                    return Err(EngineError::SoldOut {
-                        category: category.clone(),
-                        remaining: free,
-                    });
+                    return Err(EngineError::SoldOut { category: category.clone(), remaining: free });
                 }
                 let seats = &self.seats;
                 self.info
                     .map
-                    .find_adjacent(
-                        category,
-                        *quantity,
-                        |s| seats[s as usize] == SeatState::Available,
-                        &self.row_free,
-                    )
-                    .ok_or_else(|| EngineError::NoAdjacentSeats {
-                        category: category.clone(),
-                        quantity: *quantity,
-                    })?
+                    .find_adjacent(category, *quantity, |s| seats[s as usize] == SeatState::Available, &self.row_free)
+                    .ok_or_else(|| EngineError::NoAdjacentSeats { category: category.clone(), quantity: *quantity })?
             }
         };
         let owned = self.user_seats.get(&req.user_id).copied().unwrap_or(0);
         if owned + quantity > limits.per_user {
-            return Err(EngineError::LimitExceeded {
-                which: "per_user",
-                max: limits.per_user,
-            });
+            return Err(EngineError::LimitExceeded { which: "per_user", max: limits.per_user });
         }
-        let amount = Fen::new(
-            seats
-                .iter()
-                .map(|s| self.info.price_of(&self.info.map.seat(*s).category).get())
-                .sum(),
-        );
+        let amount = Fen::new(seats.iter().map(|s| self.info.price_of(&self.info.map.seat(*s).category).get()).sum());
         let order = HotOrder {
             order_id: req.order_id,
             event_id: self.info.def.event_id,
@@ -234,17 +200,10 @@ impl EventState {
     }
 
     /// Decides to release a live hold (cancel or expiry) and frees its seats.
-    pub fn decide_release(
-        &mut self,
-        order_id: Id,
-        why: &ReleaseReason,
-        now_ms: u64,
-    ) -> Result<HotOrder, EngineError> {
+    pub fn decide_release(&mut self, order_id: Id, why: &ReleaseReason, now_ms: u64) -> Result<HotOrder, EngineError> {
         let Some(order) = self.holds.get(&order_id) else {
             return Err(match self.paid.get(&order_id) {
-                Some(_) => EngineError::OrderNotPending {
-                    status: OrderStatus::Paid,
-                },
+                Some(_) => EngineError::OrderNotPending { status: OrderStatus::Paid },
                 None => EngineError::NotFound("order"),
             });
         };
@@ -257,10 +216,7 @@ impl EventState {
             }
             _ => {}
         }
-        let order = self
-            .holds
-            .remove(&order_id)
-            .ok_or(EngineError::NotFound("order"))?;
+        let order = self.holds.remove(&order_id).ok_or(EngineError::NotFound("order"))?;
         for s in &order.seats {
             self.set(*s, SeatState::Available);
         }
@@ -272,25 +228,14 @@ impl EventState {
 
     /// Decides that a live hold is paid: its seats become sold.
     pub fn decide_confirm(&mut self, order_id: Id) -> Result<HotOrder, EngineError> {
-        let order =
-            self.holds
-                .remove(&order_id)
-                .ok_or(match self.paid.contains_key(&order_id) {
-                    true => EngineError::OrderNotPending {
-                        status: OrderStatus::Paid,
-                    },
-                    false => EngineError::NotFound("order"),
-                })?;
+        let order = self.holds.remove(&order_id).ok_or(match self.paid.contains_key(&order_id) {
+            true => EngineError::OrderNotPending { status: OrderStatus::Paid },
+            false => EngineError::NotFound("order"),
+        })?;
         for s in &order.seats {
             self.set(*s, SeatState::Sold(order.order_id));
         }
-        self.paid.insert(
-            order.order_id,
-            PaidOrder {
-                user_id: order.user_id.clone(),
-                seats: order.seats.clone(),
-            },
-        );
+        self.paid.insert(order.order_id, PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() });
         Ok(order)
     }
 
@@ -334,41 +279,18 @@ impl EventState {
     pub fn check_invariants(&self) {
         let held: usize = self.holds.values().map(|o| o.seats.len()).sum();
         let sold: usize = self.paid.values().map(|o| o.seats.len()).sum();
-        let free = self
-            .seats
-            .iter()
-            .filter(|s| **s == SeatState::Available)
-            .count();
-        assert_eq!(
-            held + sold + free,
-            self.seats.len(),
-            "seats held + sold + free != capacity"
-        );
-        assert_eq!(
-            free as u32,
-            self.row_free.iter().sum::<u32>(),
-            "row counters drifted"
-        );
+        let free = self.seats.iter().filter(|s| **s == SeatState::Available).count();
+        assert_eq!(held + sold + free, self.seats.len(), "seats held + sold + free != capacity");
+        assert_eq!(free as u32, self.row_free.iter().sum::<u32>(), "row counters drifted");
     }
 }
 
 pub enum EventMsg {
     Hold(HoldRequest, oneshot::Sender<Result<OrderView, EngineError>>),
-    Release {
-        order_id: Id,
-        why: ReleaseReason,
-        now_ms: u64,
-        reply: oneshot::Sender<Result<OrderView, EngineError>>,
-    },
-    Confirm {
-        order_id: Id,
-        reply: oneshot::Sender<Result<OrderView, EngineError>>,
-    },
+    Release { order_id: Id, why: ReleaseReason, now_ms: u64, reply: oneshot::Sender<Result<OrderView, EngineError>> },
+    Confirm { order_id: Id, reply: oneshot::Sender<Result<OrderView, EngineError>> },
     View(oneshot::Sender<Vec<CategoryView>>),
-    Seats {
-        section: Option<String>,
-        reply: oneshot::Sender<Vec<SeatView>>,
-    },
+    Seats { section: Option<String>, reply: oneshot::Sender<Vec<SeatView>> },
 }
 
 type Reply = oneshot::Sender<Result<OrderView, EngineError>>;
@@ -384,17 +306,11 @@ struct Pending {
 }
 
 /// Runs the actor until its mailbox closes or it has been idle too long.
-pub async fn run(
-    mut state: EventState,
-    mut rx: mpsc::Receiver<EventMsg>,
-    store: Arc<dyn HotStore>,
-    mailbox: Mailbox,
-) {
+pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store: Arc<dyn HotStore>, mailbox: Mailbox) {
     let event_id = state.info.def.event_id;
     let mut buf = Vec::with_capacity(mailbox.batch_len_max);
     loop {
-        let got =
-            tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await;
+        let got = tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await;
         match got {
             Ok(0) => break,
             Ok(n) => mailbox.received(n),
@@ -428,29 +344,26 @@ pub async fn run(
                         let _ = reply.send(Err(e));
                     }
                 },
-                EventMsg::Release {
-                    order_id,
-                    why,
-                    now_ms,
-                    reply,
-                } => match state.decide_release(order_id, &why, now_ms) {
-                    Ok(order) => {
-                        let status = match why {
-                            ReleaseReason::Cancel { .. } => OrderStatus::Cancelled,
-                            ReleaseReason::Expire => OrderStatus::Expired,
-                        };
-                        ops.push(SeatOp::Release { order_id, status });
-                        pending.push(Pending {
-                            reply,
-                            order,
-                            status,
-                            on_reject: |_, _| EngineError::NotFound("order"),
-                        });
+                EventMsg::Release { order_id, why, now_ms, reply } => {
+                    match state.decide_release(order_id, &why, now_ms) {
+                        Ok(order) => {
+                            let status = match why {
+                                ReleaseReason::Cancel { .. } => OrderStatus::Cancelled,
+                                ReleaseReason::Expire => OrderStatus::Expired,
+                            };
+                            ops.push(SeatOp::Release { order_id, status });
+                            pending.push(Pending {
+                                reply,
+                                order,
+                                status,
+                                on_reject: |_, _| EngineError::NotFound("order"),
+                            });
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
+                }
                 EventMsg::Confirm { order_id, reply } => match state.decide_confirm(order_id) {
                     Ok(order) => {
                         ops.push(SeatOp::Confirm { order_id });
@@ -475,9 +388,7 @@ pub async fn run(
                     let info = state.info.clone();
                     for (p, outcome) in pending.into_iter().zip(outcomes) {
                         let answer = match outcome {
-                            OpOutcome::Applied => {
-                                Ok(OrderView::from_hot(&p.order, &info, p.status))
-                            }
+                            OpOutcome::Applied => Ok(OrderView::from_hot(&p.order, &info, p.status)),
                             OpOutcome::Rejected => {
                                 stale = true;
                                 Err((p.on_reject)(&p.order, &info))
@@ -543,12 +454,7 @@ mod tests {
 
     fn state(rows: u32, cols: u32, per_user: u32) -> EventState {
         let seats = SeatMap::from_layout(
-            &[SectionLayout {
-                name: "A".into(),
-                rows,
-                cols,
-                category: "std".into(),
-            }],
+            &[SectionLayout { name: "A".into(), rows, cols, category: "std".into() }],
             &["std"],
             100_000,
         )
@@ -561,15 +467,8 @@ mod tests {
             venue: "v".into(),
             starts_at: chrono::Utc::now(),
             hold_ttl_s: 60,
-            limits: Limits {
-                per_order: 6,
-                per_user,
-            },
-            categories: vec![Category {
-                id: "std".into(),
-                name: "Std".into(),
-                price: Fen::new(100),
-            }],
+            limits: Limits { per_order: 6, per_user },
+            categories: vec![Category { id: "std".into(), name: "Std".into(), price: Fen::new(100) }],
             seats,
         };
         let info = EventInfo::build(def, 100_000).unwrap();
@@ -593,37 +492,22 @@ mod tests {
     }
 
     fn cat(q: u32) -> Selection {
-        Selection::Category {
-            category: "std".into(),
-            quantity: q,
-        }
+        Selection::Category { category: "std".into(), quantity: q }
     }
 
     #[test]
     fn holding_a_held_seat_is_refused() {
         let mut s = state(1, 4, 6);
-        s.decide_hold(&req(1, "a", Selection::Named(vec!["A-1-2".into()])))
-            .unwrap();
-        let err = s
-            .decide_hold(&req(
-                2,
-                "b",
-                Selection::Named(vec!["A-1-2".into(), "A-1-3".into()]),
-            ))
-            .unwrap_err();
-        assert!(
-            matches!(err, EngineError::SeatUnavailable(ref v) if v == &vec!["A-1-2".to_string()])
-        );
+        s.decide_hold(&req(1, "a", Selection::Named(vec!["A-1-2".into()]))).unwrap();
+        let err = s.decide_hold(&req(2, "b", Selection::Named(vec!["A-1-2".into(), "A-1-3".into()]))).unwrap_err();
+        assert!(matches!(err, EngineError::SeatUnavailable(ref v) if v == &vec!["A-1-2".to_string()]));
     }
 
     #[test]
     fn a_category_hold_beyond_the_free_seats_is_sold_out() {
         let mut s = state(1, 2, 6);
         s.decide_hold(&req(1, "a", cat(2))).unwrap();
-        assert!(matches!(
-            s.decide_hold(&req(2, "b", cat(1))),
-            Err(EngineError::SoldOut { remaining: 0, .. })
-        ));
+        assert!(matches!(s.decide_hold(&req(2, "b", cat(1))), Err(EngineError::SoldOut { remaining: 0, .. })));
     }
 
     #[test]
@@ -631,28 +515,15 @@ mod tests {
         let mut s = state(2, 10, 3);
         assert!(matches!(
             s.decide_hold(&req(1, "a", cat(7))),
-            Err(EngineError::LimitExceeded {
-                which: "per_order",
-                ..
-            })
+            Err(EngineError::LimitExceeded { which: "per_order", .. })
         ));
         s.decide_hold(&req(2, "a", cat(2))).unwrap();
         assert!(matches!(
             s.decide_hold(&req(3, "a", cat(2))),
-            Err(EngineError::LimitExceeded {
-                which: "per_user",
-                ..
-            })
+            Err(EngineError::LimitExceeded { which: "per_user", .. })
         ));
         // Cancelling gives the allowance back.
-        s.decide_release(
-            Id::from_raw(2).unwrap(),
-            &ReleaseReason::Cancel {
-                user_id: Some("a".into()),
-            },
-            1000,
-        )
-        .unwrap();
+        s.decide_release(Id::from_raw(2).unwrap(), &ReleaseReason::Cancel { user_id: Some("a".into()) }, 1000).unwrap();
         s.decide_hold(&req(4, "a", cat(3))).unwrap();
     }
 
@@ -661,20 +532,11 @@ mod tests {
         let mut s = state(1, 4, 6);
         let o = s.decide_hold(&req(1, "a", cat(1))).unwrap();
         assert!(matches!(
-            s.decide_release(
-                o.order_id,
-                &ReleaseReason::Cancel {
-                    user_id: Some("b".into())
-                },
-                1000
-            ),
+            s.decide_release(o.order_id, &ReleaseReason::Cancel { user_id: Some("b".into()) }, 1000),
             Err(EngineError::NotFound("order"))
         ));
-        assert!(s
-            .decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms - 1)
-            .is_err());
-        s.decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms)
-            .unwrap();
+        assert!(s.decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms - 1).is_err());
+        s.decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms).unwrap();
         assert_eq!(s.categories()[0].remaining, 4);
     }
 
@@ -685,17 +547,9 @@ mod tests {
         s.decide_confirm(o.order_id).unwrap();
         assert!(matches!(
             s.decide_release(o.order_id, &ReleaseReason::Cancel { user_id: None }, 1000),
-            Err(EngineError::OrderNotPending {
-                status: OrderStatus::Paid
-            })
+            Err(EngineError::OrderNotPending { status: OrderStatus::Paid })
         ));
-        assert_eq!(
-            s.seat_views(None)
-                .iter()
-                .filter(|v| v.status == "sold")
-                .count(),
-            2
-        );
+        assert_eq!(s.seat_views(None).iter().filter(|v| v.status == "sold").count(), 2);
     }
 
     #[derive(Clone, Debug)]
@@ -710,8 +564,7 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         let user = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(String::from);
         prop_oneof![
-            (user.clone(), prop::collection::vec(1u32..=8, 1..4))
-                .prop_map(|(u, c)| Op::Named(u, c)),
+            (user.clone(), prop::collection::vec(1u32..=8, 1..4)).prop_map(|(u, c)| Op::Named(u, c)),
             (user, 1u32..4).prop_map(|(u, q)| Op::Cat(u, q)),
             (0usize..50).prop_map(Op::Cancel),
             (0usize..50).prop_map(Op::Expire),

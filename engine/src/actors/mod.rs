@@ -106,16 +106,12 @@ impl Actors {
             };
             match tx.try_send(msg) {
                 Ok(()) => {
-                    self.metrics
-                        .mailbox_depth
-                        .with_label_values(&["event"])
-                        .inc();
+                    self.metrics.mailbox_depth.with_label_values(&["event"]).inc();
                     return Ok(true);
                 }
                 Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("event")),
                 Err(TrySendError::Closed(m)) => {
-                    self.events
-                        .remove_if(&event_id, |_, h| h.tx.same_channel(&tx));
+                    self.events.remove_if(&event_id, |_, h| h.tx.same_channel(&tx));
                     msg = m;
                 }
             }
@@ -123,11 +119,7 @@ impl Actors {
         Err(EngineError::Overloaded("event"))
     }
 
-    pub async fn send_packet(
-        &self,
-        packet_id: Id,
-        mut msg: PacketMsg,
-    ) -> Result<bool, EngineError> {
+    pub async fn send_packet(&self, packet_id: Id, mut msg: PacketMsg) -> Result<bool, EngineError> {
         for _ in 0..RESPAWN_TRIES_MAX {
             let tx = match self.packets.get(&packet_id) {
                 Some(h) => h.tx.clone(),
@@ -143,16 +135,12 @@ impl Actors {
             };
             match tx.try_send(msg) {
                 Ok(()) => {
-                    self.metrics
-                        .mailbox_depth
-                        .with_label_values(&["packet"])
-                        .inc();
+                    self.metrics.mailbox_depth.with_label_values(&["packet"]).inc();
                     return Ok(true);
                 }
                 Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("packet")),
                 Err(TrySendError::Closed(m)) => {
-                    self.packets
-                        .remove_if(&packet_id, |_, h| h.tx.same_channel(&tx));
+                    self.packets.remove_if(&packet_id, |_, h| h.tx.same_channel(&tx));
                     msg = m;
                 }
             }

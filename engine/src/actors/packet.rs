@@ -25,31 +25,14 @@ pub struct PacketState {
 
 impl PacketState {
     pub fn from_snapshot(s: PacketSnapshot) -> Self {
-        let by_user = s
-            .grabs
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.user_id.clone(), i))
-            .collect();
-        PacketState {
-            def: s.def,
-            status: s.status,
-            grabs: s.grabs,
-            by_user,
-        }
+        let by_user = s.grabs.iter().enumerate().map(|(i, g)| (g.user_id.clone(), i)).collect();
+        PacketState { def: s.def, status: s.status, grabs: s.grabs, by_user }
     }
 
     /// Decides a grab and applies it to memory. The caller commits it.
-    pub fn decide_grab(
-        &mut self,
-        user_id: &str,
-        grab_id: Id,
-        now_ms: u64,
-    ) -> Result<Grab, EngineError> {
+    pub fn decide_grab(&mut self, user_id: &str, grab_id: Id, now_ms: u64) -> Result<Grab, EngineError> {
         if let Some(i) = self.by_user.get(user_id) {
-            return Err(EngineError::AlreadyGrabbed {
-                amount: self.grabs[*i].amount,
-            });
+            return Err(EngineError::AlreadyGrabbed { amount: self.grabs[*i].amount });
         }
         if self.status == PacketStatus::Expired || now_ms >= self.def.expires_at_ms {
             return Err(EngineError::PacketExpired);
@@ -58,13 +41,7 @@ impl PacketState {
         let Some(amount) = self.def.parts.get(part).copied() else {
             return Err(EngineError::PacketEmpty);
         };
-        let grab = Grab {
-            grab_id,
-            user_id: user_id.to_string(),
-            part: part as u32,
-            amount,
-            at_ms: now_ms,
-        };
+        let grab = Grab { grab_id, user_id: user_id.to_string(), part: part as u32, amount, at_ms: now_ms };
         self.by_user.insert(grab.user_id.clone(), part);
         self.grabs.push(grab.clone());
         if self.grabs.len() == self.def.parts.len() {
@@ -74,24 +51,13 @@ impl PacketState {
     }
 
     pub fn snapshot(&self) -> PacketSnapshot {
-        PacketSnapshot {
-            def: self.def.clone(),
-            status: self.status,
-            grabs: self.grabs.clone(),
-        }
+        PacketSnapshot { def: self.def.clone(), status: self.status, grabs: self.grabs.clone() }
     }
 
     pub fn check_invariants(&self) {
         let granted: i64 = self.grabs.iter().map(|g| g.amount.get()).sum();
-        assert!(
-            granted <= self.def.total.get(),
-            "grants exceed the packet total"
-        );
-        assert_eq!(
-            self.by_user.len(),
-            self.grabs.len(),
-            "a user holds two grabs"
-        );
+        assert!(granted <= self.def.total.get(), "grants exceed the packet total");
+        assert_eq!(self.by_user.len(), self.grabs.len(), "a user holds two grabs");
     }
 }
 
@@ -117,9 +83,7 @@ pub async fn run(
     let packet_id = state.def.packet_id;
     let mut buf = Vec::with_capacity(mailbox.batch_len_max);
     loop {
-        match tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max))
-            .await
-        {
+        match tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await {
             Ok(0) => break,
             Ok(n) => mailbox.received(n),
             Err(_) => {
@@ -133,11 +97,7 @@ pub async fn run(
         let mut later = Vec::new();
         for msg in buf.drain(..) {
             match msg {
-                PacketMsg::Grab {
-                    user_id,
-                    grab_id,
-                    reply,
-                } => match state.decide_grab(&user_id, grab_id, now_ms) {
+                PacketMsg::Grab { user_id, grab_id, reply } => match state.decide_grab(&user_id, grab_id, now_ms) {
                     Ok(g) => {
                         grabs.push(g);
                         replies.push(reply);
@@ -186,9 +146,7 @@ pub async fn run(
         for msg in later {
             match msg {
                 PacketMsg::Expire { reply } => {
-                    let answer = if now_ms < state.def.expires_at_ms
-                        || state.status == PacketStatus::Expired
-                    {
+                    let answer = if now_ms < state.def.expires_at_ms || state.status == PacketStatus::Expired {
                         Ok(None)
                     } else {
                         match store.expire_packet(packet_id, now_ms).await {
@@ -264,14 +222,8 @@ mod tests {
     fn an_empty_packet_answers_empty_and_an_old_one_expired() {
         let mut s = state(&[1], 10_000);
         s.decide_grab("a", id(1), 5).unwrap();
-        assert!(matches!(
-            s.decide_grab("b", id(2), 5),
-            Err(EngineError::PacketEmpty)
-        ));
+        assert!(matches!(s.decide_grab("b", id(2), 5), Err(EngineError::PacketEmpty)));
         let mut s = state(&[1], 10_000);
-        assert!(matches!(
-            s.decide_grab("b", id(2), 10_000),
-            Err(EngineError::PacketExpired)
-        ));
+        assert!(matches!(s.decide_grab("b", id(2), 10_000), Err(EngineError::PacketExpired)));
     }
 }

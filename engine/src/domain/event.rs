@@ -58,8 +58,6 @@ impl EventInfo {
 
     /// Price of a seat; every seat's category exists (checked at build).
     pub fn price_of(&self, category: &str) -> Fen {
-        self.category(category)
-            .map(|c| c.price)
-            .unwrap_or(Fen::ZERO)
+        self.category(category).map(|c| c.price).unwrap_or(Fen::ZERO)
     }
 }

@@ -151,10 +151,7 @@ impl IdGen {
         if node > NODE_MAX {
             return Err(NodeIdError(node));
         }
-        Ok(IdGen {
-            node,
-            last: AtomicU64::new(0),
-        })
+        Ok(IdGen { node, last: AtomicU64::new(0) })
     }
 
     /// Next id with the given gene.
@@ -168,12 +165,7 @@ impl IdGen {
         let mut last = self.last.load(Ordering::Relaxed);
         let stamp = loop {
             let candidate = if now > last { now } else { last + 1 };
-            match self.last.compare_exchange_weak(
-                last,
-                candidate,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match self.last.compare_exchange_weak(last, candidate, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => break candidate,
                 Err(seen) => last = seen,
             }
@@ -195,10 +187,7 @@ impl IdGen {
 }
 
 pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

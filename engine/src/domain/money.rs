@@ -7,9 +7,7 @@ use serde::{Deserialize, Serialize};
 /// An amount of money in fen (1/100 yuan). May be negative only as a ledger
 /// delta; amounts a user asks for are checked positive at the edge with
 /// [`Fen::positive`].
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Fen(i64);
 
@@ -41,17 +39,11 @@ impl Fen {
     }
 
     pub fn checked_add(self, other: Fen) -> Result<Fen, MoneyError> {
-        self.0
-            .checked_add(other.0)
-            .map(Fen)
-            .ok_or(MoneyError::Overflow)
+        self.0.checked_add(other.0).map(Fen).ok_or(MoneyError::Overflow)
     }
 
     pub fn checked_sub(self, other: Fen) -> Result<Fen, MoneyError> {
-        self.0
-            .checked_sub(other.0)
-            .map(Fen)
-            .ok_or(MoneyError::Overflow)
+        self.0.checked_sub(other.0).map(Fen).ok_or(MoneyError::Overflow)
     }
 
     pub fn checked_mul(self, n: i64) -> Result<Fen, MoneyError> {
@@ -64,9 +56,7 @@ impl Fen {
 
     /// Sums amounts, refusing overflow.
     pub fn sum<I: IntoIterator<Item = Fen>>(items: I) -> Result<Fen, MoneyError> {
-        items
-            .into_iter()
-            .try_fold(Fen::ZERO, |acc, x| acc.checked_add(x))
+        items.into_iter().try_fold(Fen::ZERO, |acc, x| acc.checked_add(x))
     }
 }
 
@@ -91,14 +81,8 @@ mod tests {
 
     #[test]
     fn arithmetic_refuses_overflow() {
-        assert_eq!(
-            Fen::new(i64::MAX).checked_add(Fen::new(1)),
-            Err(MoneyError::Overflow)
-        );
-        assert_eq!(
-            Fen::new(i64::MIN).checked_sub(Fen::new(1)),
-            Err(MoneyError::Overflow)
-        );
+        assert_eq!(Fen::new(i64::MAX).checked_add(Fen::new(1)), Err(MoneyError::Overflow));
+        assert_eq!(Fen::new(i64::MIN).checked_sub(Fen::new(1)), Err(MoneyError::Overflow));
         assert_eq!(Fen::new(i64::MAX).checked_mul(2), Err(MoneyError::Overflow));
         assert_eq!(Fen::new(i64::MIN).checked_neg(), Err(MoneyError::Overflow));
         assert_eq!(Fen::sum([Fen::new(1), Fen::new(2)]), Ok(Fen::new(3)));

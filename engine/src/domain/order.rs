@@ -60,12 +60,8 @@ mod tests {
     #[test]
     fn only_the_documented_transitions_are_allowed() {
         let all = [PendingPayment, Paid, Cancelled, Expired, Refunded];
-        let allowed = [
-            (PendingPayment, Paid),
-            (PendingPayment, Cancelled),
-            (PendingPayment, Expired),
-            (Paid, Refunded),
-        ];
+        let allowed =
+            [(PendingPayment, Paid), (PendingPayment, Cancelled), (PendingPayment, Expired), (Paid, Refunded)];
         for from in all {
             for to in all {
                 let ok = from.transition(to).is_ok();

@@ -68,10 +68,7 @@ pub fn split(
         return Err(SplitError::ZeroCount);
     }
     if count > count_max {
-        return Err(SplitError::CountTooLarge {
-            count,
-            max: count_max,
-        });
+        return Err(SplitError::CountTooLarge { count, max: count_max });
     }
     let total = total.get();
     if total <= 0 {
@@ -128,37 +125,22 @@ mod tests {
     fn a_normal_packet_that_does_not_divide_is_refused() {
         assert_eq!(
             split(PacketKind::Normal, Fen::new(1000), 3, 100, &mut rng()),
-            Err(SplitError::Uneven {
-                count: 3,
-                total: 1000
-            })
+            Err(SplitError::Uneven { count: 3, total: 1000 })
         );
     }
 
     #[test]
     fn bad_counts_and_totals_are_refused() {
         let k = PacketKind::Lucky;
-        assert_eq!(
-            split(k, Fen::new(10), 0, 100, &mut rng()),
-            Err(SplitError::ZeroCount)
-        );
+        assert_eq!(split(k, Fen::new(10), 0, 100, &mut rng()), Err(SplitError::ZeroCount));
         assert_eq!(
             split(k, Fen::new(10), 11, 100, &mut rng()),
-            Err(SplitError::CountAboveTotal {
-                count: 11,
-                total: 10
-            })
+            Err(SplitError::CountAboveTotal { count: 11, total: 10 })
         );
-        assert_eq!(
-            split(k, Fen::new(0), 1, 100, &mut rng()),
-            Err(SplitError::TotalNotPositive)
-        );
+        assert_eq!(split(k, Fen::new(0), 1, 100, &mut rng()), Err(SplitError::TotalNotPositive));
         assert_eq!(
             split(k, Fen::new(10_000), 101, 100, &mut rng()),
-            Err(SplitError::CountTooLarge {
-                count: 101,
-                max: 100
-            })
+            Err(SplitError::CountTooLarge { count: 101, max: 100 })
         );
     }
 

@@ -68,59 +68,33 @@ pub struct SeatMap {
 }
 
 fn valid_section_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_')
+    !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_')
 }
 
 impl SeatMap {
     /// Expands section layouts into seats (rows and cols numbered from 1).
-    pub fn from_layout(
-        sections: &[SectionLayout],
-        categories: &[&str],
-        seats_max: u32,
-    ) -> Result<Self, SeatMapError> {
-        let count: u64 = sections
-            .iter()
-            .map(|s| u64::from(s.rows) * u64::from(s.cols))
-            .sum();
+    pub fn from_layout(sections: &[SectionLayout], categories: &[&str], seats_max: u32) -> Result<Self, SeatMapError> {
+        let count: u64 = sections.iter().map(|s| u64::from(s.rows) * u64::from(s.cols)).sum();
         if count > u64::from(seats_max) {
-            return Err(SeatMapError::TooManySeats {
-                count,
-                max: seats_max,
-            });
+            return Err(SeatMapError::TooManySeats { count, max: seats_max });
         }
         let mut seats = Vec::with_capacity(count as usize);
         for s in sections {
             for row in 1..=s.rows {
                 for col in 1..=s.cols {
-                    seats.push(SeatDef {
-                        section: s.name.clone(),
-                        row,
-                        col,
-                        category: s.category.clone(),
-                    });
+                    seats.push(SeatDef { section: s.name.clone(), row, col, category: s.category.clone() });
                 }
             }
         }
         Self::from_seats(seats, categories, seats_max)
     }
 
-    pub fn from_seats(
-        seats: Vec<SeatDef>,
-        categories: &[&str],
-        seats_max: u32,
-    ) -> Result<Self, SeatMapError> {
+    pub fn from_seats(seats: Vec<SeatDef>, categories: &[&str], seats_max: u32) -> Result<Self, SeatMapError> {
         if seats.is_empty() {
             return Err(SeatMapError::Empty);
         }
         if seats.len() as u64 > u64::from(seats_max) {
-            return Err(SeatMapError::TooManySeats {
-                count: seats.len() as u64,
-                max: seats_max,
-            });
+            return Err(SeatMapError::TooManySeats { count: seats.len() as u64, max: seats_max });
         }
         let mut by_label = HashMap::with_capacity(seats.len());
         let mut row_keys: HashMap<(&str, u32), u32> = HashMap::new();
@@ -135,10 +109,7 @@ impl SeatMap {
             }
             let label = s.label();
             if !categories.contains(&s.category.as_str()) {
-                return Err(SeatMapError::UnknownCategory {
-                    seat: label,
-                    category: s.category.clone(),
-                });
+                return Err(SeatMapError::UnknownCategory { seat: label, category: s.category.clone() });
             }
             if by_label.insert(label.clone(), i as SeatIdx).is_some() {
                 return Err(SeatMapError::DuplicateSeat(label));
@@ -157,18 +128,10 @@ impl SeatMap {
                 idx.sort_by_key(|i| seats[*i as usize].col);
                 let min = i64::from(seats[idx[0] as usize].col);
                 let max = i64::from(seats[idx[idx.len() - 1] as usize].col);
-                Row {
-                    seats: idx,
-                    centre_x2: min + max,
-                }
+                Row { seats: idx, centre_x2: min + max }
             })
             .collect();
-        Ok(SeatMap {
-            seats,
-            rows,
-            row_of,
-            by_label,
-        })
+        Ok(SeatMap { seats, rows, row_of, by_label })
     }
 
     pub fn len(&self) -> usize {
@@ -239,8 +202,7 @@ impl SeatMap {
                 let start = i;
                 while i + 1 < row.seats.len()
                     && ok(i + 1)
-                    && self.seats[row.seats[i + 1] as usize].col
-                        == self.seats[row.seats[i] as usize].col + 1
+                    && self.seats[row.seats[i + 1] as usize].col == self.seats[row.seats[i] as usize].col + 1
                 {
                     i += 1;
                 }
@@ -272,12 +234,7 @@ mod tests {
 
     fn one_row(cols: u32) -> SeatMap {
         SeatMap::from_layout(
-            &[SectionLayout {
-                name: "A".into(),
-                rows: 1,
-                cols,
-                category: "std".into(),
-            }],
+            &[SectionLayout { name: "A".into(), rows: 1, cols, category: "std".into() }],
             &["std"],
             1000,
         )
@@ -292,18 +249,8 @@ mod tests {
     fn layout_expands_into_labelled_seats() {
         let map = SeatMap::from_layout(
             &[
-                SectionLayout {
-                    name: "A".into(),
-                    rows: 2,
-                    cols: 3,
-                    category: "vip".into(),
-                },
-                SectionLayout {
-                    name: "B".into(),
-                    rows: 1,
-                    cols: 4,
-                    category: "std".into(),
-                },
+                SectionLayout { name: "A".into(), rows: 2, cols: 3, category: "vip".into() },
+                SectionLayout { name: "B".into(), rows: 1, cols: 4, category: "std".into() },
             ],
             &["vip", "std"],
             100,
@@ -318,16 +265,8 @@ mod tests {
 
     #[test]
     fn bad_seat_maps_are_refused() {
-        let seat = |s: &str, r, c, cat: &str| SeatDef {
-            section: s.into(),
-            row: r,
-            col: c,
-            category: cat.into(),
-        };
-        assert_eq!(
-            SeatMap::from_seats(vec![], &["a"], 10).unwrap_err(),
-            SeatMapError::Empty
-        );
+        let seat = |s: &str, r, c, cat: &str| SeatDef { section: s.into(), row: r, col: c, category: cat.into() };
+        assert_eq!(SeatMap::from_seats(vec![], &["a"], 10).unwrap_err(), SeatMapError::Empty);
         assert!(matches!(
             SeatMap::from_seats(vec![seat("A", 1, 1, "a"), seat("A", 1, 1, "a")], &["a"], 10),
             Err(SeatMapError::DuplicateSeat(_))
@@ -346,12 +285,7 @@ mod tests {
         );
         assert!(matches!(
             SeatMap::from_layout(
-                &[SectionLayout {
-                    name: "A".into(),
-                    rows: 1000,
-                    cols: 1000,
-                    category: "a".into()
-                }],
+                &[SectionLayout { name: "A".into(), rows: 1000, cols: 1000, category: "a".into() }],
                 &["a"],
                 10
             ),
@@ -372,9 +306,7 @@ mod tests {
         // Taking 2 at the centre (3-4 or 4-5) would leave a single seat.
         let map = one_row(6);
         let taken = [map.index_of("A-1-1").unwrap()];
-        let got = map
-            .find_adjacent("std", 2, |s| !taken.contains(&s), &[5])
-            .unwrap();
+        let got = map.find_adjacent("std", 2, |s| !taken.contains(&s), &[5]).unwrap();
         let c = cols(&map, &got);
         // Either 2-3 (leaves 4-6) or 5-6 (leaves 2-4): no orphan.
         assert!(c == vec![2, 3] || c == vec![5, 6], "{c:?}");
@@ -384,34 +316,16 @@ mod tests {
     fn adjacent_search_needs_consecutive_columns_and_the_category() {
         let map = SeatMap::from_seats(
             vec![
-                SeatDef {
-                    section: "A".into(),
-                    row: 1,
-                    col: 1,
-                    category: "a".into(),
-                },
-                SeatDef {
-                    section: "A".into(),
-                    row: 1,
-                    col: 3,
-                    category: "a".into(),
-                },
-                SeatDef {
-                    section: "A".into(),
-                    row: 1,
-                    col: 4,
-                    category: "b".into(),
-                },
+                SeatDef { section: "A".into(), row: 1, col: 1, category: "a".into() },
+                SeatDef { section: "A".into(), row: 1, col: 3, category: "a".into() },
+                SeatDef { section: "A".into(), row: 1, col: 4, category: "b".into() },
             ],
             &["a", "b"],
             10,
         )
         .unwrap();
         assert_eq!(map.find_adjacent("a", 2, |_| true, &[3]), None);
-        assert_eq!(
-            map.find_adjacent("a", 1, |_| true, &[3]).map(|v| v.len()),
-            Some(1)
-        );
+        assert_eq!(map.find_adjacent("a", 1, |_| true, &[3]).map(|v| v.len()), Some(1));
     }
 
     #[test]

@@ -24,34 +24,22 @@ pub struct Db {
 #[derive(Debug, thiserror::Error)]
 pub enum DbOpenError {
     #[error("cannot create data directory {path}: {source}")]
-    Dir {
-        path: String,
-        source: std::io::Error,
-    },
+    Dir { path: String, source: std::io::Error },
     #[error("cannot open SQLite file {path}: {source}")]
     Open { path: String, source: sqlx::Error },
     #[error("migrating {path}: {source}")]
-    Migrate {
-        path: String,
-        source: sqlx::migrate::MigrateError,
-    },
+    Migrate { path: String, source: sqlx::migrate::MigrateError },
 }
 
 pub const DB_FILE: &str = "rush.db";
 
 impl Db {
     pub async fn open(dir: &Path, cfg: &SqliteConfig) -> Result<Db, DbOpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| DbOpenError::Dir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| DbOpenError::Dir { path: dir.display().to_string(), source })?;
         let path = dir.join(DB_FILE);
         let shown = path.display().to_string();
         let opts = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|source| DbOpenError::Open {
-                path: shown.clone(),
-                source,
-            })?
+            .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -61,25 +49,16 @@ impl Db {
             .max_connections(1)
             .connect_with(opts.clone())
             .await
-            .map_err(|source| DbOpenError::Open {
-                path: shown.clone(),
-                source,
-            })?;
+            .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&write)
             .await
-            .map_err(|source| DbOpenError::Migrate {
-                path: shown.clone(),
-                source,
-            })?;
+            .map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
         let read = SqlitePoolOptions::new()
             .max_connections(cfg.read_pool_max.max(1))
             .connect_with(opts.read_only(true))
             .await
-            .map_err(|source| DbOpenError::Open {
-                path: shown,
-                source,
-            })?;
+            .map_err(|source| DbOpenError::Open { path: shown, source })?;
         Ok(Db { write, read })
     }
 

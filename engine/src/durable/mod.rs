@@ -4,6 +4,7 @@
 //! `ON CONFLICT`, partial unique index); only the migrations are per dialect.
 
 pub mod db;
+pub mod idempotency;
 
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
@@ -133,10 +134,7 @@ async fn ensure_account(conn: &mut SqliteConnection, user_id: &str) -> Result<()
 pub async fn transfer(conn: &mut SqliteConnection, t: &Transfer<'_>) -> Result<(), DurableError> {
     let amount = t.amount.get();
     if amount <= 0 {
-        return Err(DurableError::Invariant(format!(
-            "transfer {} of non-positive amount {amount}",
-            t.transfer_id
-        )));
+        return Err(DurableError::Invariant(format!("transfer {} of non-positive amount {amount}", t.transfer_id)));
     }
     ensure_account(conn, t.from.0).await?;
     ensure_account(conn, t.to.0).await?;
@@ -154,13 +152,11 @@ pub async fn transfer(conn: &mut SqliteConnection, t: &Transfer<'_>) -> Result<(
         return Err(DurableError::InsufficientFunds);
     }
     let col = t.to.1.column();
-    sqlx::query(&format!(
-        "UPDATE accounts SET {col} = {col} + $2, version = version + 1 WHERE user_id = $1"
-    ))
-    .bind(t.to.0)
-    .bind(amount)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(&format!("UPDATE accounts SET {col} = {col} + $2, version = version + 1 WHERE user_id = $1"))
+        .bind(t.to.0)
+        .bind(amount)
+        .execute(&mut *conn)
+        .await?;
     for (leg, (user, bucket), delta) in [(0, t.from, -amount), (1, t.to, amount)] {
         sqlx::query(
             "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms) \
@@ -178,10 +174,9 @@ pub async fn transfer(conn: &mut SqliteConnection, t: &Transfer<'_>) -> Result<(
         .execute(&mut *conn)
         .await
         .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => DurableError::Invariant(format!(
-                "transfer {} applied twice",
-                t.transfer_id
-            )),
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                DurableError::Invariant(format!("transfer {} applied twice", t.transfer_id))
+            }
             e => DurableError::Db(e),
         })?;
     }
@@ -263,13 +258,7 @@ impl Durable {
     }
 
     /// Admin credit: money enters rush from the world account.
-    pub async fn credit(
-        &self,
-        user_id: &str,
-        amount: Fen,
-        reason: &str,
-        transfer_id: Id,
-    ) -> Result<(), DurableError> {
+    pub async fn credit(&self, user_id: &str, amount: Fen, reason: &str, transfer_id: Id) -> Result<(), DurableError> {
         let mut tx = self.db.write.begin().await?;
         transfer(
             &mut tx,
@@ -295,14 +284,8 @@ impl Durable {
             .fetch_optional(&self.db.read)
             .await?;
         Ok(match row {
-            Some(r) => Balance {
-                available: Fen::new(r.try_get("available")?),
-                frozen: Fen::new(r.try_get("frozen")?),
-            },
-            None => Balance {
-                available: Fen::ZERO,
-                frozen: Fen::ZERO,
-            },
+            Some(r) => Balance { available: Fen::new(r.try_get("available")?), frozen: Fen::new(r.try_get("frozen")?) },
+            None => Balance { available: Fen::ZERO, frozen: Fen::ZERO },
         })
     }
 
@@ -377,10 +360,7 @@ impl Durable {
         Ok(out)
     }
 
-    async fn order_from_row(
-        &self,
-        r: sqlx::sqlite::SqliteRow,
-    ) -> Result<OrderRecord, DurableError> {
+    async fn order_from_row(&self, r: sqlx::sqlite::SqliteRow) -> Result<OrderRecord, DurableError> {
         let bad = |what: &str| DurableError::Invariant(format!("stored order has a bad {what}"));
         let order_id = Id::from_raw(r.try_get("order_id")?).map_err(|_| bad("order_id"))?;
         let status: String = r.try_get("status")?;
@@ -403,19 +383,13 @@ impl Durable {
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let attendees =
-            sqlx::query("SELECT name, id_number FROM attendees WHERE order_id = $1 ORDER BY idx")
-                .bind(order_id.raw())
-                .fetch_all(&self.db.read)
-                .await?
-                .into_iter()
-                .map(|a| {
-                    Ok(Attendee {
-                        name: a.try_get("name")?,
-                        id_number: a.try_get("id_number")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let attendees = sqlx::query("SELECT name, id_number FROM attendees WHERE order_id = $1 ORDER BY idx")
+            .bind(order_id.raw())
+            .fetch_all(&self.db.read)
+            .await?
+            .into_iter()
+            .map(|a| Ok(Attendee { name: a.try_get("name")?, id_number: a.try_get("id_number")? }))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(OrderRecord {
             order_id,
             event_id: Id::from_raw(r.try_get("event_id")?).map_err(|_| bad("event_id"))?,
@@ -431,24 +405,17 @@ impl Durable {
 
     /// Conservation check used by tests and reconciliation.
     pub async fn audit(&self) -> Result<Audit, DurableError> {
-        let all: Option<i64> = sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts")
-            .fetch_one(&self.db.read)
-            .await?;
-        let users: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(available + frozen) FROM accounts WHERE user_id NOT LIKE '@%'",
-        )
-        .fetch_one(&self.db.read)
-        .await?;
-        let lopsided: Vec<String> = sqlx::query_scalar(
-            "SELECT transfer_id FROM journal GROUP BY transfer_id HAVING SUM(amount) <> 0",
-        )
-        .fetch_all(&self.db.read)
-        .await?;
-        Ok(Audit {
-            sum_all_accounts: all.unwrap_or(0),
-            sum_users: users.unwrap_or(0),
-            lopsided_transfers: lopsided,
-        })
+        let all: Option<i64> =
+            sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts").fetch_one(&self.db.read).await?;
+        let users: Option<i64> =
+            sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts WHERE user_id NOT LIKE '@%'")
+                .fetch_one(&self.db.read)
+                .await?;
+        let lopsided: Vec<String> =
+            sqlx::query_scalar("SELECT transfer_id FROM journal GROUP BY transfer_id HAVING SUM(amount) <> 0")
+                .fetch_all(&self.db.read)
+                .await?;
+        Ok(Audit { sum_all_accounts: all.unwrap_or(0), sum_users: users.unwrap_or(0), lopsided_transfers: lopsided })
     }
 
     /// Applies a batch of events in one transaction; each event's effect and
@@ -579,30 +546,16 @@ async fn apply_one(conn: &mut SqliteConnection, event: &DomainEvent) -> Result<(
                     .await?;
             }
         }
-        DomainEvent::OrderReleased {
-            order_id,
-            status,
-            at_ms,
-            ..
-        } => {
+        DomainEvent::OrderReleased { order_id, status, at_ms, .. } => {
             set_order_status(conn, *order_id, *status, *at_ms, false).await?;
         }
-        DomainEvent::OrderConfirmed {
-            order_id, at_ms, ..
-        } => {
+        DomainEvent::OrderConfirmed { order_id, at_ms, .. } => {
             set_order_status(conn, *order_id, OrderStatus::Paid, *at_ms, true).await?;
         }
         // The packet row and the frozen funds were written when it was
         // created, before it was acknowledged.
         DomainEvent::PacketCreated { .. } => {}
-        DomainEvent::PacketGrabbed {
-            grab_id,
-            packet_id,
-            sender,
-            user_id,
-            amount,
-            at_ms,
-        } => {
+        DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
             sqlx::query("INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms) VALUES ($1, $2, $3, $4, $5)")
                 .bind(grab_id.raw())
                 .bind(packet_id.raw())
@@ -633,19 +586,12 @@ async fn apply_one(conn: &mut SqliteConnection, event: &DomainEvent) -> Result<(
                 e => e,
             })?;
         }
-        DomainEvent::PacketExpired {
-            packet_id,
-            sender,
-            remaining,
-            at_ms,
-        } => {
-            sqlx::query(
-                "UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2",
-            )
-            .bind(remaining.get())
-            .bind(packet_id.raw())
-            .execute(&mut *conn)
-            .await?;
+        DomainEvent::PacketExpired { packet_id, sender, remaining, at_ms } => {
+            sqlx::query("UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2")
+                .bind(remaining.get())
+                .bind(packet_id.raw())
+                .execute(&mut *conn)
+                .await?;
             if remaining.get() > 0 {
                 transfer(
                     conn,

@@ -115,12 +115,7 @@ pub enum LogError {
 pub trait EventLog: Send + Sync + 'static {
     /// Up to `max` events after what this consumer has already read, waiting
     /// up to `wait` when there are none.
-    async fn poll(
-        &self,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Envelope>, LogError>;
+    async fn poll(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Envelope>, LogError>;
     /// Records that every event up to `position` has taken effect. Called
     /// only after the effects are durable.
     async fn commit(&self, consumer: &str, position: u64) -> Result<(), LogError>;

@@ -28,20 +28,15 @@ fn unavailable(e: sqlx::Error) -> LogError {
 impl OutboxLog {
     /// `appended` is notified by the hot store after each commit.
     pub fn new(db: Db, appended: Arc<Notify>) -> Self {
-        OutboxLog {
-            db,
-            appended,
-            read_pos: DashMap::new(),
-        }
+        OutboxLog { db, appended, read_pos: DashMap::new() }
     }
 
     async fn committed(&self, consumer: &str) -> Result<u64, LogError> {
-        let pos: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM consumer_offsets WHERE consumer = $1")
-                .bind(consumer)
-                .fetch_optional(&self.db.read)
-                .await
-                .map_err(unavailable)?;
+        let pos: Option<i64> = sqlx::query_scalar("SELECT position FROM consumer_offsets WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_optional(&self.db.read)
+            .await
+            .map_err(unavailable)?;
         Ok(pos.unwrap_or(0).max(0) as u64)
     }
 
@@ -56,11 +51,8 @@ impl OutboxLog {
             .map(|r| {
                 let seq: i64 = r.try_get("seq").map_err(unavailable)?;
                 let body: String = r.try_get("body").map_err(unavailable)?;
-                let mut env: Envelope =
-                    serde_json::from_str(&body).map_err(|e| LogError::Corrupt {
-                        position: seq as u64,
-                        reason: e.to_string(),
-                    })?;
+                let mut env: Envelope = serde_json::from_str(&body)
+                    .map_err(|e| LogError::Corrupt { position: seq as u64, reason: e.to_string() })?;
                 env.position = seq as u64;
                 Ok(env)
             })
@@ -70,12 +62,7 @@ impl OutboxLog {
 
 #[async_trait]
 impl EventLog for OutboxLog {
-    async fn poll(
-        &self,
-        consumer: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Envelope>, LogError> {
+    async fn poll(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Envelope>, LogError> {
         let after = match self.read_pos.get(consumer).map(|p| *p) {
             Some(p) => p,
             None => self.committed(consumer).await?,

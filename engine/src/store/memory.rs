@@ -17,8 +17,8 @@ use tokio::sync::{Mutex, Notify};
 
 use super::order_seats;
 use super::{
-    DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot,
-    PaidOrder, SeatOp, SeatState, StoreError,
+    DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder, SeatOp,
+    SeatState, StoreError,
 };
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
 use crate::durable::Db;
@@ -70,17 +70,8 @@ fn lock_due(due: &StdMutex<DueQueue>) -> std::sync::MutexGuard<'_, DueQueue> {
     due.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn append(
-    conn: &mut SqliteConnection,
-    ids: &IdGen,
-    event: DomainEvent,
-) -> Result<(), StoreError> {
-    let env = Envelope {
-        position: 0,
-        event_id: ids.next(0),
-        partition: event.entity_id().partition(),
-        event,
-    };
+async fn append(conn: &mut SqliteConnection, ids: &IdGen, event: DomainEvent) -> Result<(), StoreError> {
+    let env = Envelope { position: 0, event_id: ids.next(0), partition: event.entity_id().partition(), event };
     let body = serde_json::to_string(&env).map_err(corrupt)?;
     sqlx::query("INSERT INTO outbox (event_id, partition, body) VALUES ($1, $2, $3)")
         .bind(env.event_id.raw())
@@ -107,15 +98,12 @@ impl MemoryStore {
             let at: i64 = r.try_get("expires_at_ms").map_err(db_err)?;
             due.insert((at.max(0) as u64, DueItem::Hold { event_id, order_id }));
         }
-        for r in sqlx::query(
-            "SELECT packet_id, expires_at_ms FROM hot_packets WHERE status <> 'expired'",
-        )
-        .fetch_all(&db.read)
-        .await
-        .map_err(db_err)?
+        for r in sqlx::query("SELECT packet_id, expires_at_ms FROM hot_packets WHERE status <> 'expired'")
+            .fetch_all(&db.read)
+            .await
+            .map_err(db_err)?
         {
-            let packet_id =
-                Id::from_raw(r.try_get("packet_id").map_err(db_err)?).map_err(corrupt)?;
+            let packet_id = Id::from_raw(r.try_get("packet_id").map_err(db_err)?).map_err(corrupt)?;
             let at: i64 = r.try_get("expires_at_ms").map_err(db_err)?;
             due.insert((at.max(0) as u64, DueItem::Packet { packet_id }));
         }
@@ -144,10 +132,7 @@ impl MemoryStore {
         };
         // Another task may have loaded it meanwhile; the first one wins so
         // that nobody works on a copy that is not the mirror.
-        let entry = self
-            .events
-            .entry(event_id)
-            .or_insert_with(|| Arc::new(Mutex::new(hot)));
+        let entry = self.events.entry(event_id).or_insert_with(|| Arc::new(Mutex::new(hot)));
         Ok(Some(entry.clone()))
     }
 
@@ -160,8 +145,7 @@ impl MemoryStore {
         else {
             return Ok(None);
         };
-        let def: EventDef =
-            serde_json::from_str(row.try_get("def").map_err(db_err)?).map_err(corrupt)?;
+        let def: EventDef = serde_json::from_str(row.try_get("def").map_err(db_err)?).map_err(corrupt)?;
         let info = EventInfo::build(def, self.seats_max).map_err(corrupt)?;
         let mut seats = vec![SeatState::Available; info.map.len()];
         for r in sqlx::query("SELECT seat, state, order_id FROM hot_seats WHERE event_id = $1")
@@ -173,9 +157,8 @@ impl MemoryStore {
             let seat: i64 = r.try_get("seat").map_err(db_err)?;
             let order = Id::from_raw(r.try_get("order_id").map_err(db_err)?).map_err(corrupt)?;
             let state: String = r.try_get("state").map_err(db_err)?;
-            let slot = seats
-                .get_mut(seat as usize)
-                .ok_or_else(|| corrupt(format!("seat {seat} outside event {event_id}")))?;
+            let slot =
+                seats.get_mut(seat as usize).ok_or_else(|| corrupt(format!("seat {seat} outside event {event_id}")))?;
             *slot = match state.as_str() {
                 "held" => SeatState::Held(order),
                 "sold" => SeatState::Sold(order),
@@ -189,8 +172,7 @@ impl MemoryStore {
             .await
             .map_err(db_err)?
         {
-            let o: HotOrder =
-                serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
+            let o: HotOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
             holds.insert(o.order_id, o);
         }
         let mut paid = HashMap::new();
@@ -201,22 +183,13 @@ impl MemoryStore {
             .map_err(db_err)?
         {
             let id = Id::from_raw(r.try_get("order_id").map_err(db_err)?).map_err(corrupt)?;
-            let p: PaidOrder =
-                serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
+            let p: PaidOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
             paid.insert(id, p);
         }
-        Ok(Some(EventHot {
-            info,
-            seats,
-            holds,
-            paid,
-        }))
+        Ok(Some(EventHot { info, seats, holds, paid }))
     }
 
-    async fn packet_mirror(
-        &self,
-        packet_id: Id,
-    ) -> Result<Option<Arc<Mutex<PacketHot>>>, StoreError> {
+    async fn packet_mirror(&self, packet_id: Id) -> Result<Option<Arc<Mutex<PacketHot>>>, StoreError> {
         if let Some(m) = self.packets.get(&packet_id) {
             return Ok(Some(m.clone()));
         }
@@ -228,11 +201,9 @@ impl MemoryStore {
         else {
             return Ok(None);
         };
-        let def: PacketDef =
-            serde_json::from_str(row.try_get("def").map_err(db_err)?).map_err(corrupt)?;
+        let def: PacketDef = serde_json::from_str(row.try_get("def").map_err(db_err)?).map_err(corrupt)?;
         let status: String = row.try_get("status").map_err(db_err)?;
-        let status = PacketStatus::parse(&status)
-            .ok_or_else(|| corrupt(format!("packet status {status}")))?;
+        let status = PacketStatus::parse(&status).ok_or_else(|| corrupt(format!("packet status {status}")))?;
         let mut grabs = Vec::new();
         for r in sqlx::query(
             "SELECT user_id, grab_id, part, amount, at_ms FROM hot_grabs WHERE packet_id = $1 ORDER BY part",
@@ -251,16 +222,8 @@ impl MemoryStore {
             });
         }
         let grabbed = grabs.iter().map(|g| g.user_id.clone()).collect();
-        let hot = PacketHot {
-            def: Arc::new(def),
-            status,
-            grabs,
-            grabbed,
-        };
-        let entry = self
-            .packets
-            .entry(packet_id)
-            .or_insert_with(|| Arc::new(Mutex::new(hot)));
+        let hot = PacketHot { def: Arc::new(def), status, grabs, grabbed };
+        let entry = self.packets.entry(packet_id).or_insert_with(|| Arc::new(Mutex::new(hot)));
         Ok(Some(entry.clone()))
     }
 }
@@ -268,13 +231,8 @@ impl MemoryStore {
 /// What one accepted seat op writes, computed under the mirror lock.
 enum SeatWrite {
     Hold(HotOrder),
-    Release {
-        order: HotOrder,
-        status: OrderStatus,
-    },
-    Confirm {
-        order: HotOrder,
-    },
+    Release { order: HotOrder, status: OrderStatus },
+    Confirm { order: HotOrder },
 }
 
 #[async_trait]
@@ -291,12 +249,7 @@ impl HotStore for MemoryStore {
         let seats = vec![SeatState::Available; info.map.len()];
         self.events.insert(
             def.event_id,
-            Arc::new(Mutex::new(EventHot {
-                info,
-                seats,
-                holds: HashMap::new(),
-                paid: HashMap::new(),
-            })),
+            Arc::new(Mutex::new(EventHot { info, seats, holds: HashMap::new(), paid: HashMap::new() })),
         );
         Ok(())
     }
@@ -314,12 +267,7 @@ impl HotStore for MemoryStore {
         }))
     }
 
-    async fn apply_seats(
-        &self,
-        event_id: Id,
-        ops: &[SeatOp],
-        now_ms: u64,
-    ) -> Result<Vec<OpOutcome>, StoreError> {
+    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
         let Some(m) = self.event_mirror(event_id).await? else {
             return Ok(vec![OpOutcome::Rejected; ops.len()]);
         };
@@ -333,9 +281,7 @@ impl HotStore for MemoryStore {
                 SeatOp::Hold(o) => {
                     let free = !o.seats.is_empty()
                         && !hot.holds.contains_key(&o.order_id)
-                        && o.seats
-                            .iter()
-                            .all(|s| hot.seats.get(*s as usize) == Some(&SeatState::Available));
+                        && o.seats.iter().all(|s| hot.seats.get(*s as usize) == Some(&SeatState::Available));
                     if free {
                         for s in &o.seats {
                             hot.seats[*s as usize] = SeatState::Held(o.order_id);
@@ -351,10 +297,7 @@ impl HotStore for MemoryStore {
                         for s in &order.seats {
                             hot.seats[*s as usize] = SeatState::Available;
                         }
-                        Some(SeatWrite::Release {
-                            order,
-                            status: *status,
-                        })
+                        Some(SeatWrite::Release { order, status: *status })
                     }
                     None => None,
                 },
@@ -365,21 +308,14 @@ impl HotStore for MemoryStore {
                         }
                         hot.paid.insert(
                             order.order_id,
-                            PaidOrder {
-                                user_id: order.user_id.clone(),
-                                seats: order.seats.clone(),
-                            },
+                            PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() },
                         );
                         Some(SeatWrite::Confirm { order })
                     }
                     None => None,
                 },
             };
-            outcomes.push(if write.is_some() {
-                OpOutcome::Applied
-            } else {
-                OpOutcome::Rejected
-            });
+            outcomes.push(if write.is_some() { OpOutcome::Applied } else { OpOutcome::Rejected });
             writes.extend(write);
         }
         if writes.is_empty() {
@@ -395,22 +331,10 @@ impl HotStore for MemoryStore {
         for w in &writes {
             match w {
                 SeatWrite::Hold(o) => {
-                    due.insert((
-                        o.expires_at_ms,
-                        DueItem::Hold {
-                            event_id,
-                            order_id: o.order_id,
-                        },
-                    ));
+                    due.insert((o.expires_at_ms, DueItem::Hold { event_id, order_id: o.order_id }));
                 }
                 SeatWrite::Release { order, .. } | SeatWrite::Confirm { order } => {
-                    due.remove(&(
-                        order.expires_at_ms,
-                        DueItem::Hold {
-                            event_id,
-                            order_id: order.order_id,
-                        },
-                    ));
+                    due.remove(&(order.expires_at_ms, DueItem::Hold { event_id, order_id: order.order_id }));
                 }
             }
         }
@@ -426,9 +350,7 @@ impl HotStore for MemoryStore {
             .await
             .map_err(db_err)?;
         match row {
-            Some(r) => Ok(Some(
-                serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?,
-            )),
+            Some(r) => Ok(Some(serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?)),
             None => Ok(None),
         }
     }
@@ -467,12 +389,7 @@ impl HotStore for MemoryStore {
                 grabbed: HashSet::new(),
             })),
         );
-        lock_due(&self.due).insert((
-            def.expires_at_ms,
-            DueItem::Packet {
-                packet_id: def.packet_id,
-            },
-        ));
+        lock_due(&self.due).insert((def.expires_at_ms, DueItem::Packet { packet_id: def.packet_id }));
         self.appended.notify_one();
         Ok(())
     }
@@ -482,19 +399,10 @@ impl HotStore for MemoryStore {
             return Ok(None);
         };
         let hot = m.lock().await;
-        Ok(Some(PacketSnapshot {
-            def: hot.def.clone(),
-            status: hot.status,
-            grabs: hot.grabs.clone(),
-        }))
+        Ok(Some(PacketSnapshot { def: hot.def.clone(), status: hot.status, grabs: hot.grabs.clone() }))
     }
 
-    async fn grab_batch(
-        &self,
-        packet_id: Id,
-        grabs: &[Grab],
-        now_ms: u64,
-    ) -> Result<Vec<OpOutcome>, StoreError> {
+    async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
         let Some(m) = self.packet_mirror(packet_id).await? else {
             return Ok(vec![OpOutcome::Rejected; grabs.len()]);
         };
@@ -515,11 +423,7 @@ impl HotStore for MemoryStore {
                     hot.status = PacketStatus::Empty;
                 }
             }
-            outcomes.push(if ok {
-                OpOutcome::Applied
-            } else {
-                OpOutcome::Rejected
-            });
+            outcomes.push(if ok { OpOutcome::Applied } else { OpOutcome::Rejected });
         }
         if hot.grabs.len() == first_new {
             return Ok(outcomes);
@@ -580,12 +484,7 @@ impl HotStore for MemoryStore {
         if hot.status == PacketStatus::Expired || now_ms < hot.def.expires_at_ms {
             return Ok(None);
         }
-        let remaining = Fen::new(
-            hot.def.parts[hot.grabs.len()..]
-                .iter()
-                .map(|p| p.get())
-                .sum(),
-        );
+        let remaining = Fen::new(hot.def.parts[hot.grabs.len()..].iter().map(|p| p.get()).sum());
         let result: Result<(), StoreError> = async {
             let mut tx = self.db.write.begin().await.map_err(db_err)?;
             sqlx::query("UPDATE hot_packets SET status = 'expired' WHERE packet_id = $1")
@@ -596,12 +495,7 @@ impl HotStore for MemoryStore {
             append(
                 &mut tx,
                 &self.ids,
-                DomainEvent::PacketExpired {
-                    packet_id,
-                    sender: hot.def.sender.clone(),
-                    remaining,
-                    at_ms: now_ms,
-                },
+                DomainEvent::PacketExpired { packet_id, sender: hot.def.sender.clone(), remaining, at_ms: now_ms },
             )
             .await?;
             tx.commit().await.map_err(db_err)
@@ -620,44 +514,38 @@ impl HotStore for MemoryStore {
 
     async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {
         let due = lock_due(&self.due);
-        Ok(due
-            .iter()
-            .take_while(|(at, _)| *at <= now_ms)
-            .take(limit)
-            .map(|(_, item)| *item)
-            .collect())
+        Ok(due.iter().take_while(|(at, _)| *at <= now_ms).take(limit).map(|(_, item)| *item).collect())
     }
 }
 
 impl MemoryStore {
-    async fn write_seats(
-        &self,
-        info: &EventInfo,
-        writes: &[SeatWrite],
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
+    async fn write_seats(&self, info: &EventInfo, writes: &[SeatWrite], now_ms: u64) -> Result<(), StoreError> {
         let event_id = info.def.event_id;
         let mut tx = self.db.write.begin().await.map_err(db_err)?;
         for w in writes {
             match w {
                 SeatWrite::Hold(o) => {
                     for s in &o.seats {
-                        sqlx::query("INSERT INTO hot_seats (event_id, seat, state, order_id) VALUES ($1, $2, 'held', $3)")
-                            .bind(event_id.raw())
-                            .bind(i64::from(*s))
-                            .bind(o.order_id.raw())
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_err)?;
-                    }
-                    sqlx::query("INSERT INTO hot_holds (order_id, event_id, expires_at_ms, body) VALUES ($1, $2, $3, $4)")
-                        .bind(o.order_id.raw())
+                        sqlx::query(
+                            "INSERT INTO hot_seats (event_id, seat, state, order_id) VALUES ($1, $2, 'held', $3)",
+                        )
                         .bind(event_id.raw())
-                        .bind(ms_i(o.expires_at_ms))
-                        .bind(serde_json::to_string(o).map_err(corrupt)?)
+                        .bind(i64::from(*s))
+                        .bind(o.order_id.raw())
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO hot_holds (order_id, event_id, expires_at_ms, body) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(o.order_id.raw())
+                    .bind(event_id.raw())
+                    .bind(ms_i(o.expires_at_ms))
+                    .bind(serde_json::to_string(o).map_err(corrupt)?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
                     append(
                         &mut tx,
                         &self.ids,
@@ -700,32 +588,25 @@ impl MemoryStore {
                     .await?;
                 }
                 SeatWrite::Confirm { order } => {
-                    sqlx::query(
-                        "UPDATE hot_seats SET state = 'sold' WHERE event_id = $1 AND order_id = $2",
-                    )
-                    .bind(event_id.raw())
-                    .bind(order.order_id.raw())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                    sqlx::query("UPDATE hot_seats SET state = 'sold' WHERE event_id = $1 AND order_id = $2")
+                        .bind(event_id.raw())
+                        .bind(order.order_id.raw())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                     sqlx::query("DELETE FROM hot_holds WHERE order_id = $1")
                         .bind(order.order_id.raw())
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    let paid = PaidOrder {
-                        user_id: order.user_id.clone(),
-                        seats: order.seats.clone(),
-                    };
-                    sqlx::query(
-                        "INSERT INTO hot_paid (order_id, event_id, body) VALUES ($1, $2, $3)",
-                    )
-                    .bind(order.order_id.raw())
-                    .bind(event_id.raw())
-                    .bind(serde_json::to_string(&paid).map_err(corrupt)?)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                    let paid = PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() };
+                    sqlx::query("INSERT INTO hot_paid (order_id, event_id, body) VALUES ($1, $2, $3)")
+                        .bind(order.order_id.raw())
+                        .bind(event_id.raw())
+                        .bind(serde_json::to_string(&paid).map_err(corrupt)?)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
                     append(
                         &mut tx,
                         &self.ids,

@@ -121,12 +121,7 @@ pub struct PacketSnapshot {
 
 impl PacketSnapshot {
     pub fn remaining(&self) -> Fen {
-        Fen::new(
-            self.def.parts[self.grabs.len().min(self.def.parts.len())..]
-                .iter()
-                .map(|p| p.get())
-                .sum(),
-        )
+        Fen::new(self.def.parts[self.grabs.len().min(self.def.parts.len())..].iter().map(|p| p.get()).sum())
     }
 }
 
@@ -162,12 +157,7 @@ pub trait HotStore: Send + Sync + 'static {
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError>;
     /// Re-checks and applies a batch of seat ops in order, atomically with
     /// their outbox events. One outcome per op.
-    async fn apply_seats(
-        &self,
-        event_id: Id,
-        ops: &[SeatOp],
-        now_ms: u64,
-    ) -> Result<Vec<OpOutcome>, StoreError>;
+    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError>;
     /// A live (pending) hold by order id, for reads before workers persist it.
     async fn hold(&self, order_id: Id) -> Result<Option<HotOrder>, StoreError>;
 
@@ -175,12 +165,7 @@ pub trait HotStore: Send + Sync + 'static {
     async fn load_packet(&self, packet_id: Id) -> Result<Option<PacketSnapshot>, StoreError>;
     /// Re-checks and applies grabs in order: the user has not grabbed, the
     /// part is the next one, the packet is active.
-    async fn grab_batch(
-        &self,
-        packet_id: Id,
-        grabs: &[Grab],
-        now_ms: u64,
-    ) -> Result<Vec<OpOutcome>, StoreError>;
+    async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError>;
     /// Marks the packet expired; returns the remainder to unfreeze, or
     /// `None` if it was already expired.
     async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError>;

@@ -16,13 +16,14 @@ use crate::engine::Engine;
 
 pub const PERSIST_CONSUMER: &str = "persist";
 
+/// Old Idempotency-Key records are deleted this often: rarely enough to
+/// cost nothing, often enough that the table stays about a day long.
+const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(60);
+
 pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     let cfg = engine.config().workers.clone();
     let log = engine.log();
-    let failures = engine
-        .metrics
-        .worker_failures
-        .with_label_values(&["persist"]);
+    let failures = engine.metrics.worker_failures.with_label_values(&["persist"]);
     let applied = engine.metrics.worker_events.with_label_values(&["persist"]);
     loop {
         if *shutdown.borrow() {
@@ -49,9 +50,7 @@ pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
             let done = match engine.durable().apply_events(&batch).await {
                 Ok(n) => {
                     applied.inc_by(n as u64);
-                    log.commit(PERSIST_CONSUMER, last)
-                        .await
-                        .map_err(|e| e.to_string())
+                    log.commit(PERSIST_CONSUMER, last).await.map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e.to_string()),
             };
@@ -76,7 +75,9 @@ pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
 
 pub async fn timeouts(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     let cfg = engine.config().workers.clone();
+    let ttl_ms = engine.config().orders.idempotency_ttl_s * 1000;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.timeout_poll_ms));
+    let mut last_purge = tokio::time::Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -86,12 +87,15 @@ pub async fn timeouts(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) 
         if *shutdown.borrow() {
             break;
         }
+        if last_purge.elapsed() >= IDEMPOTENCY_PURGE_EVERY {
+            last_purge = tokio::time::Instant::now();
+            let before = crate::domain::now_unix_ms().saturating_sub(ttl_ms);
+            if let Err(e) = engine.durable().idempotency_purge(before).await {
+                tracing::warn!(error = %e, "purging idempotency keys failed");
+            }
+        }
         if let Err(e) = engine.settle_due(cfg.due_batch_max).await {
-            engine
-                .metrics
-                .worker_failures
-                .with_label_values(&["timeouts"])
-                .inc();
+            engine.metrics.worker_failures.with_label_values(&["timeouts"]).inc();
             tracing::warn!(error = %e, "timeout sweep failed");
         }
     }

@@ -20,17 +20,12 @@ pub async fn dev_token(
         return Err(ApiError::not_found("route"));
     }
     if !valid_user_id(&body.user_id) {
-        return Err(ApiError::bad_request(
-            "user_id must be 1-64 letters, digits, _ - . @ and not start with @",
-        ));
+        return Err(ApiError::bad_request("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
     }
     if !matches!(body.role.as_str(), "user" | "admin") {
         return Err(ApiError::bad_request("role must be user or admin"));
     }
-    let token = keys.sign(&Claims {
-        sub: body.user_id.clone(),
-        role: body.role.clone(),
-        exp: now_s() + cfg.token_ttl_s,
-    });
+    let token =
+        keys.sign(&Claims { sub: body.user_id.clone(), role: body.role.clone(), exp: now_s() + cfg.token_ttl_s });
     Ok(HttpResponse::Ok().json(TokenResp { token }))
 }

@@ -23,46 +23,22 @@ pub async fn create_event(
         venue: b.venue,
         starts_at: b.starts_at,
         hold_ttl_s: b.hold_ttl_s,
-        limits: b.limits.map(|l| NewLimits {
-            per_order: l.per_order,
-            per_user: l.per_user,
-        }),
-        categories: b
-            .categories
-            .into_iter()
-            .map(|c| NewCategory {
-                id: c.id,
-                name: c.name,
-                price: c.price,
-            })
-            .collect(),
+        limits: b.limits.map(|l| NewLimits { per_order: l.per_order, per_user: l.per_user }),
+        categories: b.categories.into_iter().map(|c| NewCategory { id: c.id, name: c.name, price: c.price }).collect(),
         layout: b.layout.map(|l| {
             l.sections
                 .into_iter()
-                .map(|s| SectionLayout {
-                    name: s.name,
-                    rows: s.rows,
-                    cols: s.cols,
-                    category: s.category,
-                })
+                .map(|s| SectionLayout { name: s.name, rows: s.rows, cols: s.cols, category: s.category })
                 .collect()
         }),
         seats: b.seats.map(|v| {
             v.into_iter()
-                .map(|s| SeatDef {
-                    section: s.section,
-                    row: s.row,
-                    col: s.col,
-                    category: s.category,
-                })
+                .map(|s| SeatDef { section: s.section, row: s.row, col: s.col, category: s.category })
                 .collect()
         }),
     };
     let (id, seat_count) = state.engine.create_event(input).await?;
-    Ok(HttpResponse::Created().json(CreateEventResp {
-        event_id: id.to_string(),
-        seat_count,
-    }))
+    Ok(HttpResponse::Created().json(CreateEventResp { event_id: id.to_string(), seat_count }))
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}",
@@ -83,17 +59,9 @@ pub async fn get_event(
         categories: v
             .categories
             .into_iter()
-            .map(|c| CategoryResp {
-                id: c.id,
-                name: c.name,
-                price: c.price.get(),
-                remaining: c.remaining,
-            })
+            .map(|c| CategoryResp { id: c.id, name: c.name, price: c.price.get(), remaining: c.remaining })
             .collect(),
-        limits: LimitsResp {
-            per_order: v.limits.per_order,
-            per_user: v.limits.per_user,
-        },
+        limits: LimitsResp { per_order: v.limits.per_order, per_user: v.limits.per_user },
     }))
 }
 
@@ -106,10 +74,7 @@ pub async fn get_seats(
     id: web::Path<String>,
     q: web::Query<SeatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let seats = state
-        .engine
-        .seats(path_id(&id, "event")?, q.into_inner().section)
-        .await?;
+    let seats = state.engine.seats(path_id(&id, "event")?, q.into_inner().section).await?;
     Ok(HttpResponse::Ok().json(SeatsResp {
         seats: seats
             .into_iter()

@@ -17,17 +17,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.engine.ready().await {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not_ready", "failing": ["sqlite"]}))
+        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "failing": ["sqlite"]}))
     }
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.engine.metrics.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.engine.metrics.render())
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200)))]

@@ -1,16 +1,20 @@
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::actors::event::Selection;
 use rush_engine::engine::NewHold;
 use rush_engine::store::Attendee;
 use rush_engine::views::OrderView;
+use serde_json::json;
 
 use super::path_id;
 use crate::auth::Auth;
 use crate::dto::*;
 use crate::error::ApiError;
+use crate::idempotency::{once, parse_json};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/orders", request_body = HoldReq,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     responses((status = 201, body = OrderView), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
               (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats", body = ErrorResp),
               (status = 422, description = "limit_exceeded", body = ErrorResp),
@@ -19,43 +23,28 @@ use crate::AppState;
 pub async fn create_order(
     state: web::Data<AppState>,
     auth: Auth,
-    body: web::Json<HoldReq>,
+    req: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner();
-    let event_id = b
-        .event_id
-        .parse()
-        .map_err(|_| ApiError::not_found("event"))?;
+    let b: HoldReq = parse_json(&body)?;
+    let event_id = b.event_id.parse().map_err(|_| ApiError::not_found("event"))?;
     let selection = match (b.seats, b.category, b.quantity) {
         (Some(seats), None, None) => Selection::Named(seats),
         (None, Some(category), Some(quantity)) => Selection::Category { category, quantity },
-        _ => {
-            return Err(ApiError::bad_request(
-                "give either seats, or category and quantity",
-            ))
-        }
+        _ => return Err(ApiError::bad_request("give either seats, or category and quantity")),
     };
     let attendees = b
         .attendees
         .unwrap_or_default()
         .into_iter()
-        .map(|a| Attendee {
-            name: a.name,
-            id_number: a.id_number,
-        })
+        .map(|a| Attendee { name: a.name, id_number: a.id_number })
         .collect();
-    let order = state
-        .engine
-        .hold(
-            &auth.0.user_id,
-            NewHold {
-                event_id,
-                selection,
-                attendees,
-            },
-        )
-        .await?;
-    Ok(HttpResponse::Created().json(order))
+    let hold = NewHold { event_id, selection, attendees };
+    once(&state, &req, &auth.0.user_id, &body, || async {
+        let order = state.engine.hold(&auth.0.user_id, hold).await?;
+        Ok((StatusCode::CREATED, json!(order)))
+    })
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/orders/{id}",
@@ -83,14 +72,8 @@ pub async fn list_orders(
         Some(c) => Some(c.parse().map_err(|_| ApiError::bad_request("bad cursor"))?),
         None => None,
     };
-    let (orders, next) = state
-        .engine
-        .orders(&auth.0.user_id, before, q.limit)
-        .await?;
-    Ok(HttpResponse::Ok().json(OrdersResp {
-        orders,
-        next_cursor: next.map(|n| n.to_string()),
-    }))
+    let (orders, next) = state.engine.orders(&auth.0.user_id, before, q.limit).await?;
+    Ok(HttpResponse::Ok().json(OrdersResp { orders, next_cursor: next.map(|n| n.to_string()) }))
 }
 
 #[utoipa::path(post, path = "/v1/orders/{id}/cancel",

@@ -1,24 +1,29 @@
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::domain::PacketKind;
 use rush_engine::engine::NewPacket;
 use rush_engine::views::PacketView;
+use serde_json::json;
 
 use super::path_id;
 use crate::auth::Auth;
 use crate::dto::*;
 use crate::error::ApiError;
+use crate::idempotency::{once, parse_json};
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/packets", request_body = CreatePacketReq,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     responses((status = 201, body = PacketView), (status = 400, body = ErrorResp),
               (status = 422, description = "insufficient_funds", body = ErrorResp)))]
 #[post("/v1/packets")]
 pub async fn create_packet(
     state: web::Data<AppState>,
     auth: Auth,
-    body: web::Json<CreatePacketReq>,
+    req: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.into_inner();
+    let b: CreatePacketReq = parse_json(&body)?;
     let kind = match b.kind.as_str() {
         "normal" => PacketKind::Normal,
         "lucky" => PacketKind::Lucky,
@@ -31,8 +36,11 @@ pub async fn create_packet(
         greeting: b.greeting,
         expires_in_s: b.expires_in_s,
     };
-    let packet = state.engine.create_packet(&auth.0.user_id, input).await?;
-    Ok(HttpResponse::Created().json(packet))
+    once(&state, &req, &auth.0.user_id, &body, || async {
+        let packet = state.engine.create_packet(&auth.0.user_id, input).await?;
+        Ok((StatusCode::CREATED, json!(packet)))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/packets/{id}/grab",
@@ -41,15 +49,8 @@ pub async fn create_packet(
               (status = 410, description = "packet_empty or packet_expired", body = ErrorResp),
               (status = 503, description = "overloaded; see Retry-After", body = ErrorResp)))]
 #[post("/v1/packets/{id}/grab")]
-pub async fn grab(
-    state: web::Data<AppState>,
-    auth: Auth,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let g = state
-        .engine
-        .grab(&auth.0.user_id, path_id(&id, "packet")?)
-        .await?;
+pub async fn grab(state: web::Data<AppState>, auth: Auth, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let g = state.engine.grab(&auth.0.user_id, path_id(&id, "packet")?).await?;
     Ok(HttpResponse::Ok().json(GrabResp {
         packet_id: g.packet_id.to_string(),
         grab_id: g.grab_id.to_string(),

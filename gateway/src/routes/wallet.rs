@@ -1,17 +1,16 @@
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::views::time_of;
+use serde_json::json;
 
 use crate::auth::{Admin, Auth};
 use crate::dto::*;
 use crate::error::ApiError;
+use crate::idempotency::{once, parse_json};
 use crate::AppState;
 
 fn wallet_resp(user_id: &str, b: rush_engine::durable::Balance) -> WalletResp {
-    WalletResp {
-        user_id: user_id.to_string(),
-        available: b.available.get(),
-        frozen: b.frozen.get(),
-    }
+    WalletResp { user_id: user_id.to_string(), available: b.available.get(), frozen: b.frozen.get() }
 }
 
 #[utoipa::path(get, path = "/v1/wallet", responses((status = 200, body = WalletResp)))]
@@ -31,16 +30,10 @@ pub async fn get_ledger(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let before = match q.cursor {
-        Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("bad cursor"))?,
-        ),
+        Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::bad_request("bad cursor"))?),
         None => None,
     };
-    let (entries, next) = state
-        .engine
-        .ledger(&auth.0.user_id, before, q.limit)
-        .await?;
+    let (entries, next) = state.engine.ledger(&auth.0.user_id, before, q.limit).await?;
     Ok(HttpResponse::Ok().json(LedgerResp {
         entries: entries
             .into_iter()
@@ -60,17 +53,20 @@ pub async fn get_ledger(
 }
 
 #[utoipa::path(post, path = "/v1/admin/wallet/{user_id}/credit", request_body = CreditReq,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     responses((status = 200, body = WalletResp), (status = 400, body = ErrorResp), (status = 403, body = ErrorResp)))]
 #[post("/v1/admin/wallet/{user_id}/credit")]
 pub async fn credit(
     state: web::Data<AppState>,
-    _admin: Admin,
+    admin: Admin,
     user_id: web::Path<String>,
-    body: web::Json<CreditReq>,
+    req: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let b = state
-        .engine
-        .credit(&user_id, body.amount, &body.reason)
-        .await?;
-    Ok(HttpResponse::Ok().json(wallet_resp(&user_id, b)))
+    let b: CreditReq = parse_json(&body)?;
+    once(&state, &req, &admin.0.user_id, &body, || async {
+        let balance = state.engine.credit(&user_id, b.amount, &b.reason).await?;
+        Ok((StatusCode::OK, json!(wallet_resp(&user_id, balance))))
+    })
+    .await
 }

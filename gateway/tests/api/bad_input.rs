@@ -11,13 +11,7 @@ async fn bad_input_gets_its_status_and_the_error_shape() {
     app.credit("rich", 10_000).await;
     let user = app.token("rich", "user").await;
     let other = app.token("other", "user").await;
-    let (_, v) = app
-        .post(
-            "/v1/orders",
-            Some(&other),
-            json!({"event_id": event, "seats": ["A-1-1"]}),
-        )
-        .await;
+    let (_, v) = app.post("/v1/orders", Some(&other), json!({"event_id": event, "seats": ["A-1-1"]})).await;
     let others_order = v["order_id"].as_str().expect("order").to_string();
     let forged = Keys::new("not-the-server-secret").sign(&Claims {
         sub: "rich".into(),
@@ -36,19 +30,16 @@ async fn bad_input_gets_its_status_and_the_error_shape() {
         status: StatusCode,
         code: &'static str,
     }
-    let case =
-        |name, method, path: String, token: Option<&String>, body: Option<Value>, status, code| {
-            Case {
-                name,
-                method,
-                path,
-                token: token.cloned(),
-                body,
-                raw: None,
-                status,
-                code,
-            }
-        };
+    let case = |name, method, path: String, token: Option<&String>, body: Option<Value>, status, code| Case {
+        name,
+        method,
+        path,
+        token: token.cloned(),
+        body,
+        raw: None,
+        status,
+        code,
+    };
     let hold = |body: Value| Some(body);
     let mut cases = vec![
         case(
@@ -309,15 +300,7 @@ async fn bad_input_gets_its_status_and_the_error_shape() {
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
-        case(
-            "unknown route",
-            "GET",
-            "/v1/nothing".into(),
-            Some(&user),
-            None,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        ),
+        case("unknown route", "GET", "/v1/nothing".into(), Some(&user), None, StatusCode::NOT_FOUND, "not_found"),
     ];
     cases.push(Case {
         name: "bad json",
@@ -350,13 +333,7 @@ async fn bad_input_gets_its_status_and_the_error_shape() {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         assert_eq!(status, c.status, "{}: {v}", c.name);
         assert_eq!(code(&v), c.code, "{}: {v}", c.name);
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{}: no message in {v}",
-            c.name
-        );
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}: no message in {v}", c.name);
     }
     // Nothing above changed any balance.
     assert_eq!(app.wallet(&user).await, (10_000, 0));

@@ -39,13 +39,7 @@ struct Client {
 }
 
 impl Client {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
+    async fn call(&self, method: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         let url = format!("{}{path}", self.base);
         let req = match method {
             "POST" => self.http.post(url).json(&body),
@@ -73,10 +67,7 @@ impl Client {
 async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut proc = start(dir.path());
-    let c = Arc::new(Client {
-        http: reqwest::Client::new(),
-        base: proc.base.clone(),
-    });
+    let c = Arc::new(Client { http: reqwest::Client::new(), base: proc.base.clone() });
     let admin = c.token("ops", "admin").await;
     let (s, v) = c
         .call(
@@ -92,22 +83,10 @@ async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let event = v["event_id"].as_str().expect("id").to_string();
     let total = 50_000;
-    c.call(
-        "POST",
-        "/v1/admin/wallet/sender/credit",
-        &admin,
-        json!({"amount": total, "reason": "t"}),
-    )
-    .await;
+    c.call("POST", "/v1/admin/wallet/sender/credit", &admin, json!({"amount": total, "reason": "t"})).await;
     let sender = c.token("sender", "user").await;
-    let (s, v) = c
-        .call(
-            "POST",
-            "/v1/packets",
-            &sender,
-            json!({"kind": "lucky", "total_amount": total, "count": 100}),
-        )
-        .await;
+    let (s, v) =
+        c.call("POST", "/v1/packets", &sender, json!({"kind": "lucky", "total_amount": total, "count": 100})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let packet = v["packet_id"].as_str().expect("id").to_string();
 
@@ -118,14 +97,8 @@ async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
         let event = event.clone();
         tasks.push(tokio::spawn(async move {
             let t = c.token(&format!("h{i}"), "user").await;
-            let (s, v) = c
-                .call(
-                    "POST",
-                    "/v1/orders",
-                    &t,
-                    json!({"event_id": event, "category": "std", "quantity": 1}),
-                )
-                .await;
+            let (s, v) =
+                c.call("POST", "/v1/orders", &t, json!({"event_id": event, "category": "std", "quantity": 1})).await;
             ("hold", t, s, v)
         }));
     }
@@ -159,40 +132,21 @@ async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
     proc.child.wait().expect("wait");
 
     let mut proc = start(dir.path());
-    let c = Client {
-        http: reqwest::Client::new(),
-        base: proc.base.clone(),
-    };
+    let c = Client { http: reqwest::Client::new(), base: proc.base.clone() };
 
     for (token, order, seat) in &holds {
-        let (s, v) = c
-            .call("GET", &format!("/v1/orders/{order}"), token, Value::Null)
-            .await;
+        let (s, v) = c.call("GET", &format!("/v1/orders/{order}"), token, Value::Null).await;
         assert_eq!(s, StatusCode::OK, "lost order {order}: {v}");
         assert_eq!(v["status"], "pending_payment");
         assert_eq!(v["seats"][0]["seat_id"].as_str(), Some(seat.as_str()));
     }
     let granted: i64 = grabs.iter().map(|(_, a)| a).sum();
     for (token, amount) in &grabs {
-        let (s, v) = c
-            .call(
-                "POST",
-                &format!("/v1/packets/{packet}/grab"),
-                token,
-                json!({}),
-            )
-            .await;
+        let (s, v) = c.call("POST", &format!("/v1/packets/{packet}/grab"), token, json!({})).await;
         assert_eq!(s, StatusCode::CONFLICT, "grab lost: {v}");
         assert_eq!(v["error"]["amount"], *amount);
     }
-    let (_, v) = c
-        .call(
-            "GET",
-            &format!("/v1/packets/{packet}"),
-            &sender,
-            Value::Null,
-        )
-        .await;
+    let (_, v) = c.call("GET", &format!("/v1/packets/{packet}"), &sender, Value::Null).await;
     assert_eq!(v["remaining_count"], 40, "{v}");
     assert_eq!(v["remaining_amount"].as_i64(), Some(total - granted));
 
@@ -202,14 +156,8 @@ async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
     for i in 0..20 {
         let t = c.token(&format!("late{i}"), "user").await;
         loop {
-            let (s, v) = c
-                .call(
-                    "POST",
-                    "/v1/orders",
-                    &t,
-                    json!({"event_id": event, "category": "std", "quantity": 1}),
-                )
-                .await;
+            let (s, v) =
+                c.call("POST", "/v1/orders", &t, json!({"event_id": event, "category": "std", "quantity": 1})).await;
             if s != StatusCode::CREATED {
                 break;
             }
@@ -229,9 +177,7 @@ async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
             balances.insert(token.clone(), v["available"].as_i64().unwrap_or(-1));
         }
         let (_, s) = c.call("GET", "/v1/wallet", &sender, Value::Null).await;
-        if grabs.iter().all(|(t, a)| balances.get(t) == Some(a))
-            && s["frozen"].as_i64() == Some(total - granted)
-        {
+        if grabs.iter().all(|(t, a)| balances.get(t) == Some(a)) && s["frozen"].as_i64() == Some(total - granted) {
             assert_eq!(s["available"], 0);
             settled = true;
             break;

@@ -8,13 +8,7 @@ async fn an_unpaid_hold_expires_and_its_seats_go_back_on_sale() {
     let app = spawn_app().await;
     let event = app.event(1, 4, json!({"hold_ttl_s": 1})).await;
     let u = app.token("late", "user").await;
-    let (s, v) = app
-        .post(
-            "/v1/orders",
-            Some(&u),
-            json!({"event_id": event, "seats": ["A-1-1", "A-1-2"]}),
-        )
-        .await;
+    let (s, v) = app.post("/v1/orders", Some(&u), json!({"event_id": event, "seats": ["A-1-1", "A-1-2"]})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let order = v["order_id"].as_str().expect("id").to_string();
     let expired = eventually(10, || async {
@@ -23,30 +17,13 @@ async fn an_unpaid_hold_expires_and_its_seats_go_back_on_sale() {
     })
     .await;
     assert!(expired, "hold did not expire");
-    let (_, v) = app
-        .get(&format!("/v1/events/{event}/seats"), Some(&u))
-        .await;
-    assert!(
-        v["seats"]
-            .as_array()
-            .expect("seats")
-            .iter()
-            .all(|s| s["status"] == "available"),
-        "{v}"
-    );
+    let (_, v) = app.get(&format!("/v1/events/{event}/seats"), Some(&u)).await;
+    assert!(v["seats"].as_array().expect("seats").iter().all(|s| s["status"] == "available"), "{v}");
     // The seats can be held again, and paying for the dead order is refused.
     let other = app.token("next", "user").await;
-    let (s, _) = app
-        .post(
-            "/v1/orders",
-            Some(&other),
-            json!({"event_id": event, "seats": ["A-1-1"]}),
-        )
-        .await;
+    let (s, _) = app.post("/v1/orders", Some(&other), json!({"event_id": event, "seats": ["A-1-1"]})).await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, v) = app
-        .post(&format!("/v1/orders/{order}/cancel"), Some(&u), json!({}))
-        .await;
+    let (s, v) = app.post(&format!("/v1/orders/{order}/cancel"), Some(&u), json!({})).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "order_not_pending"));
 }
 
@@ -65,28 +42,16 @@ async fn an_expired_packet_returns_its_remainder_to_the_sender() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let packet = v["packet_id"].as_str().expect("id").to_string();
     let g = app.token("g", "user").await;
-    let (s, _) = app
-        .post(&format!("/v1/packets/{packet}/grab"), Some(&g), json!({}))
-        .await;
+    let (s, _) = app.post(&format!("/v1/packets/{packet}/grab"), Some(&g), json!({})).await;
     assert_eq!(s, StatusCode::OK);
     let returned = eventually(10, || async {
         app.settle().await;
         app.wallet(&s_tok).await == (600, 0)
     })
     .await;
-    assert!(
-        returned,
-        "remainder not unfrozen: {:?}",
-        app.wallet(&s_tok).await
-    );
+    assert!(returned, "remainder not unfrozen: {:?}", app.wallet(&s_tok).await);
     let late = app.token("late", "user").await;
-    let (s, v) = app
-        .post(
-            &format!("/v1/packets/{packet}/grab"),
-            Some(&late),
-            json!({}),
-        )
-        .await;
+    let (s, v) = app.post(&format!("/v1/packets/{packet}/grab"), Some(&late), json!({})).await;
     assert_eq!((s, code(&v)), (StatusCode::GONE, "packet_expired"));
     let (_, v) = app.get(&format!("/v1/packets/{packet}"), Some(&late)).await;
     assert_eq!(v["status"], "expired");

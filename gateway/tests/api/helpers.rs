@@ -17,10 +17,7 @@ pub struct TestApp {
 
 /// Config for tests: a private data dir, port 0, quick timeout sweeps.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut cfg = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
     cfg.http.addr = "127.0.0.1:0".into();
     cfg.workers.timeout_poll_ms = 50;
     cfg.workers.poll_wait_ms = 50;
@@ -37,39 +34,22 @@ pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     tune(&mut cfg);
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let engine = Engine::open_embedded(cfg, Metrics::new())
-        .await
-        .expect("engine");
+    let engine = Engine::open_embedded(cfg, Metrics::new()).await.expect("engine");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     engine.start_workers(stop_rx);
     // Workers run until the test's runtime ends.
     std::mem::forget(stop_tx);
     let server = rush_gateway::serve::http_server(listener, engine.clone()).expect("server");
     tokio::spawn(server);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .expect("client");
-    let mut app = TestApp {
-        base,
-        client,
-        engine,
-        admin: String::new(),
-        _dir: dir,
-    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().expect("client");
+    let mut app = TestApp { base, client, engine, admin: String::new(), _dir: dir };
     app.admin = app.token("ops", "admin").await;
     app
 }
 
 impl TestApp {
     pub async fn token(&self, user: &str, role: &str) -> String {
-        let (s, body) = self
-            .post(
-                "/v1/auth/dev-token",
-                None,
-                json!({"user_id": user, "role": role}),
-            )
-            .await;
+        let (s, body) = self.post("/v1/auth/dev-token", None, json!({"user_id": user, "role": role})).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         body["token"].as_str().expect("token").to_string()
     }
@@ -93,10 +73,7 @@ impl TestApp {
     async fn read(resp: reqwest::Response) -> (StatusCode, Value) {
         let status = resp.status();
         let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// An event of `rows` × `cols` seats, one category priced 100 fen.
@@ -130,28 +107,18 @@ impl TestApp {
     pub async fn wallet(&self, token: &str) -> (i64, i64) {
         let (s, v) = self.get("/v1/wallet", Some(token)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        (
-            v["available"].as_i64().expect("available"),
-            v["frozen"].as_i64().expect("frozen"),
-        )
+        (v["available"].as_i64().expect("available"), v["frozen"].as_i64().expect("frozen"))
     }
 
     pub async fn settle(&self) {
-        assert!(
-            self.engine.settle(Duration::from_secs(10)).await,
-            "workers did not settle"
-        );
+        assert!(self.engine.settle(Duration::from_secs(10)).await, "workers did not settle");
     }
 
     /// Money is conserved and every transfer balances.
     pub async fn assert_ledger_balances(&self) {
         let audit = self.engine.audit().await.expect("audit");
         assert_eq!(audit.sum_all_accounts, 0, "money created or destroyed");
-        assert!(
-            audit.lopsided_transfers.is_empty(),
-            "{:?}",
-            audit.lopsided_transfers
-        );
+        assert!(audit.lopsided_transfers.is_empty(), "{:?}", audit.lopsided_transfers);
     }
 }
 

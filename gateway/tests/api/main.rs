@@ -5,5 +5,7 @@ mod bad_input;
 mod crash;
 mod expiry;
 mod helpers;
+mod idempotency;
+mod ops;
 mod packets;
 mod seats;

@@ -11,13 +11,8 @@ async fn three_hundred_grabs_of_a_hundred_part_lucky_packet() {
     let total = 100_000;
     app.credit("sender", total).await;
     let sender = app.token("sender", "user").await;
-    let (s, v) = app
-        .post(
-            "/v1/packets",
-            Some(&sender),
-            json!({"kind": "lucky", "total_amount": total, "count": 100}),
-        )
-        .await;
+    let (s, v) =
+        app.post("/v1/packets", Some(&sender), json!({"kind": "lucky", "total_amount": total, "count": 100})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let packet = v["packet_id"].as_str().expect("id").to_string();
     assert_eq!(app.wallet(&sender).await, (0, total));
@@ -58,27 +53,12 @@ async fn three_hundred_grabs_of_a_hundred_part_lucky_packet() {
     assert_eq!(granted, total);
 
     let (token, amount) = &winners[0];
-    let (s, v) = app
-        .post(
-            &format!("/v1/packets/{packet}/grab"),
-            Some(token),
-            json!({}),
-        )
-        .await;
+    let (s, v) = app.post(&format!("/v1/packets/{packet}/grab"), Some(token), json!({})).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "already_grabbed"));
     assert_eq!(v["error"]["amount"], *amount);
 
-    let (_, v) = app
-        .get(&format!("/v1/packets/{packet}"), Some(&sender))
-        .await;
-    assert_eq!(
-        (
-            v["remaining_count"].as_i64(),
-            v["remaining_amount"].as_i64()
-        ),
-        (Some(0), Some(0)),
-        "{v}"
-    );
+    let (_, v) = app.get(&format!("/v1/packets/{packet}"), Some(&sender)).await;
+    assert_eq!((v["remaining_count"].as_i64(), v["remaining_amount"].as_i64()), (Some(0), Some(0)), "{v}");
     assert_eq!(v["status"], "empty");
 
     app.settle().await;
@@ -98,44 +78,19 @@ async fn a_packet_beyond_the_wallet_is_refused_and_a_normal_packet_splits_evenly
     let app = spawn_app().await;
     app.credit("s", 1000).await;
     let s_tok = app.token("s", "user").await;
-    let (s, v) = app
-        .post(
-            "/v1/packets",
-            Some(&s_tok),
-            json!({"kind": "normal", "total_amount": 1001, "count": 1}),
-        )
-        .await;
-    assert_eq!(
-        (s, code(&v)),
-        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
-        "{v}"
-    );
-    let (s, v) = app
-        .post(
-            "/v1/packets",
-            Some(&s_tok),
-            json!({"kind": "normal", "total_amount": 1000, "count": 3}),
-        )
-        .await;
+    let (s, v) =
+        app.post("/v1/packets", Some(&s_tok), json!({"kind": "normal", "total_amount": 1001, "count": 1})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"), "{v}");
+    let (s, v) =
+        app.post("/v1/packets", Some(&s_tok), json!({"kind": "normal", "total_amount": 1000, "count": 3})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "uneven normal split: {v}");
-    assert_eq!(
-        app.wallet(&s_tok).await,
-        (1000, 0),
-        "a refused packet freezes nothing"
-    );
-    let (s, v) = app
-        .post(
-            "/v1/packets",
-            Some(&s_tok),
-            json!({"kind": "normal", "total_amount": 1000, "count": 4}),
-        )
-        .await;
+    assert_eq!(app.wallet(&s_tok).await, (1000, 0), "a refused packet freezes nothing");
+    let (s, v) =
+        app.post("/v1/packets", Some(&s_tok), json!({"kind": "normal", "total_amount": 1000, "count": 4})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let packet = v["packet_id"].as_str().expect("id").to_string();
     let g = app.token("g", "user").await;
-    let (s, v) = app
-        .post(&format!("/v1/packets/{packet}/grab"), Some(&g), json!({}))
-        .await;
+    let (s, v) = app.post(&format!("/v1/packets/{packet}/grab"), Some(&g), json!({})).await;
     assert_eq!((s, v["amount"].as_i64()), (StatusCode::OK, Some(250)));
     app.settle().await;
     let (s, v) = app.get("/v1/wallet/ledger", Some(&g)).await;

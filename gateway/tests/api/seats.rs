@@ -40,19 +40,11 @@ async fn three_hundred_buyers_for_a_hundred_seats_get_exactly_a_hundred_distinct
         }
     }
     assert_eq!((held, sold_out), (100, 200));
-    let (_, v) = app
-        .get(&format!("/v1/events/{event}/seats"), Some(&app.admin))
-        .await;
-    let statuses: Vec<&str> = v["seats"]
-        .as_array()
-        .expect("seats")
-        .iter()
-        .map(|s| s["status"].as_str().unwrap_or(""))
-        .collect();
+    let (_, v) = app.get(&format!("/v1/events/{event}/seats"), Some(&app.admin)).await;
+    let statuses: Vec<&str> =
+        v["seats"].as_array().expect("seats").iter().map(|s| s["status"].as_str().unwrap_or("")).collect();
     assert_eq!(statuses.iter().filter(|s| **s == "held").count(), 100);
-    let (_, v) = app
-        .get(&format!("/v1/events/{event}"), Some(&app.admin))
-        .await;
+    let (_, v) = app.get(&format!("/v1/events/{event}"), Some(&app.admin)).await;
     assert_eq!(v["categories"][0]["remaining"], 0);
     // The durable store agrees once the workers catch up.
     app.settle().await;
@@ -67,9 +59,7 @@ async fn fifty_buyers_for_one_named_seat_get_exactly_one_hold() {
         let t = app.token(&format!("fan{i}"), "user").await;
         let app = app.clone();
         let body = json!({"event_id": event, "seats": ["A-1-3"]});
-        tasks.push(tokio::spawn(async move {
-            app.post("/v1/orders", Some(&t), body).await
-        }));
+        tasks.push(tokio::spawn(async move { app.post("/v1/orders", Some(&t), body).await }));
     }
     let (mut won, mut lost) = (0, 0);
     for t in tasks {
@@ -90,64 +80,24 @@ async fn fifty_buyers_for_one_named_seat_get_exactly_one_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adjacent_seats_are_central_cancel_frees_them_and_limits_apply() {
     let app = spawn_app().await;
-    let event = app
-        .event(1, 10, json!({"limits": {"per_order": 4, "per_user": 5}}))
-        .await;
+    let event = app.event(1, 10, json!({"limits": {"per_order": 4, "per_user": 5}})).await;
     let u = app.token("pair", "user").await;
-    let (s, v) = app
-        .post(
-            "/v1/orders",
-            Some(&u),
-            json!({"event_id": event, "category": "std", "quantity": 2}),
-        )
-        .await;
+    let (s, v) = app.post("/v1/orders", Some(&u), json!({"event_id": event, "category": "std", "quantity": 2})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let seats: Vec<&str> = v["seats"]
-        .as_array()
-        .expect("seats")
-        .iter()
-        .map(|s| s["seat_id"].as_str().unwrap_or(""))
-        .collect();
+    let seats: Vec<&str> =
+        v["seats"].as_array().expect("seats").iter().map(|s| s["seat_id"].as_str().unwrap_or("")).collect();
     assert_eq!(seats, vec!["A-1-5", "A-1-6"]);
     assert_eq!(v["amount"], 200);
     let order = v["order_id"].as_str().expect("id").to_string();
 
-    let (s, v) = app
-        .post(
-            "/v1/orders",
-            Some(&u),
-            json!({"event_id": event, "category": "std", "quantity": 5}),
-        )
-        .await;
-    assert_eq!(
-        (s, code(&v)),
-        (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
-        "{v}"
-    );
-    let (s, v) = app
-        .post(
-            "/v1/orders",
-            Some(&u),
-            json!({"event_id": event, "category": "std", "quantity": 4}),
-        )
-        .await;
-    assert_eq!(
-        (s, code(&v)),
-        (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"),
-        "per user: {v}"
-    );
+    let (s, v) = app.post("/v1/orders", Some(&u), json!({"event_id": event, "category": "std", "quantity": 5})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"), "{v}");
+    let (s, v) = app.post("/v1/orders", Some(&u), json!({"event_id": event, "category": "std", "quantity": 4})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"), "per user: {v}");
 
-    let (s, v) = app
-        .post(&format!("/v1/orders/{order}/cancel"), Some(&u), json!({}))
-        .await;
-    assert_eq!(
-        (s, v["status"].as_str()),
-        (StatusCode::OK, Some("cancelled")),
-        "{v}"
-    );
-    let (s, v) = app
-        .post(&format!("/v1/orders/{order}/cancel"), Some(&u), json!({}))
-        .await;
+    let (s, v) = app.post(&format!("/v1/orders/{order}/cancel"), Some(&u), json!({})).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{v}");
+    let (s, v) = app.post(&format!("/v1/orders/{order}/cancel"), Some(&u), json!({})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let (_, v) = app.get(&format!("/v1/events/{event}"), Some(&u)).await;
     assert_eq!(v["categories"][0]["remaining"], 10);

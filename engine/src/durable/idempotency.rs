@@ -1,0 +1,118 @@
+//! Idempotency-Key records. The first request with a key runs and its
+//! answer is stored; a repeat with the same body gets that answer again, a
+//! repeat with another body is refused, and a repeat while the first is
+//! still running is told so. Server errors are not stored, so a request
+//! that failed for want of a store can be retried under the same key.
+
+use sqlx::Row;
+
+use super::{Durable, DurableError};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// First time: run the request, then `finish` or `abandon`.
+    New,
+    Replay {
+        status: u16,
+        body: String,
+    },
+    /// Same key, different request.
+    Mismatch,
+    /// The first request with this key has not finished.
+    InProgress,
+}
+
+impl Durable {
+    /// Claims `(user_id, key)` for a request with hash `hash`. Records older
+    /// than `ttl_ms` are forgotten; an in-progress claim older than
+    /// `stale_ms` (its request died with the process) is taken over.
+    pub async fn idempotency_begin(
+        &self,
+        user_id: &str,
+        key: &str,
+        hash: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+        stale_ms: u64,
+    ) -> Result<Begin, DurableError> {
+        let now = now_ms as i64;
+        let mut tx = self.db.write.begin().await?;
+        let row = sqlx::query(
+            "SELECT request_hash, status, response, created_at_ms FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2",
+        )
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = row {
+            let created: i64 = r.try_get("created_at_ms")?;
+            let status: i64 = r.try_get("status")?;
+            let age = now.saturating_sub(created);
+            let expired = age > ttl_ms as i64;
+            let stale = status == 0 && age > stale_ms as i64;
+            if !expired && !stale {
+                let stored_hash: String = r.try_get("request_hash")?;
+                let answer = if stored_hash != hash {
+                    Begin::Mismatch
+                } else if status == 0 {
+                    Begin::InProgress
+                } else {
+                    Begin::Replay { status: status as u16, body: r.try_get("response")? }
+                };
+                return Ok(answer);
+            }
+            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2")
+                .bind(user_id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, status, response, created_at_ms) \
+             VALUES ($1, $2, $3, 0, '', $4)",
+        )
+        .bind(user_id)
+        .bind(key)
+        .bind(hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Begin::New)
+    }
+
+    pub async fn idempotency_finish(
+        &self,
+        user_id: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<(), DurableError> {
+        sqlx::query("UPDATE idempotency_keys SET status = $1, response = $2 WHERE user_id = $3 AND idem_key = $4")
+            .bind(i64::from(status))
+            .bind(body)
+            .bind(user_id)
+            .bind(key)
+            .execute(&self.db.write)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn idempotency_abandon(&self, user_id: &str, key: &str) -> Result<(), DurableError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = 0")
+            .bind(user_id)
+            .bind(key)
+            .execute(&self.db.write)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets records older than `before_ms`.
+    pub async fn idempotency_purge(&self, before_ms: u64) -> Result<u64, DurableError> {
+        Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")
+            .bind(before_ms as i64)
+            .execute(&self.db.write)
+            .await?
+            .rows_affected())
+    }
+}

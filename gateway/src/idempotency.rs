@@ -1,0 +1,104 @@
+//! `Idempotency-Key` on POSTs that create or move money: the same key and
+//! body within 24 h get the first answer again (with `Idempotent-Replayed:
+//! true`); the same key with another body gets 422 `idempotency_key_reused`;
+//! a repeat while the first is still running gets 409
+//! `idempotency_in_progress`. Without the header a request just runs.
+
+use std::future::Future;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use rush_engine::durable::idempotency::Begin;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub const HEADER: &str = "idempotency-key";
+/// Longest key accepted; UUIDs and ULIDs fit with room to spare.
+pub const KEY_LEN_MAX: usize = 255;
+
+/// Parses a JSON body the way `web::Json` would, with our error shape.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+}
+
+fn respond(status: StatusCode, body: String) -> HttpResponse {
+    HttpResponse::build(status).content_type("application/json").body(body)
+}
+
+/// Runs `f` at most once per (user, key) and answers with its result.
+pub async fn once<F, Fut>(
+    state: &AppState,
+    req: &HttpRequest,
+    user_id: &str,
+    body: &[u8],
+    f: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(StatusCode, Value), ApiError>>,
+{
+    let Some(raw) = req.headers().get(HEADER) else {
+        let (status, v) = f().await?;
+        return Ok(respond(status, v.to_string()));
+    };
+    let key = raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= KEY_LEN_MAX).ok_or_else(|| {
+        ApiError::bad_request(format!("Idempotency-Key must be 1-{KEY_LEN_MAX} visible ASCII characters"))
+    })?;
+    let mut h = Sha256::new();
+    h.update(req.method().as_str());
+    h.update(b" ");
+    h.update(req.path());
+    h.update(b"\n");
+    h.update(body);
+    let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let cfg = &state.engine.config().orders;
+    let durable = state.engine.durable();
+    let now = rush_engine::domain::now_unix_ms();
+    let begin = durable
+        .idempotency_begin(user_id, key, &hash, now, cfg.idempotency_ttl_s * 1000, cfg.idempotency_stale_s * 1000)
+        .await
+        .map_err(rush_engine::EngineError::from)?;
+    match begin {
+        Begin::New => {
+            let (status, text) = match f().await {
+                Ok((s, v)) => (s, v.to_string()),
+                Err(e) if e.status.is_server_error() => {
+                    // Not stored: the client may retry under the same key.
+                    if let Err(err) = durable.idempotency_abandon(user_id, key).await {
+                        tracing::warn!(error = %err, "releasing an idempotency key failed");
+                    }
+                    return Err(e);
+                }
+                Err(e) => (e.status, e.body().to_string()),
+            };
+            if let Err(err) = durable.idempotency_finish(user_id, key, status.as_u16(), &text).await {
+                // The effect happened; only the replay record is missing.
+                tracing::error!(error = %err, "recording an idempotent answer failed");
+            }
+            Ok(respond(status, text))
+        }
+        Begin::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut resp = respond(status, body);
+            resp.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+                actix_web::http::header::HeaderValue::from_static("true"),
+            );
+            Ok(resp)
+        }
+        Begin::Mismatch => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        )),
+        Begin::InProgress => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is still running",
+        )),
+    }
+}
