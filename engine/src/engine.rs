@@ -336,11 +336,11 @@ impl Engine {
     pub async fn order(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {
         let view = match self.durable.order(order_id).await? {
             Some(r) => OrderView::from_record(&r),
-            // Not persisted yet: the hold is still only in the hot store.
+            // Not persisted yet: the order is still only in the hot store.
             None => {
-                let hot = self.store.hold(order_id).await?.ok_or(EngineError::NotFound("order"))?;
+                let (hot, status) = self.store.order(order_id).await?.ok_or(EngineError::NotFound("order"))?;
                 let info = self.info(hot.event_id).await?;
-                OrderView::from_hot(&hot, &info, OrderStatus::PendingPayment)
+                OrderView::from_hot(&hot, &info, status)
             }
         };
         if !caller.admin && view.user_id != caller.user_id {

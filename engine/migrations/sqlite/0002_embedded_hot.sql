@@ -23,6 +23,8 @@ CREATE TABLE hot_holds (
 );
 CREATE INDEX hot_holds_event ON hot_holds (event_id);
 
+-- Paid orders (body: the whole order as held), so seats stay sold and
+-- per-user limits hold across restarts.
 CREATE TABLE hot_paid (
     order_id BIGINT PRIMARY KEY,
     event_id BIGINT NOT NULL,

@@ -183,8 +183,8 @@ impl MemoryStore {
             .map_err(db_err)?
         {
             let id = Id::from_raw(r.try_get("order_id").map_err(db_err)?).map_err(corrupt)?;
-            let p: PaidOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
-            paid.insert(id, p);
+            let o: HotOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
+            paid.insert(id, PaidOrder { user_id: o.user_id, seats: o.seats });
         }
         Ok(Some(EventHot { info, seats, holds, paid }))
     }
@@ -343,16 +343,21 @@ impl HotStore for MemoryStore {
         Ok(outcomes)
     }
 
-    async fn hold(&self, order_id: Id) -> Result<Option<HotOrder>, StoreError> {
-        let row = sqlx::query("SELECT body FROM hot_holds WHERE order_id = $1")
-            .bind(order_id.raw())
-            .fetch_optional(&self.db.read)
-            .await
-            .map_err(db_err)?;
-        match row {
-            Some(r) => Ok(Some(serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?)),
-            None => Ok(None),
-        }
+    async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT body, 0 AS paid FROM hot_holds WHERE order_id = $1 \
+             UNION ALL SELECT body, 1 AS paid FROM hot_paid WHERE order_id = $1",
+        )
+        .bind(order_id.raw())
+        .fetch_optional(&self.db.read)
+        .await
+        .map_err(db_err)?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let order: HotOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
+        let paid: i64 = r.try_get("paid").map_err(db_err)?;
+        Ok(Some((order, if paid == 1 { OrderStatus::Paid } else { OrderStatus::PendingPayment })))
     }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {
@@ -599,11 +604,10 @@ impl MemoryStore {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    let paid = PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() };
                     sqlx::query("INSERT INTO hot_paid (order_id, event_id, body) VALUES ($1, $2, $3)")
                         .bind(order.order_id.raw())
                         .bind(event_id.raw())
-                        .bind(serde_json::to_string(&paid).map_err(corrupt)?)
+                        .bind(serde_json::to_string(order).map_err(corrupt)?)
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;

@@ -158,8 +158,9 @@ pub trait HotStore: Send + Sync + 'static {
     /// Re-checks and applies a batch of seat ops in order, atomically with
     /// their outbox events. One outcome per op.
     async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError>;
-    /// A live (pending) hold by order id, for reads before workers persist it.
-    async fn hold(&self, order_id: Id) -> Result<Option<HotOrder>, StoreError>;
+    /// An order the hot store still holds (pending, or paid and sold), for
+    /// reads before the workers have persisted it.
+    async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError>;
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError>;
     async fn load_packet(&self, packet_id: Id) -> Result<Option<PacketSnapshot>, StoreError>;
