@@ -150,6 +150,16 @@ pub struct PageQuery {
     pub cursor: Option<String>,
 }
 
+impl PageQuery {
+    /// The cursor as the id type of the listing; a bad one is a 400.
+    pub fn cursor<T: std::str::FromStr>(&self) -> Result<Option<T>, crate::error::ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| c.parse().map_err(|_| crate::error::ApiError::bad_request("bad cursor")))
+            .transpose()
+    }
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SeatsQuery {

@@ -12,7 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub details: Map<String, Value>,
+    /// Extra fields beside `code` and `message` (few, so a Vec).
+    pub details: Vec<(&'static str, Value)>,
     /// Seconds for `Retry-After` on 503.
     pub retry_after_s: Option<u32>,
 }
@@ -25,19 +26,22 @@ impl std::fmt::Display for ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Map::new(), retry_after_s: None }
+        ApiError { status, code, message: message.into(), details: Vec::new(), retry_after_s: None }
     }
 
-    pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.details.insert(key.to_string(), value);
+    pub fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.details.push((key, value));
         self
     }
 
     /// The JSON body: `{"error": {"code", "message", ...details}}`.
     pub fn body(&self) -> Value {
-        let mut body = self.details.clone();
+        let mut body = Map::new();
         body.insert("code".into(), json!(self.code));
         body.insert("message".into(), json!(self.message));
+        for (k, v) in &self.details {
+            body.insert((*k).to_string(), v.clone());
+        }
         json!({ "error": body })
     }
 

@@ -60,6 +60,15 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
+async fn delete_hold(conn: &mut SqliteConnection, order_id: Id) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM hot_holds WHERE order_id = $1")
+        .bind(order_id.raw())
+        .execute(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
 fn ms_i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -574,11 +583,7 @@ impl MemoryStore {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    sqlx::query("DELETE FROM hot_holds WHERE order_id = $1")
-                        .bind(order.order_id.raw())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
+                    delete_hold(&mut tx, order.order_id).await?;
                     append(
                         &mut tx,
                         &self.ids,
@@ -599,11 +604,7 @@ impl MemoryStore {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    sqlx::query("DELETE FROM hot_holds WHERE order_id = $1")
-                        .bind(order.order_id.raw())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
+                    delete_hold(&mut tx, order.order_id).await?;
                     sqlx::query("INSERT INTO hot_paid (order_id, event_id, body) VALUES ($1, $2, $3)")
                         .bind(order.order_id.raw())
                         .bind(event_id.raw())

@@ -68,10 +68,7 @@ pub async fn list_orders(
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let before = match q.cursor {
-        Some(c) => Some(c.parse().map_err(|_| ApiError::bad_request("bad cursor"))?),
-        None => None,
-    };
+    let before = q.cursor()?;
     let (orders, next) = state.engine.orders(&auth.0.user_id, before, q.limit).await?;
     Ok(HttpResponse::Ok().json(OrdersResp { orders, next_cursor: next.map(|n| n.to_string()) }))
 }

@@ -29,10 +29,7 @@ pub async fn get_ledger(
     q: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let before = match q.cursor {
-        Some(c) => Some(c.parse::<i64>().map_err(|_| ApiError::bad_request("bad cursor"))?),
-        None => None,
-    };
+    let before = q.cursor()?;
     let (entries, next) = state.engine.ledger(&auth.0.user_id, before, q.limit).await?;
     Ok(HttpResponse::Ok().json(LedgerResp {
         entries: entries
