@@ -1,0 +1,24 @@
+//! # rush-loadtest
+//!
+//! Drives a running rush over HTTP with many keep-alive connections,
+//! measures throughput and latency (HDR histograms, per-second timeline),
+//! measures the machine's HTTP ceiling in the same run, and checks rush's
+//! guarantees through its API afterwards. A violated guarantee fails the
+//! run whatever the speed.
+//!
+//! # Layout
+//! - [`client`]: one hyper HTTP/1.1 keep-alive connection per task.
+//! - [`load`]: closed- and open-loop drivers, the `Workload` trait, the ceiling.
+//! - [`stats`]: latency histograms, outcomes, the per-second timeline.
+//! - [`api`]: setup and verification calls through rush's API.
+//! - [`scenarios`]: `grab`, `seats`, `mixed`, each with its checks.
+//! - [`checks`]: the guarantee checks' record.
+//! - [`report`]: JSON result, SVG chart, text summary.
+
+pub mod api;
+pub mod checks;
+pub mod client;
+pub mod load;
+pub mod report;
+pub mod scenarios;
+pub mod stats;

@@ -1,0 +1,90 @@
+//! A short run of each scenario against rush spawned in-process, so the
+//! harness never rots; and proof that the checks catch a lie.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rush_engine::telemetry::Metrics;
+use rush_engine::{Config, Engine};
+use rush_loadtest::api::Api;
+use rush_loadtest::checks::Checks;
+use rush_loadtest::load::Model;
+use rush_loadtest::scenarios::grab::Packets;
+use rush_loadtest::scenarios::{run, RunOpts, Scenario};
+
+async fn spawn_rush(dir: &std::path::Path) -> SocketAddr {
+    let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
+    cfg.http.addr = "127.0.0.1:0".into();
+    cfg.workers.poll_wait_ms = 20;
+    let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let engine = Engine::open_embedded(cfg, Metrics::new()).await.expect("engine");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    engine.start_workers(rx);
+    std::mem::forget(tx);
+    tokio::spawn(rush_gateway::serve::http_server(listener, engine).expect("server"));
+    addr
+}
+
+fn small(addr: SocketAddr, scenario: Scenario, model: Model) -> RunOpts {
+    RunOpts {
+        addr,
+        scenario,
+        model,
+        concurrency: 8,
+        duration: Duration::from_secs(1),
+        users: 300,
+        parts: 40,
+        packets: 3,
+        spread: 2,
+        events: 2,
+        rows: 3,
+        cols: 4,
+        settle_s: 20,
+        ceiling: true,
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_and_finds_no_violation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let addr = spawn_rush(dir.path()).await;
+    for (scenario, model) in [
+        (Scenario::Grab, Model::Closed),
+        (Scenario::Seats, Model::Closed),
+        (Scenario::Mixed, Model::Open { rate_per_s: 400.0 }),
+    ] {
+        let report = run(small(addr, scenario, model)).await.expect("run");
+        let text = rush_loadtest::report::summary(&report);
+        assert_eq!(report.violations, 0, "{text}");
+        assert!(!report.checks.is_empty());
+        assert!(report.stages.iter().all(|s| s.ok > 0), "{text}");
+        assert!(report.ceiling.as_ref().is_some_and(|c| c.ok > 0));
+        let out = tempfile::tempdir().expect("out");
+        let (json, svg) = rush_loadtest::report::write(&report, out.path()).expect("write");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).expect("json")).expect("parse");
+        assert_eq!(v["violations"], 0);
+        assert!(std::fs::read_to_string(svg).expect("svg").contains("<polyline"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checks_catch_a_grant_that_rush_never_made() {
+    let dir = tempfile::tempdir().expect("dir");
+    let addr = spawn_rush(dir.path()).await;
+    let mut api = Api::new(addr, "liar").await.expect("api");
+    api.credit("liar-s", 1000).await.expect("credit");
+    let users = vec!["liar-u0".to_string()];
+    let sender = api.tokens(&["liar-s".to_string()]).await.expect("token").remove(0);
+    let id = api.create_packet(&sender, "normal", 1000, 10).await.expect("packet");
+    let packets = Arc::new(Packets::new(vec![id], vec![1000]));
+    // Claim a grant of 100 to user 0 and an "empty" answer: neither happened.
+    assert!(packets.observe(0, 0, 200, br#"{"amount":100}"#));
+    assert!(!packets.observe(0, 0, 410, br#"{"error":{"code":"packet_empty"}}"#));
+    let mut checks = Checks::default();
+    packets.check(&api, &users, &sender, &mut checks).await.expect("check");
+    let failed: Vec<&str> = checks.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, vec!["answered grants are exactly the recorded grabs", "every packet_empty was deserved"]);
+}
