@@ -21,7 +21,7 @@ use crate::domain::{
     gene_of_user, now_unix_ms, valid_user_id, Category, EventDef, EventInfo, Fen, Id, IdGen, Limits, OrderStatus,
     PacketKind, SeatDef, SeatMap, SectionLayout,
 };
-use crate::durable::{Audit, Balance, Db, Durable, JournalEntry};
+use crate::durable::{Audit, Balance, Db, Durable, JournalEntry, Schema};
 use crate::error::EngineError;
 use crate::events::outbox::OutboxLog;
 use crate::events::EventLog;
@@ -112,6 +112,8 @@ pub struct Engine {
     store: Arc<dyn HotStore>,
     log: Arc<dyn EventLog>,
     durable: Durable,
+    /// The embedded hot store's file, for readiness.
+    hot_db: Db,
     actors: Actors,
     /// Event definitions by id: immutable, so cached for reads of holds.
     infos: DashMap<Id, Arc<EventInfo>>,
@@ -140,9 +142,10 @@ impl Engine {
     /// persisted to it, the outbox as event log.
     pub async fn open_embedded(cfg: Config, metrics: Metrics) -> Result<Arc<Engine>, StartError> {
         let ids = Arc::new(IdGen::new(cfg.node_id)?);
-        let db = Db::open(&cfg.data_dir, &cfg.sqlite).await?;
-        let store = MemoryStore::open(db.clone(), ids.clone(), cfg.events.seats_max).await?;
-        let log = Arc::new(OutboxLog::new(db.clone(), store.appended()));
+        let db = Db::open(&cfg.data_dir, Schema::Durable, &cfg.sqlite).await?;
+        let hot_db = Db::open(&cfg.data_dir, Schema::Hot, &cfg.sqlite).await?;
+        let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
+        let log = Arc::new(OutboxLog::new(hot_db.clone(), store.appended()));
         let store: Arc<dyn HotStore> = Arc::new(store);
         let actors = Actors::new(store.clone(), cfg.actors.clone(), metrics.clone());
         Ok(Arc::new(Engine {
@@ -151,6 +154,7 @@ impl Engine {
             store,
             log,
             durable: Durable::new(db),
+            hot_db,
             actors,
             infos: DashMap::new(),
             metrics,
@@ -178,7 +182,7 @@ impl Engine {
     }
 
     pub async fn ready(&self) -> bool {
-        self.durable.db().ping().await
+        self.durable.db().ping().await && self.hot_db.ping().await
     }
 
     /// Waits until the workers have applied every event so far (tests,

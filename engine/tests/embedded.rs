@@ -78,3 +78,66 @@ async fn a_confirmed_order_is_sold_for_good_even_after_reopening() {
     let audit = engine.audit().await.expect("audit");
     assert_eq!(audit.sum_all_accounts, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_in_one_batch_reach_the_file_in_order() {
+    use rush_engine::domain::{EventDef, Fen, Id, IdGen, Limits};
+    use rush_engine::durable::{Db, Schema};
+    use rush_engine::store::memory::MemoryStore;
+    use rush_engine::store::{HotOrder, HotStore, OpOutcome, SeatOp, SeatState};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = config(dir.path());
+    let db = Db::open(dir.path(), Schema::Hot, &cfg.sqlite).await.expect("db");
+    let ids = Arc::new(IdGen::new(0).expect("ids"));
+    let store = MemoryStore::open(db.clone(), ids.clone(), 100).await.expect("store");
+    let def = EventDef {
+        event_id: ids.next(0),
+        name: "e".into(),
+        venue: "v".into(),
+        starts_at: Utc::now(),
+        hold_ttl_s: 60,
+        limits: Limits { per_order: 4, per_user: 4 },
+        categories: vec![rush_engine::domain::Category { id: "c".into(), name: "C".into(), price: Fen::new(1) }],
+        seats: rush_engine::domain::SeatMap::from_layout(
+            &[SectionLayout { name: "A".into(), rows: 1, cols: 3, category: "c".into() }],
+            &["c"],
+            100,
+        )
+        .expect("map")
+        .seats()
+        .to_vec(),
+    };
+    store.create_event(&def).await.expect("create");
+    let order = |id: Id, seats: Vec<u32>| HotOrder {
+        order_id: id,
+        event_id: def.event_id,
+        user_id: "u".into(),
+        seats,
+        amount: Fen::new(1),
+        created_at_ms: 0,
+        expires_at_ms: u64::MAX / 2,
+        attendees: vec![],
+    };
+    let (o1, o2, o3) = (ids.next(1), ids.next(1), ids.next(1));
+    let ops = vec![
+        SeatOp::Hold(order(o1, vec![0, 1])),
+        SeatOp::Release { order_id: o1, status: OrderStatus::Cancelled },
+        SeatOp::Hold(order(o2, vec![1])),
+        SeatOp::Hold(order(o3, vec![2])),
+        SeatOp::Confirm { order_id: o3 },
+        // Stale: seat 1 is o2's now.
+        SeatOp::Hold(order(ids.next(1), vec![1])),
+    ];
+    let outcomes = store.apply_seats(def.event_id, &ops, 1).await.expect("apply");
+    assert_eq!(outcomes[..5], [OpOutcome::Applied; 5]);
+    assert_eq!(outcomes[5], OpOutcome::Rejected);
+    drop(store);
+    // A fresh store reads only the file.
+    let store = MemoryStore::open(db, ids, 100).await.expect("reopen");
+    let snap = store.load_event(def.event_id).await.expect("load").expect("event");
+    assert_eq!(snap.seats, vec![SeatState::Available, SeatState::Held(o2), SeatState::Sold(o3)]);
+    assert_eq!(snap.holds.keys().copied().collect::<Vec<_>>(), vec![o2]);
+    assert!(snap.paid.contains_key(&o3));
+}

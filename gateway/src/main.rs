@@ -41,8 +41,11 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve => serve(cfg).await,
             Command::Migrate => {
-                rush_engine::durable::Db::open(&cfg.data_dir, &cfg.sqlite).await?;
-                println!("migrated {}", cfg.data_dir.join(rush_engine::durable::db::DB_FILE).display());
+                use rush_engine::durable::{Db, Schema};
+                for schema in [Schema::Durable, Schema::Hot] {
+                    Db::open(&cfg.data_dir, schema, &cfg.sqlite).await?;
+                }
+                println!("migrated {}", cfg.data_dir.display());
                 Ok(())
             }
         }

@@ -91,7 +91,7 @@ pub fn banner(addr: &std::net::SocketAddr, engine: &Engine) -> String {
         "msg": "rush listening",
         "url": format!("http://{addr}"),
         "mode": "embedded",
-        "data": engine.config().data_dir.join(rush_engine::durable::db::DB_FILE).display().to_string(),
+        "data_dir": engine.config().data_dir.display().to_string(),
     })
     .to_string()
 }

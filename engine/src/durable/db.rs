@@ -31,12 +31,32 @@ pub enum DbOpenError {
     Migrate { path: String, source: sqlx::migrate::MigrateError },
 }
 
+/// The durable store's file.
 pub const DB_FILE: &str = "rush.db";
+/// The embedded hot store's file: hot state and the outbox.
+pub const HOT_FILE: &str = "hot.db";
+
+/// Which schema a file holds. Two files, so the workers' writes to the
+/// durable store never queue behind (or block) the hot path's commits.
+#[derive(Clone, Copy, Debug)]
+pub enum Schema {
+    Durable,
+    Hot,
+}
+
+impl Schema {
+    fn file(self) -> &'static str {
+        match self {
+            Schema::Durable => DB_FILE,
+            Schema::Hot => HOT_FILE,
+        }
+    }
+}
 
 impl Db {
-    pub async fn open(dir: &Path, cfg: &SqliteConfig) -> Result<Db, DbOpenError> {
+    pub async fn open(dir: &Path, schema: Schema, cfg: &SqliteConfig) -> Result<Db, DbOpenError> {
         std::fs::create_dir_all(dir).map_err(|source| DbOpenError::Dir { path: dir.display().to_string(), source })?;
-        let path = dir.join(DB_FILE);
+        let path = dir.join(schema.file());
         let shown = path.display().to_string();
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?
@@ -50,10 +70,11 @@ impl Db {
             .connect_with(opts.clone())
             .await
             .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&write)
-            .await
-            .map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
+        let migrator = match schema {
+            Schema::Durable => sqlx::migrate!("./migrations/sqlite"),
+            Schema::Hot => sqlx::migrate!("./migrations/sqlite-hot"),
+        };
+        migrator.run(&write).await.map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
         let read = SqlitePoolOptions::new()
             .max_connections(cfg.read_pool_max.max(1))
             .connect_with(opts.read_only(true))

@@ -7,9 +7,11 @@ pub mod db;
 pub mod idempotency;
 
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
+use std::collections::{BTreeMap, HashSet};
 
-pub use db::{Db, DbOpenError};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+pub use db::{Db, DbOpenError, Schema};
 
 use crate::domain::{Fen, Id, OrderStatus, WORLD_ACCOUNT};
 use crate::events::{DomainEvent, Envelope, OrderSeat};
@@ -28,7 +30,7 @@ pub enum DurableError {
 }
 
 /// Which half of an account a leg touches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Bucket {
     Available,
     Frozen,
@@ -118,64 +120,90 @@ pub struct Durable {
     db: Db,
 }
 
-async fn ensure_account(conn: &mut SqliteConnection, user_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO accounts (user_id, available, frozen, version) VALUES ($1, 0, 0, 0) \
-         ON CONFLICT (user_id) DO NOTHING",
-    )
-    .bind(user_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
+/// Rows per multi-row statement: well under SQLite's 32 766 bound
+/// variables with the widest row (the journal's 9 columns).
+const ROWS_PER_STATEMENT: usize = 500;
 
 /// Moves money between two buckets and journals both legs. Only system
 /// accounts (`@…`) may go negative.
 pub async fn transfer(conn: &mut SqliteConnection, t: &Transfer<'_>) -> Result<(), DurableError> {
-    let amount = t.amount.get();
-    if amount <= 0 {
-        return Err(DurableError::Invariant(format!("transfer {} of non-positive amount {amount}", t.transfer_id)));
+    transfer_all(conn, std::slice::from_ref(t)).await
+}
+
+/// Applies many transfers with a handful of statements: the net change of
+/// each account bucket is computed first, debits are checked (a user's
+/// bucket never goes below zero) and applied, credits are upserted, and
+/// every leg is journalled. One round trip per statement, not per transfer,
+/// is what lets the workers keep up with a flash sale.
+pub async fn transfer_all(conn: &mut SqliteConnection, ts: &[Transfer<'_>]) -> Result<(), DurableError> {
+    let mut net: BTreeMap<(&str, Bucket), i64> = BTreeMap::new();
+    for t in ts {
+        let amount = t.amount.get();
+        if amount <= 0 {
+            return Err(DurableError::Invariant(format!("transfer {} of non-positive amount {amount}", t.transfer_id)));
+        }
+        let overflow = || DurableError::Invariant(format!("transfer {} overflows", t.transfer_id));
+        let from = net.entry(t.from).or_default();
+        *from = from.checked_sub(amount).ok_or_else(overflow)?;
+        let to = net.entry(t.to).or_default();
+        *to = to.checked_add(amount).ok_or_else(overflow)?;
     }
-    ensure_account(conn, t.from.0).await?;
-    ensure_account(conn, t.to.0).await?;
-    let col = t.from.1.column();
-    let debited = sqlx::query(&format!(
-        "UPDATE accounts SET {col} = {col} - $2, version = version + 1 \
-         WHERE user_id = $1 AND ({col} >= $2 OR user_id LIKE '@%')"
-    ))
-    .bind(t.from.0)
-    .bind(amount)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if debited == 0 {
-        return Err(DurableError::InsufficientFunds);
+    // Checked debits: a user's bucket may not go negative.
+    let mut upserts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for ((user, bucket), delta) in &net {
+        if *delta < 0 && !user.starts_with('@') {
+            let col = bucket.column();
+            let done = sqlx::query(&format!(
+                "UPDATE accounts SET {col} = {col} + $2, version = version + 1 WHERE user_id = $1 AND {col} + $2 >= 0"
+            ))
+            .bind(*user)
+            .bind(*delta)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if done == 0 {
+                return Err(DurableError::InsufficientFunds);
+            }
+        } else {
+            let e = upserts.entry(user).or_default();
+            match bucket {
+                Bucket::Available => e.0 += delta,
+                Bucket::Frozen => e.1 += delta,
+            }
+        }
     }
-    let col = t.to.1.column();
-    sqlx::query(&format!("UPDATE accounts SET {col} = {col} + $2, version = version + 1 WHERE user_id = $1"))
-        .bind(t.to.0)
-        .bind(amount)
-        .execute(&mut *conn)
-        .await?;
-    for (leg, (user, bucket), delta) in [(0, t.from, -amount), (1, t.to, amount)] {
-        sqlx::query(
-            "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&t.transfer_id)
-        .bind(leg)
-        .bind(user)
-        .bind(bucket.column())
-        .bind(delta)
-        .bind(t.kind)
-        .bind(&t.ref_id)
-        .bind(t.memo)
-        .bind(ms_i(t.at_ms))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| match e {
+    let upserts: Vec<_> = upserts.into_iter().collect();
+    for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO accounts (user_id, available, frozen, version) ");
+        q.push_values(chunk, |mut b, (user, (available, frozen))| {
+            b.push_bind(*user).push_bind(*available).push_bind(*frozen).push_bind(1i64);
+        });
+        q.push(
+            " ON CONFLICT (user_id) DO UPDATE SET available = accounts.available + excluded.available, \
+             frozen = accounts.frozen + excluded.frozen, version = accounts.version + 1",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    let legs: Vec<_> =
+        ts.iter().flat_map(|t| [(t, 0i64, t.from, -t.amount.get()), (t, 1, t.to, t.amount.get())]).collect();
+    for chunk in legs.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms) ",
+        );
+        q.push_values(chunk, |mut b, (t, leg, (user, bucket), delta)| {
+            b.push_bind(&t.transfer_id)
+                .push_bind(*leg)
+                .push_bind(*user)
+                .push_bind(bucket.column())
+                .push_bind(*delta)
+                .push_bind(t.kind)
+                .push_bind(&t.ref_id)
+                .push_bind(t.memo)
+                .push_bind(ms_i(t.at_ms));
+        });
+        q.build().execute(&mut *conn).await.map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
-                DurableError::Invariant(format!("transfer {} applied twice", t.transfer_id))
+                DurableError::Invariant("a transfer was applied twice".to_string())
             }
             e => DurableError::Db(e),
         })?;
@@ -420,28 +448,86 @@ impl Durable {
 
     /// Applies a batch of events in one transaction; each event's effect and
     /// its processed id commit together, so a redelivered event is skipped.
-    /// Returns how many were new.
+    /// Grabs and their transfers are applied together at the end of the
+    /// batch with multi-row statements (transfers commute: every worker
+    /// transfer moves money out of a frozen bucket that already holds it).
+    /// Returns how many events were new.
     pub async fn apply_events(&self, batch: &[Envelope]) -> Result<usize, DurableError> {
+        let now = ms_i(crate::domain::now_unix_ms());
         let mut tx = self.db.write.begin().await?;
-        let mut fresh = 0;
+        let mut fresh: HashSet<i64> = HashSet::with_capacity(batch.len());
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO processed_events (event_id, at_ms) ");
+            q.push_values(chunk, |mut b, env| {
+                b.push_bind(env.event_id.raw()).push_bind(now);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            fresh.extend(ids);
+        }
+        let applied = fresh.len();
+        let mut grabs = Vec::new();
+        let mut transfers = Vec::new();
         for env in batch {
-            let now = crate::domain::now_unix_ms();
-            let inserted = sqlx::query(
-                "INSERT INTO processed_events (event_id, at_ms) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(env.event_id.raw())
-            .bind(ms_i(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
+            // `remove`: an event delivered twice in one batch applies once.
+            if !fresh.remove(&env.event_id.raw()) {
                 continue;
             }
-            fresh += 1;
-            apply_one(&mut tx, &env.event).await?;
+            match &env.event {
+                DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
+                    grabs.push((grab_id, packet_id, user_id, amount, at_ms));
+                    transfers.push(Transfer {
+                        transfer_id: format!("grab-{grab_id}"),
+                        from: (sender, Bucket::Frozen),
+                        to: (user_id, Bucket::Available),
+                        amount: *amount,
+                        kind: "packet_grab",
+                        ref_id: packet_id.to_string(),
+                        memo: "red packet",
+                        at_ms: *at_ms,
+                    });
+                }
+                DomainEvent::PacketExpired { packet_id, sender, remaining, at_ms } => {
+                    sqlx::query("UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2")
+                        .bind(remaining.get())
+                        .bind(packet_id.raw())
+                        .execute(&mut *tx)
+                        .await?;
+                    if remaining.get() > 0 {
+                        transfers.push(Transfer {
+                            transfer_id: format!("packet-expire-{packet_id}"),
+                            from: (sender, Bucket::Frozen),
+                            to: (sender, Bucket::Available),
+                            amount: *remaining,
+                            kind: "packet_expired",
+                            ref_id: packet_id.to_string(),
+                            memo: "red packet expired: remainder returned",
+                            at_ms: *at_ms,
+                        });
+                    }
+                }
+                other => apply_one(&mut tx, other).await?,
+            }
         }
+        for chunk in grabs.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms) ");
+            q.push_values(chunk, |mut b, (grab_id, packet_id, user_id, amount, at_ms)| {
+                b.push_bind(grab_id.raw())
+                    .push_bind(packet_id.raw())
+                    .push_bind(user_id.as_str())
+                    .push_bind(amount.get())
+                    .push_bind(ms_i(**at_ms));
+            });
+            q.build().execute(&mut *tx).await.map_err(unique_to_invariant("a user grabbed a packet twice".into()))?;
+        }
+        transfer_all(&mut tx, &transfers).await.map_err(|e| match e {
+            DurableError::InsufficientFunds => {
+                DurableError::Invariant("a sender's frozen funds do not cover their packets' grabs".into())
+            }
+            e => e,
+        })?;
         tx.commit().await?;
-        Ok(fresh)
+        Ok(applied)
     }
 }
 
@@ -555,66 +641,8 @@ async fn apply_one(conn: &mut SqliteConnection, event: &DomainEvent) -> Result<(
         // The packet row and the frozen funds were written when it was
         // created, before it was acknowledged.
         DomainEvent::PacketCreated { .. } => {}
-        DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
-            sqlx::query("INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms) VALUES ($1, $2, $3, $4, $5)")
-                .bind(grab_id.raw())
-                .bind(packet_id.raw())
-                .bind(user_id)
-                .bind(amount.get())
-                .bind(ms_i(*at_ms))
-                .execute(&mut *conn)
-                .await
-                .map_err(unique_to_invariant(format!("{user_id} grabbed packet {packet_id} twice")))?;
-            transfer(
-                conn,
-                &Transfer {
-                    transfer_id: format!("grab-{grab_id}"),
-                    from: (sender, Bucket::Frozen),
-                    to: (user_id, Bucket::Available),
-                    amount: *amount,
-                    kind: "packet_grab",
-                    ref_id: packet_id.to_string(),
-                    memo: "red packet",
-                    at_ms: *at_ms,
-                },
-            )
-            .await
-            .map_err(|e| match e {
-                DurableError::InsufficientFunds => DurableError::Invariant(format!(
-                    "sender {sender} has less frozen than grab {grab_id} of packet {packet_id}"
-                )),
-                e => e,
-            })?;
-        }
-        DomainEvent::PacketExpired { packet_id, sender, remaining, at_ms } => {
-            sqlx::query("UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2")
-                .bind(remaining.get())
-                .bind(packet_id.raw())
-                .execute(&mut *conn)
-                .await?;
-            if remaining.get() > 0 {
-                transfer(
-                    conn,
-                    &Transfer {
-                        transfer_id: format!("packet-expire-{packet_id}"),
-                        from: (sender, Bucket::Frozen),
-                        to: (sender, Bucket::Available),
-                        amount: *remaining,
-                        kind: "packet_expired",
-                        ref_id: packet_id.to_string(),
-                        memo: "red packet expired: remainder returned",
-                        at_ms: *at_ms,
-                    },
-                )
-                .await
-                .map_err(|e| match e {
-                    DurableError::InsufficientFunds => DurableError::Invariant(format!(
-                        "sender {sender} has less frozen than the remainder of packet {packet_id}"
-                    )),
-                    e => e,
-                })?;
-            }
-        }
+        // Applied in bulk by `apply_events`.
+        DomainEvent::PacketGrabbed { .. } | DomainEvent::PacketExpired { .. } => {}
     }
     Ok(())
 }

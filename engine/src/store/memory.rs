@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{Mutex, Notify};
 
 use super::order_seats;
@@ -79,16 +79,25 @@ fn lock_due(due: &StdMutex<DueQueue>) -> std::sync::MutexGuard<'_, DueQueue> {
     due.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn append(conn: &mut SqliteConnection, ids: &IdGen, event: DomainEvent) -> Result<(), StoreError> {
-    let env = Envelope { position: 0, event_id: ids.next(0), partition: event.entity_id().partition(), event };
-    let body = serde_json::to_string(&env).map_err(corrupt)?;
-    sqlx::query("INSERT INTO outbox (event_id, partition, body) VALUES ($1, $2, $3)")
-        .bind(env.event_id.raw())
-        .bind(i64::from(env.partition))
-        .bind(body)
-        .execute(conn)
-        .await
-        .map_err(db_err)?;
+/// Rows per multi-row statement, well under SQLite's bound variables.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Appends events to the outbox, many rows per statement: the hot path pays
+/// one round trip to the SQLite thread per few hundred events, not per event.
+async fn append(conn: &mut SqliteConnection, ids: &IdGen, events: Vec<DomainEvent>) -> Result<(), StoreError> {
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        let env = Envelope { position: 0, event_id: ids.next(0), partition: event.entity_id().partition(), event };
+        let body = serde_json::to_string(&env).map_err(corrupt)?;
+        rows.push((env.event_id.raw(), i64::from(env.partition), body));
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (event_id, partition, body) ");
+        q.push_values(chunk, |mut b, (id, partition, body)| {
+            b.push_bind(*id).push_bind(*partition).push_bind(body.as_str());
+        });
+        q.build().execute(&mut *conn).await.map_err(db_err)?;
+    }
     Ok(())
 }
 
@@ -382,7 +391,7 @@ impl HotStore for MemoryStore {
         append(
             &mut tx,
             &self.ids,
-            DomainEvent::PacketCreated {
+            vec![DomainEvent::PacketCreated {
                 packet_id: def.packet_id,
                 sender: def.sender.clone(),
                 kind: def.kind,
@@ -390,7 +399,7 @@ impl HotStore for MemoryStore {
                 count: def.count,
                 expires_at_ms: def.expires_at_ms,
                 at_ms: def.created_at_ms,
-            },
+            }],
         )
         .await?;
         tx.commit().await.map_err(db_err)?;
@@ -444,33 +453,33 @@ impl HotStore for MemoryStore {
         }
         let result: Result<(), StoreError> = async {
             let mut tx = self.db.write.begin().await.map_err(db_err)?;
-            for g in &hot.grabs[first_new..] {
-                sqlx::query(
-                    "INSERT INTO hot_grabs (packet_id, user_id, grab_id, part, amount, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(packet_id.raw())
-                .bind(&g.user_id)
-                .bind(g.grab_id.raw())
-                .bind(i64::from(g.part))
-                .bind(g.amount.get())
-                .bind(ms_i(g.at_ms))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                append(
-                    &mut tx,
-                    &self.ids,
-                    DomainEvent::PacketGrabbed {
-                        grab_id: g.grab_id,
-                        packet_id,
-                        sender: hot.def.sender.clone(),
-                        user_id: g.user_id.clone(),
-                        amount: g.amount,
-                        at_ms: g.at_ms,
-                    },
-                )
-                .await?;
+            let new = &hot.grabs[first_new..];
+            for chunk in new.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO hot_grabs (packet_id, user_id, grab_id, part, amount, at_ms) ",
+                );
+                q.push_values(chunk, |mut b, g| {
+                    b.push_bind(packet_id.raw())
+                        .push_bind(g.user_id.as_str())
+                        .push_bind(g.grab_id.raw())
+                        .push_bind(i64::from(g.part))
+                        .push_bind(g.amount.get())
+                        .push_bind(ms_i(g.at_ms));
+                });
+                q.build().execute(&mut *tx).await.map_err(db_err)?;
             }
+            let events = new
+                .iter()
+                .map(|g| DomainEvent::PacketGrabbed {
+                    grab_id: g.grab_id,
+                    packet_id,
+                    sender: hot.def.sender.clone(),
+                    user_id: g.user_id.clone(),
+                    amount: g.amount,
+                    at_ms: g.at_ms,
+                })
+                .collect();
+            append(&mut tx, &self.ids, events).await?;
             if hot.status == PacketStatus::Empty {
                 sqlx::query("UPDATE hot_packets SET status = 'empty' WHERE packet_id = $1")
                     .bind(packet_id.raw())
@@ -509,7 +518,12 @@ impl HotStore for MemoryStore {
             append(
                 &mut tx,
                 &self.ids,
-                DomainEvent::PacketExpired { packet_id, sender: hot.def.sender.clone(), remaining, at_ms: now_ms },
+                vec![DomainEvent::PacketExpired {
+                    packet_id,
+                    sender: hot.def.sender.clone(),
+                    remaining,
+                    at_ms: now_ms,
+                }],
             )
             .await?;
             tx.commit().await.map_err(db_err)
@@ -536,47 +550,27 @@ impl MemoryStore {
     async fn write_seats(&self, info: &EventInfo, writes: &[SeatWrite], now_ms: u64) -> Result<(), StoreError> {
         let event_id = info.def.event_id;
         let mut tx = self.db.write.begin().await.map_err(db_err)?;
+        let mut events = Vec::with_capacity(writes.len());
+        // Holds are written many rows per statement; a release or confirm
+        // flushes the holds before it, so the file sees the ops in order.
+        let mut holds: Vec<&HotOrder> = Vec::new();
         for w in writes {
             match w {
                 SeatWrite::Hold(o) => {
-                    for s in &o.seats {
-                        sqlx::query(
-                            "INSERT INTO hot_seats (event_id, seat, state, order_id) VALUES ($1, $2, 'held', $3)",
-                        )
-                        .bind(event_id.raw())
-                        .bind(i64::from(*s))
-                        .bind(o.order_id.raw())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    }
-                    sqlx::query(
-                        "INSERT INTO hot_holds (order_id, event_id, expires_at_ms, body) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(o.order_id.raw())
-                    .bind(event_id.raw())
-                    .bind(ms_i(o.expires_at_ms))
-                    .bind(serde_json::to_string(o).map_err(corrupt)?)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                    append(
-                        &mut tx,
-                        &self.ids,
-                        DomainEvent::OrderHeld {
-                            order_id: o.order_id,
-                            event_id,
-                            user_id: o.user_id.clone(),
-                            amount: o.amount,
-                            created_at_ms: o.created_at_ms,
-                            expires_at_ms: o.expires_at_ms,
-                            seats: order_seats(info, &o.seats),
-                            attendees: o.attendees.clone(),
-                        },
-                    )
-                    .await?;
+                    holds.push(o);
+                    events.push(DomainEvent::OrderHeld {
+                        order_id: o.order_id,
+                        event_id,
+                        user_id: o.user_id.clone(),
+                        amount: o.amount,
+                        created_at_ms: o.created_at_ms,
+                        expires_at_ms: o.expires_at_ms,
+                        seats: order_seats(info, &o.seats),
+                        attendees: o.attendees.clone(),
+                    });
                 }
                 SeatWrite::Release { order, status } => {
+                    write_holds(&mut tx, event_id, &std::mem::take(&mut holds)).await?;
                     sqlx::query("DELETE FROM hot_seats WHERE event_id = $1 AND order_id = $2")
                         .bind(event_id.raw())
                         .bind(order.order_id.raw())
@@ -584,20 +578,16 @@ impl MemoryStore {
                         .await
                         .map_err(db_err)?;
                     delete_hold(&mut tx, order.order_id).await?;
-                    append(
-                        &mut tx,
-                        &self.ids,
-                        DomainEvent::OrderReleased {
-                            order_id: order.order_id,
-                            event_id,
-                            user_id: order.user_id.clone(),
-                            status: *status,
-                            at_ms: now_ms,
-                        },
-                    )
-                    .await?;
+                    events.push(DomainEvent::OrderReleased {
+                        order_id: order.order_id,
+                        event_id,
+                        user_id: order.user_id.clone(),
+                        status: *status,
+                        at_ms: now_ms,
+                    });
                 }
                 SeatWrite::Confirm { order } => {
+                    write_holds(&mut tx, event_id, &std::mem::take(&mut holds)).await?;
                     sqlx::query("UPDATE hot_seats SET state = 'sold' WHERE event_id = $1 AND order_id = $2")
                         .bind(event_id.raw())
                         .bind(order.order_id.raw())
@@ -612,20 +602,41 @@ impl MemoryStore {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_err)?;
-                    append(
-                        &mut tx,
-                        &self.ids,
-                        DomainEvent::OrderConfirmed {
-                            order_id: order.order_id,
-                            event_id,
-                            user_id: order.user_id.clone(),
-                            at_ms: now_ms,
-                        },
-                    )
-                    .await?;
+                    events.push(DomainEvent::OrderConfirmed {
+                        order_id: order.order_id,
+                        event_id,
+                        user_id: order.user_id.clone(),
+                        at_ms: now_ms,
+                    });
                 }
             }
         }
+        write_holds(&mut tx, event_id, &holds).await?;
+        append(&mut tx, &self.ids, events).await?;
         tx.commit().await.map_err(db_err)
     }
+}
+
+/// Writes holds: their seats as held, and the orders.
+async fn write_holds(conn: &mut SqliteConnection, event_id: Id, holds: &[&HotOrder]) -> Result<(), StoreError> {
+    let seats: Vec<(u32, i64)> = holds.iter().flat_map(|o| o.seats.iter().map(|s| (*s, o.order_id.raw()))).collect();
+    for chunk in seats.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hot_seats (event_id, seat, state, order_id) ");
+        q.push_values(chunk, |mut b, (seat, order)| {
+            b.push_bind(event_id.raw()).push_bind(i64::from(*seat)).push_bind("held").push_bind(*order);
+        });
+        q.build().execute(&mut *conn).await.map_err(db_err)?;
+    }
+    let mut rows = Vec::with_capacity(holds.len());
+    for o in holds {
+        rows.push((o.order_id.raw(), ms_i(o.expires_at_ms), serde_json::to_string(o).map_err(corrupt)?));
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hot_holds (order_id, event_id, expires_at_ms, body) ");
+        q.push_values(chunk, |mut b, (order, expires, body)| {
+            b.push_bind(*order).push_bind(event_id.raw()).push_bind(*expires).push_bind(body.as_str());
+        });
+        q.build().execute(&mut *conn).await.map_err(db_err)?;
+    }
+    Ok(())
 }

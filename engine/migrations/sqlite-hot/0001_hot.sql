@@ -1,5 +1,6 @@
--- Embedded hot store: what Redis holds in full mode, kept in the same SQLite
--- file so that a batch and its outbox events commit in one transaction.
+-- Embedded hot store (hot.db): what Redis holds in full mode, in its own
+-- SQLite file so that a batch and its outbox events commit in one transaction
+-- without waiting for the durable store's writer.
 
 CREATE TABLE hot_events (
     event_id BIGINT PRIMARY KEY,
