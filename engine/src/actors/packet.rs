@@ -21,12 +21,15 @@ pub struct PacketState {
     grabs: Vec<Grab>,
     /// Index into `grabs` per user: one grab per user.
     by_user: HashMap<String, usize>,
+    /// Sum of the grabs' amounts.
+    granted: Fen,
 }
 
 impl PacketState {
     pub fn from_snapshot(s: PacketSnapshot) -> Self {
         let by_user = s.grabs.iter().enumerate().map(|(i, g)| (g.user_id.clone(), i)).collect();
-        PacketState { def: s.def, status: s.status, grabs: s.grabs, by_user }
+        let granted = Fen::new(s.grabs.iter().map(|g| g.amount.get()).sum());
+        PacketState { def: s.def, status: s.status, grabs: s.grabs, by_user, granted }
     }
 
     /// Decides a grab and applies it to memory. The caller commits it.
@@ -43,6 +46,7 @@ impl PacketState {
         };
         let grab = Grab { grab_id, user_id: user_id.to_string(), part: part as u32, amount, at_ms: now_ms };
         self.by_user.insert(grab.user_id.clone(), part);
+        self.granted = Fen::new(self.granted.get() + amount.get());
         self.grabs.push(grab.clone());
         if self.grabs.len() == self.def.parts.len() {
             self.status = PacketStatus::Empty;
@@ -55,8 +59,7 @@ impl PacketState {
     }
 
     pub fn check_invariants(&self) {
-        let granted: i64 = self.grabs.iter().map(|g| g.amount.get()).sum();
-        assert!(granted <= self.def.total.get(), "grants exceed the packet total");
+        assert!(self.granted <= self.def.total, "grants exceed the packet total");
         assert_eq!(self.by_user.len(), self.grabs.len(), "a user holds two grabs");
     }
 }

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::Row;
 use tokio::sync::{Mutex, Notify};
 
+use super::commit::{insert_rows, stmt, Committer, WriteSet};
 use super::order_seats;
 use super::{
     DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder, SeatOp,
@@ -22,7 +23,7 @@ use super::{
 };
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
 use crate::durable::Db;
-use crate::events::{DomainEvent, Envelope};
+use crate::events::DomainEvent;
 
 struct EventHot {
     info: Arc<EventInfo>,
@@ -42,7 +43,6 @@ type DueQueue = BTreeSet<(u64, DueItem)>;
 
 pub struct MemoryStore {
     db: Db,
-    ids: Arc<IdGen>,
     seats_max: u32,
     events: DashMap<Id, Arc<Mutex<EventHot>>>,
     packets: DashMap<Id, Arc<Mutex<PacketHot>>>,
@@ -50,6 +50,8 @@ pub struct MemoryStore {
     due: StdMutex<DueQueue>,
     /// Woken after every commit that appended to the outbox.
     appended: Arc<Notify>,
+    /// Applies every write, grouped into shared transactions.
+    committer: Committer,
 }
 
 fn db_err(e: sqlx::Error) -> StoreError {
@@ -60,15 +62,6 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-async fn delete_hold(conn: &mut SqliteConnection, order_id: Id) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM hot_holds WHERE order_id = $1")
-        .bind(order_id.raw())
-        .execute(conn)
-        .await
-        .map_err(db_err)?;
-    Ok(())
-}
-
 fn ms_i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -77,28 +70,6 @@ fn lock_due(due: &StdMutex<DueQueue>) -> std::sync::MutexGuard<'_, DueQueue> {
     // A panic while holding this lock cannot leave the set half-changed
     // (single insert/remove calls), so a poisoned lock is still usable.
     due.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Rows per multi-row statement, well under SQLite's bound variables.
-const ROWS_PER_STATEMENT: usize = 500;
-
-/// Appends events to the outbox, many rows per statement: the hot path pays
-/// one round trip to the SQLite thread per few hundred events, not per event.
-async fn append(conn: &mut SqliteConnection, ids: &IdGen, events: Vec<DomainEvent>) -> Result<(), StoreError> {
-    let mut rows = Vec::with_capacity(events.len());
-    for event in events {
-        let env = Envelope { position: 0, event_id: ids.next(0), partition: event.entity_id().partition(), event };
-        let body = serde_json::to_string(&env).map_err(corrupt)?;
-        rows.push((env.event_id.raw(), i64::from(env.partition), body));
-    }
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (event_id, partition, body) ");
-        q.push_values(chunk, |mut b, (id, partition, body)| {
-            b.push_bind(*id).push_bind(*partition).push_bind(body.as_str());
-        });
-        q.build().execute(&mut *conn).await.map_err(db_err)?;
-    }
-    Ok(())
 }
 
 impl MemoryStore {
@@ -125,14 +96,16 @@ impl MemoryStore {
             let at: i64 = r.try_get("expires_at_ms").map_err(db_err)?;
             due.insert((at.max(0) as u64, DueItem::Packet { packet_id }));
         }
+        let appended = Arc::new(Notify::new());
+        let committer = Committer::spawn(db.clone(), ids.clone(), appended.clone());
         Ok(MemoryStore {
-            db,
-            ids,
+            db: db.clone(),
             seats_max,
             events: DashMap::new(),
             packets: DashMap::new(),
             due: StdMutex::new(due),
-            appended: Arc::new(Notify::new()),
+            committer,
+            appended,
         })
     }
 
@@ -340,7 +313,7 @@ impl HotStore for MemoryStore {
             return Ok(outcomes);
         }
         let info = hot.info.clone();
-        if let Err(e) = self.write_seats(&info, &writes, now_ms).await {
+        if let Err(e) = self.committer.commit(seat_writes(&info, &writes, now_ms)?).await {
             drop(hot);
             self.events.remove(&event_id);
             return Err(e);
@@ -357,7 +330,6 @@ impl HotStore for MemoryStore {
             }
         }
         drop(due);
-        self.appended.notify_one();
         Ok(outcomes)
     }
 
@@ -380,18 +352,12 @@ impl HotStore for MemoryStore {
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {
         let body = serde_json::to_string(def).map_err(corrupt)?;
-        let mut tx = self.db.write.begin().await.map_err(db_err)?;
-        sqlx::query("INSERT INTO hot_packets (packet_id, status, expires_at_ms, def) VALUES ($1, 'active', $2, $3)")
-            .bind(def.packet_id.raw())
-            .bind(ms_i(def.expires_at_ms))
-            .bind(body)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        append(
-            &mut tx,
-            &self.ids,
-            vec![DomainEvent::PacketCreated {
+        let set = WriteSet {
+            stmts: vec![stmt(
+                "INSERT INTO hot_packets (packet_id, status, expires_at_ms, def) VALUES (?, 'active', ?, ?)",
+                vec![def.packet_id.raw().into(), ms_i(def.expires_at_ms).into(), body.into()],
+            )],
+            events: vec![DomainEvent::PacketCreated {
                 packet_id: def.packet_id,
                 sender: def.sender.clone(),
                 kind: def.kind,
@@ -400,9 +366,8 @@ impl HotStore for MemoryStore {
                 expires_at_ms: def.expires_at_ms,
                 at_ms: def.created_at_ms,
             }],
-        )
-        .await?;
-        tx.commit().await.map_err(db_err)?;
+        };
+        self.committer.commit(set).await?;
         self.packets.insert(
             def.packet_id,
             Arc::new(Mutex::new(PacketHot {
@@ -413,7 +378,6 @@ impl HotStore for MemoryStore {
             })),
         );
         lock_due(&self.due).insert((def.expires_at_ms, DueItem::Packet { packet_id: def.packet_id }));
-        self.appended.notify_one();
         Ok(())
     }
 
@@ -451,51 +415,43 @@ impl HotStore for MemoryStore {
         if hot.grabs.len() == first_new {
             return Ok(outcomes);
         }
-        let result: Result<(), StoreError> = async {
-            let mut tx = self.db.write.begin().await.map_err(db_err)?;
-            let new = &hot.grabs[first_new..];
-            for chunk in new.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO hot_grabs (packet_id, user_id, grab_id, part, amount, at_ms) ",
-                );
-                q.push_values(chunk, |mut b, g| {
-                    b.push_bind(packet_id.raw())
-                        .push_bind(g.user_id.as_str())
-                        .push_bind(g.grab_id.raw())
-                        .push_bind(i64::from(g.part))
-                        .push_bind(g.amount.get())
-                        .push_bind(ms_i(g.at_ms));
-                });
-                q.build().execute(&mut *tx).await.map_err(db_err)?;
-            }
-            let events = new
-                .iter()
-                .map(|g| DomainEvent::PacketGrabbed {
-                    grab_id: g.grab_id,
-                    packet_id,
-                    sender: hot.def.sender.clone(),
-                    user_id: g.user_id.clone(),
-                    amount: g.amount,
-                    at_ms: g.at_ms,
-                })
-                .collect();
-            append(&mut tx, &self.ids, events).await?;
-            if hot.status == PacketStatus::Empty {
-                sqlx::query("UPDATE hot_packets SET status = 'empty' WHERE packet_id = $1")
-                    .bind(packet_id.raw())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            }
-            tx.commit().await.map_err(db_err)
+        let new = &hot.grabs[first_new..];
+        let rows = new
+            .iter()
+            .map(|g| {
+                vec![
+                    packet_id.raw().into(),
+                    g.user_id.as_str().into(),
+                    g.grab_id.raw().into(),
+                    i64::from(g.part).into(),
+                    g.amount.get().into(),
+                    ms_i(g.at_ms).into(),
+                ]
+            })
+            .collect();
+        let mut stmts = insert_rows("hot_grabs (packet_id, user_id, grab_id, part, amount, at_ms)", rows);
+        if hot.status == PacketStatus::Empty {
+            stmts.push(stmt(
+                "UPDATE hot_packets SET status = 'empty' WHERE packet_id = ?",
+                vec![packet_id.raw().into()],
+            ));
         }
-        .await;
-        if let Err(e) = result {
+        let events = new
+            .iter()
+            .map(|g| DomainEvent::PacketGrabbed {
+                grab_id: g.grab_id,
+                packet_id,
+                sender: hot.def.sender.clone(),
+                user_id: g.user_id.clone(),
+                amount: g.amount,
+                at_ms: g.at_ms,
+            })
+            .collect();
+        if let Err(e) = self.committer.commit(WriteSet { stmts, events }).await {
             drop(hot);
             self.packets.remove(&packet_id);
             return Err(e);
         }
-        self.appended.notify_one();
         Ok(outcomes)
     }
 
@@ -508,35 +464,25 @@ impl HotStore for MemoryStore {
             return Ok(None);
         }
         let remaining = Fen::new(hot.def.parts[hot.grabs.len()..].iter().map(|p| p.get()).sum());
-        let result: Result<(), StoreError> = async {
-            let mut tx = self.db.write.begin().await.map_err(db_err)?;
-            sqlx::query("UPDATE hot_packets SET status = 'expired' WHERE packet_id = $1")
-                .bind(packet_id.raw())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            append(
-                &mut tx,
-                &self.ids,
-                vec![DomainEvent::PacketExpired {
-                    packet_id,
-                    sender: hot.def.sender.clone(),
-                    remaining,
-                    at_ms: now_ms,
-                }],
-            )
-            .await?;
-            tx.commit().await.map_err(db_err)
-        }
-        .await;
-        if let Err(e) = result {
+        let set = WriteSet {
+            stmts: vec![stmt(
+                "UPDATE hot_packets SET status = 'expired' WHERE packet_id = ?",
+                vec![packet_id.raw().into()],
+            )],
+            events: vec![DomainEvent::PacketExpired {
+                packet_id,
+                sender: hot.def.sender.clone(),
+                remaining,
+                at_ms: now_ms,
+            }],
+        };
+        if let Err(e) = self.committer.commit(set).await {
             drop(hot);
             self.packets.remove(&packet_id);
             return Err(e);
         }
         hot.status = PacketStatus::Expired;
         lock_due(&self.due).remove(&(hot.def.expires_at_ms, DueItem::Packet { packet_id }));
-        self.appended.notify_one();
         Ok(Some(remaining))
     }
 
@@ -546,97 +492,83 @@ impl HotStore for MemoryStore {
     }
 }
 
-impl MemoryStore {
-    async fn write_seats(&self, info: &EventInfo, writes: &[SeatWrite], now_ms: u64) -> Result<(), StoreError> {
-        let event_id = info.def.event_id;
-        let mut tx = self.db.write.begin().await.map_err(db_err)?;
-        let mut events = Vec::with_capacity(writes.len());
-        // Holds are written many rows per statement; a release or confirm
-        // flushes the holds before it, so the file sees the ops in order.
-        let mut holds: Vec<&HotOrder> = Vec::new();
-        for w in writes {
-            match w {
-                SeatWrite::Hold(o) => {
-                    holds.push(o);
-                    events.push(DomainEvent::OrderHeld {
-                        order_id: o.order_id,
-                        event_id,
-                        user_id: o.user_id.clone(),
-                        amount: o.amount,
-                        created_at_ms: o.created_at_ms,
-                        expires_at_ms: o.expires_at_ms,
-                        seats: order_seats(info, &o.seats),
-                        attendees: o.attendees.clone(),
-                    });
-                }
-                SeatWrite::Release { order, status } => {
-                    write_holds(&mut tx, event_id, &std::mem::take(&mut holds)).await?;
-                    sqlx::query("DELETE FROM hot_seats WHERE event_id = $1 AND order_id = $2")
-                        .bind(event_id.raw())
-                        .bind(order.order_id.raw())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    delete_hold(&mut tx, order.order_id).await?;
-                    events.push(DomainEvent::OrderReleased {
-                        order_id: order.order_id,
-                        event_id,
-                        user_id: order.user_id.clone(),
-                        status: *status,
-                        at_ms: now_ms,
-                    });
-                }
-                SeatWrite::Confirm { order } => {
-                    write_holds(&mut tx, event_id, &std::mem::take(&mut holds)).await?;
-                    sqlx::query("UPDATE hot_seats SET state = 'sold' WHERE event_id = $1 AND order_id = $2")
-                        .bind(event_id.raw())
-                        .bind(order.order_id.raw())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    delete_hold(&mut tx, order.order_id).await?;
-                    sqlx::query("INSERT INTO hot_paid (order_id, event_id, body) VALUES ($1, $2, $3)")
-                        .bind(order.order_id.raw())
-                        .bind(event_id.raw())
-                        .bind(serde_json::to_string(order).map_err(corrupt)?)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_err)?;
-                    events.push(DomainEvent::OrderConfirmed {
-                        order_id: order.order_id,
-                        event_id,
-                        user_id: order.user_id.clone(),
-                        at_ms: now_ms,
-                    });
-                }
+/// The writes of accepted seat ops, in order.
+fn seat_writes(info: &EventInfo, writes: &[SeatWrite], now_ms: u64) -> Result<WriteSet, StoreError> {
+    let event_id = info.def.event_id;
+    let e = event_id.raw();
+    let mut set = WriteSet::default();
+    // Consecutive holds share multi-row statements; a release or confirm
+    // flushes the holds before it, so the file sees the ops in order.
+    let mut holds: Vec<&HotOrder> = Vec::new();
+    for w in writes {
+        match w {
+            SeatWrite::Hold(o) => {
+                holds.push(o);
+                set.events.push(DomainEvent::OrderHeld {
+                    order_id: o.order_id,
+                    event_id,
+                    user_id: o.user_id.clone(),
+                    amount: o.amount,
+                    created_at_ms: o.created_at_ms,
+                    expires_at_ms: o.expires_at_ms,
+                    seats: order_seats(info, &o.seats),
+                    attendees: o.attendees.clone(),
+                });
+            }
+            SeatWrite::Release { order, status } => {
+                hold_rows(&mut set, e, &std::mem::take(&mut holds))?;
+                let o = order.order_id.raw();
+                set.stmts
+                    .push(stmt("DELETE FROM hot_seats WHERE event_id = ? AND order_id = ?", vec![e.into(), o.into()]));
+                set.stmts.push(stmt("DELETE FROM hot_holds WHERE order_id = ?", vec![o.into()]));
+                set.events.push(DomainEvent::OrderReleased {
+                    order_id: order.order_id,
+                    event_id,
+                    user_id: order.user_id.clone(),
+                    status: *status,
+                    at_ms: now_ms,
+                });
+            }
+            SeatWrite::Confirm { order } => {
+                hold_rows(&mut set, e, &std::mem::take(&mut holds))?;
+                let o = order.order_id.raw();
+                let body = serde_json::to_string(order).map_err(corrupt)?;
+                set.stmts.push(stmt(
+                    "UPDATE hot_seats SET state = 'sold' WHERE event_id = ? AND order_id = ?",
+                    vec![e.into(), o.into()],
+                ));
+                set.stmts.push(stmt("DELETE FROM hot_holds WHERE order_id = ?", vec![o.into()]));
+                set.stmts.push(stmt(
+                    "INSERT INTO hot_paid (order_id, event_id, body) VALUES (?, ?, ?)",
+                    vec![o.into(), e.into(), body.into()],
+                ));
+                set.events.push(DomainEvent::OrderConfirmed {
+                    order_id: order.order_id,
+                    event_id,
+                    user_id: order.user_id.clone(),
+                    at_ms: now_ms,
+                });
             }
         }
-        write_holds(&mut tx, event_id, &holds).await?;
-        append(&mut tx, &self.ids, events).await?;
-        tx.commit().await.map_err(db_err)
     }
+    hold_rows(&mut set, e, &holds)?;
+    Ok(set)
 }
 
-/// Writes holds: their seats as held, and the orders.
-async fn write_holds(conn: &mut SqliteConnection, event_id: Id, holds: &[&HotOrder]) -> Result<(), StoreError> {
-    let seats: Vec<(u32, i64)> = holds.iter().flat_map(|o| o.seats.iter().map(|s| (*s, o.order_id.raw()))).collect();
-    for chunk in seats.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hot_seats (event_id, seat, state, order_id) ");
-        q.push_values(chunk, |mut b, (seat, order)| {
-            b.push_bind(event_id.raw()).push_bind(i64::from(*seat)).push_bind("held").push_bind(*order);
-        });
-        q.build().execute(&mut *conn).await.map_err(db_err)?;
-    }
+/// Holds: their seats as held, and the orders.
+fn hold_rows(set: &mut WriteSet, event_id: i64, holds: &[&HotOrder]) -> Result<(), StoreError> {
+    let seats = holds
+        .iter()
+        .flat_map(|o| {
+            o.seats.iter().map(|s| vec![event_id.into(), i64::from(*s).into(), "held".into(), o.order_id.raw().into()])
+        })
+        .collect();
+    set.stmts.extend(insert_rows("hot_seats (event_id, seat, state, order_id)", seats));
     let mut rows = Vec::with_capacity(holds.len());
     for o in holds {
-        rows.push((o.order_id.raw(), ms_i(o.expires_at_ms), serde_json::to_string(o).map_err(corrupt)?));
+        let body = serde_json::to_string(o).map_err(corrupt)?;
+        rows.push(vec![o.order_id.raw().into(), event_id.into(), ms_i(o.expires_at_ms).into(), body.into()]);
     }
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO hot_holds (order_id, event_id, expires_at_ms, body) ");
-        q.push_values(chunk, |mut b, (order, expires, body)| {
-            b.push_bind(*order).push_bind(event_id.raw()).push_bind(*expires).push_bind(body.as_str());
-        });
-        q.build().execute(&mut *conn).await.map_err(db_err)?;
-    }
+    set.stmts.extend(insert_rows("hot_holds (order_id, event_id, expires_at_ms, body)", rows));
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! applies the accepted ones atomically and appends their events to the
 //! outbox in the same step. `memory.rs` is the embedded implementation.
 
+pub mod commit;
 pub mod memory;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{EventDef, EventInfo, Fen, Id, OrderStatus, PacketKind, PacketStatus, SeatIdx};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("hot store unavailable: {0}")]
     Unavailable(String),
