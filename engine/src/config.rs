@@ -125,6 +125,9 @@ pub struct SqliteConfig {
     pub busy_timeout_ms: u64,
     /// Readers; writes go through one connection so they never conflict.
     pub read_pool_max: u32,
+    /// How often a background connection checkpoints the WAL, so that the
+    /// writer's own checkpoints stay short.
+    pub checkpoint_every_ms: u64,
 }
 
 impl Default for Config {
@@ -216,7 +219,7 @@ impl Default for WorkerConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig { busy_timeout_ms: 5_000, read_pool_max: 4 }
+        SqliteConfig { busy_timeout_ms: 5_000, read_pool_max: 4, checkpoint_every_ms: 200 }
     }
 }
 
