@@ -191,7 +191,8 @@ pub async fn drive(name: &str, opts: &LoadOpts, workload: Arc<dyn Workload>) -> 
         total_per_s: all.total as f64 / secs,
         latency: Latency::of(&all.latency),
         outcomes: all.outcomes,
-        timeline: timeline.points(elapsed.as_secs_f64().ceil() as usize),
+        // Whole seconds only: a last partial second would plot as a drop.
+        timeline: timeline.points(elapsed.as_secs() as usize),
     }
 }
 

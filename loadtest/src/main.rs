@@ -52,6 +52,10 @@ struct Cli {
     /// Where the JSON result and SVG chart go.
     #[arg(long, default_value = "loadtest-results")]
     out: PathBuf,
+    /// Run only this stage: grab-hot, grab-spread, seats-category,
+    /// seats-named or mixed (the ceiling and the checks still run).
+    #[arg(long)]
+    stage: Option<String>,
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         settle_s: cli.settle,
         ceiling: !cli.no_ceiling,
         progress: true,
+        only: cli.stage,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
     let report = rt.block_on(run(opts))?;

@@ -32,18 +32,22 @@ pub fn chart(report: &Report) -> String {
     const PAD_T: f64 = 30.0;
     const PAD_B: f64 = 30.0;
     let panels = panels(report);
-    let total_h = H * panels.len() as f64 + 40.0;
+    let total_h = H * panels.len() as f64 + 50.0;
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{total_h}" font-family="sans-serif" font-size="12">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{total_h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="10" y="22" font-size="15">rush-loadtest {:?}, {} tasks, {}</text>
-"#,
-        report.scenario, report.concurrency, report.started_at
+<text x="{legend_x}" y="38"><tspan fill="#1f5fbf">── successful ops/s (left axis)</tspan>  <tspan fill="#c0392b">- - p99 latency, ms (right axis)</tspan></text>
+"##,
+        report.scenario,
+        report.concurrency,
+        report.started_at,
+        legend_x = 10.0,
     );
     for (i, st) in panels.iter().enumerate() {
-        let top = 40.0 + i as f64 * H;
+        let top = 50.0 + i as f64 * H;
         let (x0, x1, y0, y1) = (PAD_L, W - PAD_R, top + PAD_T, top + H - PAD_B);
         let n = st.timeline.len().max(2) as f64;
         let ok_max = st.timeline.iter().map(|p| p.ok).max().unwrap_or(1).max(1) as f64 * 1.1;

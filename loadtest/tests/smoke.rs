@@ -44,6 +44,7 @@ fn small(addr: SocketAddr, scenario: Scenario, model: Model) -> RunOpts {
         settle_s: 20,
         ceiling: true,
         progress: false,
+        only: None,
     }
 }
 

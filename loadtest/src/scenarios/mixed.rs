@@ -52,14 +52,16 @@ impl Workload for MixedLoad {
         let req = match n % 20 {
             0..7 => {
                 let e = mix % self.events.ids.len();
-                let cat = ["a", "b"][n / 20 % 2];
+                // A bit of the hash apart from the one choosing the event.
+                let c = (mix >> 12) % 2;
+                let cat = ["a", "b"][c];
                 let body = json!({"event_id": self.events.ids[e], "category": cat, "quantity": 1});
                 Req {
                     method: Method::POST,
                     path: self.orders.clone(),
                     token,
                     body: Some(Bytes::from(body.to_string())),
-                    tag: [HOLD, e as u32, (user as u32) << 1 | (n / 20 % 2) as u32],
+                    tag: [HOLD, e as u32, (user as u32) << 1 | c as u32],
                 }
             }
             7..14 => {

@@ -50,6 +50,8 @@ pub struct RunOpts {
     pub settle_s: u64,
     pub ceiling: bool,
     pub progress: bool,
+    /// Run only the stage of this name (e.g. `grab-hot`); checks still run.
+    pub only: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +93,12 @@ async fn stage(name: &str, opts: &RunOpts, w: Arc<dyn Workload>) -> StageResult 
     drive(name, &opts.load(), w).await
 }
 
+impl RunOpts {
+    fn runs(&self, stage: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == stage)
+    }
+}
+
 pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
     let started_at = chrono::Utc::now().to_rfc3339();
     let run_id = format!("lt{:08x}", fastrand::u32(..));
@@ -98,7 +106,13 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
     let users: Vec<String> = (0..opts.users).map(|i| format!("{run_id}-u{i}")).collect();
     let tokens = Arc::new(api.tokens(&users).await?);
 
-    let ceiling = if opts.ceiling { Some(stage("ceiling", &opts, Arc::new(Ceiling::new())).await) } else { None };
+    // The ceiling is the most the machine serves: always closed loop.
+    let ceiling = if opts.ceiling {
+        let closed = RunOpts { model: Model::Closed, ..opts.clone() };
+        Some(stage("ceiling", &closed, Arc::new(Ceiling::new())).await)
+    } else {
+        None
+    };
     let mut checks = Checks::default();
     let mut stages = Vec::new();
     match opts.scenario {
@@ -106,9 +120,13 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             let (packets, sender) = make_packets(&mut api, &run_id, opts.packets * 2, opts.parts).await?;
             let n = opts.packets;
             let hot = GrabLoad::new(packets.clone(), tokens.clone(), 0, n, 1, opts.concurrency);
-            stages.push(stage("grab-hot", &opts, Arc::new(hot)).await);
+            if opts.runs("grab-hot") {
+                stages.push(stage("grab-hot", &opts, Arc::new(hot)).await);
+            }
             let spread = GrabLoad::new(packets.clone(), tokens.clone(), n, 2 * n, opts.spread.min(n), opts.concurrency);
-            stages.push(stage("grab-spread", &opts, Arc::new(spread)).await);
+            if opts.runs("grab-spread") {
+                stages.push(stage("grab-spread", &opts, Arc::new(spread)).await);
+            }
             packets.check(&api, &users, &sender.token, &mut checks).await?;
             check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
         }
@@ -116,16 +134,22 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             let n = opts.events;
             let events = Arc::new(Events::create(&mut api, &run_id, 2 * n, opts.rows, opts.cols).await?);
             let by_category = CategoryLoad::new(events.clone(), tokens.clone(), 0, n);
-            stages.push(stage("seats-category", &opts, Arc::new(by_category)).await);
+            if opts.runs("seats-category") {
+                stages.push(stage("seats-category", &opts, Arc::new(by_category)).await);
+            }
             let named = NamedLoad::new(events.clone(), tokens.clone(), n, 2 * n);
-            stages.push(stage("seats-named", &opts, Arc::new(named)).await);
+            if opts.runs("seats-named") {
+                stages.push(stage("seats-named", &opts, Arc::new(named)).await);
+            }
             events.check(&api, &users, &mut checks).await?;
         }
         Scenario::Mixed => {
             let events = Arc::new(Events::create(&mut api, &run_id, opts.events, opts.rows, opts.cols).await?);
             let (packets, sender) = make_packets(&mut api, &run_id, opts.packets, opts.parts).await?;
             let mixed = mixed::MixedLoad::new(events.clone(), packets.clone(), tokens.clone());
-            stages.push(stage("mixed", &opts, Arc::new(mixed)).await);
+            if opts.runs("mixed") {
+                stages.push(stage("mixed", &opts, Arc::new(mixed)).await);
+            }
             events.check(&api, &users, &mut checks).await?;
             packets.check(&api, &users, &sender.token, &mut checks).await?;
             check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
