@@ -162,7 +162,7 @@ pub async fn drive(name: &str, opts: &LoadOpts, workload: Arc<dyn Workload>) -> 
                     };
                     let second = send_at.saturating_duration_since(start).as_secs() as usize;
                     timeline.record(second, ok, latency_us);
-                    rec.record(latency_us, ok, outcome);
+                    rec.record(second, latency_us, ok, outcome);
                 }
                 rec
             })
@@ -192,7 +192,13 @@ pub async fn drive(name: &str, opts: &LoadOpts, workload: Arc<dyn Workload>) -> 
         latency: Latency::of(&all.latency),
         outcomes: all.outcomes,
         // Whole seconds only: a last partial second would plot as a drop.
-        timeline: timeline.points(elapsed.as_secs() as usize),
+        timeline: {
+            let mut points = timeline.points(elapsed.as_secs() as usize);
+            for (p, o) in points.iter_mut().zip(all.outcomes_by_second.iter_mut()) {
+                p.outcomes = std::mem::take(o);
+            }
+            points
+        },
     }
 }
 

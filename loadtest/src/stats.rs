@@ -83,7 +83,13 @@ impl Timeline {
                         break;
                     }
                 }
-                TimelinePoint { t_s: t as u64, ok: s.ok.load(Ordering::Relaxed), total, p99_ms: p99 as f64 / 1000.0 }
+                TimelinePoint {
+                    t_s: t as u64,
+                    ok: s.ok.load(Ordering::Relaxed),
+                    total,
+                    p99_ms: p99 as f64 / 1000.0,
+                    outcomes: BTreeMap::new(),
+                }
             })
             .collect()
     }
@@ -95,6 +101,8 @@ pub struct TimelinePoint {
     pub ok: u64,
     pub total: u64,
     pub p99_ms: f64,
+    /// Answers of this second by status and error code.
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 /// One load task's private figures.
@@ -102,8 +110,10 @@ pub struct Recorder {
     pub latency: Histogram<u64>,
     pub ok: u64,
     pub total: u64,
-    /// `"201"`, `"409 sold_out"`, `"error connect"`, … → count.
+    /// `"201"`, `"409 sold_out"`, `"transport_error"`, … → count.
     pub outcomes: BTreeMap<String, u64>,
+    /// The same, per second of the run.
+    pub outcomes_by_second: Vec<BTreeMap<String, u64>>,
 }
 
 impl Default for Recorder {
@@ -119,15 +129,20 @@ impl Recorder {
             ok: 0,
             total: 0,
             outcomes: BTreeMap::new(),
+            outcomes_by_second: Vec::new(),
         }
     }
 
-    pub fn record(&mut self, latency_us: u64, ok: bool, outcome: String) {
+    pub fn record(&mut self, second: usize, latency_us: u64, ok: bool, outcome: String) {
         self.latency.saturating_record(latency_us.clamp(1, LATENCY_MAX_US));
         self.total += 1;
         if ok {
             self.ok += 1;
         }
+        if self.outcomes_by_second.len() <= second {
+            self.outcomes_by_second.resize_with(second + 1, BTreeMap::new);
+        }
+        *self.outcomes_by_second[second].entry(outcome.clone()).or_default() += 1;
         *self.outcomes.entry(outcome).or_default() += 1;
     }
 
@@ -137,6 +152,14 @@ impl Recorder {
         self.total += other.total;
         for (k, v) in &other.outcomes {
             *self.outcomes.entry(k.clone()).or_default() += v;
+        }
+        if self.outcomes_by_second.len() < other.outcomes_by_second.len() {
+            self.outcomes_by_second.resize_with(other.outcomes_by_second.len(), BTreeMap::new);
+        }
+        for (mine, theirs) in self.outcomes_by_second.iter_mut().zip(&other.outcomes_by_second) {
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_default() += v;
+            }
         }
     }
 }

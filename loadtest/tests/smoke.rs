@@ -63,6 +63,11 @@ async fn every_scenario_runs_and_finds_no_violation() {
         assert!(!report.checks.is_empty());
         assert!(report.stages.iter().all(|s| s.ok > 0), "{text}");
         assert!(report.ceiling.as_ref().is_some_and(|c| c.ok > 0));
+        for st in &report.stages {
+            for p in &st.timeline {
+                assert_eq!(p.outcomes.values().sum::<u64>(), p.total, "{}: second {}", st.name, p.t_s);
+            }
+        }
         let out = tempfile::tempdir().expect("out");
         let (json, svg) = rush_loadtest::report::write(&report, out.path()).expect("write");
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json).expect("json")).expect("parse");
