@@ -2,6 +2,7 @@
 //! runs against any rush.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
@@ -74,59 +75,61 @@ impl Api {
         id(&v, "packet_id")
     }
 
-    /// GETs many paths in parallel, in order.
+    /// GETs many paths in parallel; answers in order.
     pub async fn get_many(&self, paths: Vec<(String, Arc<str>)>) -> anyhow::Result<Vec<(u16, Value)>> {
-        let paths = Arc::new(paths);
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..SETUP_PARALLEL {
-            let (paths, next, addr) = (paths.clone(), next.clone(), self.addr);
-            tasks.push(tokio::spawn(async move {
-                let mut conn = Conn::new(addr);
-                let mut out = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((path, token)) = paths.get(i) else { break };
-                    out.push((i, conn.json(Method::GET, path, Some(token), None).await?));
-                }
-                anyhow::Ok(out)
-            }));
-        }
-        let mut all = vec![(0u16, Value::Null); paths.len()];
-        for t in tasks {
-            for (i, r) in t.await.context("get task")?? {
-                all[i] = r;
-            }
-        }
-        Ok(all)
+        parallel(self.addr, paths, |mut conn, (path, token)| async move {
+            let answer = conn.json(Method::GET, &path, Some(&token), None).await?;
+            Ok((conn, answer))
+        })
+        .await
     }
 
-    /// Mints a token per user id, in parallel.
+    /// Mints a token per user id, in parallel; tokens in order.
     pub async fn tokens(&self, users: &[String]) -> anyhow::Result<Vec<Arc<str>>> {
-        let users = Arc::new(users.to_vec());
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..SETUP_PARALLEL {
-            let (users, next, addr) = (users.clone(), next.clone(), self.addr);
-            tasks.push(tokio::spawn(async move {
-                let mut conn = Conn::new(addr);
-                let mut out = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(u) = users.get(i) else { break };
-                    out.push((i, token_with(&mut conn, u, "user").await?));
-                }
-                anyhow::Ok(out)
-            }));
-        }
-        let mut all: Vec<Arc<str>> = vec![Arc::from(""); users.len()];
-        for t in tasks {
-            for (i, tok) in t.await.context("token task")?? {
-                all[i] = tok;
-            }
-        }
-        Ok(all)
+        parallel(self.addr, users.to_vec(), |mut conn, user| async move {
+            let token = token_with(&mut conn, &user, "user").await?;
+            Ok((conn, token))
+        })
+        .await
     }
+}
+
+/// Runs `f` over `items` on [`SETUP_PARALLEL`] connections (each call gets a
+/// connection and hands it back); results in the order of `items`.
+async fn parallel<T, R, F, Fut>(addr: SocketAddr, items: Vec<T>, f: F) -> anyhow::Result<Vec<R>>
+where
+    T: Clone + Send + Sync + 'static,
+    R: Send + 'static,
+    F: Fn(Conn, T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<(Conn, R)>> + Send,
+{
+    let n = items.len();
+    let items = Arc::new(items);
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..SETUP_PARALLEL.min(n) {
+        let (items, f, next) = (items.clone(), f.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(addr);
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i).cloned() else { break };
+                let (c, r) = f(conn, item).await?;
+                conn = c;
+                out.push((i, r));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    for t in tasks {
+        for (i, r) in t.await.context("setup task")?? {
+            all[i] = Some(r);
+        }
+    }
+    all.into_iter().map(|r| r.ok_or_else(|| anyhow!("a setup call gave no answer"))).collect()
 }
 
 async fn token_with(conn: &mut Conn, user: &str, role: &str) -> anyhow::Result<Arc<str>> {
