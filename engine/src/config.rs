@@ -72,6 +72,9 @@ pub struct EventConfig {
     pub per_user_default: u32,
     /// Most attendees named on one order.
     pub attendees_max: usize,
+    /// Dearest ticket in fen (100 000.00 by default); with `seats_max` it
+    /// keeps every order's amount far from overflowing.
+    pub price_max_fen: i64,
     pub name_len_max: usize,
 }
 
@@ -175,6 +178,7 @@ impl Default for EventConfig {
             per_order_default: 6,
             per_user_default: 6,
             attendees_max: 20,
+            price_max_fen: 10_000_000,
             name_len_max: 200,
         }
     }

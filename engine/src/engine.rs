@@ -217,8 +217,8 @@ impl Engine {
             if !seen.insert(c.id.clone()) {
                 return Err(invalid(format!("category {} appears twice", c.id)));
             }
-            if c.price < 0 || c.price > self.cfg.packets.total_max_fen * 100 {
-                return Err(invalid("price must be a non-negative number of fen"));
+            if c.price < 0 || c.price > ec.price_max_fen {
+                return Err(invalid(format!("price must be 0-{} fen", ec.price_max_fen)));
             }
             categories.push(Category { id: c.id, name: c.name, price: Fen::new(c.price) });
         }
@@ -230,8 +230,12 @@ impl Engine {
             per_order: input.limits.as_ref().and_then(|l| l.per_order).unwrap_or(ec.per_order_default),
             per_user: input.limits.as_ref().and_then(|l| l.per_user).unwrap_or(ec.per_user_default),
         };
-        if limits.per_order == 0 || limits.per_user == 0 || limits.per_order > ec.seats_max {
-            return Err(invalid("limits must be at least 1"));
+        if limits.per_order == 0
+            || limits.per_user == 0
+            || limits.per_order > ec.seats_max
+            || limits.per_user > ec.seats_max
+        {
+            return Err(invalid(format!("limits must be 1-{}", ec.seats_max)));
         }
         let cat_ids: Vec<&str> = categories.iter().map(|c| c.id.as_str()).collect();
         let map = match (input.layout, input.seats) {
