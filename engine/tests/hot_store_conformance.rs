@@ -1,0 +1,322 @@
+//! The hot-store contract, written against the `HotStore` trait so that
+//! every implementation runs the same tests: the embedded memory store
+//! now, the Redis store when it lands (add a fixture below).
+//!
+//! Each check states one rule of the arbiter: what it applies, what it
+//! rejects (without writing anything), and what survives a reopen.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::Utc;
+use rush_engine::domain::{
+    Category, EventDef, Fen, Id, IdGen, Limits, OrderStatus, PacketKind, PacketStatus, SeatMap, SectionLayout,
+};
+use rush_engine::durable::{Db, Schema};
+use rush_engine::store::memory::MemoryStore;
+use rush_engine::store::{DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, SeatOp, SeatState};
+use rush_engine::Config;
+
+/// Opens a store; called again on the same fixture, it must see what the
+/// previous store committed (a restart).
+trait Fixture {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>>;
+    fn ids(&self) -> Arc<IdGen>;
+}
+
+struct Memory {
+    dir: tempfile::TempDir,
+    ids: Arc<IdGen>,
+}
+
+impl Memory {
+    fn new() -> Self {
+        Memory { dir: tempfile::tempdir().expect("dir"), ids: Arc::new(IdGen::new(1).expect("ids")) }
+    }
+}
+
+impl Fixture for Memory {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>> {
+        Box::pin(async move {
+            let cfg = Config::default();
+            let db = Db::open(self.dir.path(), Schema::Hot, &cfg.sqlite).await.expect("db");
+            let store = MemoryStore::open(db, self.ids.clone(), 1000).await.expect("store");
+            Arc::new(store) as Arc<dyn HotStore>
+        })
+    }
+
+    fn ids(&self) -> Arc<IdGen> {
+        self.ids.clone()
+    }
+}
+
+fn event_def(ids: &IdGen, cols: u32) -> EventDef {
+    EventDef {
+        event_id: ids.next(0),
+        name: "conformance".into(),
+        venue: "lab".into(),
+        starts_at: Utc::now(),
+        hold_ttl_s: 60,
+        limits: Limits { per_order: 4, per_user: 4 },
+        categories: vec![Category { id: "c".into(), name: "C".into(), price: Fen::new(250) }],
+        seats: SeatMap::from_layout(
+            &[SectionLayout { name: "A".into(), rows: 1, cols, category: "c".into() }],
+            &["c"],
+            1000,
+        )
+        .expect("map")
+        .seats()
+        .to_vec(),
+    }
+}
+
+fn hold(ids: &IdGen, event: Id, user: &str, seats: Vec<u32>, expires_at_ms: u64) -> HotOrder {
+    HotOrder {
+        order_id: ids.next(0),
+        event_id: event,
+        user_id: user.into(),
+        amount: Fen::new(250 * seats.len() as i64),
+        seats,
+        created_at_ms: 1,
+        expires_at_ms,
+        attendees: vec![],
+    }
+}
+
+fn packet_def(ids: &IdGen, parts: &[i64], expires_at_ms: u64) -> PacketDef {
+    PacketDef {
+        packet_id: ids.next(0),
+        sender: "sender".into(),
+        kind: PacketKind::Lucky,
+        total: Fen::new(parts.iter().sum()),
+        count: parts.len() as u32,
+        greeting: String::new(),
+        created_at_ms: 1,
+        expires_at_ms,
+        parts: parts.iter().map(|p| Fen::new(*p)).collect(),
+    }
+}
+
+fn grab(ids: &IdGen, user: &str, part: u32, amount: i64) -> Grab {
+    Grab { grab_id: ids.next(0), user_id: user.into(), part, amount: Fen::new(amount), at_ms: 10 }
+}
+
+const FAR: u64 = u64::MAX / 4;
+
+async fn seats_hold_release_confirm(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = event_def(&ids, 4);
+    store.create_event(&def).await.expect("create");
+    let e = def.event_id;
+    let a = hold(&ids, e, "a", vec![0, 1], FAR);
+    let b = hold(&ids, e, "b", vec![1, 2], FAR);
+    let c = hold(&ids, e, "c", vec![3], FAR);
+    let out = store
+        .apply_seats(e, &[SeatOp::Hold(a.clone()), SeatOp::Hold(b.clone()), SeatOp::Hold(c.clone())], 5)
+        .await
+        .expect("apply");
+    assert_eq!(
+        out,
+        vec![OpOutcome::Applied, OpOutcome::Rejected, OpOutcome::Applied],
+        "an overlapping hold is rejected"
+    );
+    // A rejected op wrote nothing: seat 2 is still free.
+    let snap = store.load_event(e).await.expect("load").expect("event");
+    assert_eq!(
+        snap.seats,
+        vec![
+            SeatState::Held(a.order_id),
+            SeatState::Held(a.order_id),
+            SeatState::Available,
+            SeatState::Held(c.order_id)
+        ]
+    );
+    assert_eq!(store.order(a.order_id).await.expect("order"), Some((a.clone(), OrderStatus::PendingPayment)));
+    assert_eq!(store.order(b.order_id).await.expect("order"), None);
+
+    let out = store
+        .apply_seats(
+            e,
+            &[
+                SeatOp::Release { order_id: a.order_id, status: OrderStatus::Cancelled },
+                SeatOp::Release { order_id: a.order_id, status: OrderStatus::Cancelled },
+                SeatOp::Confirm { order_id: c.order_id },
+                SeatOp::Confirm { order_id: b.order_id },
+            ],
+            6,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![OpOutcome::Applied, OpOutcome::Rejected, OpOutcome::Applied, OpOutcome::Rejected]);
+    assert_eq!(store.order(a.order_id).await.expect("order"), None, "a released hold is gone");
+    assert_eq!(store.order(c.order_id).await.expect("order"), Some((c.clone(), OrderStatus::Paid)));
+    let out = store
+        .apply_seats(e, &[SeatOp::Release { order_id: c.order_id, status: OrderStatus::Cancelled }], 7)
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![OpOutcome::Rejected], "a sold order cannot be released");
+
+    // Everything above survives a restart.
+    drop(store);
+    let store = f.open().await;
+    let snap = store.load_event(e).await.expect("load").expect("event");
+    assert_eq!(
+        snap.seats,
+        vec![SeatState::Available, SeatState::Available, SeatState::Available, SeatState::Sold(c.order_id)]
+    );
+    assert!(snap.holds.is_empty());
+    assert_eq!(snap.paid.get(&c.order_id).map(|p| p.seats.clone()), Some(vec![3]));
+    assert!(store.load_event(ids.next(0)).await.expect("load").is_none(), "an unknown event is None");
+}
+
+async fn holds_come_due_and_leave_the_queue(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = event_def(&ids, 3);
+    store.create_event(&def).await.expect("create");
+    let e = def.event_id;
+    let early = hold(&ids, e, "a", vec![0], 100);
+    let late = hold(&ids, e, "b", vec![1], 200);
+    let never = hold(&ids, e, "c", vec![2], FAR);
+    store
+        .apply_seats(e, &[SeatOp::Hold(late.clone()), SeatOp::Hold(early.clone()), SeatOp::Hold(never)], 1)
+        .await
+        .expect("apply");
+    assert_eq!(store.due(99, 10).await.expect("due"), vec![]);
+    assert_eq!(store.due(150, 10).await.expect("due"), vec![DueItem::Hold { event_id: e, order_id: early.order_id }]);
+    assert_eq!(
+        store.due(250, 10).await.expect("due"),
+        vec![
+            DueItem::Hold { event_id: e, order_id: early.order_id },
+            DueItem::Hold { event_id: e, order_id: late.order_id }
+        ],
+        "oldest first"
+    );
+    assert_eq!(store.due(250, 1).await.expect("due").len(), 1, "limit is honoured");
+    store
+        .apply_seats(e, &[SeatOp::Release { order_id: early.order_id, status: OrderStatus::Expired }], 250)
+        .await
+        .expect("apply");
+    store.apply_seats(e, &[SeatOp::Confirm { order_id: late.order_id }], 250).await.expect("apply");
+    assert_eq!(store.due(300, 10).await.expect("due"), vec![], "released and paid holds are no longer due");
+    // The queue is rebuilt on reopen.
+    let pending = hold(&ids, e, "d", vec![0], 400);
+    store.apply_seats(e, &[SeatOp::Hold(pending.clone())], 300).await.expect("apply");
+    drop(store);
+    let store = f.open().await;
+    assert_eq!(store.due(500, 10).await.expect("due"), vec![DueItem::Hold { event_id: e, order_id: pending.order_id }]);
+}
+
+async fn grabs_take_parts_in_order_once_per_user(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = packet_def(&ids, &[30, 50, 20], FAR);
+    let p = def.packet_id;
+    store.create_packet(&def).await.expect("create");
+    let out = store
+        .grab_batch(
+            p,
+            &[
+                grab(&ids, "u1", 0, 30),
+                grab(&ids, "u1", 1, 50), // same user again
+                grab(&ids, "u2", 2, 20), // skips part 1
+                grab(&ids, "u2", 1, 99), // wrong amount
+                grab(&ids, "u2", 1, 50),
+            ],
+            10,
+        )
+        .await
+        .expect("grab");
+    assert_eq!(
+        out,
+        vec![OpOutcome::Applied, OpOutcome::Rejected, OpOutcome::Rejected, OpOutcome::Rejected, OpOutcome::Applied]
+    );
+    let snap = store.load_packet(p).await.expect("load").expect("packet");
+    assert_eq!(snap.status, PacketStatus::Active);
+    assert_eq!(snap.remaining(), Fen::new(20));
+    let out = store.grab_batch(p, &[grab(&ids, "u3", 2, 20), grab(&ids, "u4", 3, 1)], 11).await.expect("grab");
+    assert_eq!(out, vec![OpOutcome::Applied, OpOutcome::Rejected], "no part after the last");
+    drop(store);
+    let store = f.open().await;
+    let snap = store.load_packet(p).await.expect("load").expect("packet");
+    assert_eq!(snap.status, PacketStatus::Empty);
+    let users: Vec<&str> = snap.grabs.iter().map(|g| g.user_id.as_str()).collect();
+    assert_eq!(users, vec!["u1", "u2", "u3"]);
+    assert_eq!(snap.grabs.iter().map(|g| g.amount.get()).sum::<i64>(), 100);
+    assert!(store.load_packet(ids.next(0)).await.expect("load").is_none());
+}
+
+async fn packets_expire_once_with_their_remainder(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = packet_def(&ids, &[10, 20, 30], 1_000);
+    let p = def.packet_id;
+    store.create_packet(&def).await.expect("create");
+    store.grab_batch(p, &[grab(&ids, "u1", 0, 10)], 500).await.expect("grab");
+    assert_eq!(store.due(999, 10).await.expect("due"), vec![]);
+    assert_eq!(store.due(1_000, 10).await.expect("due"), vec![DueItem::Packet { packet_id: p }]);
+    assert_eq!(store.expire_packet(p, 999).await.expect("expire"), None, "not before its time");
+    let out = store.grab_batch(p, &[grab(&ids, "u2", 1, 20)], 1_000).await.expect("grab");
+    assert_eq!(out, vec![OpOutcome::Rejected], "no grab at or after expiry");
+    assert_eq!(store.expire_packet(p, 1_000).await.expect("expire"), Some(Fen::new(50)));
+    assert_eq!(store.expire_packet(p, 2_000).await.expect("expire"), None, "only once");
+    assert_eq!(store.due(5_000, 10).await.expect("due"), vec![]);
+    drop(store);
+    let store = f.open().await;
+    let snap = store.load_packet(p).await.expect("load").expect("packet");
+    assert_eq!(snap.status, PacketStatus::Expired);
+    assert_eq!(store.due(5_000, 10).await.expect("due"), vec![], "an expired packet is not due again after a restart");
+}
+
+async fn concurrent_batches_never_double_sell(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = event_def(&ids, 20);
+    store.create_event(&def).await.expect("create");
+    let e = def.event_id;
+    // 40 tasks each try to hold the same 20 seats one by one.
+    let tasks: Vec<_> = (0..40)
+        .map(|t| {
+            let (store, ids) = (store.clone(), ids.clone());
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for seat in 0..20u32 {
+                    let o = hold(&ids, e, &format!("u{t}"), vec![seat], FAR);
+                    if store.apply_seats(e, &[SeatOp::Hold(o.clone())], 1).await.expect("apply")
+                        == vec![OpOutcome::Applied]
+                    {
+                        won.push((seat, o.order_id));
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let mut owner = vec![None; 20];
+    for t in tasks {
+        for (seat, order) in t.await.expect("task") {
+            assert!(owner[seat as usize].replace(order).is_none(), "seat {seat} held twice");
+        }
+    }
+    assert!(owner.iter().all(Option::is_some));
+    let snap = store.load_event(e).await.expect("load").expect("event");
+    for (seat, order) in owner.iter().enumerate() {
+        assert_eq!(snap.seats[seat], SeatState::Held(order.expect("owner")));
+    }
+}
+
+/// Every check, each on a fresh fixture from `make`.
+async fn run_all<F: Fixture>(make: impl Fn() -> F) {
+    seats_hold_release_confirm(&make()).await;
+    holds_come_due_and_leave_the_queue(&make()).await;
+    grabs_take_parts_in_order_once_per_user(&make()).await;
+    packets_expire_once_with_their_remainder(&make()).await;
+    concurrent_batches_never_double_sell(&make()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_keeps_the_hot_store_contract() {
+    run_all(Memory::new).await;
+}
