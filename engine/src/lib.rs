@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`domain`]: ids with shard gene, money, seat maps, order states, packet split.
 //! - [`actors`]: one actor per event and per packet, bounded mailboxes, batching.
-//! - [`store`]: the hot-store trait; `memory` is the embedded implementation.
+//! - [`store`]: the hot-store trait; `memory` (embedded) and `redis` implement it.
+//! - [`scripts`]: Rust twins of the Lua scripts in `lua/`.
 //! - [`events`]: domain events, the event-log trait, the embedded outbox log.
 //! - [`durable`]: sqlx repositories (SQLite now): ledger, orders by gene, packets, grabs.
 //! - [`workers`]: persist events, expire holds and packets.
@@ -24,6 +25,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod scripts;
 pub mod store;
 pub mod telemetry;
 pub mod views;

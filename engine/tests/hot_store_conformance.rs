@@ -51,6 +51,60 @@ impl Fixture for Memory {
     }
 }
 
+/// Redis: the URL comes from `RUSH_TEST_REDIS_URL` (default: database 15
+/// of the local server); each fixture has its own key prefix, deleted after.
+struct Redis {
+    url: String,
+    prefix: String,
+    ids: Arc<IdGen>,
+}
+
+impl Redis {
+    fn new() -> Self {
+        Redis {
+            url: std::env::var("RUSH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".into()),
+            prefix: format!("rushtest-{:016x}", fastrand_u64()),
+            ids: Arc::new(IdGen::new(2).expect("ids")),
+        }
+    }
+
+    async fn cleanup(&self) {
+        let client = redis::Client::open(self.url.as_str()).expect("url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut conn).await.expect("keys");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.expect("del");
+        }
+    }
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+impl Fixture for Redis {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>> {
+        Box::pin(async move {
+            let store = rush_engine::store::redis::RedisStore::connect(
+                &self.url,
+                &self.prefix,
+                self.ids.clone(),
+                1000,
+                std::time::Duration::from_secs(2),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("Redis at {} is needed for this test (see .ci/run): {e}", self.url));
+            Arc::new(store) as Arc<dyn HotStore>
+        })
+    }
+
+    fn ids(&self) -> Arc<IdGen> {
+        self.ids.clone()
+    }
+}
+
 fn event_def(ids: &IdGen, cols: u32) -> EventDef {
     EventDef {
         event_id: ids.next(0),
@@ -319,4 +373,18 @@ async fn run_all<F: Fixture>(make: impl Fn() -> F) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_keeps_the_hot_store_contract() {
     run_all(Memory::new).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_keeps_the_hot_store_contract() {
+    let fixtures = std::sync::Mutex::new(Vec::new());
+    run_all(|| {
+        let f = Redis::new();
+        fixtures.lock().expect("lock").push((f.url.clone(), f.prefix.clone()));
+        f
+    })
+    .await;
+    for (url, prefix) in fixtures.into_inner().expect("lock") {
+        Redis { url, prefix, ids: Arc::new(IdGen::new(2).expect("ids")) }.cleanup().await;
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod commit;
 pub mod memory;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;

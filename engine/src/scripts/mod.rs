@@ -1,0 +1,102 @@
+//! Rust twins of the Lua scripts in `lua/`: each script's source, and the
+//! parsing of its reply into a typed verdict. Scripts run by SHA
+//! (`EVALSHA`); redis-rs loads a script again when Redis answers NOSCRIPT
+//! (after a restart or `SCRIPT FLUSH`), and [`Scripts::load`] loads them all
+//! at start so a bad script fails the start, not the first request.
+
+use redis::aio::ConnectionLike;
+use redis::Script;
+
+use crate::domain::Fen;
+use crate::store::{OpOutcome, StoreError};
+
+pub struct Scripts {
+    pub hold: Script,
+    pub release: Script,
+    pub confirm: Script,
+    pub create_packet: Script,
+    pub grab: Script,
+    pub expire_packet: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            hold: Script::new(include_str!("../../../lua/hold.lua")),
+            release: Script::new(include_str!("../../../lua/release.lua")),
+            confirm: Script::new(include_str!("../../../lua/confirm.lua")),
+            create_packet: Script::new(include_str!("../../../lua/create_packet.lua")),
+            grab: Script::new(include_str!("../../../lua/grab.lua")),
+            expire_packet: Script::new(include_str!("../../../lua/expire_packet.lua")),
+        }
+    }
+
+    pub async fn load(&self, conn: &mut impl ConnectionLike) -> Result<(), StoreError> {
+        for s in [&self.hold, &self.release, &self.confirm, &self.create_packet, &self.grab, &self.expire_packet] {
+            s.load_async(conn).await.map_err(|e| StoreError::Unavailable(format!("loading a script: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// hold / release / confirm / grab: one 1 or 0 per op, in order.
+pub fn outcomes(reply: Vec<i64>, ops: usize) -> Result<Vec<OpOutcome>, StoreError> {
+    if reply.len() != ops {
+        return Err(StoreError::Corrupt(format!("script answered {} verdicts for {ops} ops", reply.len())));
+    }
+    reply
+        .into_iter()
+        .map(|v| match v {
+            1 => Ok(OpOutcome::Applied),
+            0 => Ok(OpOutcome::Rejected),
+            other => Err(StoreError::Corrupt(format!("script verdict {other}"))),
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    Exists,
+}
+
+/// create_packet: 1 created, 0 exists.
+pub fn created(reply: i64) -> Result<Created, StoreError> {
+    match reply {
+        1 => Ok(Created::Created),
+        0 => Ok(Created::Exists),
+        other => Err(StoreError::Corrupt(format!("create_packet answered {other}"))),
+    }
+}
+
+/// expire_packet: the remainder, or -1 when nothing was expired.
+pub fn expired(reply: i64) -> Result<Option<Fen>, StoreError> {
+    match reply {
+        -1 => Ok(None),
+        r if r >= 0 => Ok(Some(Fen::new(r))),
+        other => Err(StoreError::Corrupt(format!("expire_packet answered {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_into_verdicts_and_bad_ones_are_refused() {
+        assert_eq!(outcomes(vec![1, 0], 2).unwrap(), vec![OpOutcome::Applied, OpOutcome::Rejected]);
+        assert!(outcomes(vec![1], 2).is_err());
+        assert!(outcomes(vec![2], 1).is_err());
+        assert_eq!(created(1).unwrap(), Created::Created);
+        assert!(created(7).is_err());
+        assert_eq!(expired(-1).unwrap(), None);
+        assert_eq!(expired(42).unwrap(), Some(Fen::new(42)));
+        assert!(expired(-5).is_err());
+    }
+}

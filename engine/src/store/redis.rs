@@ -1,0 +1,450 @@
+//! The Redis hot store: every decision is re-checked and applied by a Lua
+//! script (`lua/`), atomically with its outbox entry on the partition's
+//! stream. Every key of an entity carries its partition's hash tag
+//! (`{p17}`), shared by that partition's due queue and outbox, so each
+//! script touches one slot and runs on Redis Cluster.
+//!
+//! Keys, under the configured prefix `P`:
+//! - `P:{pN}:ev:<id>:def` (event JSON), `:n` (seat count), `:seats`,
+//!   `:holds`, `:paid` (hashes)
+//! - `P:{pN}:pk:<id>:def` (packet JSON), `:parts` (list), `:state`, `:grabs`
+//! - `P:{pN}:due` (zset of deadlines), `P:{pN}:outbox` (stream)
+//! - `P:{pO}:ord:<order>` → event id: an index for reading an order by id,
+//!   written before the hold script (it asserts nothing on its own).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+
+use super::{
+    DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder, SeatOp,
+    SeatState, StoreError,
+};
+use crate::domain::id::PARTITION_COUNT;
+use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
+use crate::events::{DomainEvent, Envelope};
+use crate::scripts::{self, Scripts};
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    ids: Arc<IdGen>,
+    seats_max: u32,
+    scripts: Scripts,
+    /// Event and packet definitions never change: read once.
+    events: DashMap<Id, Arc<EventInfo>>,
+    packets: DashMap<Id, Arc<PacketDef>>,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+/// The placeholder `expire_packet.lua` replaces with the remainder.
+const REMAINING_PLACEHOLDER: i64 = i64::MIN;
+
+impl RedisStore {
+    /// Connects, with every call bounded by `timeout` so a dead Redis is an
+    /// error within that time, never a hang, and loads the scripts.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        ids: Arc<IdGen>,
+        seats_max: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("redis url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        let scripts = Scripts::new();
+        scripts.load(&mut conn).await?;
+        Ok(RedisStore {
+            conn,
+            prefix: prefix.to_string(),
+            ids,
+            seats_max,
+            scripts,
+            events: DashMap::new(),
+            packets: DashMap::new(),
+        })
+    }
+
+    fn ev(&self, e: Id, what: &str) -> String {
+        format!("{}:{{p{}}}:ev:{e}:{what}", self.prefix, e.partition())
+    }
+
+    fn pk(&self, p: Id, what: &str) -> String {
+        format!("{}:{{p{}}}:pk:{p}:{what}", self.prefix, p.partition())
+    }
+
+    fn part(&self, partition: u16, what: &str) -> String {
+        format!("{}:{{p{partition}}}:{what}", self.prefix)
+    }
+
+    fn ord(&self, order: Id) -> String {
+        format!("{}:{{p{}}}:ord:{order}", self.prefix, order.partition())
+    }
+
+    fn envelope(&self, event: DomainEvent) -> Result<String, StoreError> {
+        let env = Envelope { position: 0, event_id: self.ids.next(0), partition: event.entity_id().partition(), event };
+        serde_json::to_string(&env).map_err(corrupt)
+    }
+
+    async fn info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError> {
+        if let Some(i) = self.events.get(&event_id) {
+            return Ok(Some(i.clone()));
+        }
+        let def: Option<String> = self.conn.clone().get(self.ev(event_id, "def")).await.map_err(unavailable)?;
+        let Some(def) = def else { return Ok(None) };
+        let def: EventDef = serde_json::from_str(&def).map_err(corrupt)?;
+        let info = EventInfo::build(def, self.seats_max).map_err(corrupt)?;
+        self.events.insert(event_id, info.clone());
+        Ok(Some(info))
+    }
+
+    async fn packet_def(&self, packet_id: Id) -> Result<Option<Arc<PacketDef>>, StoreError> {
+        if let Some(d) = self.packets.get(&packet_id) {
+            return Ok(Some(d.clone()));
+        }
+        let def: Option<String> = self.conn.clone().get(self.pk(packet_id, "def")).await.map_err(unavailable)?;
+        let Some(def) = def else { return Ok(None) };
+        let def: Arc<PacketDef> = Arc::new(serde_json::from_str(&def).map_err(corrupt)?);
+        self.packets.insert(packet_id, def.clone());
+        Ok(Some(def))
+    }
+
+    async fn holds(&self, info: &EventInfo, group: &[SeatOp]) -> Result<Vec<OpOutcome>, StoreError> {
+        let e = info.def.event_id;
+        let mut conn = self.conn.clone();
+        // The order index first: alone it asserts nothing.
+        let mut pipe = redis::pipe();
+        for op in group {
+            if let SeatOp::Hold(o) = op {
+                pipe.set(self.ord(o.order_id), e.to_string()).ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)?;
+        let mut inv = self.scripts.hold.prepare_invoke();
+        inv.key(self.ev(e, "seats"))
+            .key(self.ev(e, "holds"))
+            .key(self.ev(e, "n"))
+            .key(self.part(e.partition(), "due"))
+            .key(self.part(e.partition(), "outbox"))
+            .arg(e.to_string())
+            .arg(group.len());
+        for op in group {
+            let SeatOp::Hold(o) = op else { return Err(corrupt("mixed seat group")) };
+            let csv = o.seats.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+            let env = self.envelope(DomainEvent::OrderHeld {
+                order_id: o.order_id,
+                event_id: e,
+                user_id: o.user_id.clone(),
+                amount: o.amount,
+                created_at_ms: o.created_at_ms,
+                expires_at_ms: o.expires_at_ms,
+                seats: super::order_seats(info, &o.seats),
+                attendees: o.attendees.clone(),
+            })?;
+            inv.arg(o.order_id.to_string())
+                .arg(csv)
+                .arg(o.expires_at_ms)
+                .arg(serde_json::to_string(o).map_err(corrupt)?)
+                .arg(env);
+        }
+        scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
+    }
+
+    /// Release or confirm: the orders are read first to build their events;
+    /// the script re-checks that each is still held.
+    async fn settle(&self, e: Id, group: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<Id> = group
+            .iter()
+            .map(|op| match op {
+                SeatOp::Release { order_id, .. } | SeatOp::Confirm { order_id } => *order_id,
+                SeatOp::Hold(o) => o.order_id,
+            })
+            .collect();
+        let fields: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let bodies: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.ev(e, "holds"))
+            .arg(&fields)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let confirm = matches!(group.first(), Some(SeatOp::Confirm { .. }));
+        let mut inv =
+            if confirm { self.scripts.confirm.prepare_invoke() } else { self.scripts.release.prepare_invoke() };
+        inv.key(self.ev(e, "seats")).key(self.ev(e, "holds"));
+        if confirm {
+            inv.key(self.ev(e, "paid"));
+        }
+        inv.key(self.part(e.partition(), "due"))
+            .key(self.part(e.partition(), "outbox"))
+            .arg(e.to_string())
+            .arg(group.len());
+        for ((op, id), body) in group.iter().zip(&ids).zip(bodies) {
+            let user_id = match body {
+                Some(b) => serde_json::from_str::<HotOrder>(&b).map_err(corrupt)?.user_id,
+                // Not held: the script will reject it; no event is written.
+                None => String::new(),
+            };
+            let event = match op {
+                SeatOp::Release { status, .. } => {
+                    DomainEvent::OrderReleased { order_id: *id, event_id: e, user_id, status: *status, at_ms: now_ms }
+                }
+                _ => DomainEvent::OrderConfirmed { order_id: *id, event_id: e, user_id, at_ms: now_ms },
+            };
+            inv.arg(id.to_string()).arg(self.envelope(event)?);
+        }
+        scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
+    }
+}
+
+fn seat_state(v: &str) -> Result<SeatState, StoreError> {
+    let (kind, order) = v.split_once(':').ok_or_else(|| corrupt(format!("seat value {v}")))?;
+    let order: Id = order.parse().map_err(corrupt)?;
+    match kind {
+        "h" => Ok(SeatState::Held(order)),
+        "s" => Ok(SeatState::Sold(order)),
+        _ => Err(corrupt(format!("seat value {v}"))),
+    }
+}
+
+#[async_trait]
+impl HotStore for RedisStore {
+    async fn create_event(&self, def: &EventDef) -> Result<(), StoreError> {
+        let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
+        let body = serde_json::to_string(def).map_err(corrupt)?;
+        let e = def.event_id;
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .set_nx(self.ev(e, "def"), body)
+            .ignore()
+            .set_nx(self.ev(e, "n"), info.map.len())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        self.events.insert(e, info);
+        Ok(())
+    }
+
+    async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError> {
+        let Some(info) = self.info(event_id).await? else { return Ok(None) };
+        let mut conn = self.conn.clone();
+        let (seats, holds, paid): (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>) =
+            redis::pipe()
+                .hgetall(self.ev(event_id, "seats"))
+                .hgetall(self.ev(event_id, "holds"))
+                .hgetall(self.ev(event_id, "paid"))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        let mut states = vec![SeatState::Available; info.map.len()];
+        for (k, v) in seats {
+            let idx: usize = k.parse().map_err(corrupt)?;
+            *states.get_mut(idx).ok_or_else(|| corrupt(format!("seat {idx} outside event {event_id}")))? =
+                seat_state(&v)?;
+        }
+        let holds = holds
+            .into_values()
+            .map(|b| serde_json::from_str::<HotOrder>(&b).map(|o| (o.order_id, o)))
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(corrupt)?;
+        let paid = paid
+            .into_values()
+            .map(|b| {
+                serde_json::from_str::<HotOrder>(&b)
+                    .map(|o| (o.order_id, PaidOrder { user_id: o.user_id, seats: o.seats }))
+            })
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(corrupt)?;
+        Ok(Some(EventSnapshot { info, seats: states, holds, paid }))
+    }
+
+    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+        let Some(info) = self.info(event_id).await? else {
+            return Ok(vec![OpOutcome::Rejected; ops.len()]);
+        };
+        let kind = |op: &SeatOp| std::mem::discriminant(op);
+        let mut out = Vec::with_capacity(ops.len());
+        // Consecutive ops of one kind go to their script in one call; the
+        // calls run in order, so a release then a hold of a seat works.
+        let mut start = 0;
+        while start < ops.len() {
+            let end = start + ops[start..].iter().take_while(|op| kind(op) == kind(&ops[start])).count();
+            let group = &ops[start..end];
+            out.extend(match group[0] {
+                SeatOp::Hold(_) => self.holds(&info, group).await?,
+                _ => self.settle(event_id, group, now_ms).await?,
+            });
+            start = end;
+        }
+        Ok(out)
+    }
+
+    async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let event: Option<String> = conn.get(self.ord(order_id)).await.map_err(unavailable)?;
+        let Some(event) = event else { return Ok(None) };
+        let e: Id = event.parse().map_err(corrupt)?;
+        let (held, paid): (Option<String>, Option<String>) = redis::pipe()
+            .hget(self.ev(e, "holds"), order_id.to_string())
+            .hget(self.ev(e, "paid"), order_id.to_string())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let found = match (held, paid) {
+            (Some(b), _) => Some((b, OrderStatus::PendingPayment)),
+            (None, Some(b)) => Some((b, OrderStatus::Paid)),
+            (None, None) => None,
+        };
+        found.map(|(b, s)| serde_json::from_str::<HotOrder>(&b).map(|o| (o, s)).map_err(corrupt)).transpose()
+    }
+
+    async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {
+        let p = def.packet_id;
+        let env = self.envelope(DomainEvent::PacketCreated {
+            packet_id: p,
+            sender: def.sender.clone(),
+            kind: def.kind,
+            total: def.total,
+            count: def.count,
+            expires_at_ms: def.expires_at_ms,
+            at_ms: def.created_at_ms,
+        })?;
+        let mut inv = self.scripts.create_packet.prepare_invoke();
+        inv.key(self.pk(p, "def"))
+            .key(self.pk(p, "parts"))
+            .key(self.pk(p, "state"))
+            .key(self.part(p.partition(), "due"))
+            .key(self.part(p.partition(), "outbox"))
+            .arg(p.to_string())
+            .arg(serde_json::to_string(def).map_err(corrupt)?)
+            .arg(def.expires_at_ms)
+            .arg(env);
+        for part in &def.parts {
+            inv.arg(part.get());
+        }
+        let reply: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        match scripts::created(reply)? {
+            scripts::Created::Created => {
+                self.packets.insert(p, Arc::new(def.clone()));
+                Ok(())
+            }
+            scripts::Created::Exists => Err(corrupt(format!("packet {p} exists"))),
+        }
+    }
+
+    async fn load_packet(&self, packet_id: Id) -> Result<Option<PacketSnapshot>, StoreError> {
+        let Some(def) = self.packet_def(packet_id).await? else { return Ok(None) };
+        let mut conn = self.conn.clone();
+        let (status, grabs): (Option<String>, HashMap<String, String>) = redis::pipe()
+            .hget(self.pk(packet_id, "state"), "status")
+            .hgetall(self.pk(packet_id, "grabs"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let status = status.as_deref().and_then(PacketStatus::parse).ok_or_else(|| corrupt("packet status"))?;
+        let mut grabs = grabs
+            .into_values()
+            .map(|b| serde_json::from_str::<Grab>(&b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        grabs.sort_by_key(|g| g.part);
+        Ok(Some(PacketSnapshot { def, status, grabs }))
+    }
+
+    async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+        let Some(def) = self.packet_def(packet_id).await? else {
+            return Ok(vec![OpOutcome::Rejected; grabs.len()]);
+        };
+        let mut inv = self.scripts.grab.prepare_invoke();
+        inv.key(self.pk(packet_id, "parts"))
+            .key(self.pk(packet_id, "state"))
+            .key(self.pk(packet_id, "grabs"))
+            .key(self.part(packet_id.partition(), "outbox"))
+            .arg(now_ms)
+            .arg(grabs.len());
+        for g in grabs {
+            let env = self.envelope(DomainEvent::PacketGrabbed {
+                grab_id: g.grab_id,
+                packet_id,
+                sender: def.sender.clone(),
+                user_id: g.user_id.clone(),
+                amount: g.amount,
+                at_ms: g.at_ms,
+            })?;
+            inv.arg(&g.user_id)
+                .arg(g.part)
+                .arg(g.amount.get())
+                .arg(serde_json::to_string(g).map_err(corrupt)?)
+                .arg(env);
+        }
+        scripts::outcomes(inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?, grabs.len())
+    }
+
+    async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError> {
+        let Some(def) = self.packet_def(packet_id).await? else { return Ok(None) };
+        let env = self.envelope(DomainEvent::PacketExpired {
+            packet_id,
+            sender: def.sender.clone(),
+            remaining: Fen::new(REMAINING_PLACEHOLDER),
+            at_ms: now_ms,
+        })?;
+        let mut inv = self.scripts.expire_packet.prepare_invoke();
+        inv.key(self.pk(packet_id, "parts"))
+            .key(self.pk(packet_id, "state"))
+            .key(self.part(packet_id.partition(), "due"))
+            .key(self.part(packet_id.partition(), "outbox"))
+            .arg(now_ms)
+            .arg(packet_id.to_string())
+            .arg(env);
+        scripts::expired(inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?)
+    }
+
+    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {
+        // One round trip for all partitions' queues, then the oldest first.
+        let mut pipe = redis::pipe();
+        for p in 0..PARTITION_COUNT {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.part(p, "due"))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        let per_partition: Vec<Vec<(String, u64)>> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let mut all = Vec::new();
+        for (member, at) in per_partition.into_iter().flatten() {
+            let item = match member.split(':').collect::<Vec<_>>().as_slice() {
+                ["h", event, order] => DueItem::Hold {
+                    event_id: event.parse().map_err(corrupt)?,
+                    order_id: order.parse().map_err(corrupt)?,
+                },
+                ["p", packet] => DueItem::Packet { packet_id: packet.parse().map_err(corrupt)? },
+                _ => return Err(corrupt(format!("due member {member}"))),
+            };
+            all.push((at, item));
+        }
+        all.sort();
+        Ok(all.into_iter().take(limit).map(|(_, i)| i).collect())
+    }
+}
