@@ -22,6 +22,26 @@ pub struct Config {
     pub orders: OrderConfig,
     pub workers: WorkerConfig,
     pub sqlite: SqliteConfig,
+    pub redis: RedisConfig,
+}
+
+/// Redis mode: set `url` (`RUSH__REDIS__URL=redis://127.0.0.1:6379`) and the
+/// hot store and outbox live in Redis; without it rush stays embedded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    /// Prefix of every key, so several deployments (or tests) share a server.
+    pub key_prefix: String,
+    /// Bound on connecting and on every call: past it a request answers
+    /// 503 `store_unavailable` instead of hanging.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { url: None, key_prefix: "rush".into(), timeout_ms: 1_000 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -146,6 +166,7 @@ impl Default for Config {
             orders: OrderConfig::default(),
             workers: WorkerConfig::default(),
             sqlite: SqliteConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -286,6 +307,9 @@ impl Config {
         }
         if self.orders.list_limit_default == 0 || self.orders.list_limit_default > self.orders.list_limit_max {
             return bad("orders.list_limit_default must be 1..=list_limit_max");
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
+            return bad("redis.key_prefix must be non-empty, without braces (they are hash tags)");
         }
         if self.workers.batch_len_max == 0 || self.workers.due_batch_max == 0 {
             return bad("workers batch sizes must be at least 1");

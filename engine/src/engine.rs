@@ -24,8 +24,10 @@ use crate::domain::{
 use crate::durable::{Audit, Balance, Db, Durable, JournalEntry, Schema};
 use crate::error::EngineError;
 use crate::events::outbox::OutboxLog;
+use crate::events::redis_stream::RedisStreamLog;
 use crate::events::EventLog;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
 use crate::store::{Attendee, DueItem, HotStore, PacketDef};
 use crate::telemetry::Metrics;
 use crate::views::{OrderView, PacketView};
@@ -104,6 +106,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     NodeId(#[from] crate::domain::id::NodeIdError),
+    #[error("Redis at {0} is unreachable or refused the scripts: {1}")]
+    Redis(String, crate::store::StoreError),
 }
 
 pub struct Engine {
@@ -112,8 +116,6 @@ pub struct Engine {
     store: Arc<dyn HotStore>,
     log: Arc<dyn EventLog>,
     durable: Durable,
-    /// The embedded hot store's file, for readiness.
-    hot_db: Db,
     actors: Actors,
     /// Event definitions by id: immutable, so cached for reads of holds.
     infos: DashMap<Id, Arc<EventInfo>>,
@@ -138,15 +140,30 @@ async fn answer<T>(rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
 }
 
 impl Engine {
-    /// Embedded mode: SQLite file under `data_dir`, in-memory hot store
-    /// persisted to it, the outbox as event log.
-    pub async fn open_embedded(cfg: Config, metrics: Metrics) -> Result<Arc<Engine>, StartError> {
+    /// Redis mode when `redis.url` is set, embedded otherwise.
+    pub async fn open(cfg: Config, metrics: Metrics) -> Result<Arc<Engine>, StartError> {
         let ids = Arc::new(IdGen::new(cfg.node_id)?);
         let db = Db::open(&cfg.data_dir, Schema::Durable, &cfg.sqlite).await?;
-        let hot_db = Db::open(&cfg.data_dir, Schema::Hot, &cfg.sqlite).await?;
-        let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
-        let log = Arc::new(OutboxLog::new(hot_db.clone(), store.appended()));
-        let store: Arc<dyn HotStore> = Arc::new(store);
+        let (store, log): (Arc<dyn HotStore>, Arc<dyn EventLog>) = match &cfg.redis.url {
+            // Redis: hot state, scripts and outbox streams in Redis.
+            Some(url) => {
+                let timeout = Duration::from_millis(cfg.redis.timeout_ms);
+                let store = RedisStore::connect(url, &cfg.redis.key_prefix, ids.clone(), cfg.events.seats_max, timeout)
+                    .await
+                    .map_err(|e| StartError::Redis(url.clone(), e))?;
+                let consumer = format!("node-{}", cfg.node_id);
+                let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
+                (Arc::new(store), Arc::new(log))
+            }
+            // Embedded: in-memory hot store persisted to hot.db, whose
+            // outbox table is the event log.
+            None => {
+                let hot_db = Db::open(&cfg.data_dir, Schema::Hot, &cfg.sqlite).await?;
+                let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
+                let log = OutboxLog::new(hot_db, store.appended());
+                (Arc::new(store), Arc::new(log))
+            }
+        };
         let actors = Actors::new(store.clone(), cfg.actors.clone(), metrics.clone());
         Ok(Arc::new(Engine {
             cfg: Arc::new(cfg),
@@ -154,7 +171,6 @@ impl Engine {
             store,
             log,
             durable: Durable::new(db),
-            hot_db,
             actors,
             infos: DashMap::new(),
             metrics,
@@ -182,7 +198,7 @@ impl Engine {
     }
 
     pub async fn ready(&self) -> bool {
-        self.durable.db().ping().await && self.hot_db.ping().await
+        self.durable.db().ping().await && self.store.ready().await
     }
 
     /// Waits until the workers have applied every event so far (tests,

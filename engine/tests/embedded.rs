@@ -17,7 +17,7 @@ fn config(dir: &std::path::Path) -> Config {
 }
 
 async fn open(dir: &std::path::Path) -> std::sync::Arc<Engine> {
-    let engine = Engine::open_embedded(config(dir), Metrics::new()).await.expect("open");
+    let engine = Engine::open(config(dir), Metrics::new()).await.expect("open");
     let (tx, rx) = tokio::sync::watch::channel(false);
     engine.start_workers(rx);
     std::mem::forget(tx);

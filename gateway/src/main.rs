@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.http.addr).with_context(|| format!("binding {}", cfg.http.addr))?;
     let addr = listener.local_addr()?;
-    let engine = Engine::open_embedded(cfg, Metrics::new()).await?;
+    let engine = Engine::open(cfg, Metrics::new()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = engine.start_workers(stop_rx);
     let server = rush_gateway::serve::http_server(listener, engine.clone())?;

@@ -92,7 +92,7 @@ pub fn banner(addr: &std::net::SocketAddr, engine: &Engine) -> String {
     json!({
         "msg": "rush listening",
         "url": format!("http://{addr}"),
-        "mode": "embedded",
+        "mode": if engine.config().redis.url.is_some() { "redis" } else { "embedded" },
         "data_dir": engine.config().data_dir.display().to_string(),
     })
     .to_string()

@@ -19,7 +19,7 @@ async fn spawn_rush(dir: &std::path::Path) -> SocketAddr {
     cfg.workers.poll_wait_ms = 20;
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let engine = Engine::open_embedded(cfg, Metrics::new()).await.expect("engine");
+    let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
     let (tx, rx) = tokio::sync::watch::channel(false);
     engine.start_workers(rx);
     std::mem::forget(tx);

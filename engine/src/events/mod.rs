@@ -5,6 +5,7 @@
 //! the Kafka log comes later behind the same trait.
 
 pub mod outbox;
+pub mod redis_stream;
 
 use std::time::Duration;
 

@@ -486,6 +486,10 @@ impl HotStore for MemoryStore {
         Ok(Some(remaining))
     }
 
+    async fn ready(&self) -> bool {
+        self.db.ping().await
+    }
+
     async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {
         let due = lock_due(&self.due);
         Ok(due.iter().take_while(|(at, _)| *at <= now_ms).take(limit).map(|(_, item)| *item).collect())

@@ -176,4 +176,7 @@ pub trait HotStore: Send + Sync + 'static {
     /// Deadlines that have passed (holds to expire, packets to close), oldest
     /// first, at most `limit`. Items leave the queue when their op applies.
     async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError>;
+
+    /// The store answers (for `/readyz`).
+    async fn ready(&self) -> bool;
 }

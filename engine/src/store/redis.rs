@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
+use tokio::sync::Notify;
 
 use super::{
     DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder, SeatOp,
@@ -39,6 +40,8 @@ pub struct RedisStore {
     /// Event and packet definitions never change: read once.
     events: DashMap<Id, Arc<EventInfo>>,
     packets: DashMap<Id, Arc<PacketDef>>,
+    /// Woken after every script that appended to an outbox.
+    appended: Arc<Notify>,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -78,7 +81,24 @@ impl RedisStore {
             scripts,
             events: DashMap::new(),
             packets: DashMap::new(),
+            appended: Arc::new(Notify::new()),
         })
+    }
+
+    /// The connection, shared with the stream event log.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn appended(&self) -> Arc<Notify> {
+        self.appended.clone()
+    }
+
+    fn appended_if(&self, outcomes: Vec<OpOutcome>) -> Vec<OpOutcome> {
+        if outcomes.contains(&OpOutcome::Applied) {
+            self.appended.notify_one();
+        }
+        outcomes
     }
 
     fn ev(&self, e: Id, what: &str) -> String {
@@ -163,7 +183,7 @@ impl RedisStore {
                 .arg(serde_json::to_string(o).map_err(corrupt)?)
                 .arg(env);
         }
-        scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
+        Ok(self.appended_if(scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())?))
     }
 
     /// Release or confirm: the orders are read first to build their events;
@@ -209,7 +229,7 @@ impl RedisStore {
             };
             inv.arg(id.to_string()).arg(self.envelope(event)?);
         }
-        scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
+        Ok(self.appended_if(scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())?))
     }
 }
 
@@ -344,6 +364,7 @@ impl HotStore for RedisStore {
         match scripts::created(reply)? {
             scripts::Created::Created => {
                 self.packets.insert(p, Arc::new(def.clone()));
+                self.appended.notify_one();
                 Ok(())
             }
             scripts::Created::Exists => Err(corrupt(format!("packet {p} exists"))),
@@ -395,7 +416,10 @@ impl HotStore for RedisStore {
                 .arg(serde_json::to_string(g).map_err(corrupt)?)
                 .arg(env);
         }
-        scripts::outcomes(inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?, grabs.len())
+        Ok(self.appended_if(scripts::outcomes(
+            inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?,
+            grabs.len(),
+        )?))
     }
 
     async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError> {
@@ -414,7 +438,15 @@ impl HotStore for RedisStore {
             .arg(now_ms)
             .arg(packet_id.to_string())
             .arg(env);
-        scripts::expired(inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?)
+        let remaining = scripts::expired(inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?)?;
+        if remaining.is_some() {
+            self.appended.notify_one();
+        }
+        Ok(remaining)
+    }
+
+    async fn ready(&self) -> bool {
+        redis::cmd("PING").query_async::<String>(&mut self.conn.clone()).await.is_ok()
     }
 
     async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {

@@ -5,7 +5,16 @@ use super::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpaid_hold_expires_and_its_seats_go_back_on_sale() {
-    let app = spawn_app().await;
+    hold_expires(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_an_unpaid_hold_expires_and_its_seats_go_back_on_sale() {
+    hold_expires(Mode::Redis).await;
+}
+
+async fn hold_expires(mode: Mode) {
+    let app = spawn_in(mode, |_| {}).await;
     let event = app.event(1, 4, json!({"hold_ttl_s": 1})).await;
     let u = app.token("late", "user").await;
     let (s, v) = app.post("/v1/orders", Some(&u), json!({"event_id": event, "seats": ["A-1-1", "A-1-2"]})).await;
@@ -29,7 +38,16 @@ async fn an_unpaid_hold_expires_and_its_seats_go_back_on_sale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_packet_returns_its_remainder_to_the_sender() {
-    let app = spawn_app().await;
+    packet_expires(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_an_expired_packet_returns_its_remainder_to_the_sender() {
+    packet_expires(Mode::Redis).await;
+}
+
+async fn packet_expires(mode: Mode) {
+    let app = spawn_in(mode, |_| {}).await;
     app.credit("s", 900).await;
     let s_tok = app.token("s", "user").await;
     let (s, v) = app

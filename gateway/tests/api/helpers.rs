@@ -13,6 +13,33 @@ pub struct TestApp {
     pub engine: Arc<Engine>,
     pub admin: String,
     _dir: tempfile::TempDir,
+    /// Redis mode: the server and this app's key prefix, cleaned up on drop.
+    redis: Option<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    Embedded,
+    /// Redis hot store and outbox streams (`RUSH_TEST_REDIS_URL`, default
+    /// database 15 of the local server), each app under its own key prefix.
+    Redis,
+}
+
+pub fn test_redis_url() -> String {
+    std::env::var("RUSH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".into())
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let Some((url, prefix)) = &self.redis else { return };
+        // Best effort: a failed clean-up leaves keys under a unique prefix.
+        if let Ok(mut conn) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap_or_default();
+            for chunk in keys.chunks(1000) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        }
+    }
 }
 
 /// Config for tests: a private data dir, port 0, quick timeout sweeps.
@@ -29,12 +56,28 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_in(Mode::Embedded, tune).await
+}
+
+pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = test_config(dir.path());
+    let redis = match mode {
+        Mode::Embedded => None,
+        Mode::Redis => {
+            let prefix = format!("rushtest-{:016x}", {
+                use std::hash::{BuildHasher, RandomState};
+                RandomState::new().hash_one(std::time::SystemTime::now())
+            });
+            cfg.redis.url = Some(test_redis_url());
+            cfg.redis.key_prefix = prefix.clone();
+            Some((test_redis_url(), prefix))
+        }
+    };
     tune(&mut cfg);
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let engine = Engine::open_embedded(cfg, Metrics::new()).await.expect("engine");
+    let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     engine.start_workers(stop_rx);
     // Workers run until the test's runtime ends.
@@ -42,7 +85,7 @@ pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     let server = rush_gateway::serve::http_server(listener, engine.clone()).expect("server");
     tokio::spawn(server);
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().expect("client");
-    let mut app = TestApp { base, client, engine, admin: String::new(), _dir: dir };
+    let mut app = TestApp { base, client, engine, admin: String::new(), _dir: dir, redis };
     app.admin = app.token("ops", "admin").await;
     app
 }

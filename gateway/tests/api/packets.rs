@@ -7,7 +7,16 @@ use super::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_grabs_of_a_hundred_part_lucky_packet() {
-    let app = Arc::new(spawn_app().await);
+    three_hundred_grabs(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_three_hundred_grabs_of_a_hundred_part_lucky_packet() {
+    three_hundred_grabs(Mode::Redis).await;
+}
+
+async fn three_hundred_grabs(mode: Mode) {
+    let app = Arc::new(spawn_in(mode, |_| {}).await);
     let total = 100_000;
     app.credit("sender", total).await;
     let sender = app.token("sender", "user").await;

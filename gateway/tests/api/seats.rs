@@ -8,7 +8,16 @@ use super::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_buyers_for_a_hundred_seats_get_exactly_a_hundred_distinct_holds() {
-    let app = Arc::new(spawn_app().await);
+    three_hundred_buyers(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_three_hundred_buyers_for_a_hundred_seats_get_exactly_a_hundred_distinct_holds() {
+    three_hundred_buyers(Mode::Redis).await;
+}
+
+async fn three_hundred_buyers(mode: Mode) {
+    let app = Arc::new(spawn_in(mode, |_| {}).await);
     let event = app.event(10, 10, json!({})).await;
     let mut tokens = Vec::new();
     for i in 0..300 {
@@ -52,7 +61,16 @@ async fn three_hundred_buyers_for_a_hundred_seats_get_exactly_a_hundred_distinct
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_buyers_for_one_named_seat_get_exactly_one_hold() {
-    let app = Arc::new(spawn_app().await);
+    fifty_buyers(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_fifty_buyers_for_one_named_seat_get_exactly_one_hold() {
+    fifty_buyers(Mode::Redis).await;
+}
+
+async fn fifty_buyers(mode: Mode) {
+    let app = Arc::new(spawn_in(mode, |_| {}).await);
     let event = app.event(2, 5, json!({})).await;
     let mut tasks = Vec::new();
     for i in 0..50 {

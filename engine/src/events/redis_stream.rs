@@ -1,0 +1,180 @@
+//! The Redis event log: the 128 partition outbox streams the scripts append
+//! to, read with consumer groups. An entry stays pending until the worker
+//! commits it (XACK), then it is deleted (XDEL), so a stream holds only what
+//! is not yet applied. A node that restarts first re-reads the entries it
+//! had been given and not committed, then new ones. Several nodes in one
+//! group share the work; effects are idempotent by event id anyway.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamReadReply;
+use tokio::sync::Notify;
+
+use super::{Envelope, EventLog, LogError};
+use crate::domain::id::PARTITION_COUNT;
+
+/// Entries asked of one partition per poll: the hot partition of a flash
+/// sale can fill a batch on its own.
+const PER_PARTITION_COUNT_MIN: usize = 64;
+
+pub struct RedisStreamLog {
+    conn: ConnectionManager,
+    prefix: String,
+    /// This node's name inside each consumer group.
+    consumer: String,
+    appended: Arc<Notify>,
+    /// Groups created (per consumer group name).
+    ready: Mutex<HashSet<String>>,
+    /// Groups whose own pending entries have all been re-read.
+    recovered: Mutex<HashSet<String>>,
+    next_position: AtomicU64,
+    /// Delivered, not committed: position → (group, partition, stream id).
+    pending: Mutex<BTreeMap<u64, (String, u16, String)>>,
+}
+
+fn unavailable(e: redis::RedisError) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RedisStreamLog {
+    pub fn new(conn: ConnectionManager, prefix: &str, consumer: &str, appended: Arc<Notify>) -> Self {
+        RedisStreamLog {
+            conn,
+            prefix: prefix.to_string(),
+            consumer: consumer.to_string(),
+            appended,
+            ready: Mutex::new(HashSet::new()),
+            recovered: Mutex::new(HashSet::new()),
+            next_position: AtomicU64::new(1),
+            pending: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn stream(&self, partition: u16) -> String {
+        format!("{}:{{p{partition}}}:outbox", self.prefix)
+    }
+
+    async fn ensure_group(&self, group: &str) -> Result<(), LogError> {
+        if lock(&self.ready).contains(group) {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        for p in 0..PARTITION_COUNT {
+            let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.stream(p))
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.to_string().contains("BUSYGROUP") => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        lock(&self.ready).insert(group.to_string());
+        Ok(())
+    }
+
+    async fn read(&self, group: &str, max: usize) -> Result<Vec<Envelope>, LogError> {
+        let recovering = !lock(&self.recovered).contains(group);
+        // "0": this consumer's delivered-but-uncommitted entries; ">": new ones.
+        let from = if recovering { "0" } else { ">" };
+        let count = max.div_ceil(usize::from(PARTITION_COUNT)).max(PER_PARTITION_COUNT_MIN);
+        let mut pipe = redis::pipe();
+        for p in 0..PARTITION_COUNT {
+            pipe.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(self.stream(p))
+                .arg(from);
+        }
+        let replies: Vec<Option<StreamReadReply>> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut pending = lock(&self.pending);
+        for (p, reply) in replies.into_iter().enumerate() {
+            for key in reply.map(|r| r.keys).unwrap_or_default() {
+                for entry in key.ids {
+                    let position = self.next_position.fetch_add(1, Ordering::Relaxed);
+                    let body: String = entry.get("body").ok_or_else(|| LogError::Corrupt {
+                        position,
+                        reason: format!("stream entry {} has no body", entry.id),
+                    })?;
+                    let mut env: Envelope = serde_json::from_str(&body)
+                        .map_err(|e| LogError::Corrupt { position, reason: e.to_string() })?;
+                    env.position = position;
+                    pending.insert(position, (group.to_string(), p as u16, entry.id));
+                    out.push(env);
+                }
+            }
+        }
+        drop(pending);
+        if recovering && out.is_empty() {
+            lock(&self.recovered).insert(group.to_string());
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl EventLog for RedisStreamLog {
+    async fn poll(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Envelope>, LogError> {
+        self.ensure_group(consumer).await?;
+        let notified = self.appended.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let mut batch = self.read(consumer, max).await?;
+        if batch.is_empty() {
+            // Woken by this node's appends; other nodes' are seen on the
+            // next poll, at most `wait` later.
+            let _ = tokio::time::timeout(wait, notified).await;
+            batch = self.read(consumer, max).await?;
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&self, consumer: &str, position: u64) -> Result<(), LogError> {
+        let done: Vec<(u64, (String, u16, String))> = {
+            let mut pending = lock(&self.pending);
+            let keep = pending.split_off(&(position + 1));
+            let done = std::mem::replace(&mut *pending, keep);
+            done.into_iter().filter(|(_, (g, _, _))| g == consumer).collect()
+        };
+        let mut by_partition: HashMap<u16, Vec<String>> = HashMap::new();
+        for (_, (_, p, id)) in done {
+            by_partition.entry(p).or_default().push(id);
+        }
+        let mut pipe = redis::pipe();
+        for (p, ids) in &by_partition {
+            pipe.cmd("XACK").arg(self.stream(*p)).arg(consumer).arg(ids).ignore();
+            pipe.cmd("XDEL").arg(self.stream(*p)).arg(ids).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+    }
+
+    async fn lag(&self, _consumer: &str) -> Result<u64, LogError> {
+        // Committed entries are deleted, so what is left is the lag.
+        let mut pipe = redis::pipe();
+        for p in 0..PARTITION_COUNT {
+            pipe.cmd("XLEN").arg(self.stream(p));
+        }
+        let lens: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(lens.iter().sum())
+    }
+}
