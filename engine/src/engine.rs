@@ -164,7 +164,9 @@ impl Engine {
                 (Arc::new(store), Arc::new(log))
             }
         };
-        let actors = Actors::new(store.clone(), cfg.actors.clone(), metrics.clone());
+        // Embedded, this node is the store's only writer.
+        let sole_owner = cfg.redis.url.is_none();
+        let actors = Actors::new(store.clone(), cfg.actors.clone(), metrics.clone(), sole_owner);
         Ok(Arc::new(Engine {
             cfg: Arc::new(cfg),
             ids,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Mailbox;
+use super::{Mailbox, STALE_ROUNDS_MAX};
 use crate::domain::{EventInfo, Fen, Id, OrderStatus, SeatIdx};
 use crate::error::EngineError;
 use crate::store::{Attendee, EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState};
@@ -295,21 +295,52 @@ pub enum EventMsg {
 
 type Reply = oneshot::Sender<Result<OrderView, EngineError>>;
 
+/// A write request, kept until its decision commits so that it can be
+/// decided again if the store finds the decision stale.
+enum Request {
+    Hold(HoldRequest),
+    Release { order_id: Id, why: ReleaseReason, now_ms: u64 },
+    Confirm { order_id: Id },
+}
+
 /// A decision waiting for its commit.
 struct Pending {
+    request: Request,
     reply: Reply,
     order: HotOrder,
     /// The order's status once committed.
     status: OrderStatus,
-    /// What to answer if the store rejects the op (a stale view).
-    on_reject: fn(&HotOrder, &EventInfo) -> EngineError,
+}
+
+impl EventState {
+    /// Decides one write request: the store op and what it commits to.
+    fn decide(&mut self, request: &Request) -> Result<(SeatOp, HotOrder, OrderStatus), EngineError> {
+        match request {
+            Request::Hold(req) => {
+                let order = self.decide_hold(req)?;
+                Ok((SeatOp::Hold(order.clone()), order, OrderStatus::PendingPayment))
+            }
+            Request::Release { order_id, why, now_ms } => {
+                let order = self.decide_release(*order_id, why, *now_ms)?;
+                let status = match why {
+                    ReleaseReason::Cancel { .. } => OrderStatus::Cancelled,
+                    ReleaseReason::Expire => OrderStatus::Expired,
+                };
+                Ok((SeatOp::Release { order_id: *order_id, status }, order, status))
+            }
+            Request::Confirm { order_id } => {
+                let order = self.decide_confirm(*order_id)?;
+                Ok((SeatOp::Confirm { order_id: *order_id }, order, OrderStatus::Paid))
+            }
+        }
+    }
 }
 
 /// Runs the actor until its mailbox closes or it has been idle too long.
 pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store: Arc<dyn HotStore>, mailbox: Mailbox) {
     let event_id = state.info.def.event_id;
     let mut buf = Vec::with_capacity(mailbox.batch_len_max);
-    loop {
+    'actor: loop {
         let got = tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await;
         match got {
             Ok(0) => break,
@@ -321,105 +352,81 @@ pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store:
             }
         }
         let now_ms = crate::domain::now_unix_ms();
-        let mut ops = Vec::with_capacity(buf.len());
-        let mut pending: Vec<Pending> = Vec::with_capacity(buf.len());
+        let mut work: Vec<(Request, Reply)> = Vec::with_capacity(buf.len());
         let mut reads = Vec::new();
         for msg in buf.drain(..) {
             match msg {
-                EventMsg::Hold(req, reply) => match state.decide_hold(&req) {
-                    Ok(order) => {
-                        ops.push(SeatOp::Hold(order.clone()));
-                        pending.push(Pending {
-                            reply,
-                            order,
-                            status: OrderStatus::PendingPayment,
-                            on_reject: |o, info| {
-                                EngineError::SeatUnavailable(
-                                    o.seats.iter().map(|s| info.map.seat(*s).label()).collect(),
-                                )
-                            },
-                        });
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
+                EventMsg::Hold(req, reply) => work.push((Request::Hold(req), reply)),
                 EventMsg::Release { order_id, why, now_ms, reply } => {
-                    match state.decide_release(order_id, &why, now_ms) {
-                        Ok(order) => {
-                            let status = match why {
-                                ReleaseReason::Cancel { .. } => OrderStatus::Cancelled,
-                                ReleaseReason::Expire => OrderStatus::Expired,
-                            };
-                            ops.push(SeatOp::Release { order_id, status });
-                            pending.push(Pending {
-                                reply,
-                                order,
-                                status,
-                                on_reject: |_, _| EngineError::NotFound("order"),
-                            });
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
+                    work.push((Request::Release { order_id, why, now_ms }, reply))
                 }
-                EventMsg::Confirm { order_id, reply } => match state.decide_confirm(order_id) {
-                    Ok(order) => {
-                        ops.push(SeatOp::Confirm { order_id });
-                        pending.push(Pending {
-                            reply,
-                            order,
-                            status: OrderStatus::Paid,
-                            on_reject: |_, _| EngineError::NotFound("order"),
-                        });
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
+                EventMsg::Confirm { order_id, reply } => work.push((Request::Confirm { order_id }, reply)),
                 other => reads.push(other),
             }
         }
-        if !ops.is_empty() {
+        // Decide and commit; decisions the store finds stale (another node
+        // got there first) are decided again on the reloaded state.
+        for round in 0..=STALE_ROUNDS_MAX {
+            let mut ops = Vec::with_capacity(work.len());
+            let mut pending = Vec::with_capacity(work.len());
+            for (request, reply) in work.drain(..) {
+                match state.decide(&request) {
+                    Ok((op, order, status)) => {
+                        ops.push(op);
+                        pending.push(Pending { request, reply, order, status });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            if ops.is_empty() {
+                break;
+            }
             match store.apply_seats(event_id, &ops, now_ms).await {
                 Ok(outcomes) => {
-                    let mut stale = false;
                     let info = state.info.clone();
                     for (p, outcome) in pending.into_iter().zip(outcomes) {
-                        let answer = match outcome {
-                            OpOutcome::Applied => Ok(OrderView::from_hot(&p.order, &info, p.status)),
-                            OpOutcome::Rejected => {
-                                stale = true;
-                                Err((p.on_reject)(&p.order, &info))
+                        match outcome {
+                            OpOutcome::Applied => {
+                                let _ = p.reply.send(Ok(OrderView::from_hot(&p.order, &info, p.status)));
                             }
-                        };
-                        let _ = p.reply.send(answer);
-                    }
-                    if stale {
-                        // Another writer got there first: our memory is
-                        // wrong, so take the store's truth.
-                        tracing::warn!(%event_id, "hot store rejected a decision; reloading");
-                        match reload(&store, event_id).await {
-                            Some(s) => state = s,
-                            None => break,
+                            OpOutcome::Rejected if round < STALE_ROUNDS_MAX => work.push((p.request, p.reply)),
+                            // Still contended by other nodes: retry later.
+                            OpOutcome::Rejected => {
+                                let _ = p.reply.send(Err(EngineError::Overloaded("event")));
+                            }
                         }
                     }
+                    if work.is_empty() {
+                        break;
+                    }
+                    // The only writer never meets a stale decision.
+                    assert!(!mailbox.sole_owner, "event {event_id}: the store rejected the sole owner's decision");
+                    tracing::warn!(%event_id, stale = work.len(), "another node got there first; reloading");
                 }
                 Err(e) => {
                     tracing::warn!(%event_id, error = %e, "seat batch failed");
                     for p in pending {
                         let _ = p.reply.send(Err(EngineError::StoreUnavailable));
                     }
-                    // Memory holds decisions that never committed.
-                    match reload(&store, event_id).await {
-                        Some(s) => state = s,
-                        None => break,
-                    }
                 }
             }
-            state.check_invariants();
+            // Memory holds stale or uncommitted decisions: take the store's truth.
+            match reload(&store, event_id).await {
+                Some(s) => state = s,
+                None => {
+                    for (_, reply) in work.drain(..) {
+                        let _ = reply.send(Err(EngineError::StoreUnavailable));
+                    }
+                    break 'actor;
+                }
+            }
+            if work.is_empty() {
+                break;
+            }
         }
+        state.check_invariants();
         for r in reads {
             match r {
                 EventMsg::View(reply) => {

@@ -28,6 +28,9 @@ use packet::{PacketMsg, PacketState};
 pub struct Mailbox {
     pub batch_len_max: usize,
     pub idle: Duration,
+    /// This node is the only writer of the store (embedded mode): the store
+    /// can never find one of its decisions stale, so one that does is a bug.
+    pub sole_owner: bool,
     depth: IntGauge,
     batch_len: Histogram,
     live: IntGauge,
@@ -59,14 +62,22 @@ pub struct Actors {
     /// The runtime actors run on: the engine's, not the HTTP worker thread
     /// that happened to send the first message.
     rt: tokio::runtime::Handle,
+    /// See [`Mailbox::sole_owner`].
+    sole_owner: bool,
 }
+
+/// Rounds of deciding again after the store found decisions stale (another
+/// node changed the entity meanwhile). Each round starts from a fresh
+/// snapshot, so only that node's writes during one round trip can make a
+/// decision stale again; past the bound the client is told to retry (503).
+pub const STALE_ROUNDS_MAX: usize = 16;
 
 /// How many times a send retries when it finds an actor that just stopped.
 const RESPAWN_TRIES_MAX: usize = 3;
 
 impl Actors {
     /// Must be called inside the runtime the actors should run on.
-    pub fn new(store: Arc<dyn HotStore>, cfg: ActorConfig, metrics: Metrics) -> Self {
+    pub fn new(store: Arc<dyn HotStore>, cfg: ActorConfig, metrics: Metrics, sole_owner: bool) -> Self {
         Actors {
             store,
             cfg,
@@ -75,6 +86,7 @@ impl Actors {
             packets: Arc::new(DashMap::new()),
             generation: AtomicU64::new(0),
             rt: tokio::runtime::Handle::current(),
+            sole_owner,
         }
     }
 
@@ -82,6 +94,7 @@ impl Actors {
         Mailbox {
             batch_len_max: self.cfg.batch_len_max,
             idle: Duration::from_millis(self.cfg.idle_ms),
+            sole_owner: self.sole_owner,
             depth: self.metrics.mailbox_depth.with_label_values(&[kind]),
             batch_len: self.metrics.batch_len.with_label_values(&[kind]),
             live: self.metrics.actors_live.with_label_values(&[kind]),

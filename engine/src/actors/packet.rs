@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Mailbox;
+use super::{Mailbox, STALE_ROUNDS_MAX};
 use crate::domain::{Fen, Id, PacketStatus};
 use crate::error::EngineError;
 use crate::store::{Grab, HotStore, OpOutcome, PacketDef, PacketSnapshot};
@@ -64,6 +64,8 @@ impl PacketState {
     }
 }
 
+type GrabReply = oneshot::Sender<Result<Grab, EngineError>>;
+
 pub enum PacketMsg {
     Grab {
         user_id: String,
@@ -85,7 +87,7 @@ pub async fn run(
 ) {
     let packet_id = state.def.packet_id;
     let mut buf = Vec::with_capacity(mailbox.batch_len_max);
-    loop {
+    'actor: loop {
         match tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await {
             Ok(0) => break,
             Ok(n) => mailbox.received(n),
@@ -95,57 +97,75 @@ pub async fn run(
             }
         }
         let now_ms = crate::domain::now_unix_ms();
-        let mut grabs = Vec::new();
-        let mut replies = Vec::new();
+        let mut work: Vec<(String, Id, GrabReply)> = Vec::with_capacity(buf.len());
         let mut later = Vec::new();
         for msg in buf.drain(..) {
             match msg {
-                PacketMsg::Grab { user_id, grab_id, reply } => match state.decide_grab(&user_id, grab_id, now_ms) {
+                PacketMsg::Grab { user_id, grab_id, reply } => work.push((user_id, grab_id, reply)),
+                other => later.push(other),
+            }
+        }
+        // Decide and commit; grabs the store finds stale (another node
+        // granted first) are decided again on the reloaded state.
+        for round in 0..=STALE_ROUNDS_MAX {
+            let mut grabs = Vec::with_capacity(work.len());
+            let mut waiting = Vec::with_capacity(work.len());
+            for (user_id, grab_id, reply) in work.drain(..) {
+                match state.decide_grab(&user_id, grab_id, now_ms) {
                     Ok(g) => {
                         grabs.push(g);
-                        replies.push(reply);
+                        waiting.push((user_id, grab_id, reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
-                },
-                other => later.push(other),
+                }
             }
-        }
-        if !grabs.is_empty() {
+            if grabs.is_empty() {
+                break;
+            }
             match store.grab_batch(packet_id, &grabs, now_ms).await {
                 Ok(outcomes) => {
-                    let mut stale = false;
-                    for ((g, reply), outcome) in grabs.into_iter().zip(replies).zip(outcomes) {
-                        let _ = reply.send(match outcome {
-                            OpOutcome::Applied => Ok(g),
-                            OpOutcome::Rejected => {
-                                stale = true;
-                                Err(EngineError::PacketEmpty)
+                    for ((g, (user_id, grab_id, reply)), outcome) in grabs.into_iter().zip(waiting).zip(outcomes) {
+                        match outcome {
+                            OpOutcome::Applied => {
+                                let _ = reply.send(Ok(g));
                             }
-                        });
-                    }
-                    if stale {
-                        tracing::warn!(%packet_id, "hot store rejected a grab; reloading");
-                        match reload(&store, packet_id).await {
-                            Some(s) => state = s,
-                            None => break,
+                            OpOutcome::Rejected if round < STALE_ROUNDS_MAX => work.push((user_id, grab_id, reply)),
+                            // Still contended by other nodes: retry later.
+                            OpOutcome::Rejected => {
+                                let _ = reply.send(Err(EngineError::Overloaded("packet")));
+                            }
                         }
                     }
+                    if work.is_empty() {
+                        break;
+                    }
+                    // The only writer never meets a stale decision.
+                    assert!(!mailbox.sole_owner, "packet {packet_id}: the store rejected the sole owner's grab");
+                    tracing::warn!(%packet_id, stale = work.len(), "another node granted first; reloading");
                 }
                 Err(e) => {
                     tracing::warn!(%packet_id, error = %e, "grab batch failed");
-                    for reply in replies {
+                    for (_, _, reply) in waiting {
                         let _ = reply.send(Err(EngineError::StoreUnavailable));
-                    }
-                    match reload(&store, packet_id).await {
-                        Some(s) => state = s,
-                        None => break,
                     }
                 }
             }
-            state.check_invariants();
+            match reload(&store, packet_id).await {
+                Some(s) => state = s,
+                None => {
+                    for (_, _, reply) in work.drain(..) {
+                        let _ = reply.send(Err(EngineError::StoreUnavailable));
+                    }
+                    break 'actor;
+                }
+            }
+            if work.is_empty() {
+                break;
+            }
         }
+        state.check_invariants();
         for msg in later {
             match msg {
                 PacketMsg::Expire { reply } => {

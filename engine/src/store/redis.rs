@@ -267,7 +267,9 @@ impl HotStore for RedisStore {
         let Some(info) = self.info(event_id).await? else { return Ok(None) };
         let mut conn = self.conn.clone();
         let (seats, holds, paid): (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>) =
+            // MULTI: one consistent snapshot, no other client's write between.
             redis::pipe()
+                .atomic()
                 .hgetall(self.ev(event_id, "seats"))
                 .hgetall(self.ev(event_id, "holds"))
                 .hgetall(self.ev(event_id, "paid"))
@@ -323,6 +325,7 @@ impl HotStore for RedisStore {
         let Some(event) = event else { return Ok(None) };
         let e: Id = event.parse().map_err(corrupt)?;
         let (held, paid): (Option<String>, Option<String>) = redis::pipe()
+            .atomic()
             .hget(self.ev(e, "holds"), order_id.to_string())
             .hget(self.ev(e, "paid"), order_id.to_string())
             .query_async(&mut conn)
@@ -375,6 +378,7 @@ impl HotStore for RedisStore {
         let Some(def) = self.packet_def(packet_id).await? else { return Ok(None) };
         let mut conn = self.conn.clone();
         let (status, grabs): (Option<String>, HashMap<String, String>) = redis::pipe()
+            .atomic()
             .hget(self.pk(packet_id, "state"), "status")
             .hgetall(self.pk(packet_id, "grabs"))
             .query_async(&mut conn)

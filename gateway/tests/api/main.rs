@@ -6,6 +6,7 @@ mod crash;
 mod expiry;
 mod helpers;
 mod idempotency;
+mod multinode;
 mod ops;
 mod packets;
 mod seats;

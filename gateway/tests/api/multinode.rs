@@ -1,0 +1,143 @@
+//! Two rush nodes on one Redis race for the same seats and the same packet.
+//! Each node's actors decide on their own view; the scripts arbitrate; a
+//! stale decision is decided again after a reload. Both nodes share the
+//! durable store, and the stream consumer group gives each event to one
+//! node's workers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::helpers::*;
+
+/// A client's POST that honours 503 + Retry-After (contention), a bounded
+/// number of times.
+async fn post_retrying(
+    node: &TestApp,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    for _ in 0..20 {
+        let (s, v) = node.post(path, Some(token), body.clone()).await;
+        if s != StatusCode::SERVICE_UNAVAILABLE {
+            return (s, v);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("still 503 after 20 tries");
+}
+
+async fn two_nodes() -> (Arc<TestApp>, Arc<TestApp>) {
+    let a = spawn_in(Mode::Redis, |c| {
+        c.node_id = 1;
+        c.actors.idle_ms = 300;
+    })
+    .await;
+    let (prefix, dir) = (a.engine.config().redis.key_prefix.clone(), a.engine.config().data_dir.clone());
+    let b = spawn_in(Mode::Redis, |c| {
+        c.node_id = 2;
+        c.actors.idle_ms = 300;
+        c.redis.key_prefix = prefix;
+        c.data_dir = dir;
+    })
+    .await;
+    (Arc::new(a), Arc::new(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_oversell_seats() {
+    let (a, b) = two_nodes().await;
+    let event = a.event(10, 10, json!({})).await;
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let token = node.token(&format!("buyer{i}"), "user").await;
+        let body = json!({"event_id": event, "category": "std", "quantity": 1});
+        tasks.push(tokio::spawn(async move { post_retrying(&node, "/v1/orders", &token, body).await }));
+    }
+    let mut seats = HashSet::new();
+    let mut sold_out = 0;
+    for t in tasks {
+        let (s, v) = t.await.expect("task");
+        match s {
+            StatusCode::CREATED => assert!(seats.insert(v["seats"][0]["seat_id"].to_string()), "seat held twice: {v}"),
+            StatusCode::CONFLICT => {
+                assert_eq!(code(&v), "sold_out", "{v}");
+                sold_out += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!((seats.len(), sold_out), (100, 200));
+    // Fresh actors read the store: every seat is held, on both nodes.
+    for node in [&a, &b] {
+        let stopped =
+            eventually(5, || async { node.engine.metrics.actors_live.with_label_values(&["event"]).get() == 0 }).await;
+        assert!(stopped);
+        let (_, v) = node.get(&format!("/v1/events/{event}"), Some(&node.admin)).await;
+        assert_eq!(v["categories"][0]["remaining"], 0, "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_grant_each_part_once_and_each_user_once() {
+    let (a, b) = two_nodes().await;
+    let total = 100_000;
+    a.credit("sender", total).await;
+    let sender = a.token("sender", "user").await;
+    let (s, v) =
+        a.post("/v1/packets", Some(&sender), json!({"kind": "lucky", "total_amount": total, "count": 100})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let packet = v["packet_id"].as_str().expect("id").to_string();
+    // 300 users; the first 40 grab through both nodes at once.
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let user = format!("g{i}");
+        let token = a.token(&user, "user").await;
+        let nodes = if i < 40 {
+            vec![a.clone(), b.clone()]
+        } else if i % 2 == 0 {
+            vec![a.clone()]
+        } else {
+            vec![b.clone()]
+        };
+        for node in nodes {
+            let (token, user, path) = (token.clone(), user.clone(), format!("/v1/packets/{packet}/grab"));
+            tasks.push(tokio::spawn(
+                async move { (user, token.clone(), node.post(&path, Some(&token), json!({})).await) },
+            ));
+        }
+    }
+    let mut granted: HashMap<String, (String, i64)> = HashMap::new();
+    for t in tasks {
+        let (user, token, (s, v)) = t.await.expect("task");
+        match s {
+            StatusCode::OK => {
+                let amount = v["amount"].as_i64().expect("amount");
+                assert!(granted.insert(user.clone(), (token, amount)).is_none(), "{user} granted twice");
+            }
+            StatusCode::CONFLICT => assert_eq!(code(&v), "already_grabbed", "{v}"),
+            StatusCode::GONE => assert_eq!(code(&v), "packet_empty", "{v}"),
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(granted.len(), 100);
+    assert_eq!(granted.values().map(|(_, a)| a).sum::<i64>(), total);
+    // Both nodes' workers share the events; each applied once.
+    for node in [&a, &b] {
+        node.settle().await;
+    }
+    let settled = eventually(10, || async {
+        let mut ok = a.wallet(&sender).await == (0, 0);
+        for (token, amount) in granted.values() {
+            ok &= b.wallet(token).await == (*amount, 0);
+        }
+        ok
+    })
+    .await;
+    assert!(settled, "balances did not add up");
+    a.assert_ledger_balances().await;
+}
