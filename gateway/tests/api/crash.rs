@@ -14,8 +14,13 @@ struct Proc {
     base: String,
 }
 
-fn start(dir: &std::path::Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rush"))
+/// Starts the real binary; with `redis = Some((url, prefix))`, in Redis mode.
+fn start(dir: &std::path::Path, redis: Option<&(String, String)>) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rush"));
+    if let Some((url, prefix)) = redis {
+        cmd.env("RUSH__REDIS__URL", url).env("RUSH__REDIS__KEY_PREFIX", prefix);
+    }
+    let mut child = cmd
         .arg("serve")
         .env("RUSH__HTTP__ADDR", "127.0.0.1:0")
         .env("RUSH__DATA_DIR", dir)
@@ -65,8 +70,25 @@ impl Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
+    kill_and_restart(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
+    let prefix = format!("rushtest-crash-{}", std::process::id());
+    let redis = (super::helpers::test_redis_url(), prefix);
+    kill_and_restart(Some(&redis)).await;
+    if let Ok(mut conn) = redis::Client::open(redis.0.as_str()).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", redis.1)).query(&mut conn).unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+async fn kill_and_restart(redis: Option<&(String, String)>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut proc = start(dir.path());
+    let mut proc = start(dir.path(), redis);
     let c = Arc::new(Client { http: reqwest::Client::new(), base: proc.base.clone() });
     let admin = c.token("ops", "admin").await;
     let (s, v) = c
@@ -131,7 +153,7 @@ async fn kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
     proc.child.kill().expect("kill");
     proc.child.wait().expect("wait");
 
-    let mut proc = start(dir.path());
+    let mut proc = start(dir.path(), redis);
     let c = Client { http: reqwest::Client::new(), base: proc.base.clone() };
 
     for (token, order, seat) in &holds {
