@@ -4,6 +4,7 @@
 mod bad_input;
 mod crash;
 mod expiry;
+mod faults;
 mod helpers;
 mod idempotency;
 mod multinode;
