@@ -78,6 +78,17 @@ pub struct ActorConfig {
     pub batch_len_max: usize,
     /// An actor with no request for this long stops and frees its memory.
     pub idle_ms: u64,
+    /// `actor` (default) or `direct`: no actors, one store call per grab,
+    /// the way typical flash-sale systems work; kept for comparison.
+    pub mode: EngineMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineMode {
+    #[default]
+    Actor,
+    Direct,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -185,7 +196,7 @@ impl Default for AuthConfig {
 
 impl Default for ActorConfig {
     fn default() -> Self {
-        ActorConfig { mailbox_len_max: 8192, batch_len_max: 512, idle_ms: 5 * 60 * 1000 }
+        ActorConfig { mailbox_len_max: 8192, batch_len_max: 512, idle_ms: 5 * 60 * 1000, mode: EngineMode::Actor }
     }
 }
 

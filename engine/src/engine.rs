@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
 use crate::actors::packet::PacketMsg;
 use crate::actors::Actors;
-use crate::config::Config;
+use crate::config::{Config, EngineMode};
 use crate::domain::packet::split;
 use crate::domain::{
     gene_of_user, now_unix_ms, valid_user_id, Category, EventDef, EventInfo, Fen, Id, IdGen, Limits, OrderStatus,
@@ -28,7 +28,7 @@ use crate::events::redis_stream::RedisStreamLog;
 use crate::events::EventLog;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Attendee, DueItem, HotStore, PacketDef};
+use crate::store::{Attendee, DirectGrab, DueItem, HotStore, PacketDef};
 use crate::telemetry::Metrics;
 use crate::views::{OrderView, PacketView};
 
@@ -499,10 +499,21 @@ impl Engine {
     }
 
     pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
-        let (reply, rx) = oneshot::channel();
         let grab_id = self.ids.next(gene_of_user(user_id));
-        let msg = PacketMsg::Grab { user_id: user_id.to_string(), grab_id, reply };
-        let result = self.ask_packet(packet_id, msg, rx).await.and_then(|r| r);
+        let result = match self.cfg.actors.mode {
+            EngineMode::Actor => {
+                let (reply, rx) = oneshot::channel();
+                let msg = PacketMsg::Grab { user_id: user_id.to_string(), grab_id, reply };
+                self.ask_packet(packet_id, msg, rx).await.and_then(|r| r)
+            }
+            EngineMode::Direct => match self.store.grab_direct(packet_id, user_id, grab_id, now_unix_ms()).await? {
+                DirectGrab::Granted(g) => Ok(g),
+                DirectGrab::Already(amount) => Err(EngineError::AlreadyGrabbed { amount }),
+                DirectGrab::Empty => Err(EngineError::PacketEmpty),
+                DirectGrab::Expired => Err(EngineError::PacketExpired),
+                DirectGrab::Unknown => Err(EngineError::NotFound("packet")),
+            },
+        };
         let outcome = match &result {
             Ok(_) => "granted",
             Err(EngineError::AlreadyGrabbed { .. }) => "already_grabbed",

@@ -324,6 +324,30 @@ async fn packets_expire_once_with_their_remainder(f: &dyn Fixture) {
     assert_eq!(store.due(5_000, 10).await.expect("due"), vec![], "an expired packet is not due again after a restart");
 }
 
+async fn direct_grabs_decide_in_the_store(f: &dyn Fixture) {
+    use rush_engine::store::DirectGrab;
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = packet_def(&ids, &[30, 70], 1_000);
+    let p = def.packet_id;
+    store.create_packet(&def).await.expect("create");
+    let first = store.grab_direct(p, "u1", ids.next(0), 10).await.expect("grab");
+    assert!(matches!(first, DirectGrab::Granted(ref g) if g.part == 0 && g.amount == Fen::new(30)), "{first:?}");
+    assert_eq!(store.grab_direct(p, "u1", ids.next(0), 11).await.expect("grab"), DirectGrab::Already(Fen::new(30)));
+    assert!(
+        matches!(store.grab_direct(p, "u2", ids.next(0), 12).await.expect("grab"), DirectGrab::Granted(ref g) if g.amount == Fen::new(70))
+    );
+    assert_eq!(store.grab_direct(p, "u3", ids.next(0), 13).await.expect("grab"), DirectGrab::Empty);
+    assert_eq!(store.grab_direct(ids.next(0), "u3", ids.next(0), 13).await.expect("grab"), DirectGrab::Unknown);
+    let late = packet_def(&ids, &[5], 1_000);
+    store.create_packet(&late).await.expect("create");
+    assert_eq!(store.grab_direct(late.packet_id, "u1", ids.next(0), 1_000).await.expect("grab"), DirectGrab::Expired);
+    // Direct grabs are the same state actors read.
+    let snap = store.load_packet(p).await.expect("load").expect("packet");
+    assert_eq!(snap.status, PacketStatus::Empty);
+    assert_eq!(snap.grabs.iter().map(|g| g.user_id.as_str()).collect::<Vec<_>>(), vec!["u1", "u2"]);
+}
+
 async fn concurrent_batches_never_double_sell(f: &dyn Fixture) {
     let ids = f.ids();
     let store = f.open().await;
@@ -367,6 +391,7 @@ async fn run_all<F: Fixture>(make: impl Fn() -> F) {
     holds_come_due_and_leave_the_queue(&make()).await;
     grabs_take_parts_in_order_once_per_user(&make()).await;
     packets_expire_once_with_their_remainder(&make()).await;
+    direct_grabs_decide_in_the_store(&make()).await;
     concurrent_batches_never_double_sell(&make()).await;
 }
 

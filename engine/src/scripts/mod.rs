@@ -7,8 +7,8 @@
 use redis::aio::ConnectionLike;
 use redis::Script;
 
-use crate::domain::Fen;
-use crate::store::{OpOutcome, StoreError};
+use crate::domain::{Fen, Id};
+use crate::store::{DirectGrab, Grab, OpOutcome, StoreError};
 
 pub struct Scripts {
     pub hold: Script,
@@ -17,6 +17,7 @@ pub struct Scripts {
     pub create_packet: Script,
     pub grab: Script,
     pub expire_packet: Script,
+    pub grab_direct: Script,
 }
 
 impl Default for Scripts {
@@ -34,11 +35,20 @@ impl Scripts {
             create_packet: Script::new(include_str!("../../../lua/create_packet.lua")),
             grab: Script::new(include_str!("../../../lua/grab.lua")),
             expire_packet: Script::new(include_str!("../../../lua/expire_packet.lua")),
+            grab_direct: Script::new(include_str!("../../../lua/grab_direct.lua")),
         }
     }
 
     pub async fn load(&self, conn: &mut impl ConnectionLike) -> Result<(), StoreError> {
-        for s in [&self.hold, &self.release, &self.confirm, &self.create_packet, &self.grab, &self.expire_packet] {
+        for s in [
+            &self.hold,
+            &self.release,
+            &self.confirm,
+            &self.create_packet,
+            &self.grab,
+            &self.expire_packet,
+            &self.grab_direct,
+        ] {
             s.load_async(conn).await.map_err(|e| StoreError::Unavailable(format!("loading a script: {e}")))?;
         }
         Ok(())
@@ -84,6 +94,24 @@ pub fn expired(reply: i64) -> Result<Option<Fen>, StoreError> {
     }
 }
 
+/// grab_direct: `{1, amount, part}`, `{2, amount}`, `{3}`, `{4}`, `{0}`.
+pub fn direct_grab(reply: &[i64], grab_id: Id, user_id: &str, at_ms: u64) -> Result<DirectGrab, StoreError> {
+    match reply {
+        [1, amount, part] if *amount > 0 && *part >= 0 => Ok(DirectGrab::Granted(Grab {
+            grab_id,
+            user_id: user_id.to_string(),
+            part: *part as u32,
+            amount: Fen::new(*amount),
+            at_ms,
+        })),
+        [2, amount] => Ok(DirectGrab::Already(Fen::new(*amount))),
+        [3] => Ok(DirectGrab::Empty),
+        [4] => Ok(DirectGrab::Expired),
+        [0] => Ok(DirectGrab::Unknown),
+        other => Err(StoreError::Corrupt(format!("grab_direct answered {other:?}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +126,10 @@ mod tests {
         assert_eq!(expired(-1).unwrap(), None);
         assert_eq!(expired(42).unwrap(), Some(Fen::new(42)));
         assert!(expired(-5).is_err());
+        let id = Id::from_raw(7).unwrap();
+        assert_eq!(direct_grab(&[2, 30], id, "u", 1).unwrap(), DirectGrab::Already(Fen::new(30)));
+        assert!(matches!(direct_grab(&[1, 30, 4], id, "u", 1).unwrap(), DirectGrab::Granted(g) if g.part == 4));
+        assert!(direct_grab(&[1, -3, 0], id, "u", 1).is_err());
+        assert!(direct_grab(&[9], id, "u", 1).is_err());
     }
 }

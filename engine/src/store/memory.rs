@@ -18,12 +18,15 @@ use tokio::sync::{Mutex, Notify};
 use super::commit::{insert_rows, stmt, Committer, WriteSet};
 use super::order_seats;
 use super::{
-    DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder, SeatOp,
-    SeatState, StoreError,
+    DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
+    SeatOp, SeatState, StoreError,
 };
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
 use crate::durable::Db;
 use crate::events::DomainEvent;
+
+/// Attempts of a direct-mode grab that keeps losing races.
+const DIRECT_ROUNDS_MAX: usize = 16;
 
 struct EventHot {
     info: Arc<EventInfo>,
@@ -488,6 +491,36 @@ impl HotStore for MemoryStore {
 
     async fn ready(&self) -> bool {
         self.db.ping().await
+    }
+
+    async fn grab_direct(
+        &self,
+        packet_id: Id,
+        user_id: &str,
+        grab_id: Id,
+        now_ms: u64,
+    ) -> Result<DirectGrab, StoreError> {
+        // Decide on the mirror, then apply through `grab_batch`, which
+        // re-checks; a lost race (another grab took the part) decides again.
+        for _ in 0..DIRECT_ROUNDS_MAX {
+            let Some(m) = self.packet_mirror(packet_id).await? else { return Ok(DirectGrab::Unknown) };
+            let grab = {
+                let hot = m.lock().await;
+                if let Some(g) = hot.grabs.iter().find(|g| g.user_id == user_id) {
+                    return Ok(DirectGrab::Already(g.amount));
+                }
+                if hot.status == PacketStatus::Expired || now_ms >= hot.def.expires_at_ms {
+                    return Ok(DirectGrab::Expired);
+                }
+                let part = hot.grabs.len();
+                let Some(amount) = hot.def.parts.get(part).copied() else { return Ok(DirectGrab::Empty) };
+                Grab { grab_id, user_id: user_id.to_string(), part: part as u32, amount, at_ms: now_ms }
+            };
+            if self.grab_batch(packet_id, std::slice::from_ref(&grab), now_ms).await? == [OpOutcome::Applied] {
+                return Ok(DirectGrab::Granted(grab));
+            }
+        }
+        Err(StoreError::Unavailable("grab contended past its retries".into()))
     }
 
     async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {

@@ -127,6 +127,16 @@ impl PacketSnapshot {
     }
 }
 
+/// The verdict of a grab decided by the store itself (direct mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirectGrab {
+    Granted(Grab),
+    Already(Fen),
+    Empty,
+    Expired,
+    Unknown,
+}
+
 /// Something whose deadline has passed and that a timeout worker should
 /// settle through its actor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -176,6 +186,16 @@ pub trait HotStore: Send + Sync + 'static {
     /// Deadlines that have passed (holds to expire, packets to close), oldest
     /// first, at most `limit`. Items leave the queue when their op applies.
     async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError>;
+
+    /// Direct mode (no actor, for comparison): decides and applies one grab
+    /// in the store, one call per request.
+    async fn grab_direct(
+        &self,
+        packet_id: Id,
+        user_id: &str,
+        grab_id: Id,
+        now_ms: u64,
+    ) -> Result<DirectGrab, StoreError>;
 
     /// The store answers (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -23,8 +23,8 @@ use redis::AsyncCommands;
 use tokio::sync::Notify;
 
 use super::{
-    DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder, SeatOp,
-    SeatState, StoreError,
+    DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
+    SeatOp, SeatState, StoreError,
 };
 use crate::domain::id::PARTITION_COUNT;
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
@@ -52,7 +52,8 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
-/// The placeholder `expire_packet.lua` replaces with the remainder.
+/// The placeholder the scripts replace with an amount only they know
+/// (`expire_packet.lua`: the remainder; `grab_direct.lua`: the part).
 const REMAINING_PLACEHOLDER: i64 = i64::MIN;
 
 impl RedisStore {
@@ -447,6 +448,39 @@ impl HotStore for RedisStore {
             self.appended.notify_one();
         }
         Ok(remaining)
+    }
+
+    async fn grab_direct(
+        &self,
+        packet_id: Id,
+        user_id: &str,
+        grab_id: Id,
+        now_ms: u64,
+    ) -> Result<DirectGrab, StoreError> {
+        let Some(def) = self.packet_def(packet_id).await? else { return Ok(DirectGrab::Unknown) };
+        let env = self.envelope(DomainEvent::PacketGrabbed {
+            grab_id,
+            packet_id,
+            sender: def.sender.clone(),
+            user_id: user_id.to_string(),
+            amount: Fen::new(REMAINING_PLACEHOLDER),
+            at_ms: now_ms,
+        })?;
+        let mut inv = self.scripts.grab_direct.prepare_invoke();
+        inv.key(self.pk(packet_id, "parts"))
+            .key(self.pk(packet_id, "state"))
+            .key(self.pk(packet_id, "grabs"))
+            .key(self.part(packet_id.partition(), "outbox"))
+            .arg(now_ms)
+            .arg(user_id)
+            .arg(grab_id.to_string())
+            .arg(env);
+        let reply: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let verdict = scripts::direct_grab(&reply, grab_id, user_id, now_ms)?;
+        if matches!(verdict, DirectGrab::Granted(_)) {
+            self.appended.notify_one();
+        }
+        Ok(verdict)
     }
 
     async fn ready(&self) -> bool {

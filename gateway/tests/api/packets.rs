@@ -15,8 +15,17 @@ async fn redis_mode_three_hundred_grabs_of_a_hundred_part_lucky_packet() {
     three_hundred_grabs(Mode::Redis).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_direct_mode_three_hundred_grabs_of_a_hundred_part_lucky_packet() {
+    three_hundred_grabs_with(Mode::Redis, |c| c.actors.mode = rush_engine::config::EngineMode::Direct).await;
+}
+
 async fn three_hundred_grabs(mode: Mode) {
-    let app = Arc::new(spawn_in(mode, |_| {}).await);
+    three_hundred_grabs_with(mode, |_| {}).await;
+}
+
+async fn three_hundred_grabs_with(mode: Mode, tune: fn(&mut rush_engine::Config)) {
+    let app = Arc::new(spawn_in(mode, tune).await);
     let total = 100_000;
     app.credit("sender", total).await;
     let sender = app.token("sender", "user").await;
