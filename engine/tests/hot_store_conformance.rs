@@ -105,6 +105,106 @@ impl Fixture for Redis {
     }
 }
 
+/// A real Redis Cluster on loopback: 3 masters and 3 replicas on ports
+/// 7000–7005, started for the test and killed after. A script whose keys
+/// span two slots fails there with CROSSSLOT, so passing the suite on it
+/// proves every script is slot-safe.
+struct ClusterNodes {
+    procs: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+const CLUSTER_PORTS: std::ops::Range<u16> = 7000..7006;
+
+impl ClusterNodes {
+    fn start() -> Self {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().expect("dir");
+        for port in CLUSTER_PORTS {
+            assert!(
+                std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+                "port {port} is taken: the cluster test needs 7000-7005 free"
+            );
+        }
+        let mut procs = Vec::new();
+        for port in CLUSTER_PORTS {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("node dir");
+            procs.push(
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no", "--dir"])
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server must be installed (see .ci/run)"),
+            );
+        }
+        let nodes = ClusterNodes { procs, _dir: dir };
+        for port in CLUSTER_PORTS {
+            let up = (0..100).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            assert!(up, "node {port} did not start");
+        }
+        let addrs: Vec<String> = CLUSTER_PORTS.map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let ok = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            CLUSTER_PORTS.all(|p| {
+                Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            })
+        });
+        assert!(ok, "the cluster did not reach cluster_state:ok");
+        nodes
+    }
+}
+
+impl Drop for ClusterNodes {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+struct Cluster {
+    prefix: String,
+    ids: Arc<IdGen>,
+}
+
+impl Fixture for Cluster {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>> {
+        Box::pin(async move {
+            let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7000"]).expect("client");
+            let conn = client.get_async_connection().await.expect("cluster connection");
+            let store =
+                rush_engine::store::redis::RedisStore::with_connection(conn, &self.prefix, self.ids.clone(), 1000)
+                    .await
+                    .expect("scripts load on the cluster");
+            Arc::new(store) as Arc<dyn HotStore>
+        })
+    }
+
+    fn ids(&self) -> Arc<IdGen> {
+        self.ids.clone()
+    }
+}
+
 fn event_def(ids: &IdGen, cols: u32) -> EventDef {
     EventDef {
         event_id: ids.next(0),
@@ -412,4 +512,15 @@ async fn the_redis_store_keeps_the_hot_store_contract() {
     for (url, prefix) in fixtures.into_inner().expect("lock") {
         Redis { url, prefix, ids: Arc::new(IdGen::new(2).expect("ids")) }.cleanup().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_keeps_the_contract_on_a_three_master_cluster() {
+    let _nodes = ClusterNodes::start();
+    let n = std::sync::atomic::AtomicU64::new(0);
+    run_all(|| Cluster {
+        prefix: format!("cluster{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+        ids: Arc::new(IdGen::new(3).expect("ids")),
+    })
+    .await;
 }

@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, FromRedisValue};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
@@ -31,8 +32,12 @@ use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStat
 use crate::events::{DomainEvent, Envelope};
 use crate::scripts::{self, Scripts};
 
-pub struct RedisStore {
-    conn: ConnectionManager,
+/// Generic over the connection: a `ConnectionManager` for one server, a
+/// cluster connection for Redis Cluster. No call spans two slots: every
+/// script's keys share one hash tag, and per-partition reads are separate
+/// commands run concurrently, never a cross-slot pipeline.
+pub struct RedisStore<C = ConnectionManager> {
+    conn: C,
     prefix: String,
     ids: Arc<IdGen>,
     seats_max: u32,
@@ -56,7 +61,7 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// (`expire_packet.lua`: the remainder; `grab_direct.lua`: the part).
 const REMAINING_PLACEHOLDER: i64 = i64::MIN;
 
-impl RedisStore {
+impl RedisStore<ConnectionManager> {
     /// Connects, with every call bounded by `timeout` so a dead Redis is an
     /// error within that time, never a hang, and loads the scripts.
     pub async fn connect(
@@ -71,7 +76,22 @@ impl RedisStore {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
-        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        Self::with_connection(conn, prefix, ids, seats_max).await
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Uses `conn` (single server or cluster) and loads the scripts.
+    pub async fn with_connection(
+        mut conn: C,
+        prefix: &str,
+        ids: Arc<IdGen>,
+        seats_max: u32,
+    ) -> Result<Self, StoreError> {
         let scripts = Scripts::new();
         scripts.load(&mut conn).await?;
         Ok(RedisStore {
@@ -87,8 +107,27 @@ impl RedisStore {
     }
 
     /// The connection, shared with the stream event log.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> C {
         self.conn.clone()
+    }
+
+    /// Runs commands that may live in different slots concurrently (a
+    /// cluster refuses a pipeline across slots); answers in order.
+    async fn concurrently<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmds: Vec<redis::Cmd>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut set = JoinSet::new();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            let mut conn = self.conn.clone();
+            set.spawn(async move { (i, cmd.query_async::<T>(&mut conn).await) });
+        }
+        let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(set.len()).collect();
+        while let Some(joined) = set.join_next().await {
+            let (i, r) = joined.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            out[i] = Some(r.map_err(unavailable)?);
+        }
+        out.into_iter().map(|r| r.ok_or_else(|| corrupt("a command gave no answer"))).collect()
     }
 
     pub fn appended(&self) -> Arc<Notify> {
@@ -149,14 +188,16 @@ impl RedisStore {
     async fn holds(&self, info: &EventInfo, group: &[SeatOp]) -> Result<Vec<OpOutcome>, StoreError> {
         let e = info.def.event_id;
         let mut conn = self.conn.clone();
-        // The order index first: alone it asserts nothing.
-        let mut pipe = redis::pipe();
-        for op in group {
-            if let SeatOp::Hold(o) = op {
-                pipe.set(self.ord(o.order_id), e.to_string()).ignore();
-            }
-        }
-        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)?;
+        // The order index first: alone it asserts nothing. Each order's key
+        // is in its own slot, so one command each.
+        let index = group
+            .iter()
+            .filter_map(|op| match op {
+                SeatOp::Hold(o) => Some(redis::Cmd::set(self.ord(o.order_id), e.to_string())),
+                _ => None,
+            })
+            .collect();
+        self.concurrently::<()>(index).await?;
         let mut inv = self.scripts.hold.prepare_invoke();
         inv.key(self.ev(e, "seats"))
             .key(self.ev(e, "holds"))
@@ -245,7 +286,10 @@ fn seat_state(v: &str) -> Result<SeatState, StoreError> {
 }
 
 #[async_trait]
-impl HotStore for RedisStore {
+impl<C> HotStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError> {
         let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
         let body = serde_json::to_string(def).map_err(corrupt)?;
@@ -488,20 +532,15 @@ impl HotStore for RedisStore {
     }
 
     async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {
-        // One round trip for all partitions' queues, then the oldest first.
-        let mut pipe = redis::pipe();
-        for p in 0..PARTITION_COUNT {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(self.part(p, "due"))
-                .arg("-inf")
-                .arg(now_ms)
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit);
-        }
-        let per_partition: Vec<Vec<(String, u64)>> =
-            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        // Every partition's queue (each in its own slot), then the oldest first.
+        let cmds = (0..PARTITION_COUNT)
+            .map(|p| {
+                let mut cmd = redis::cmd("ZRANGEBYSCORE");
+                cmd.arg(self.part(p, "due")).arg("-inf").arg(now_ms).arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
+                cmd
+            })
+            .collect();
+        let per_partition: Vec<Vec<(String, u64)>> = self.concurrently(cmds).await?;
         let mut all = Vec::new();
         for (member, at) in per_partition.into_iter().flatten() {
             let item = match member.split(':').collect::<Vec<_>>().as_slice() {
