@@ -161,7 +161,7 @@ impl ClusterNodes {
         assert!(created.success(), "redis-cli --cluster create failed");
         let ok = (0..200).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            CLUSTER_PORTS.all(|p| {
+            CLUSTER_PORTS.clone().all(|p| {
                 Command::new("redis-cli")
                     .args(["-p", &p.to_string(), "cluster", "info"])
                     .output()
