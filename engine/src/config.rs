@@ -147,6 +147,9 @@ pub struct WorkerConfig {
     pub timeout_poll_ms: u64,
     /// Due items handled per timeout tick.
     pub due_batch_max: usize,
+    /// How long a claimed due item is left to the node that claimed it
+    /// before another node may take it (the claimer may have died).
+    pub due_lease_ms: u64,
     /// First and largest pause after a failed batch (doubling between).
     pub retry_backoff_ms: u64,
     pub retry_backoff_max_ms: u64,
@@ -247,6 +250,7 @@ impl Default for WorkerConfig {
             poll_wait_ms: 200,
             timeout_poll_ms: 250,
             due_batch_max: 1000,
+            due_lease_ms: 5_000,
             retry_backoff_ms: 50,
             retry_backoff_max_ms: 5_000,
         }

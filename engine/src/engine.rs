@@ -422,7 +422,8 @@ impl Engine {
     /// Settles up to `limit` due holds and packets through their actors.
     pub async fn settle_due(&self, limit: usize) -> Result<usize, EngineError> {
         let now_ms = now_unix_ms();
-        let due = self.store.due(now_ms, limit).await?;
+        let lease_ms = self.cfg.workers.due_lease_ms;
+        let due = self.store.claim_due(now_ms, limit, lease_ms).await?;
         let mut waiting = Vec::with_capacity(due.len());
         // Send everything first so each actor decides its share as one batch.
         for item in &due {

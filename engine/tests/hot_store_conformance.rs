@@ -325,42 +325,50 @@ async fn seats_hold_release_confirm(f: &dyn Fixture) {
     assert!(store.load_event(ids.next(0)).await.expect("load").is_none(), "an unknown event is None");
 }
 
-async fn holds_come_due_and_leave_the_queue(f: &dyn Fixture) {
+async fn due_items_are_claimed_for_a_lease_and_leave_when_settled(f: &dyn Fixture) {
+    const LEASE: u64 = 1_000;
     let ids = f.ids();
     let store = f.open().await;
-    let def = event_def(&ids, 3);
+    let def = event_def(&ids, 4);
     store.create_event(&def).await.expect("create");
     let e = def.event_id;
     let early = hold(&ids, e, "a", vec![0], 100);
     let late = hold(&ids, e, "b", vec![1], 200);
     let never = hold(&ids, e, "c", vec![2], FAR);
+    let third = hold(&ids, e, "d", vec![3], 300);
     store
-        .apply_seats(e, &[SeatOp::Hold(late.clone()), SeatOp::Hold(early.clone()), SeatOp::Hold(never)], 1)
+        .apply_seats(
+            e,
+            &[
+                SeatOp::Hold(late.clone()),
+                SeatOp::Hold(early.clone()),
+                SeatOp::Hold(never),
+                SeatOp::Hold(third.clone()),
+            ],
+            1,
+        )
         .await
         .expect("apply");
-    assert_eq!(store.due(99, 10).await.expect("due"), vec![]);
-    assert_eq!(store.due(150, 10).await.expect("due"), vec![DueItem::Hold { event_id: e, order_id: early.order_id }]);
+    let h = |o: &HotOrder| DueItem::Hold { event_id: e, order_id: o.order_id };
+    assert_eq!(store.claim_due(99, 10, LEASE).await.expect("claim"), vec![], "nothing is due yet");
+    assert_eq!(store.claim_due(150, 10, LEASE).await.expect("claim"), vec![h(&early)]);
+    assert_eq!(store.claim_due(250, 10, LEASE).await.expect("claim"), vec![h(&late)], "a claimed item is leased");
+    assert_eq!(store.claim_due(400, 1, LEASE).await.expect("claim"), vec![h(&third)], "limit is honoured");
+    assert_eq!(store.claim_due(1_160, 10, LEASE).await.expect("claim"), vec![h(&early)], "back after its lease");
+    store
+        .apply_seats(e, &[SeatOp::Release { order_id: early.order_id, status: OrderStatus::Expired }], 1_160)
+        .await
+        .expect("apply");
+    store.apply_seats(e, &[SeatOp::Confirm { order_id: late.order_id }], 1_160).await.expect("apply");
     assert_eq!(
-        store.due(250, 10).await.expect("due"),
-        vec![
-            DueItem::Hold { event_id: e, order_id: early.order_id },
-            DueItem::Hold { event_id: e, order_id: late.order_id }
-        ],
-        "oldest first"
+        store.claim_due(10_000, 10, LEASE).await.expect("claim"),
+        vec![h(&third)],
+        "settled holds are no longer due"
     );
-    assert_eq!(store.due(250, 1).await.expect("due").len(), 1, "limit is honoured");
-    store
-        .apply_seats(e, &[SeatOp::Release { order_id: early.order_id, status: OrderStatus::Expired }], 250)
-        .await
-        .expect("apply");
-    store.apply_seats(e, &[SeatOp::Confirm { order_id: late.order_id }], 250).await.expect("apply");
-    assert_eq!(store.due(300, 10).await.expect("due"), vec![], "released and paid holds are no longer due");
-    // The queue is rebuilt on reopen.
-    let pending = hold(&ids, e, "d", vec![0], 400);
-    store.apply_seats(e, &[SeatOp::Hold(pending.clone())], 300).await.expect("apply");
+    // The queue survives a reopen.
     drop(store);
     let store = f.open().await;
-    assert_eq!(store.due(500, 10).await.expect("due"), vec![DueItem::Hold { event_id: e, order_id: pending.order_id }]);
+    assert_eq!(store.claim_due(20_000, 10, LEASE).await.expect("claim"), vec![h(&third)]);
 }
 
 async fn grabs_take_parts_in_order_once_per_user(f: &dyn Fixture) {
@@ -409,19 +417,23 @@ async fn packets_expire_once_with_their_remainder(f: &dyn Fixture) {
     let p = def.packet_id;
     store.create_packet(&def).await.expect("create");
     store.grab_batch(p, &[grab(&ids, "u1", 0, 10)], 500).await.expect("grab");
-    assert_eq!(store.due(999, 10).await.expect("due"), vec![]);
-    assert_eq!(store.due(1_000, 10).await.expect("due"), vec![DueItem::Packet { packet_id: p }]);
+    assert_eq!(store.claim_due(999, 10, 1).await.expect("claim"), vec![]);
+    assert_eq!(store.claim_due(1_000, 10, 1).await.expect("claim"), vec![DueItem::Packet { packet_id: p }]);
     assert_eq!(store.expire_packet(p, 999).await.expect("expire"), None, "not before its time");
     let out = store.grab_batch(p, &[grab(&ids, "u2", 1, 20)], 1_000).await.expect("grab");
     assert_eq!(out, vec![OpOutcome::Rejected], "no grab at or after expiry");
     assert_eq!(store.expire_packet(p, 1_000).await.expect("expire"), Some(Fen::new(50)));
     assert_eq!(store.expire_packet(p, 2_000).await.expect("expire"), None, "only once");
-    assert_eq!(store.due(5_000, 10).await.expect("due"), vec![]);
+    assert_eq!(store.claim_due(5_000, 10, 1).await.expect("claim"), vec![]);
     drop(store);
     let store = f.open().await;
     let snap = store.load_packet(p).await.expect("load").expect("packet");
     assert_eq!(snap.status, PacketStatus::Expired);
-    assert_eq!(store.due(5_000, 10).await.expect("due"), vec![], "an expired packet is not due again after a restart");
+    assert_eq!(
+        store.claim_due(5_000, 10, 1).await.expect("claim"),
+        vec![],
+        "an expired packet is not due again after a restart"
+    );
 }
 
 async fn direct_grabs_decide_in_the_store(f: &dyn Fixture) {
@@ -488,7 +500,7 @@ async fn concurrent_batches_never_double_sell(f: &dyn Fixture) {
 /// Every check, each on a fresh fixture from `make`.
 async fn run_all<F: Fixture>(make: impl Fn() -> F) {
     seats_hold_release_confirm(&make()).await;
-    holds_come_due_and_leave_the_queue(&make()).await;
+    due_items_are_claimed_for_a_lease_and_leave_when_settled(&make()).await;
     grabs_take_parts_in_order_once_per_user(&make()).await;
     packets_expire_once_with_their_remainder(&make()).await;
     direct_grabs_decide_in_the_store(&make()).await;

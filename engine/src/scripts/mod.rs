@@ -18,6 +18,7 @@ pub struct Scripts {
     pub grab: Script,
     pub expire_packet: Script,
     pub grab_direct: Script,
+    pub claim_due: Script,
 }
 
 impl Default for Scripts {
@@ -36,6 +37,7 @@ impl Scripts {
             grab: Script::new(include_str!("../../../lua/grab.lua")),
             expire_packet: Script::new(include_str!("../../../lua/expire_packet.lua")),
             grab_direct: Script::new(include_str!("../../../lua/grab_direct.lua")),
+            claim_due: Script::new(include_str!("../../../lua/claim_due.lua")),
         }
     }
 

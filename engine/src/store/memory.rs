@@ -42,7 +42,36 @@ struct PacketHot {
     grabbed: HashSet<String>,
 }
 
-type DueQueue = BTreeSet<(u64, DueItem)>;
+/// Deadlines by time, re-timed when claimed.
+#[derive(Default)]
+struct DueQueue {
+    by_time: BTreeSet<(u64, DueItem)>,
+    at: HashMap<DueItem, u64>,
+}
+
+impl DueQueue {
+    fn insert(&mut self, at: u64, item: DueItem) {
+        if let Some(old) = self.at.insert(item, at) {
+            self.by_time.remove(&(old, item));
+        }
+        self.by_time.insert((at, item));
+    }
+
+    fn remove(&mut self, item: &DueItem) {
+        if let Some(at) = self.at.remove(item) {
+            self.by_time.remove(&(at, *item));
+        }
+    }
+
+    fn claim(&mut self, now_ms: u64, limit: usize, lease_ms: u64) -> Vec<DueItem> {
+        let items: Vec<DueItem> =
+            self.by_time.iter().take_while(|(at, _)| *at <= now_ms).take(limit).map(|(_, i)| *i).collect();
+        for item in &items {
+            self.insert(now_ms.saturating_add(lease_ms), *item);
+        }
+        items
+    }
+}
 
 pub struct MemoryStore {
     db: Db,
@@ -79,7 +108,7 @@ impl MemoryStore {
     /// Opens the store over an open database and rebuilds the due queue from
     /// it (entity mirrors load lazily, on first use).
     pub async fn open(db: Db, ids: Arc<IdGen>, seats_max: u32) -> Result<Self, StoreError> {
-        let mut due = DueQueue::new();
+        let mut due = DueQueue::default();
         for r in sqlx::query("SELECT order_id, event_id, expires_at_ms FROM hot_holds")
             .fetch_all(&db.read)
             .await
@@ -88,7 +117,7 @@ impl MemoryStore {
             let order_id = Id::from_raw(r.try_get("order_id").map_err(db_err)?).map_err(corrupt)?;
             let event_id = Id::from_raw(r.try_get("event_id").map_err(db_err)?).map_err(corrupt)?;
             let at: i64 = r.try_get("expires_at_ms").map_err(db_err)?;
-            due.insert((at.max(0) as u64, DueItem::Hold { event_id, order_id }));
+            due.insert(at.max(0) as u64, DueItem::Hold { event_id, order_id });
         }
         for r in sqlx::query("SELECT packet_id, expires_at_ms FROM hot_packets WHERE status <> 'expired'")
             .fetch_all(&db.read)
@@ -97,7 +126,7 @@ impl MemoryStore {
         {
             let packet_id = Id::from_raw(r.try_get("packet_id").map_err(db_err)?).map_err(corrupt)?;
             let at: i64 = r.try_get("expires_at_ms").map_err(db_err)?;
-            due.insert((at.max(0) as u64, DueItem::Packet { packet_id }));
+            due.insert(at.max(0) as u64, DueItem::Packet { packet_id });
         }
         let appended = Arc::new(Notify::new());
         let committer = Committer::spawn(db.clone(), ids.clone(), appended.clone());
@@ -325,10 +354,10 @@ impl HotStore for MemoryStore {
         for w in &writes {
             match w {
                 SeatWrite::Hold(o) => {
-                    due.insert((o.expires_at_ms, DueItem::Hold { event_id, order_id: o.order_id }));
+                    due.insert(o.expires_at_ms, DueItem::Hold { event_id, order_id: o.order_id });
                 }
                 SeatWrite::Release { order, .. } | SeatWrite::Confirm { order } => {
-                    due.remove(&(order.expires_at_ms, DueItem::Hold { event_id, order_id: order.order_id }));
+                    due.remove(&DueItem::Hold { event_id, order_id: order.order_id });
                 }
             }
         }
@@ -380,7 +409,7 @@ impl HotStore for MemoryStore {
                 grabbed: HashSet::new(),
             })),
         );
-        lock_due(&self.due).insert((def.expires_at_ms, DueItem::Packet { packet_id: def.packet_id }));
+        lock_due(&self.due).insert(def.expires_at_ms, DueItem::Packet { packet_id: def.packet_id });
         Ok(())
     }
 
@@ -485,7 +514,7 @@ impl HotStore for MemoryStore {
             return Err(e);
         }
         hot.status = PacketStatus::Expired;
-        lock_due(&self.due).remove(&(hot.def.expires_at_ms, DueItem::Packet { packet_id }));
+        lock_due(&self.due).remove(&DueItem::Packet { packet_id });
         Ok(Some(remaining))
     }
 
@@ -523,9 +552,8 @@ impl HotStore for MemoryStore {
         Err(StoreError::Unavailable("grab contended past its retries".into()))
     }
 
-    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {
-        let due = lock_due(&self.due);
-        Ok(due.iter().take_while(|(at, _)| *at <= now_ms).take(limit).map(|(_, item)| *item).collect())
+    async fn claim_due(&self, now_ms: u64, limit: usize, lease_ms: u64) -> Result<Vec<DueItem>, StoreError> {
+        Ok(lock_due(&self.due).claim(now_ms, limit, lease_ms))
     }
 }
 

@@ -183,9 +183,13 @@ pub trait HotStore: Send + Sync + 'static {
     /// `None` if it was already expired.
     async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError>;
 
-    /// Deadlines that have passed (holds to expire, packets to close), oldest
-    /// first, at most `limit`. Items leave the queue when their op applies.
-    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError>;
+    /// Claims deadlines that have passed (holds to expire, packets to
+    /// close), oldest first, at most `limit` from each partition's queue (the
+    /// embedded store has one): each is leased to the caller until
+    /// `now + lease_ms`, so other nodes skip it meanwhile. An item leaves the
+    /// queue when its op applies; an item whose claimer died comes back when
+    /// its lease ends.
+    async fn claim_due(&self, now_ms: u64, limit: usize, lease_ms: u64) -> Result<Vec<DueItem>, StoreError>;
 
     /// Direct mode (no actor, for comparison): decides and applies one grab
     /// in the store, one call per request.

@@ -531,16 +531,19 @@ where
         redis::cmd("PING").query_async::<String>(&mut self.conn.clone()).await.is_ok()
     }
 
-    async fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueItem>, StoreError> {
-        // Every partition's queue (each in its own slot), then the oldest first.
-        let cmds = (0..PARTITION_COUNT)
-            .map(|p| {
-                let mut cmd = redis::cmd("ZRANGEBYSCORE");
-                cmd.arg(self.part(p, "due")).arg("-inf").arg(now_ms).arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
-                cmd
-            })
-            .collect();
-        let per_partition: Vec<Vec<(String, u64)>> = self.concurrently(cmds).await?;
+    async fn claim_due(&self, now_ms: u64, limit: usize, lease_ms: u64) -> Result<Vec<DueItem>, StoreError> {
+        // Every partition's queue (each in its own slot), then oldest first.
+        let mut set = JoinSet::new();
+        for p in 0..PARTITION_COUNT {
+            let (script, key, mut conn) = (self.scripts.claim_due.clone(), self.part(p, "due"), self.conn.clone());
+            set.spawn(async move {
+                script.key(key).arg(now_ms).arg(limit).arg(lease_ms).invoke_async::<Vec<(String, u64)>>(&mut conn).await
+            });
+        }
+        let mut per_partition = Vec::with_capacity(usize::from(PARTITION_COUNT));
+        while let Some(joined) = set.join_next().await {
+            per_partition.push(joined.map_err(|e| StoreError::Unavailable(e.to_string()))?.map_err(unavailable)?);
+        }
         let mut all = Vec::new();
         for (member, at) in per_partition.into_iter().flatten() {
             let item = match member.split(':').collect::<Vec<_>>().as_slice() {
@@ -554,6 +557,6 @@ where
             all.push((at, item));
         }
         all.sort();
-        Ok(all.into_iter().take(limit).map(|(_, i)| i).collect())
+        Ok(all.into_iter().map(|(_, i)| i).collect())
     }
 }
