@@ -26,6 +26,7 @@ use crate::error::EngineError;
 use crate::events::outbox::OutboxLog;
 use crate::events::redis_stream::RedisStreamLog;
 use crate::events::EventLog;
+use crate::idempotency::IdempotencyStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{Attendee, DirectGrab, DueItem, HotStore, PacketDef};
@@ -116,6 +117,8 @@ pub struct Engine {
     store: Arc<dyn HotStore>,
     log: Arc<dyn EventLog>,
     durable: Durable,
+    /// Where Idempotency-Key records live (durable store or Redis).
+    idempotency: Arc<dyn IdempotencyStore>,
     actors: Actors,
     /// Event definitions by id: immutable, so cached for reads of holds.
     infos: DashMap<Id, Arc<EventInfo>>,
@@ -144,7 +147,11 @@ impl Engine {
     pub async fn open(cfg: Config, metrics: Metrics) -> Result<Arc<Engine>, StartError> {
         let ids = Arc::new(IdGen::new(cfg.node_id)?);
         let db = Db::open(&cfg.data_dir, Schema::Durable, &cfg.sqlite).await?;
-        let (store, log): (Arc<dyn HotStore>, Arc<dyn EventLog>) = match &cfg.redis.url {
+        let durable = Durable::new(db);
+        let (store, log, idempotency): (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>) = match &cfg
+            .redis
+            .url
+        {
             // Redis: hot state, scripts and outbox streams in Redis.
             Some(url) => {
                 let timeout = Duration::from_millis(cfg.redis.timeout_ms);
@@ -153,7 +160,9 @@ impl Engine {
                     .map_err(|e| StartError::Redis(url.clone(), e))?;
                 let consumer = format!("node-{}", cfg.node_id);
                 let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
-                (Arc::new(store), Arc::new(log))
+                // One store, two roles: hot state and Idempotency-Key records.
+                let store = Arc::new(store);
+                (store.clone(), Arc::new(log), store)
             }
             // Embedded: in-memory hot store persisted to hot.db, whose
             // outbox table is the event log.
@@ -161,7 +170,7 @@ impl Engine {
                 let hot_db = Db::open(&cfg.data_dir, Schema::Hot, &cfg.sqlite).await?;
                 let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
                 let log = OutboxLog::new(hot_db, store.appended());
-                (Arc::new(store), Arc::new(log))
+                (Arc::new(store), Arc::new(log), Arc::new(durable.clone()))
             }
         };
         // Embedded, this node is the store's only writer.
@@ -172,7 +181,8 @@ impl Engine {
             ids,
             store,
             log,
-            durable: Durable::new(db),
+            durable,
+            idempotency,
             actors,
             infos: DashMap::new(),
             metrics,
@@ -197,6 +207,10 @@ impl Engine {
 
     pub fn durable(&self) -> &Durable {
         &self.durable
+    }
+
+    pub fn idempotency(&self) -> &dyn IdempotencyStore {
+        self.idempotency.as_ref()
     }
 
     pub async fn ready(&self) -> bool {

@@ -13,6 +13,7 @@
 //! - [`durable`]: sqlx repositories (SQLite now): ledger, orders by gene, packets, grabs.
 //! - [`workers`]: persist events, expire holds and packets.
 //! - [`engine`]: the facade the gateway calls.
+//! - [`idempotency`]: Idempotency-Key records (durable store or Redis).
 //! - [`views`]: read models shaped as the API answers, with masking.
 //! - [`config`]: layered configuration with every limit.
 //! - [`error`]: expected failures, mapped to HTTP by the gateway.
@@ -25,6 +26,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod idempotency;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;

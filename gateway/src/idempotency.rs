@@ -8,7 +8,7 @@ use std::future::Future;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
-use rush_engine::durable::idempotency::Begin;
+use rush_engine::idempotency::{Begin, Ttl};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -56,26 +56,24 @@ where
     h.update(body);
     let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let cfg = &state.engine.config().orders;
-    let durable = state.engine.durable();
+    let records = state.engine.idempotency();
     let now = rush_engine::domain::now_unix_ms();
-    let begin = durable
-        .idempotency_begin(user_id, key, &hash, now, cfg.idempotency_ttl_s * 1000, cfg.idempotency_stale_s * 1000)
-        .await
-        .map_err(rush_engine::EngineError::from)?;
+    let ttl = Ttl { ttl_ms: cfg.idempotency_ttl_s * 1000, stale_ms: cfg.idempotency_stale_s * 1000 };
+    let begin = records.begin(user_id, key, &hash, now, ttl).await?;
     match begin {
         Begin::New => {
             let (status, text) = match f().await {
                 Ok((s, v)) => (s, v.to_string()),
                 Err(e) if e.status.is_server_error() => {
                     // Not stored: the client may retry under the same key.
-                    if let Err(err) = durable.idempotency_abandon(user_id, key).await {
+                    if let Err(err) = records.abandon(user_id, key).await {
                         tracing::warn!(error = %err, "releasing an idempotency key failed");
                     }
                     return Err(e);
                 }
                 Err(e) => (e.status, e.body().to_string()),
             };
-            if let Err(err) = durable.idempotency_finish(user_id, key, status.as_u16(), &text).await {
+            if let Err(err) = records.finish(user_id, key, status.as_u16(), &text).await {
                 // The effect happened; only the replay record is missing.
                 tracing::error!(error = %err, "recording an idempotent answer failed");
             }

@@ -19,6 +19,7 @@ pub struct Scripts {
     pub expire_packet: Script,
     pub grab_direct: Script,
     pub claim_due: Script,
+    pub idempotency: Script,
 }
 
 impl Default for Scripts {
@@ -38,6 +39,7 @@ impl Scripts {
             expire_packet: Script::new(include_str!("../../../lua/expire_packet.lua")),
             grab_direct: Script::new(include_str!("../../../lua/grab_direct.lua")),
             claim_due: Script::new(include_str!("../../../lua/claim_due.lua")),
+            idempotency: Script::new(include_str!("../../../lua/idempotency.lua")),
         }
     }
 

@@ -153,6 +153,12 @@ where
         format!("{}:{{p{partition}}}:{what}", self.prefix)
     }
 
+    /// An Idempotency-Key record: tagged by the user's own slot.
+    fn idem(&self, user_id: &str, key: &str) -> String {
+        let tag = crate::domain::id::stable_hash(user_id.as_bytes()) % u64::from(PARTITION_COUNT);
+        format!("{}:{{p{tag}}}:idem:{user_id}:{key}", self.prefix)
+    }
+
     fn ord(&self, order: Id) -> String {
         format!("{}:{{p{}}}:ord:{order}", self.prefix, order.partition())
     }
@@ -558,5 +564,80 @@ where
         }
         all.sort();
         Ok(all.into_iter().map(|(_, i)| i).collect())
+    }
+}
+
+#[async_trait]
+impl<C> crate::idempotency::IdempotencyStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn begin(
+        &self,
+        user_id: &str,
+        key: &str,
+        hash: &str,
+        now_ms: u64,
+        ttl: crate::idempotency::Ttl,
+    ) -> Result<crate::idempotency::Begin, crate::EngineError> {
+        use crate::idempotency::Begin;
+        let reply: redis::Value = self
+            .scripts
+            .idempotency
+            .key(self.idem(user_id, key))
+            .arg("begin")
+            .arg(hash)
+            .arg(ttl.ttl_ms)
+            .arg(ttl.stale_ms)
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let parts: Vec<redis::Value> = redis::from_redis_value(reply).map_err(|e| corrupt(e.to_string()))?;
+        let code: i64 = parts.first().cloned().map(redis::from_redis_value).transpose().map_err(corrupt)?.unwrap_or(-1);
+        Ok(match code {
+            1 => Begin::New,
+            2 => {
+                let status: i64 =
+                    parts.get(1).cloned().map(redis::from_redis_value).transpose().map_err(corrupt)?.unwrap_or(0);
+                let body: String = parts
+                    .get(2)
+                    .cloned()
+                    .map(redis::from_redis_value)
+                    .transpose()
+                    .map_err(corrupt)?
+                    .unwrap_or_default();
+                Begin::Replay { status: u16::try_from(status).map_err(corrupt)?, body }
+            }
+            3 => Begin::Mismatch,
+            4 => Begin::InProgress,
+            other => return Err(corrupt(format!("idempotency answered {other}")).into()),
+        })
+    }
+
+    async fn finish(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), crate::EngineError> {
+        let _: i64 = self
+            .scripts
+            .idempotency
+            .key(self.idem(user_id, key))
+            .arg("finish")
+            .arg(status)
+            .arg(body)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn abandon(&self, user_id: &str, key: &str) -> Result<(), crate::EngineError> {
+        let _: i64 = self
+            .scripts
+            .idempotency
+            .key(self.idem(user_id, key))
+            .arg("abandon")
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }

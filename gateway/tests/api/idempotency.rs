@@ -5,7 +5,13 @@ use serde_json::{json, Value};
 
 use super::helpers::*;
 
-async fn post_with_key(app: &TestApp, path: &str, token: &str, key: &str, body: &Value) -> (StatusCode, bool, Value) {
+pub async fn post_with_key(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, bool, Value) {
     let r = app
         .client
         .post(format!("{}{path}", app.base))
@@ -22,7 +28,16 @@ async fn post_with_key(app: &TestApp, path: &str, token: &str, key: &str, body: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_key_replays_the_first_answer_and_moves_money_once() {
-    let app = spawn_app().await;
+    repeated_key(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_a_repeated_key_replays_the_first_answer_and_moves_money_once() {
+    repeated_key(Mode::Redis).await;
+}
+
+async fn repeated_key(mode: Mode) {
+    let app = spawn_in(mode, |_| {}).await;
     let credit = json!({"amount": 5000, "reason": "top up"});
     for _ in 0..2 {
         let (s, _, _) = post_with_key(&app, "/v1/admin/wallet/k/credit", &app.admin, "credit-1", &credit).await;
@@ -57,7 +72,16 @@ async fn a_repeated_key_replays_the_first_answer_and_moves_money_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_with_one_key_run_once() {
-    let app = Arc::new(spawn_app().await);
+    one_key_concurrently(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_mode_concurrent_requests_with_one_key_run_once() {
+    one_key_concurrently(Mode::Redis).await;
+}
+
+async fn one_key_concurrently(mode: Mode) {
+    let app = Arc::new(spawn_in(mode, |_| {}).await);
     let event = app.event(2, 10, json!({})).await;
     let u = app.token("dup", "user").await;
     let body = json!({"event_id": event, "category": "std", "quantity": 2});

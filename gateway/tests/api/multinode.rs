@@ -141,3 +141,17 @@ async fn two_nodes_grant_each_part_once_and_each_user_once() {
     assert!(settled, "balances did not add up");
     a.assert_ledger_balances().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_honoured_across_nodes() {
+    let (a, b) = two_nodes().await;
+    a.credit("k", 5000).await;
+    let k = a.token("k", "user").await;
+    let body = json!({"kind": "normal", "total_amount": 1000, "count": 2});
+    let (s1, r1, v1) = super::idempotency::post_with_key(&a, "/v1/packets", &k, "across", &body).await;
+    let (s2, r2, v2) = super::idempotency::post_with_key(&b, "/v1/packets", &k, "across", &body).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert!(!r1 && r2, "node b replays node a's answer");
+    assert_eq!(v1["packet_id"], v2["packet_id"]);
+    assert_eq!(b.wallet(&k).await, (4000, 1000), "frozen once");
+}

@@ -1,0 +1,38 @@
+//! Where Idempotency-Key records live: the durable store in embedded mode,
+//! Redis (`lua/idempotency.lua`) in Redis mode, so that every node sees the
+//! same record.
+
+use async_trait::async_trait;
+
+pub use crate::durable::idempotency::Begin;
+use crate::error::EngineError;
+
+/// Timing of a record: how long the first answer is replayed, and after how
+/// long an unfinished claim is presumed dead.
+#[derive(Clone, Copy, Debug)]
+pub struct Ttl {
+    pub ttl_ms: u64,
+    pub stale_ms: u64,
+}
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    async fn begin(&self, user_id: &str, key: &str, hash: &str, now_ms: u64, ttl: Ttl) -> Result<Begin, EngineError>;
+    async fn finish(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), EngineError>;
+    async fn abandon(&self, user_id: &str, key: &str) -> Result<(), EngineError>;
+}
+
+#[async_trait]
+impl IdempotencyStore for crate::durable::Durable {
+    async fn begin(&self, user_id: &str, key: &str, hash: &str, now_ms: u64, ttl: Ttl) -> Result<Begin, EngineError> {
+        Ok(self.idempotency_begin(user_id, key, hash, now_ms, ttl.ttl_ms, ttl.stale_ms).await?)
+    }
+
+    async fn finish(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), EngineError> {
+        Ok(self.idempotency_finish(user_id, key, status, body).await?)
+    }
+
+    async fn abandon(&self, user_id: &str, key: &str) -> Result<(), EngineError> {
+        Ok(self.idempotency_abandon(user_id, key).await?)
+    }
+}
