@@ -16,7 +16,12 @@ struct Proc {
 
 /// Starts the real binary; with `redis = Some((url, prefix))`, in Redis mode.
 fn start(dir: &std::path::Path, redis: Option<&(String, String)>) -> Proc {
+    start_node(dir, redis, 0)
+}
+
+fn start_node(dir: &std::path::Path, redis: Option<&(String, String)>, node_id: u16) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rush"));
+    cmd.env("RUSH__NODE_ID", node_id.to_string());
     if let Some((url, prefix)) = redis {
         cmd.env("RUSH__REDIS__URL", url).env("RUSH__REDIS__KEY_PREFIX", prefix);
     }
@@ -209,4 +214,81 @@ async fn kill_and_restart(redis: Option<&(String, String)>) {
     assert!(settled, "balances did not add up after restart");
     let _ = proc.child.kill();
     let _ = proc.child.wait();
+}
+
+/// Two rush processes on one Redis (and one durable file) race for one
+/// packet; 30 users grab through both at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rush_processes_grant_each_part_and_each_user_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let redis = (super::helpers::test_redis_url(), format!("rushtest-2proc-{}", std::process::id()));
+    let mut procs = [start_node(dir.path(), Some(&redis), 1), start_node(dir.path(), Some(&redis), 2)];
+    let nodes: Vec<Arc<Client>> =
+        procs.iter().map(|p| Arc::new(Client { http: reqwest::Client::new(), base: p.base.clone() })).collect();
+    let admin = nodes[0].token("ops", "admin").await;
+    let total = 60_000;
+    nodes[0].call("POST", "/v1/admin/wallet/sender/credit", &admin, json!({"amount": total, "reason": "t"})).await;
+    let sender = nodes[0].token("sender", "user").await;
+    let (s, v) = nodes[1]
+        .call("POST", "/v1/packets", &sender, json!({"kind": "lucky", "total_amount": total, "count": 60}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let packet = v["packet_id"].as_str().expect("id").to_string();
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let token = nodes[0].token(&format!("p{i}"), "user").await;
+        let targets: Vec<Arc<Client>> = if i < 30 { nodes.clone() } else { vec![nodes[i % 2].clone()] };
+        for node in targets {
+            let (token, path) = (token.clone(), format!("/v1/packets/{packet}/grab"));
+            tasks.push(tokio::spawn(async move {
+                // A client honours 503 + Retry-After (contention), a bounded number of times.
+                for _ in 0..20 {
+                    let (s, v) = node.call("POST", &path, &token, json!({})).await;
+                    if s != StatusCode::SERVICE_UNAVAILABLE {
+                        return (token, s, v);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                panic!("still 503 after 20 tries");
+            }));
+        }
+    }
+    let mut granted: HashMap<String, i64> = HashMap::new();
+    for t in tasks {
+        let (token, s, v) = t.await.expect("task");
+        match s {
+            StatusCode::OK => {
+                assert!(granted.insert(token, v["amount"].as_i64().expect("amount")).is_none(), "granted twice")
+            }
+            StatusCode::CONFLICT => assert_eq!(v["error"]["code"], "already_grabbed", "{v}"),
+            StatusCode::GONE => assert_eq!(v["error"]["code"], "packet_empty", "{v}"),
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(granted.len(), 60);
+    assert_eq!(granted.values().sum::<i64>(), total);
+    let mut settled = false;
+    for _ in 0..100 {
+        let mut ok = nodes[1].call("GET", "/v1/wallet", &sender, Value::Null).await.1["frozen"] == 0;
+        for (token, amount) in &granted {
+            ok &= nodes[(amount % 2) as usize].call("GET", "/v1/wallet", token, Value::Null).await.1["available"]
+                == *amount;
+        }
+        if ok {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(settled, "balances did not add up");
+    for p in &mut procs {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+    if let Ok(mut conn) = redis::Client::open(redis.0.as_str()).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", redis.1)).query(&mut conn).unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
 }
