@@ -536,3 +536,19 @@ async fn the_redis_store_keeps_the_contract_on_a_three_master_cluster() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_reloads_its_scripts_after_a_script_flush() {
+    let f = Redis::new();
+    let store = f.open().await;
+    let ids = f.ids();
+    let def = packet_def(&ids, &[10, 20], FAR);
+    store.create_packet(&def).await.expect("create");
+    // Redis forgets every script, as after a restart or failover.
+    let client = redis::Client::open(f.url.as_str()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("flush");
+    let out = store.grab_batch(def.packet_id, &[grab(&ids, "u1", 0, 10)], 5).await.expect("grab after NOSCRIPT");
+    assert_eq!(out, vec![OpOutcome::Applied]);
+    f.cleanup().await;
+}
