@@ -31,6 +31,8 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: Option<String>,
+    /// `url` names one node of a Redis Cluster (the rest are discovered).
+    pub cluster: bool,
     /// Prefix of every key, so several deployments (or tests) share a server.
     pub key_prefix: String,
     /// Bound on connecting and on every call: past it a request answers
@@ -40,7 +42,7 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: None, key_prefix: "rush".into(), timeout_ms: 1_000 }
+        RedisConfig { url: None, cluster: false, key_prefix: "rush".into(), timeout_ms: 1_000 }
     }
 }
 

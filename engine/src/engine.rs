@@ -153,6 +153,17 @@ impl Engine {
             .url
         {
             // Redis: hot state, scripts and outbox streams in Redis.
+            Some(url) if cfg.redis.cluster => {
+                let timeout = Duration::from_millis(cfg.redis.timeout_ms);
+                let store =
+                    RedisStore::connect_cluster(url, &cfg.redis.key_prefix, ids.clone(), cfg.events.seats_max, timeout)
+                        .await
+                        .map_err(|e| StartError::Redis(url.clone(), e))?;
+                let consumer = format!("node-{}", cfg.node_id);
+                let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
+                let store = Arc::new(store);
+                (store.clone(), Arc::new(log), store)
+            }
             Some(url) => {
                 let timeout = Duration::from_millis(cfg.redis.timeout_ms);
                 let store = RedisStore::connect(url, &cfg.redis.key_prefix, ids.clone(), cfg.events.seats_max, timeout)

@@ -535,6 +535,69 @@ async fn the_redis_store_keeps_the_contract_on_a_three_master_cluster() {
         ids: Arc::new(IdGen::new(3).expect("ids")),
     })
     .await;
+    engine_in_cluster_mode().await;
+}
+
+/// The whole engine on the cluster: scripts, the stream event log and the
+/// workers, from a grab to the ledger.
+async fn engine_in_cluster_mode() {
+    use rush_engine::actors::event::Selection;
+    use rush_engine::engine::{NewHold, NewPacket};
+    use rush_engine::telemetry::Metrics;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    cfg.redis.url = Some("redis://127.0.0.1:7000".into());
+    cfg.redis.cluster = true;
+    cfg.redis.key_prefix = "engine".into();
+    cfg.workers.poll_wait_ms = 20;
+    let engine = rush_engine::Engine::open(cfg, Metrics::new()).await.expect("engine on the cluster");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    engine.start_workers(rx);
+    engine.credit("sender", 1_000, "test").await.expect("credit");
+    let packet = engine
+        .create_packet(
+            "sender",
+            NewPacket { kind: PacketKind::Normal, total_amount: 1_000, count: 10, greeting: None, expires_in_s: None },
+        )
+        .await
+        .expect("packet");
+    for i in 0..10 {
+        let g = engine.grab(&format!("g{i}"), packet.packet_id).await.expect("grab");
+        assert_eq!(g.amount, Fen::new(100));
+    }
+    assert!(matches!(engine.grab("late", packet.packet_id).await, Err(rush_engine::EngineError::PacketEmpty)));
+    assert!(engine.settle(std::time::Duration::from_secs(10)).await, "the workers drained every partition's stream");
+    for i in 0..10 {
+        assert_eq!(engine.wallet(&format!("g{i}")).await.expect("wallet").available, Fen::new(100));
+    }
+    assert_eq!(engine.wallet("sender").await.expect("wallet").frozen, Fen::ZERO);
+    let (event_id, _) = engine.create_event(event_input()).await.expect("event");
+    let held = engine
+        .hold(
+            "buyer",
+            NewHold {
+                event_id,
+                selection: Selection::Category { category: "c".into(), quantity: 2 },
+                attendees: vec![],
+            },
+        )
+        .await
+        .expect("hold");
+    assert_eq!(held.seats.len(), 2);
+    let _ = tx.send(true);
+}
+
+fn event_input() -> rush_engine::engine::NewEvent {
+    rush_engine::engine::NewEvent {
+        name: "cluster".into(),
+        venue: "lab".into(),
+        starts_at: Utc::now(),
+        hold_ttl_s: None,
+        limits: None,
+        categories: vec![rush_engine::engine::NewCategory { id: "c".into(), name: "C".into(), price: 100 }],
+        layout: Some(vec![SectionLayout { name: "A".into(), rows: 1, cols: 4, category: "c".into() }]),
+        seats: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

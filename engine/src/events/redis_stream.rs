@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::streams::StreamReadReply;
+use redis::FromRedisValue;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use super::{Envelope, EventLog, LogError};
 use crate::domain::id::PARTITION_COUNT;
@@ -22,8 +24,10 @@ use crate::domain::id::PARTITION_COUNT;
 /// sale can fill a batch on its own.
 const PER_PARTITION_COUNT_MIN: usize = 64;
 
-pub struct RedisStreamLog {
-    conn: ConnectionManager,
+/// Generic over the connection (single server or cluster); each command
+/// touches one partition's stream, so it runs on Redis Cluster too.
+pub struct RedisStreamLog<C = ConnectionManager> {
+    conn: C,
     prefix: String,
     /// This node's name inside each consumer group.
     consumer: String,
@@ -45,8 +49,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl RedisStreamLog {
-    pub fn new(conn: ConnectionManager, prefix: &str, consumer: &str, appended: Arc<Notify>) -> Self {
+impl<C> RedisStreamLog<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    pub fn new(conn: C, prefix: &str, consumer: &str, appended: Arc<Notify>) -> Self {
         RedisStreamLog {
             conn,
             prefix: prefix.to_string(),
@@ -87,25 +94,38 @@ impl RedisStreamLog {
         Ok(())
     }
 
+    /// Runs single-slot commands concurrently; answers in order.
+    async fn concurrently<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmds: Vec<redis::Cmd>,
+    ) -> Result<Vec<T>, LogError> {
+        let mut set = JoinSet::new();
+        for (i, cmd) in cmds.into_iter().enumerate() {
+            let mut conn = self.conn.clone();
+            set.spawn(async move { (i, cmd.query_async::<T>(&mut conn).await) });
+        }
+        let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(set.len()).collect();
+        while let Some(joined) = set.join_next().await {
+            let (i, r) = joined.map_err(|e| LogError::Unavailable(e.to_string()))?;
+            out[i] = Some(r.map_err(unavailable)?);
+        }
+        out.into_iter().map(|r| r.ok_or_else(|| LogError::Unavailable("a command gave no answer".into()))).collect()
+    }
+
     async fn read(&self, group: &str, max: usize) -> Result<Vec<Envelope>, LogError> {
         let recovering = !lock(&self.recovered).contains(group);
         // "0": this consumer's delivered-but-uncommitted entries; ">": new ones.
         let from = if recovering { "0" } else { ">" };
         let count = max.div_ceil(usize::from(PARTITION_COUNT)).max(PER_PARTITION_COUNT_MIN);
-        let mut pipe = redis::pipe();
-        for p in 0..PARTITION_COUNT {
-            pipe.cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(group)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS")
-                .arg(self.stream(p))
-                .arg(from);
-        }
-        let replies: Vec<Option<StreamReadReply>> =
-            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let cmds = (0..PARTITION_COUNT)
+            .map(|p| {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP").arg(group).arg(&self.consumer).arg("COUNT").arg(count).arg("STREAMS");
+                cmd.arg(self.stream(p)).arg(from);
+                cmd
+            })
+            .collect();
+        let replies: Vec<Option<StreamReadReply>> = self.concurrently(cmds).await?;
         let mut out = Vec::new();
         let mut pending = lock(&self.pending);
         for (p, reply) in replies.into_iter().enumerate() {
@@ -133,7 +153,10 @@ impl RedisStreamLog {
 }
 
 #[async_trait]
-impl EventLog for RedisStreamLog {
+impl<C> EventLog for RedisStreamLog<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     async fn poll(&self, consumer: &str, max: usize, wait: Duration) -> Result<Vec<Envelope>, LogError> {
         self.ensure_group(consumer).await?;
         let notified = self.appended.notified();
@@ -160,21 +183,27 @@ impl EventLog for RedisStreamLog {
         for (_, (_, p, id)) in done {
             by_partition.entry(p).or_default().push(id);
         }
-        let mut pipe = redis::pipe();
-        for (p, ids) in &by_partition {
-            pipe.cmd("XACK").arg(self.stream(*p)).arg(consumer).arg(ids).ignore();
-            pipe.cmd("XDEL").arg(self.stream(*p)).arg(ids).ignore();
+        // Per partition: acknowledge, then delete (one slot per pipeline).
+        let mut set = JoinSet::new();
+        for (p, ids) in by_partition {
+            let (stream, group, mut conn) = (self.stream(p), consumer.to_string(), self.conn.clone());
+            set.spawn(async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("XACK").arg(&stream).arg(group).arg(&ids).ignore();
+                pipe.cmd("XDEL").arg(&stream).arg(&ids).ignore();
+                pipe.query_async::<()>(&mut conn).await
+            });
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+        while let Some(joined) = set.join_next().await {
+            joined.map_err(|e| LogError::Unavailable(e.to_string()))?.map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     async fn lag(&self, _consumer: &str) -> Result<u64, LogError> {
         // Committed entries are deleted, so what is left is the lag.
-        let mut pipe = redis::pipe();
-        for p in 0..PARTITION_COUNT {
-            pipe.cmd("XLEN").arg(self.stream(p));
-        }
-        let lens: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let cmds = (0..PARTITION_COUNT).map(|p| redis::Cmd::xlen(self.stream(p))).collect();
+        let lens: Vec<u64> = self.concurrently(cmds).await?;
         Ok(lens.iter().sum())
     }
 }

@@ -19,6 +19,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, FromRedisValue};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -77,6 +79,27 @@ impl RedisStore<ConnectionManager> {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        Self::with_connection(conn, prefix, ids, seats_max).await
+    }
+}
+
+impl RedisStore<ClusterConnection> {
+    /// Connects to a Redis Cluster through one of its nodes, every call
+    /// bounded by `timeout`, and loads the scripts on every node.
+    pub async fn connect_cluster(
+        url: &str,
+        prefix: &str,
+        ids: Arc<IdGen>,
+        seats_max: u32,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let client = ClusterClientBuilder::new(vec![url])
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("redis cluster url: {e}")))?;
+        let conn = client.get_async_connection().await.map_err(unavailable)?;
         Self::with_connection(conn, prefix, ids, seats_max).await
     }
 }
