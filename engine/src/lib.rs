@@ -8,6 +8,7 @@
 //! - [`domain`]: ids with shard gene, money, seat maps, order states, packet split.
 //! - [`actors`]: one actor per event and per packet, bounded mailboxes, batching.
 //! - [`store`]: the hot-store trait; `memory` (embedded) and `redis` implement it.
+//! - [`redis_io`]: running commands that live in different slots.
 //! - [`scripts`]: Rust twins of the Lua scripts in `lua/`.
 //! - [`events`]: domain events, the event-log trait, the embedded outbox log.
 //! - [`durable`]: sqlx repositories (SQLite now): ledger, orders by gene, packets, grabs.
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod redis_io;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;

@@ -13,7 +13,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::streams::StreamReadReply;
-use redis::FromRedisValue;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -94,24 +93,6 @@ where
         Ok(())
     }
 
-    /// Runs single-slot commands concurrently; answers in order.
-    async fn concurrently<T: FromRedisValue + Send + 'static>(
-        &self,
-        cmds: Vec<redis::Cmd>,
-    ) -> Result<Vec<T>, LogError> {
-        let mut set = JoinSet::new();
-        for (i, cmd) in cmds.into_iter().enumerate() {
-            let mut conn = self.conn.clone();
-            set.spawn(async move { (i, cmd.query_async::<T>(&mut conn).await) });
-        }
-        let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(set.len()).collect();
-        while let Some(joined) = set.join_next().await {
-            let (i, r) = joined.map_err(|e| LogError::Unavailable(e.to_string()))?;
-            out[i] = Some(r.map_err(unavailable)?);
-        }
-        out.into_iter().map(|r| r.ok_or_else(|| LogError::Unavailable("a command gave no answer".into()))).collect()
-    }
-
     async fn read(&self, group: &str, max: usize) -> Result<Vec<Envelope>, LogError> {
         let recovering = !lock(&self.recovered).contains(group);
         // "0": this consumer's delivered-but-uncommitted entries; ">": new ones.
@@ -125,7 +106,8 @@ where
                 cmd
             })
             .collect();
-        let replies: Vec<Option<StreamReadReply>> = self.concurrently(cmds).await?;
+        let replies: Vec<Option<StreamReadReply>> =
+            crate::redis_io::concurrently(&self.conn, cmds).await.map_err(unavailable)?;
         let mut out = Vec::new();
         let mut pending = lock(&self.pending);
         for (p, reply) in replies.into_iter().enumerate() {
@@ -203,7 +185,7 @@ where
     async fn lag(&self, _consumer: &str) -> Result<u64, LogError> {
         // Committed entries are deleted, so what is left is the lag.
         let cmds = (0..PARTITION_COUNT).map(|p| redis::Cmd::xlen(self.stream(p))).collect();
-        let lens: Vec<u64> = self.concurrently(cmds).await?;
+        let lens: Vec<u64> = crate::redis_io::concurrently(&self.conn, cmds).await.map_err(unavailable)?;
         Ok(lens.iter().sum())
     }
 }

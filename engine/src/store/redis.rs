@@ -21,7 +21,7 @@ use dashmap::DashMap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands, FromRedisValue};
+use redis::AsyncCommands;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -134,25 +134,6 @@ where
         self.conn.clone()
     }
 
-    /// Runs commands that may live in different slots concurrently (a
-    /// cluster refuses a pipeline across slots); answers in order.
-    async fn concurrently<T: FromRedisValue + Send + 'static>(
-        &self,
-        cmds: Vec<redis::Cmd>,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut set = JoinSet::new();
-        for (i, cmd) in cmds.into_iter().enumerate() {
-            let mut conn = self.conn.clone();
-            set.spawn(async move { (i, cmd.query_async::<T>(&mut conn).await) });
-        }
-        let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(set.len()).collect();
-        while let Some(joined) = set.join_next().await {
-            let (i, r) = joined.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            out[i] = Some(r.map_err(unavailable)?);
-        }
-        out.into_iter().map(|r| r.ok_or_else(|| corrupt("a command gave no answer"))).collect()
-    }
-
     pub fn appended(&self) -> Arc<Notify> {
         self.appended.clone()
     }
@@ -226,7 +207,7 @@ where
                 _ => None,
             })
             .collect();
-        self.concurrently::<()>(index).await?;
+        crate::redis_io::concurrently::<_, ()>(&self.conn, index).await.map_err(unavailable)?;
         let mut inv = self.scripts.hold.prepare_invoke();
         inv.key(self.ev(e, "seats"))
             .key(self.ev(e, "holds"))
