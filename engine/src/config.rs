@@ -38,11 +38,15 @@ pub struct RedisConfig {
     /// Bound on connecting and on every call: past it a request answers
     /// 503 `store_unavailable` instead of hanging.
     pub timeout_ms: u64,
+    /// A node holds its `node_id` in Redis for this long, renewed every
+    /// third of it; a node restarted after a crash waits up to this long
+    /// for its old lease to run out.
+    pub node_lease_ms: u64,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: None, cluster: false, key_prefix: "rush".into(), timeout_ms: 1_000 }
+        RedisConfig { url: None, cluster: false, key_prefix: "rush".into(), timeout_ms: 1_000, node_lease_ms: 3_000 }
     }
 }
 
@@ -327,6 +331,9 @@ impl Config {
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return bad("redis.key_prefix must be non-empty, without braces (they are hash tags)");
+        }
+        if self.redis.node_lease_ms < 300 {
+            return bad("redis.node_lease_ms must be at least 300");
         }
         if self.workers.batch_len_max == 0 || self.workers.due_batch_max == 0 {
             return bad("workers batch sizes must be at least 1");

@@ -109,6 +109,22 @@ pub enum StartError {
     NodeId(#[from] crate::domain::id::NodeIdError),
     #[error("Redis at {0} is unreachable or refused the scripts: {1}")]
     Redis(String, crate::store::StoreError),
+    #[error("node id {0} is held by another live node on this Redis; give each node its own RUSH__NODE_ID")]
+    NodeIdTaken(u16),
+}
+
+/// Holds this node's id in Redis so no other live node mints the same ids.
+async fn lease<C>(store: &RedisStore<C>, cfg: &Config, url: &str) -> Result<(), StartError>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let lease_ms = cfg.redis.node_lease_ms;
+    let wait = Duration::from_millis(lease_ms + lease_ms / 2);
+    match store.lease_node_id(cfg.node_id, lease_ms, wait).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(StartError::NodeIdTaken(cfg.node_id)),
+        Err(e) => Err(StartError::Redis(url.to_string(), e)),
+    }
 }
 
 pub struct Engine {
@@ -159,6 +175,7 @@ impl Engine {
                     RedisStore::connect_cluster(url, &cfg.redis.key_prefix, ids.clone(), cfg.events.seats_max, timeout)
                         .await
                         .map_err(|e| StartError::Redis(url.clone(), e))?;
+                lease(&store, &cfg, url).await?;
                 let consumer = format!("node-{}", cfg.node_id);
                 let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
                 let store = Arc::new(store);
@@ -169,6 +186,7 @@ impl Engine {
                 let store = RedisStore::connect(url, &cfg.redis.key_prefix, ids.clone(), cfg.events.seats_max, timeout)
                     .await
                     .map_err(|e| StartError::Redis(url.clone(), e))?;
+                lease(&store, &cfg, url).await?;
                 let consumer = format!("node-{}", cfg.node_id);
                 let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
                 // One store, two roles: hot state and Idempotency-Key records.

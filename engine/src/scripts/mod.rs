@@ -20,6 +20,7 @@ pub struct Scripts {
     pub grab_direct: Script,
     pub claim_due: Script,
     pub idempotency: Script,
+    pub lease_node: Script,
 }
 
 impl Default for Scripts {
@@ -40,6 +41,7 @@ impl Scripts {
             grab_direct: Script::new(include_str!("../../../lua/grab_direct.lua")),
             claim_due: Script::new(include_str!("../../../lua/claim_due.lua")),
             idempotency: Script::new(include_str!("../../../lua/idempotency.lua")),
+            lease_node: Script::new(include_str!("../../../lua/lease_node.lua")),
         }
     }
 

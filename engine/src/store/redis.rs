@@ -129,6 +129,50 @@ where
         })
     }
 
+    /// Takes this node's id for `lease_ms`, waiting up to `wait` for a
+    /// previous holder's lease to run out (a node restarted after kill -9
+    /// finds its own old lease), then renews it every third of the lease
+    /// until the process ends. Another live node on the id → `false`.
+    pub async fn lease_node_id(&self, node_id: u16, lease_ms: u64, wait: Duration) -> Result<bool, StoreError> {
+        let key = format!("{}:node:{node_id}", self.prefix);
+        let token = format!(
+            "{:016x}",
+            crate::domain::id::stable_hash(format!("{:?}{node_id}", std::time::SystemTime::now()).as_bytes())
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let held: i64 = self
+                .scripts
+                .lease_node
+                .key(&key)
+                .arg(&token)
+                .arg(lease_ms)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            if held == 1 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (script, mut conn) = (self.scripts.lease_node.clone(), self.conn.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis((lease_ms / 3).max(1)));
+            loop {
+                tick.tick().await;
+                match script.key(&key).arg(&token).arg(lease_ms).invoke_async::<i64>(&mut conn).await {
+                    Ok(1) => {}
+                    Ok(_) => tracing::error!(node_id, "another live node holds this node id: ids may collide"),
+                    Err(e) => tracing::warn!(node_id, error = %e, "renewing the node id lease failed"),
+                }
+            }
+        });
+        Ok(true)
+    }
+
     /// The connection, shared with the stream event log.
     pub fn connection(&self) -> C {
         self.conn.clone()
