@@ -113,19 +113,29 @@ pub enum StartError {
     NodeIdTaken(u16),
 }
 
-/// Holds this node's id in Redis so no other live node mints the same ids.
-async fn lease<C>(store: &RedisStore<C>, cfg: &Config, url: &str) -> Result<(), StartError>
+/// The hot store, event log and idempotency records of Redis mode (single
+/// server or cluster), after leasing this node's id so no other live node
+/// mints the same ids.
+async fn redis_roles<C>(store: RedisStore<C>, cfg: &Config, url: &str) -> Result<Roles, StartError>
 where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
     let lease_ms = cfg.redis.node_lease_ms;
     let wait = Duration::from_millis(lease_ms + lease_ms / 2);
     match store.lease_node_id(cfg.node_id, lease_ms, wait).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(StartError::NodeIdTaken(cfg.node_id)),
-        Err(e) => Err(StartError::Redis(url.to_string(), e)),
+        Ok(true) => {}
+        Ok(false) => return Err(StartError::NodeIdTaken(cfg.node_id)),
+        Err(e) => return Err(StartError::Redis(url.to_string(), e)),
     }
+    let consumer = format!("node-{}", cfg.node_id);
+    let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
+    // One store, two roles: hot state and Idempotency-Key records.
+    let store = Arc::new(store);
+    Ok((store.clone(), Arc::new(log), store))
 }
+
+/// The hot store, the event log and where Idempotency-Key records live.
+type Roles = (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>);
 
 pub struct Engine {
     cfg: Arc<Config>,
@@ -164,34 +174,19 @@ impl Engine {
         let ids = Arc::new(IdGen::new(cfg.node_id)?);
         let db = Db::open(&cfg.data_dir, Schema::Durable, &cfg.sqlite).await?;
         let durable = Durable::new(db);
-        let (store, log, idempotency): (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>) = match &cfg
-            .redis
-            .url
-        {
+        let (store, log, idempotency): Roles = match &cfg.redis.url {
             // Redis: hot state, scripts and outbox streams in Redis.
-            Some(url) if cfg.redis.cluster => {
-                let timeout = Duration::from_millis(cfg.redis.timeout_ms);
-                let store =
-                    RedisStore::connect_cluster(url, &cfg.redis.key_prefix, ids.clone(), cfg.events.seats_max, timeout)
-                        .await
-                        .map_err(|e| StartError::Redis(url.clone(), e))?;
-                lease(&store, &cfg, url).await?;
-                let consumer = format!("node-{}", cfg.node_id);
-                let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
-                let store = Arc::new(store);
-                (store.clone(), Arc::new(log), store)
-            }
             Some(url) => {
                 let timeout = Duration::from_millis(cfg.redis.timeout_ms);
-                let store = RedisStore::connect(url, &cfg.redis.key_prefix, ids.clone(), cfg.events.seats_max, timeout)
-                    .await
-                    .map_err(|e| StartError::Redis(url.clone(), e))?;
-                lease(&store, &cfg, url).await?;
-                let consumer = format!("node-{}", cfg.node_id);
-                let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
-                // One store, two roles: hot state and Idempotency-Key records.
-                let store = Arc::new(store);
-                (store.clone(), Arc::new(log), store)
+                let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
+                let redis_err = |e| StartError::Redis(url.clone(), e);
+                if cfg.redis.cluster {
+                    let store = RedisStore::connect_cluster(url, prefix, ids.clone(), seats_max, timeout).await;
+                    redis_roles(store.map_err(redis_err)?, &cfg, url).await?
+                } else {
+                    let store = RedisStore::connect(url, prefix, ids.clone(), seats_max, timeout).await;
+                    redis_roles(store.map_err(redis_err)?, &cfg, url).await?
+                }
             }
             // Embedded: in-memory hot store persisted to hot.db, whose
             // outbox table is the event log.
@@ -467,28 +462,34 @@ impl Engine {
         let now_ms = now_unix_ms();
         let lease_ms = self.cfg.workers.due_lease_ms;
         let due = self.store.claim_due(now_ms, limit, lease_ms).await?;
-        let mut waiting = Vec::with_capacity(due.len());
-        // Send everything first so each actor decides its share as one batch.
+        let (mut holds, mut packets) = (Vec::new(), Vec::new());
+        // Send everything first so each actor decides its share as one
+        // batch, then wait for the answers.
         for item in &due {
             match *item {
                 DueItem::Hold { event_id, order_id } => {
                     let (reply, rx) = oneshot::channel();
                     let msg = EventMsg::Release { order_id, why: ReleaseReason::Expire, now_ms, reply };
                     if self.actors.send_event(event_id, msg).await? {
-                        waiting.push(tokio::spawn(async move { rx.await.map(|r| r.map(|_| ())) }));
+                        holds.push(rx);
                     }
                 }
                 DueItem::Packet { packet_id } => {
                     let (reply, rx) = oneshot::channel();
                     if self.actors.send_packet(packet_id, PacketMsg::Expire { reply }).await? {
-                        waiting.push(tokio::spawn(async move { rx.await.map(|r| r.map(|_| ())) }));
+                        packets.push(rx);
                     }
                 }
             }
         }
-        for w in waiting {
-            if let Ok(Ok(Err(e))) = w.await {
-                tracing::debug!(error = %e, "due item not settled");
+        for rx in holds {
+            if let Ok(Err(e)) = rx.await {
+                tracing::debug!(error = %e, "due hold not settled");
+            }
+        }
+        for rx in packets {
+            if let Ok(Err(e)) = rx.await {
+                tracing::debug!(error = %e, "due packet not settled");
             }
         }
         Ok(due.len())
