@@ -23,6 +23,106 @@ pub struct Config {
     pub workers: WorkerConfig,
     pub sqlite: SqliteConfig,
     pub redis: RedisConfig,
+    pub postgres: PostgresConfig,
+    pub kafka: KafkaConfig,
+    pub outbox: OutboxConfig,
+}
+
+/// Postgres as the durable store: set `url`
+/// (`RUSH__POSTGRES__URL=postgres://rush@127.0.0.1/rush`); without it the
+/// durable store is `rush.db` in the data dir.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: Option<String>,
+    /// Connections per process (reads and the workers' transactions).
+    pub pool_max: u32,
+    /// Bound on reaching the server at start: past it rush exits with an
+    /// error naming Postgres.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: None, pool_max: 16, connect_timeout_ms: 5_000 }
+    }
+}
+
+/// Full mode: set `brokers` (`RUSH__KAFKA__BROKERS=127.0.0.1:9092`) with
+/// `redis.url`, and the relay moves the Redis outbox streams to Kafka, where
+/// `rush worker` consumes them into the durable store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: Option<String>,
+    /// Topics are `<prefix>.orders` and `<prefix>.packets`.
+    pub topic_prefix: String,
+    /// Partitions per topic, created by the relay when missing. The Kafka
+    /// partition of an event is its logical partition (0..127) modulo this;
+    /// the default keeps them equal.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Consumer group of `rush worker`.
+    pub group: String,
+    /// `rush serve` runs the relay in-process; turn off to run `rush relay`
+    /// as its own deployment.
+    pub relay_in_serve: bool,
+    /// Outbox entries relayed per round (one Kafka flush per round).
+    pub relay_batch_len_max: usize,
+    /// How long `rush relay` waits on an empty outbox before looking again
+    /// (the relay inside `rush serve` is woken by its node's appends).
+    pub relay_poll_ms: u64,
+    /// Producer `linger.ms`: how long librdkafka waits to fill a batch.
+    pub linger_ms: u64,
+    /// Producer `message.timeout.ms`: an undelivered message fails after
+    /// this; the relay then re-reads its unacknowledged entries and tries again.
+    pub delivery_timeout_ms: u64,
+    /// Bound on metadata calls and on reaching the brokers at start.
+    pub request_timeout_ms: u64,
+    /// Consumer `session.timeout.ms`: a dead worker's partitions move to
+    /// the others after this.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: None,
+            topic_prefix: "rush".into(),
+            partitions: i32::from(crate::domain::id::PARTITION_COUNT),
+            replication_factor: 1,
+            group: "rush-persist".into(),
+            relay_in_serve: true,
+            relay_batch_len_max: 4096,
+            relay_poll_ms: 5,
+            linger_ms: 2,
+            delivery_timeout_ms: 30_000,
+            request_timeout_ms: 5_000,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The outbox (hot store → event log → workers) is bounded: when the
+/// consumer of the outbox (workers, or the relay in full mode) falls behind,
+/// say because Kafka is down, it grows; near `len_max` the node reports not
+/// ready, at `len_max` writes are refused with 503 `outbox_full` instead of
+/// growing memory without bound.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    pub len_max: u64,
+    /// Percent of `len_max` at which `/readyz` starts failing.
+    pub ready_pct: u64,
+    /// How often the outbox length is measured (also the staleness of the
+    /// bound: it can overshoot by what arrives in this time).
+    pub check_every_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { len_max: 2_000_000, ready_pct: 80, check_every_ms: 500 }
+    }
 }
 
 /// Redis mode: set `url` (`RUSH__REDIS__URL=redis://127.0.0.1:6379`) and the
@@ -187,6 +287,9 @@ impl Default for Config {
             workers: WorkerConfig::default(),
             sqlite: SqliteConfig::default(),
             redis: RedisConfig::default(),
+            postgres: PostgresConfig::default(),
+            kafka: KafkaConfig::default(),
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -338,6 +441,21 @@ impl Config {
         if self.workers.batch_len_max == 0 || self.workers.due_batch_max == 0 {
             return bad("workers batch sizes must be at least 1");
         }
+        if self.kafka.brokers.is_some() && self.redis.url.is_none() {
+            return bad("kafka.brokers needs redis.url: the relay reads the Redis outbox streams");
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 || self.kafka.relay_batch_len_max == 0 {
+            return bad("kafka.partitions, kafka.replication_factor and kafka.relay_batch_len_max must be at least 1");
+        }
+        if self.kafka.topic_prefix.is_empty() || self.kafka.group.is_empty() {
+            return bad("kafka.topic_prefix and kafka.group must be non-empty");
+        }
+        if self.postgres.pool_max == 0 {
+            return bad("postgres.pool_max must be at least 1");
+        }
+        if self.outbox.len_max == 0 || !(1..=100).contains(&self.outbox.ready_pct) || self.outbox.check_every_ms == 0 {
+            return bad("outbox.len_max and outbox.check_every_ms must be positive, outbox.ready_pct 1..=100");
+        }
         Ok(())
     }
 }
@@ -387,5 +505,24 @@ mod tests {
         assert!(Config::load_from(None, env(&[("RUSH__NODE_ID", "5000")])).is_err());
         assert!(Config::load_from(None, env(&[("RUSH__ACTORS__MAILBOX_LEN_MAX", "0")])).is_err());
         assert!(Config::load_from(None, env(&[("RUSH__AUTH__JWT_SECRET", "short")])).is_err());
+        assert!(Config::load_from(None, env(&[("RUSH__OUTBOX__READY_PCT", "0")])).is_err());
+    }
+
+    #[test]
+    fn kafka_without_redis_is_refused_with_the_reason() {
+        let err = Config::load_from(None, env(&[("RUSH__KAFKA__BROKERS", "127.0.0.1:9092")])).unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
+        let cfg = Config::load_from(
+            None,
+            env(&[
+                ("RUSH__KAFKA__BROKERS", "127.0.0.1:9092"),
+                ("RUSH__REDIS__URL", "redis://127.0.0.1"),
+                ("RUSH__POSTGRES__URL", "postgres://rush@127.0.0.1/rush"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.kafka.brokers.as_deref(), Some("127.0.0.1:9092"));
+        assert_eq!(cfg.kafka.partitions, 128);
+        assert_eq!(cfg.postgres.url.as_deref(), Some("postgres://rush@127.0.0.1/rush"));
     }
 }

@@ -3,6 +3,7 @@
 //! workers. No HTTP here.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::domain::{
     gene_of_user, now_unix_ms, valid_user_id, Category, EventDef, EventInfo, Fen, Id, IdGen, Limits, OrderStatus,
     PacketKind, SeatDef, SeatMap, SectionLayout,
 };
-use crate::durable::{Audit, Balance, Db, Durable, JournalEntry, Schema};
+use crate::durable::{Audit, Balance, Db, Durable, JournalEntry, Pools};
 use crate::error::EngineError;
 use crate::events::outbox::OutboxLog;
 use crate::events::redis_stream::RedisStreamLog;
@@ -111,6 +112,8 @@ pub enum StartError {
     Redis(String, crate::store::StoreError),
     #[error("node id {0} is held by another live node on this Redis; give each node its own RUSH__NODE_ID")]
     NodeIdTaken(u16),
+    #[error("{0}")]
+    Kafka(String),
 }
 
 /// The hot store, event log and idempotency records of Redis mode (single
@@ -134,6 +137,65 @@ where
     Ok((store.clone(), Arc::new(log), store))
 }
 
+/// The outbox streams as a relay outside `rush serve` reads them: no actors,
+/// no node-id lease (a relay mints no ids); consumer `relay-<node_id>` in
+/// the group, so a restarted relay with the same id re-sends what it had
+/// read and not acknowledged.
+async fn relay_log(cfg: &Config, url: &str) -> Result<Arc<dyn EventLog>, StartError> {
+    let ids = Arc::new(IdGen::new(cfg.node_id)?);
+    let timeout = Duration::from_millis(cfg.redis.timeout_ms);
+    let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
+    let consumer = format!("relay-{}", cfg.node_id);
+    let redis_err = |e| StartError::Redis(url.to_string(), e);
+    Ok(if cfg.redis.cluster {
+        let store = RedisStore::connect_cluster(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        Arc::new(RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended()))
+    } else {
+        let store = RedisStore::connect(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        Arc::new(RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended()))
+    })
+}
+
+fn kafka_err(e: crate::events::LogError) -> StartError {
+    StartError::Kafka(match e {
+        crate::events::LogError::Unavailable(m) => m,
+        e => e.to_string(),
+    })
+}
+
+/// Checks the brokers answer and the topics exist (creating them).
+async fn kafka_ready(cfg: &Config) -> Result<&str, StartError> {
+    let brokers = cfg.kafka.brokers.as_deref().ok_or_else(|| StartError::Kafka("kafka.brokers is not set".into()))?;
+    crate::events::kafka::check_reachable(&cfg.kafka, brokers).await.map_err(kafka_err)?;
+    crate::events::kafka::ensure_topics(&cfg.kafka, brokers).await.map_err(kafka_err)?;
+    Ok(brokers)
+}
+
+/// `rush relay`: the relay as its own process.
+pub async fn standalone_relay(cfg: &Config, metrics: Metrics) -> Result<crate::workers::relay::Relay, StartError> {
+    let url = cfg.redis.url.as_deref().ok_or_else(|| StartError::Kafka("the relay needs redis.url".into()))?;
+    let brokers = kafka_ready(cfg).await?;
+    Ok(crate::workers::relay::Relay {
+        log: relay_log(cfg, url).await?,
+        producer: crate::events::kafka::producer(&cfg.kafka, brokers).map_err(kafka_err)?,
+        kafka: cfg.kafka.clone(),
+        workers: cfg.workers.clone(),
+        metrics,
+        poll_wait: Duration::from_millis(cfg.kafka.relay_poll_ms),
+    })
+}
+
+/// `rush worker`: the durable store and the Kafka log it applies.
+pub async fn kafka_worker(cfg: &Config) -> Result<(Durable, Arc<dyn EventLog>), StartError> {
+    let brokers = kafka_ready(cfg).await?;
+    let pools = match &cfg.postgres.url {
+        Some(url) => Pools::postgres(url, &cfg.postgres).await?,
+        None => Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?,
+    };
+    let log = crate::events::kafka::KafkaLog::new(&cfg.kafka, brokers).map_err(kafka_err)?;
+    Ok((Durable::new(pools), Arc::new(log)))
+}
+
 /// The hot store, the event log and where Idempotency-Key records live.
 type Roles = (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>);
 
@@ -148,6 +210,8 @@ pub struct Engine {
     actors: Actors,
     /// Event definitions by id: immutable, so cached for reads of holds.
     infos: DashMap<Id, Arc<EventInfo>>,
+    /// Last measured outbox length (see [`crate::config::OutboxConfig`]).
+    outbox_len: AtomicU64,
     pub metrics: Metrics,
 }
 
@@ -172,8 +236,14 @@ impl Engine {
     /// Redis mode when `redis.url` is set, embedded otherwise.
     pub async fn open(cfg: Config, metrics: Metrics) -> Result<Arc<Engine>, StartError> {
         let ids = Arc::new(IdGen::new(cfg.node_id)?);
-        let db = Db::open(&cfg.data_dir, Schema::Durable, &cfg.sqlite).await?;
-        let durable = Durable::new(db);
+        let pools = match &cfg.postgres.url {
+            Some(url) => Pools::postgres(url, &cfg.postgres).await?,
+            None => Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?,
+        };
+        let durable = Durable::new(pools);
+        if cfg.kafka.brokers.is_some() {
+            kafka_ready(&cfg).await?;
+        }
         let (store, log, idempotency): Roles = match &cfg.redis.url {
             // Redis: hot state, scripts and outbox streams in Redis.
             Some(url) => {
@@ -191,7 +261,7 @@ impl Engine {
             // Embedded: in-memory hot store persisted to hot.db, whose
             // outbox table is the event log.
             None => {
-                let hot_db = Db::open(&cfg.data_dir, Schema::Hot, &cfg.sqlite).await?;
+                let hot_db = Db::open(&cfg.data_dir, &cfg.sqlite).await?;
                 let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
                 let log = OutboxLog::new(hot_db, store.appended());
                 (Arc::new(store), Arc::new(log), Arc::new(durable.clone()))
@@ -209,16 +279,63 @@ impl Engine {
             idempotency,
             actors,
             infos: DashMap::new(),
+            outbox_len: AtomicU64::new(0),
             metrics,
         }))
     }
 
     /// Starts the in-process workers; they stop when `shutdown` turns true.
-    pub fn start_workers(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-        vec![
-            tokio::spawn(crate::workers::persist(self.clone(), shutdown.clone())),
-            tokio::spawn(crate::workers::timeouts(self.clone(), shutdown)),
-        ]
+    /// Full mode (Kafka): the relay (unless `kafka.relay_in_serve` is off)
+    /// instead of the persist worker, which runs in `rush worker`.
+    pub fn start_workers(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Result<Vec<JoinHandle<()>>, StartError> {
+        let mut tasks = vec![
+            tokio::spawn(crate::workers::timeouts(self.clone(), shutdown.clone())),
+            tokio::spawn(crate::workers::outbox_monitor(self.clone(), shutdown.clone())),
+        ];
+        match &self.cfg.kafka.brokers {
+            None => tasks.push(tokio::spawn(crate::workers::persist(self.clone(), shutdown))),
+            Some(brokers) if self.cfg.kafka.relay_in_serve => {
+                let producer = crate::events::kafka::producer(&self.cfg.kafka, brokers).map_err(kafka_err)?;
+                let relay = crate::workers::relay::Relay {
+                    log: self.log.clone(),
+                    producer,
+                    kafka: self.cfg.kafka.clone(),
+                    workers: self.cfg.workers.clone(),
+                    metrics: self.metrics.clone(),
+                    poll_wait: Duration::from_millis(self.cfg.workers.poll_wait_ms),
+                };
+                tasks.push(tokio::spawn(relay.run(shutdown)));
+            }
+            Some(_) => {}
+        }
+        Ok(tasks)
+    }
+
+    /// Who drains the outbox: the relay in full mode, the persist worker otherwise.
+    pub fn outbox_consumer(&self) -> &'static str {
+        match self.cfg.kafka.brokers {
+            Some(_) => crate::workers::relay::RELAY_CONSUMER,
+            None => crate::workers::PERSIST_CONSUMER,
+        }
+    }
+
+    pub fn set_outbox_len(&self, len: u64) {
+        self.outbox_len.store(len, Ordering::Relaxed);
+    }
+
+    /// New holds, packets and grabs are refused while the outbox is full,
+    /// rather than letting it grow without bound.
+    fn check_outbox(&self) -> Result<(), EngineError> {
+        if self.outbox_len.load(Ordering::Relaxed) >= self.cfg.outbox.len_max {
+            return Err(EngineError::OutboxFull);
+        }
+        Ok(())
+    }
+
+    /// Whether the outbox is below `outbox.ready_pct` of its bound.
+    pub fn outbox_ok(&self) -> bool {
+        let len = u128::from(self.outbox_len.load(Ordering::Relaxed));
+        len * 100 < u128::from(self.cfg.outbox.len_max) * u128::from(self.cfg.outbox.ready_pct)
     }
 
     pub fn config(&self) -> &Config {
@@ -238,7 +355,7 @@ impl Engine {
     }
 
     pub async fn ready(&self) -> bool {
-        self.durable.db().ping().await && self.store.ready().await
+        self.outbox_ok() && self.durable.db().ping().await && self.store.ready().await
     }
 
     /// Waits until the workers have applied every event so far (tests,
@@ -246,8 +363,14 @@ impl Engine {
     pub async fn settle(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if matches!(self.log.lag(crate::workers::PERSIST_CONSUMER).await, Ok(0)) {
-                return true;
+            if matches!(self.log.lag(self.outbox_consumer()).await, Ok(0)) {
+                let applied = match &self.cfg.kafka.brokers {
+                    None => true,
+                    Some(b) => matches!(crate::events::kafka::group_lag(&self.cfg.kafka, b).await, Ok(0)),
+                };
+                if applied {
+                    return true;
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;
@@ -376,6 +499,7 @@ impl Engine {
                 return Err(invalid("name at least one seat"));
             }
         }
+        self.check_outbox()?;
         let req = HoldRequest {
             order_id: self.ids.next_for_user(user_id),
             user_id: user_id.to_string(),
@@ -528,6 +652,7 @@ impl Engine {
             expires_at_ms: now + expires_in_s * 1000,
             parts,
         };
+        self.check_outbox()?;
         // Money first: the packet exists only once its total is frozen.
         self.durable.freeze_for_packet(&def).await?;
         if let Err(e) = self.store.create_packet(&def).await {
@@ -544,6 +669,7 @@ impl Engine {
     }
 
     pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
+        self.check_outbox()?;
         let grab_id = self.ids.next(gene_of_user(user_id));
         let result = match self.cfg.actors.mode {
             EngineMode::Actor => {
@@ -564,7 +690,7 @@ impl Engine {
             Err(EngineError::AlreadyGrabbed { .. }) => "already_grabbed",
             Err(EngineError::PacketEmpty) => "empty",
             Err(EngineError::PacketExpired) => "expired",
-            Err(EngineError::Overloaded(_)) => "overloaded",
+            Err(EngineError::Overloaded(_) | EngineError::OutboxFull) => "overloaded",
             Err(_) => "failed",
         };
         self.metrics.grabs.with_label_values(&[outcome]).inc();

@@ -31,6 +31,8 @@ pub enum EngineError {
     Overloaded(&'static str),
     #[error("the store is unavailable; retry shortly")]
     StoreUnavailable,
+    #[error("the outbox is full: events are not reaching the workers; retry shortly")]
+    OutboxFull,
     #[error("internal error")]
     Internal(String),
 }

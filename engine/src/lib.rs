@@ -11,7 +11,7 @@
 //! - [`redis_io`]: running commands that live in different slots.
 //! - [`scripts`]: Rust twins of the Lua scripts in `lua/`.
 //! - [`events`]: domain events, the event-log trait, the embedded outbox log.
-//! - [`durable`]: sqlx repositories (SQLite now): ledger, orders by gene, packets, grabs.
+//! - [`durable`]: sqlx repositories (SQLite or Postgres): ledger, orders by gene, packets, grabs.
 //! - [`workers`]: persist events, expire holds and packets.
 //! - [`engine`]: the facade the gateway calls.
 //! - [`idempotency`]: Idempotency-Key records (durable store or Redis).
@@ -19,6 +19,7 @@
 //! - [`config`]: layered configuration with every limit.
 //! - [`error`]: expected failures, mapped to HTTP by the gateway.
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`testkit`]: scratch Postgres databases and test service addresses.
 
 pub mod actors;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod redis_io;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;
+pub mod testkit;
 pub mod views;
 pub mod workers;
 

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub worker_failures: IntCounterVec,
     pub outbox_lag: IntGauge,
     pub store_batch_latency: Histogram,
+    pub relay_lag: Histogram,
+    pub consumer_lag: IntGauge,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -56,8 +58,17 @@ impl Metrics {
             Opts::new("worker_failures_total", "Failed worker batches (retried); alert when it keeps rising"),
             &["worker"],
         ));
-        let outbox_lag =
-            must(IntGauge::new("outbox_lag_events", "Outbox events not yet applied by the persist worker"));
+        let outbox_lag = must(IntGauge::new(
+            "outbox_lag_events",
+            "Outbox entries not yet taken by its consumer (persist worker, or the relay in full mode); \
+             writes are refused at outbox.len_max",
+        ));
+        let relay_lag = must(Histogram::with_opts(
+            HistogramOpts::new("relay_lag_seconds", "From an event happening to Kafka acknowledging it")
+                .buckets(must(exponential_buckets(0.000_5, 2.0, 16))),
+        ));
+        let consumer_lag =
+            must(IntGauge::new("consumer_lag_events", "Kafka messages not yet committed by the worker group"));
         let store_batch_latency = must(Histogram::with_opts(
             HistogramOpts::new("store_batch_duration_seconds", "Hot store batch commit latency")
                 .buckets(must(exponential_buckets(0.000_02, 2.0, 18))),
@@ -74,6 +85,8 @@ impl Metrics {
             Box::new(worker_failures.clone()),
             Box::new(outbox_lag.clone()),
             Box::new(store_batch_latency.clone()),
+            Box::new(relay_lag.clone()),
+            Box::new(consumer_lag.clone()),
         ] {
             must(registry.register(c));
         }
@@ -90,6 +103,8 @@ impl Metrics {
             worker_failures,
             outbox_lag,
             store_batch_latency,
+            relay_lag,
+            consumer_lag,
         }
     }
 

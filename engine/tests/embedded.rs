@@ -19,7 +19,7 @@ fn config(dir: &std::path::Path) -> Config {
 async fn open(dir: &std::path::Path) -> std::sync::Arc<Engine> {
     let engine = Engine::open(config(dir), Metrics::new()).await.expect("open");
     let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx);
+    engine.start_workers(rx).expect("workers");
     std::mem::forget(tx);
     engine
 }
@@ -82,14 +82,14 @@ async fn a_confirmed_order_is_sold_for_good_even_after_reopening() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_in_one_batch_reach_the_file_in_order() {
     use rush_engine::domain::{EventDef, Fen, Id, IdGen, Limits};
-    use rush_engine::durable::{Db, Schema};
+    use rush_engine::durable::Db;
     use rush_engine::store::memory::MemoryStore;
     use rush_engine::store::{HotOrder, HotStore, OpOutcome, SeatOp, SeatState};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().expect("dir");
     let cfg = config(dir.path());
-    let db = Db::open(dir.path(), Schema::Hot, &cfg.sqlite).await.expect("db");
+    let db = Db::open(dir.path(), &cfg.sqlite).await.expect("db");
     let ids = Arc::new(IdGen::new(0).expect("ids"));
     let store = MemoryStore::open(db.clone(), ids.clone(), 100).await.expect("store");
     let def = EventDef {

@@ -13,7 +13,7 @@ use chrono::Utc;
 use rush_engine::domain::{
     Category, EventDef, Fen, Id, IdGen, Limits, OrderStatus, PacketKind, PacketStatus, SeatMap, SectionLayout,
 };
-use rush_engine::durable::{Db, Schema};
+use rush_engine::durable::Db;
 use rush_engine::store::memory::MemoryStore;
 use rush_engine::store::{DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, SeatOp, SeatState};
 use rush_engine::Config;
@@ -40,7 +40,7 @@ impl Fixture for Memory {
     fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>> {
         Box::pin(async move {
             let cfg = Config::default();
-            let db = Db::open(self.dir.path(), Schema::Hot, &cfg.sqlite).await.expect("db");
+            let db = Db::open(self.dir.path(), &cfg.sqlite).await.expect("db");
             let store = MemoryStore::open(db, self.ids.clone(), 1000).await.expect("store");
             Arc::new(store) as Arc<dyn HotStore>
         })
@@ -552,7 +552,7 @@ async fn engine_in_cluster_mode() {
     cfg.workers.poll_wait_ms = 20;
     let engine = rush_engine::Engine::open(cfg, Metrics::new()).await.expect("engine on the cluster");
     let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx);
+    engine.start_workers(rx).expect("workers");
     engine.credit("sender", 1_000, "test").await.expect("credit");
     let packet = engine
         .create_packet(

@@ -100,21 +100,23 @@ impl From<EngineError> for ApiError {
             EngineError::PacketEmpty => ApiError::new(S::GONE, "packet_empty", message),
             EngineError::PacketExpired => ApiError::new(S::GONE, "packet_expired", message),
             EngineError::InsufficientFunds => ApiError::new(S::UNPROCESSABLE_ENTITY, "insufficient_funds", message),
-            EngineError::Overloaded(_) => {
-                let mut e = ApiError::new(S::SERVICE_UNAVAILABLE, "overloaded", message);
-                e.retry_after_s = Some(*RETRY_AFTER_S.get().unwrap_or(&1));
-                e
-            }
-            EngineError::StoreUnavailable => {
-                let mut e = ApiError::new(S::SERVICE_UNAVAILABLE, "store_unavailable", message);
-                e.retry_after_s = Some(*RETRY_AFTER_S.get().unwrap_or(&1));
-                e
-            }
+            EngineError::Overloaded(_) => ApiError::retry_later("overloaded", message),
+            EngineError::StoreUnavailable => ApiError::retry_later("store_unavailable", message),
+            EngineError::OutboxFull => ApiError::retry_later("outbox_full", message),
             EngineError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error")
             }
         }
+    }
+}
+
+impl ApiError {
+    /// 503 with `Retry-After`: the request may succeed shortly.
+    fn retry_later(code: &'static str, message: String) -> ApiError {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        e.retry_after_s = Some(*RETRY_AFTER_S.get().unwrap_or(&1));
+        e
     }
 }
 

@@ -20,9 +20,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP API with its actors and (embedded) workers.
+    /// Run the HTTP API with its actors and in-process workers (in full
+    /// mode: the relay and the timeouts).
     Serve,
-    /// Create or upgrade the database schema, then exit.
+    /// Full mode: apply the Kafka topics to the durable store (Postgres).
+    Worker,
+    /// Full mode: move the Redis outbox streams to Kafka, outside `serve`
+    /// (set `RUSH__KAFKA__RELAY_IN_SERVE=false` on the serve nodes).
+    Relay,
+    /// Create or upgrade the database schemas (Postgres when
+    /// `postgres.url` is set, else the SQLite files), then exit.
     Migrate,
 }
 
@@ -40,16 +47,73 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Serve => serve(cfg).await,
+            Command::Worker => worker(cfg).await,
+            Command::Relay => relay(cfg).await,
             Command::Migrate => {
-                use rush_engine::durable::{Db, Schema};
-                for schema in [Schema::Durable, Schema::Hot] {
-                    Db::open(&cfg.data_dir, schema, &cfg.sqlite).await?;
+                use rush_engine::durable::{pool::redact_url, Db, Pools};
+                match &cfg.postgres.url {
+                    Some(url) => {
+                        Pools::postgres(url, &cfg.postgres).await?;
+                        println!("migrated {}", redact_url(url));
+                    }
+                    None => {
+                        Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?;
+                        Db::open(&cfg.data_dir, &cfg.sqlite).await?;
+                        println!("migrated {}", cfg.data_dir.display());
+                    }
                 }
-                println!("migrated {}", cfg.data_dir.display());
                 Ok(())
             }
         }
     })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn worker(cfg: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lag = Some(metrics.consumer_lag.clone());
+    let task =
+        tokio::spawn(rush_engine::workers::persist_loop(log, durable, cfg.workers.clone(), metrics, lag, stop_rx));
+    println!("{}", serde_json::json!({"msg": "rush worker running", "group": cfg.kafka.group}));
+    terminated().await;
+    let _ = stop_tx.send(true);
+    task.await?;
+    Ok(())
+}
+
+async fn relay(cfg: Config) -> anyhow::Result<()> {
+    let relay = rush_engine::engine::standalone_relay(&cfg, Metrics::new()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(relay.run(stop_rx));
+    println!("{}", serde_json::json!({"msg": "rush relay running", "topic_prefix": cfg.kafka.topic_prefix}));
+    terminated().await;
+    let _ = stop_tx.send(true);
+    task.await?;
+    Ok(())
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -57,7 +121,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let engine = Engine::open(cfg, Metrics::new()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers = engine.start_workers(stop_rx);
+    let workers = engine.start_workers(stop_rx)?;
     let server = rush_gateway::serve::http_server(listener, engine.clone())?;
     println!("{}", rush_gateway::serve::banner(&addr, &engine));
     server.await?;

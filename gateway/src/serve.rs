@@ -92,7 +92,12 @@ pub fn banner(addr: &std::net::SocketAddr, engine: &Engine) -> String {
     json!({
         "msg": "rush listening",
         "url": format!("http://{addr}"),
-        "mode": if engine.config().redis.url.is_some() { "redis" } else { "embedded" },
+        "mode": match (&engine.config().kafka.brokers, &engine.config().redis.url) {
+            (Some(_), _) => "full",
+            (None, Some(_)) => "redis",
+            (None, None) => "embedded",
+        },
+        "durable": if engine.config().postgres.url.is_some() { "postgres" } else { "sqlite" },
         "data_dir": engine.config().data_dir.display().to_string(),
     })
     .to_string()

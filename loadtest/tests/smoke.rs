@@ -21,7 +21,7 @@ async fn spawn_rush(dir: &std::path::Path) -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
     let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx);
+    engine.start_workers(rx).expect("workers");
     std::mem::forget(tx);
     tokio::spawn(rush_gateway::serve::http_server(listener, engine).expect("server"));
     addr

@@ -1,4 +1,4 @@
-//! The SQLite file: one writer connection (so writes queue in the pool
+//! The embedded hot store's SQLite file: one writer connection (so writes queue in the pool
 //! instead of failing with SQLITE_BUSY) and a few readers, WAL journal.
 //!
 //! `synchronous = NORMAL` in WAL mode loses nothing when the *process* dies
@@ -27,42 +27,27 @@ pub enum DbOpenError {
     Dir { path: String, source: std::io::Error },
     #[error("cannot open SQLite file {path}: {source}")]
     Open { path: String, source: sqlx::Error },
+    #[error("Postgres at {url} is unreachable: {source}")]
+    Postgres { url: String, source: sqlx::Error },
     #[error("migrating {path}: {source}")]
     Migrate { path: String, source: sqlx::migrate::MigrateError },
 }
 
 /// WAL pages after which the writer checkpoints itself (SQLite's default
 /// is 1 000): rarely, so the background checkpoints do nearly all the work.
-const WRITER_CHECKPOINT_PAGES: u32 = 16_000;
+pub(crate) const WRITER_CHECKPOINT_PAGES: u32 = 16_000;
 /// The WAL file is truncated back to this after a checkpoint resets it.
-const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The durable store's file.
-pub const DB_FILE: &str = "rush.db";
-/// The embedded hot store's file: hot state and the outbox.
+/// The embedded hot store's file: hot state and the outbox. The durable
+/// store is another file (`pool.rs`), so the workers' writes never queue
+/// behind (or block) the hot path's commits.
 pub const HOT_FILE: &str = "hot.db";
 
-/// Which schema a file holds. Two files, so the workers' writes to the
-/// durable store never queue behind (or block) the hot path's commits.
-#[derive(Clone, Copy, Debug)]
-pub enum Schema {
-    Durable,
-    Hot,
-}
-
-impl Schema {
-    fn file(self) -> &'static str {
-        match self {
-            Schema::Durable => DB_FILE,
-            Schema::Hot => HOT_FILE,
-        }
-    }
-}
-
 impl Db {
-    pub async fn open(dir: &Path, schema: Schema, cfg: &SqliteConfig) -> Result<Db, DbOpenError> {
+    pub async fn open(dir: &Path, cfg: &SqliteConfig) -> Result<Db, DbOpenError> {
         std::fs::create_dir_all(dir).map_err(|source| DbOpenError::Dir { path: dir.display().to_string(), source })?;
-        let path = dir.join(schema.file());
+        let path = dir.join(HOT_FILE);
         let shown = path.display().to_string();
         let opts = SqliteConnectOptions::from_str("sqlite://")
             .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?
@@ -84,11 +69,10 @@ impl Db {
             .connect_with(opts.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()))
             .await
             .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?;
-        let migrator = match schema {
-            Schema::Durable => sqlx::migrate!("./migrations/sqlite"),
-            Schema::Hot => sqlx::migrate!("./migrations/sqlite-hot"),
-        };
-        migrator.run(&write).await.map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
+        sqlx::migrate!("./migrations/sqlite-hot")
+            .run(&write)
+            .await
+            .map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.clone())
@@ -110,7 +94,7 @@ impl Db {
 
 /// Moves WAL frames into the database file now and then, without blocking
 /// the writer (PASSIVE), until the pool is closed.
-async fn checkpoint(pool: SqlitePool, every: Duration) {
+pub(crate) async fn checkpoint(pool: SqlitePool, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -67,7 +67,7 @@ impl Durable {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, status, response, created_at_ms) \
              VALUES ($1, $2, $3, 0, '', $4)",
         )
@@ -76,7 +76,14 @@ impl Durable {
         .bind(hash)
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // Postgres: a concurrent request claimed the key between our
+            // read and insert (SQLite's single writer serialises them).
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(Begin::InProgress),
+            Err(e) => return Err(e.into()),
+        }
         tx.commit().await?;
         Ok(Begin::New)
     }

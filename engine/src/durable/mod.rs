@@ -1,17 +1,20 @@
 //! The durable store over sqlx: accounts and the double-entry journal,
 //! orders in 16 gene tables, packets, grabs, and the workers' idempotent
-//! application of events. SQL is kept portable to Postgres (`$n` binds,
-//! `ON CONFLICT`, partial unique index); only the migrations are per dialect.
+//! application of events. One body of SQL runs on SQLite and Postgres
+//! (`pool.rs`); only the migrations are per dialect.
 
 pub mod db;
 pub mod idempotency;
+pub mod pool;
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
-pub use db::{Db, DbOpenError, Schema};
+pub use db::{Db, DbOpenError};
+pub use pool::{Backend, Pools};
 
 use crate::domain::{Fen, Id, OrderStatus, WORLD_ACCOUNT};
 use crate::events::{DomainEvent, Envelope, OrderSeat};
@@ -115,9 +118,38 @@ fn ms_i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_numbers_placeholders_row_by_row() {
+        assert_eq!(super::values(2, 3), " VALUES ($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::values(1, 1), " VALUES ($1)");
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Durable {
-    db: Db,
+    db: Pools,
+}
+
+/// ` VALUES ($1, $2), ($3, $4)` for `rows` rows of `cols` columns: `$n` is
+/// the placeholder SQLite and Postgres share (sqlx's `Any` query builder
+/// writes `?`, which Postgres refuses).
+fn values(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5 + 8);
+    s.push_str(" VALUES ");
+    for r in 0..rows {
+        s.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
 }
 
 /// Rows per multi-row statement: well under SQLite's 32 766 bound
@@ -126,7 +158,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 
 /// Moves money between two buckets and journals both legs. Only system
 /// accounts (`@…`) may go negative.
-pub async fn transfer(conn: &mut SqliteConnection, t: &Transfer<'_>) -> Result<(), DurableError> {
+pub async fn transfer(conn: &mut AnyConnection, t: &Transfer<'_>) -> Result<(), DurableError> {
     transfer_all(conn, std::slice::from_ref(t)).await
 }
 
@@ -135,7 +167,7 @@ pub async fn transfer(conn: &mut SqliteConnection, t: &Transfer<'_>) -> Result<(
 /// bucket never goes below zero) and applied, credits are upserted, and
 /// every leg is journalled. One round trip per statement, not per transfer,
 /// is what lets the workers keep up with a flash sale.
-pub async fn transfer_all(conn: &mut SqliteConnection, ts: &[Transfer<'_>]) -> Result<(), DurableError> {
+pub async fn transfer_all(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Result<(), DurableError> {
     let mut net: BTreeMap<(&str, Bucket), i64> = BTreeMap::new();
     for t in ts {
         let amount = t.amount.get();
@@ -174,34 +206,39 @@ pub async fn transfer_all(conn: &mut SqliteConnection, ts: &[Transfer<'_>]) -> R
     }
     let upserts: Vec<_> = upserts.into_iter().collect();
     for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO accounts (user_id, available, frozen, version) ");
-        q.push_values(chunk, |mut b, (user, (available, frozen))| {
-            b.push_bind(*user).push_bind(*available).push_bind(*frozen).push_bind(1i64);
-        });
-        q.push(
-            " ON CONFLICT (user_id) DO UPDATE SET available = accounts.available + excluded.available, \
+        let sql = format!(
+            "INSERT INTO accounts (user_id, available, frozen, version){} \
+             ON CONFLICT (user_id) DO UPDATE SET available = accounts.available + excluded.available, \
              frozen = accounts.frozen + excluded.frozen, version = accounts.version + 1",
+            values(chunk.len(), 4)
         );
-        q.build().execute(&mut *conn).await?;
+        let mut q = sqlx::query(&sql);
+        for (user, (available, frozen)) in chunk {
+            q = q.bind(*user).bind(*available).bind(*frozen).bind(1i64);
+        }
+        q.execute(&mut *conn).await?;
     }
     let legs: Vec<_> =
         ts.iter().flat_map(|t| [(t, 0i64, t.from, -t.amount.get()), (t, 1, t.to, t.amount.get())]).collect();
     for chunk in legs.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms) ",
+        let sql = format!(
+            "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms){}",
+            values(chunk.len(), 9)
         );
-        q.push_values(chunk, |mut b, (t, leg, (user, bucket), delta)| {
-            b.push_bind(&t.transfer_id)
-                .push_bind(*leg)
-                .push_bind(*user)
-                .push_bind(bucket.column())
-                .push_bind(*delta)
-                .push_bind(t.kind)
-                .push_bind(&t.ref_id)
-                .push_bind(t.memo)
-                .push_bind(ms_i(t.at_ms));
-        });
-        q.build().execute(&mut *conn).await.map_err(|e| match e {
+        let mut q = sqlx::query(&sql);
+        for (t, leg, (user, bucket), delta) in chunk {
+            q = q
+                .bind(&t.transfer_id)
+                .bind(*leg)
+                .bind(*user)
+                .bind(bucket.column())
+                .bind(*delta)
+                .bind(t.kind)
+                .bind(&t.ref_id)
+                .bind(t.memo)
+                .bind(ms_i(t.at_ms));
+        }
+        q.execute(&mut *conn).await.map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
                 DurableError::Invariant("a transfer was applied twice".to_string())
             }
@@ -212,11 +249,11 @@ pub async fn transfer_all(conn: &mut SqliteConnection, ts: &[Transfer<'_>]) -> R
 }
 
 impl Durable {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Pools) -> Self {
         Durable { db }
     }
 
-    pub fn db(&self) -> &Db {
+    pub fn db(&self) -> &Pools {
         &self.db
     }
 
@@ -388,7 +425,7 @@ impl Durable {
         Ok(out)
     }
 
-    async fn order_from_row(&self, r: sqlx::sqlite::SqliteRow) -> Result<OrderRecord, DurableError> {
+    async fn order_from_row(&self, r: AnyRow) -> Result<OrderRecord, DurableError> {
         let bad = |what: &str| DurableError::Invariant(format!("stored order has a bad {what}"));
         let order_id = Id::from_raw(r.try_get("order_id")?).map_err(|_| bad("order_id"))?;
         let status: String = r.try_get("status")?;
@@ -433,12 +470,14 @@ impl Durable {
 
     /// Conservation check used by tests and reconciliation.
     pub async fn audit(&self) -> Result<Audit, DurableError> {
-        let all: Option<i64> =
-            sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts").fetch_one(&self.db.read).await?;
-        let users: Option<i64> =
-            sqlx::query_scalar("SELECT SUM(available + frozen) FROM accounts WHERE user_id NOT LIKE '@%'")
-                .fetch_one(&self.db.read)
-                .await?;
+        let all: Option<i64> = sqlx::query_scalar("SELECT CAST(SUM(available + frozen) AS BIGINT) FROM accounts")
+            .fetch_one(&self.db.read)
+            .await?;
+        let users: Option<i64> = sqlx::query_scalar(
+            "SELECT CAST(SUM(available + frozen) AS BIGINT) FROM accounts WHERE user_id NOT LIKE '@%'",
+        )
+        .fetch_one(&self.db.read)
+        .await?;
         let lopsided: Vec<String> =
             sqlx::query_scalar("SELECT transfer_id FROM journal GROUP BY transfer_id HAVING SUM(amount) <> 0")
                 .fetch_all(&self.db.read)
@@ -457,12 +496,15 @@ impl Durable {
         let mut tx = self.db.write.begin().await?;
         let mut fresh: HashSet<i64> = HashSet::with_capacity(batch.len());
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO processed_events (event_id, at_ms) ");
-            q.push_values(chunk, |mut b, env| {
-                b.push_bind(env.event_id.raw()).push_bind(now);
-            });
-            q.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
-            let ids: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO processed_events (event_id, at_ms){} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                values(chunk.len(), 2)
+            );
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            for env in chunk {
+                q = q.bind(env.event_id.raw()).bind(now);
+            }
+            let ids: Vec<i64> = q.fetch_all(&mut *tx).await?;
             fresh.extend(ids);
         }
         let applied = fresh.len();
@@ -510,15 +552,18 @@ impl Durable {
             }
         }
         for chunk in grabs.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms) ");
-            q.push_values(chunk, |mut b, (grab_id, packet_id, user_id, amount, at_ms)| {
-                b.push_bind(grab_id.raw())
-                    .push_bind(packet_id.raw())
-                    .push_bind(user_id.as_str())
-                    .push_bind(amount.get())
-                    .push_bind(ms_i(**at_ms));
-            });
-            q.build().execute(&mut *tx).await.map_err(unique_to_invariant("a user grabbed a packet twice".into()))?;
+            let sql =
+                format!("INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms){}", values(chunk.len(), 5));
+            let mut q = sqlx::query(&sql);
+            for (grab_id, packet_id, user_id, amount, at_ms) in chunk {
+                q = q
+                    .bind(grab_id.raw())
+                    .bind(packet_id.raw())
+                    .bind(user_id.as_str())
+                    .bind(amount.get())
+                    .bind(ms_i(**at_ms));
+            }
+            q.execute(&mut *tx).await.map_err(unique_to_invariant("a user grabbed a packet twice".into()))?;
         }
         transfer_all(&mut tx, &transfers).await.map_err(|e| match e {
             DurableError::InsufficientFunds => {
@@ -532,7 +577,7 @@ impl Durable {
 }
 
 async fn set_order_status(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     order_id: Id,
     to: OrderStatus,
     at_ms: u64,
@@ -576,7 +621,7 @@ fn unique_to_invariant(what: String) -> impl FnOnce(sqlx::Error) -> DurableError
     }
 }
 
-async fn apply_one(conn: &mut SqliteConnection, event: &DomainEvent) -> Result<(), DurableError> {
+async fn apply_one(conn: &mut AnyConnection, event: &DomainEvent) -> Result<(), DurableError> {
     match event {
         DomainEvent::OrderHeld {
             order_id,

@@ -1,9 +1,11 @@
 //! Domain events, their envelope, and the event log that carries them from
 //! the hot store's outbox to the workers.
 //!
-//! Embedded mode reads the outbox table of the SQLite file (`outbox.rs`);
-//! the Kafka log comes later behind the same trait.
+//! Embedded mode reads the outbox table of the SQLite file (`outbox.rs`),
+//! Redis mode the partition outbox streams (`redis_stream.rs`); in full mode
+//! the relay moves those streams to Kafka (`kafka.rs`), which the workers read.
 
+pub mod kafka;
 pub mod outbox;
 pub mod redis_stream;
 
@@ -78,6 +80,18 @@ pub enum DomainEvent {
 }
 
 impl DomainEvent {
+    /// When the event happened (Unix ms): for the relay's lag.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            DomainEvent::OrderHeld { created_at_ms, .. } => *created_at_ms,
+            DomainEvent::OrderReleased { at_ms, .. }
+            | DomainEvent::OrderConfirmed { at_ms, .. }
+            | DomainEvent::PacketCreated { at_ms, .. }
+            | DomainEvent::PacketGrabbed { at_ms, .. }
+            | DomainEvent::PacketExpired { at_ms, .. } => *at_ms,
+        }
+    }
+
     /// The entity whose order of events must be kept: the event (seats) or
     /// the packet. It picks the partition.
     pub fn entity_id(&self) -> Id {
@@ -122,4 +136,7 @@ pub trait EventLog: Send + Sync + 'static {
     async fn commit(&self, consumer: &str, position: u64) -> Result<(), LogError>;
     /// Events appended but not yet committed by this consumer.
     async fn lag(&self, consumer: &str) -> Result<u64, LogError>;
+    /// Forgets what was delivered and not committed, so the next poll
+    /// delivers it again (the relay, after Kafka refused a batch).
+    async fn rewind(&self, consumer: &str);
 }

@@ -101,6 +101,10 @@ impl EventLog for OutboxLog {
         tx.commit().await.map_err(unavailable)
     }
 
+    async fn rewind(&self, consumer: &str) {
+        self.read_pos.remove(consumer);
+    }
+
     async fn lag(&self, consumer: &str) -> Result<u64, LogError> {
         let committed = self.committed(consumer).await?;
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE seq > $1")

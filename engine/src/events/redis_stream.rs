@@ -182,6 +182,12 @@ where
         Ok(())
     }
 
+    async fn rewind(&self, consumer: &str) {
+        lock(&self.pending).retain(|_, (g, _, _)| g != consumer);
+        // Re-read this consumer's pending entries from the start.
+        lock(&self.recovered).remove(consumer);
+    }
+
     async fn lag(&self, _consumer: &str) -> Result<u64, LogError> {
         // Committed entries are deleted, so what is left is the lag.
         let cmds = (0..PARTITION_COUNT).map(|p| redis::Cmd::xlen(self.stream(p))).collect();

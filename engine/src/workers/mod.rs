@@ -1,18 +1,30 @@
-//! Workers: in-process in embedded mode.
+//! Workers: in-process in embedded and Redis mode; in full mode `rush
+//! serve` runs the relay and the timeouts, `rush worker` the persist loop
+//! over Kafka.
 //!
 //! - persist: reads the event log and applies each batch to the durable
 //!   store in one transaction (effects and processed ids together), then
 //!   commits the log position. A failed batch is retried as it is, with
 //!   doubling backoff, so no event is skipped.
+//! - relay (full mode, `relay.rs`): outbox streams → Kafka.
+//! - outbox monitor: the outbox's length for the metric, readiness and the
+//!   write bound.
 //! - timeouts: finds holds and packets whose time is up and settles them
 //!   through their actors (which re-check the deadline).
+
+pub mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::sync::watch;
 
+use crate::config::WorkerConfig;
+use crate::durable::Durable;
 use crate::engine::Engine;
+use crate::events::EventLog;
+use crate::telemetry::Metrics;
 
 pub const PERSIST_CONSUMER: &str = "persist";
 
@@ -20,14 +32,36 @@ pub const PERSIST_CONSUMER: &str = "persist";
 /// cost nothing, often enough that the table stays about a day long.
 const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(60);
 
-pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+pub async fn persist(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) {
     let cfg = engine.config().workers.clone();
-    let log = engine.log();
-    let failures = engine.metrics.worker_failures.with_label_values(&["persist"]);
-    let applied = engine.metrics.worker_events.with_label_values(&["persist"]);
+    persist_loop(engine.log(), engine.durable().clone(), cfg, engine.metrics.clone(), None, shutdown).await
+}
+
+/// Applies the log to the durable store until `shutdown`: each batch in one
+/// transaction, then the log position. `lag` (the Kafka worker's consumer
+/// lag) is refreshed at most once a second.
+pub async fn persist_loop(
+    log: Arc<dyn EventLog>,
+    durable: Durable,
+    cfg: WorkerConfig,
+    metrics: Metrics,
+    lag: Option<IntGauge>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let failures = metrics.worker_failures.with_label_values(&["persist"]);
+    let applied = metrics.worker_events.with_label_values(&["persist"]);
+    let mut lag_checked = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if let Some(gauge) = &lag {
+            if lag_checked.elapsed() >= Duration::from_secs(1) {
+                lag_checked = tokio::time::Instant::now();
+                if let Ok(n) = log.lag(PERSIST_CONSUMER).await {
+                    gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
         }
         let batch = tokio::select! {
             r = log.poll(PERSIST_CONSUMER, cfg.batch_len_max, Duration::from_millis(cfg.poll_wait_ms)) => r,
@@ -47,7 +81,7 @@ pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
         };
         let mut backoff = cfg.retry_backoff_ms;
         loop {
-            let done = match engine.durable().apply_events(&batch).await {
+            let done = match durable.apply_events(&batch).await {
                 Ok(n) => {
                     applied.inc_by(n as u64);
                     log.commit(PERSIST_CONSUMER, last).await.map_err(|e| e.to_string())
@@ -67,8 +101,29 @@ pub async fn persist(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         }
-        if let Ok(lag) = log.lag(PERSIST_CONSUMER).await {
-            engine.metrics.outbox_lag.set(lag as i64);
+    }
+}
+
+/// Measures the outbox every `outbox.check_every_ms` for the metric, the
+/// readiness signal and the write bound (see [`crate::config::OutboxConfig`]).
+pub async fn outbox_monitor(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(engine.config().outbox.check_every_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.changed() => {},
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        match engine.log().lag(engine.outbox_consumer()).await {
+            Ok(len) => {
+                engine.metrics.outbox_lag.set(i64::try_from(len).unwrap_or(i64::MAX));
+                engine.set_outbox_len(len);
+            }
+            Err(e) => tracing::warn!(error = %e, "measuring the outbox failed"),
         }
     }
 }

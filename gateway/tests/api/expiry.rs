@@ -13,6 +13,11 @@ async fn redis_mode_an_unpaid_hold_expires_and_its_seats_go_back_on_sale() {
     hold_expires(Mode::Redis).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mode_an_unpaid_hold_expires_and_its_seats_go_back_on_sale() {
+    hold_expires(Mode::Full).await;
+}
+
 async fn hold_expires(mode: Mode) {
     let app = spawn_in(mode, |_| {}).await;
     let event = app.event(1, 4, json!({"hold_ttl_s": 1})).await;
@@ -44,6 +49,11 @@ async fn an_expired_packet_returns_its_remainder_to_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_mode_an_expired_packet_returns_its_remainder_to_the_sender() {
     packet_expires(Mode::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mode_an_expired_packet_returns_its_remainder_to_the_sender() {
+    packet_expires(Mode::Full).await;
 }
 
 async fn packet_expires(mode: Mode) {

@@ -15,6 +15,8 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
     /// Redis mode: the server and this app's key prefix, cleaned up on drop.
     redis: Option<(String, String)>,
+    /// Full mode: this app's Postgres database, dropped on drop.
+    _pg: Option<rush_engine::testkit::ScratchDb>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +25,11 @@ pub enum Mode {
     /// Redis hot store and outbox streams (`RUSH_TEST_REDIS_URL`, default
     /// database 15 of the local server), each app under its own key prefix.
     Redis,
+    /// Redis + Kafka (`RUSH_TEST_KAFKA_BROKERS`, default the local tansu on
+    /// 127.0.0.1:9092) + Postgres (a scratch database): the relay runs in
+    /// the app, the Kafka worker beside it in the test process. Topics and
+    /// consumer group are unique per app.
+    Full,
 }
 
 pub fn test_redis_url() -> String {
@@ -51,6 +58,16 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     cfg
 }
 
+/// Kafka settings of a full-mode test: its own topics and group, few
+/// partitions (a test's load is small; the broker is shared).
+pub fn full_mode(cfg: &mut Config, prefix: &str) {
+    cfg.kafka.brokers = Some(rush_engine::testkit::test_kafka_brokers());
+    cfg.kafka.topic_prefix = prefix.to_string();
+    cfg.kafka.group = format!("{prefix}-persist");
+    cfg.kafka.partitions = 4;
+    cfg.kafka.session_timeout_ms = 6_000;
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_with(|_| {}).await
 }
@@ -62,15 +79,22 @@ pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
 pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = test_config(dir.path());
+    let mut pg = None;
     let redis = match mode {
         Mode::Embedded => None,
-        Mode::Redis => {
+        Mode::Redis | Mode::Full => {
             let prefix = format!("rushtest-{:016x}", {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one(std::time::SystemTime::now())
             });
             cfg.redis.url = Some(test_redis_url());
             cfg.redis.key_prefix = prefix.clone();
+            if let Mode::Full = mode {
+                let db = rush_engine::testkit::ScratchDb::create().await.expect("Postgres (RUSH_TEST_POSTGRES_URL)");
+                cfg.postgres.url = Some(db.url.clone());
+                pg = Some(db);
+                full_mode(&mut cfg, &prefix);
+            }
             Some((test_redis_url(), prefix))
         }
     };
@@ -79,13 +103,19 @@ pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(stop_rx);
+    engine.start_workers(stop_rx.clone()).expect("workers");
+    if let Mode::Full = mode {
+        let cfg = engine.config().clone();
+        let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await.expect("kafka worker");
+        let metrics = engine.metrics.clone();
+        tokio::spawn(rush_engine::workers::persist_loop(log, durable, cfg.workers.clone(), metrics, None, stop_rx));
+    }
     // Workers run until the test's runtime ends.
     std::mem::forget(stop_tx);
     let server = rush_gateway::serve::http_server(listener, engine.clone()).expect("server");
     tokio::spawn(server);
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().expect("client");
-    let mut app = TestApp { base, client, engine, admin: String::new(), _dir: dir, redis };
+    let mut app = TestApp { base, client, engine, admin: String::new(), _dir: dir, redis, _pg: pg };
     app.admin = app.token("ops", "admin").await;
     app
 }
@@ -154,7 +184,7 @@ impl TestApp {
     }
 
     pub async fn settle(&self) {
-        assert!(self.engine.settle(Duration::from_secs(10)).await, "workers did not settle");
+        assert!(self.engine.settle(Duration::from_secs(30)).await, "workers did not settle");
     }
 
     /// Money is conserved and every transfer balances.

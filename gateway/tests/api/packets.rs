@@ -16,6 +16,11 @@ async fn redis_mode_three_hundred_grabs_of_a_hundred_part_lucky_packet() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mode_three_hundred_grabs_of_a_hundred_part_lucky_packet() {
+    three_hundred_grabs(Mode::Full).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_direct_mode_three_hundred_grabs_of_a_hundred_part_lucky_packet() {
     three_hundred_grabs_with(Mode::Redis, |c| c.actors.mode = rush_engine::config::EngineMode::Direct).await;
 }

@@ -16,6 +16,11 @@ async fn redis_mode_three_hundred_buyers_for_a_hundred_seats_get_exactly_a_hundr
     three_hundred_buyers(Mode::Redis).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mode_three_hundred_buyers_for_a_hundred_seats_get_exactly_a_hundred_distinct_holds() {
+    three_hundred_buyers(Mode::Full).await;
+}
+
 async fn three_hundred_buyers(mode: Mode) {
     let app = Arc::new(spawn_in(mode, |_| {}).await);
     let event = app.event(10, 10, json!({})).await;
@@ -67,6 +72,11 @@ async fn fifty_buyers_for_one_named_seat_get_exactly_one_hold() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_mode_fifty_buyers_for_one_named_seat_get_exactly_one_hold() {
     fifty_buyers(Mode::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mode_fifty_buyers_for_one_named_seat_get_exactly_one_hold() {
+    fifty_buyers(Mode::Full).await;
 }
 
 async fn fifty_buyers(mode: Mode) {

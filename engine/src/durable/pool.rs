@@ -1,0 +1,142 @@
+//! The durable store's connections: SQLite (`rush.db` in the data dir,
+//! embedded and single-node modes) or Postgres (`postgres.url`, full mode),
+//! both through sqlx's `Any` driver so one body of SQL serves both. The SQL
+//! is kept to what both dialects share (`$n` binds, `ON CONFLICT`,
+//! `RETURNING`, partial unique indexes, BIGINT everywhere); only the
+//! migrations are per dialect.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, Executor};
+
+use super::db::{checkpoint, DbOpenError, WAL_SIZE_LIMIT_BYTES, WRITER_CHECKPOINT_PAGES};
+use crate::config::{PostgresConfig, SqliteConfig};
+
+/// The durable store's file in the data dir.
+pub const DB_FILE: &str = "rush.db";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Writes go to `write`, reads to `read`: for SQLite one writer connection
+/// and read-only readers (WAL); for Postgres one pool for both.
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub write: AnyPool,
+    pub read: AnyPool,
+    pub backend: Backend,
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for
+/// messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn sqlite_pragmas(busy_timeout_ms: u64, writer: bool) -> String {
+    let mut s = format!(
+        "PRAGMA busy_timeout = {busy_timeout_ms}; PRAGMA synchronous = NORMAL; \
+         PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}; PRAGMA foreign_keys = ON;"
+    );
+    if writer {
+        s.push_str(&format!(" PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"));
+    }
+    s
+}
+
+async fn any_pool(url: &str, max: u32, after: Option<String>, shown: &str) -> Result<AnyPool, DbOpenError> {
+    let opts = AnyConnectOptions::from_str(url).map_err(|source| DbOpenError::Open { path: shown.into(), source })?;
+    let mut pool = AnyPoolOptions::new().max_connections(max.max(1)).acquire_timeout(Duration::from_secs(10));
+    if let Some(sql) = after {
+        pool = pool.after_connect(move |conn, _| {
+            let sql = sql.clone();
+            Box::pin(async move { conn.execute(sql.as_str()).await.map(|_| ()) })
+        });
+    }
+    pool.connect_with(opts).await.map_err(|source| DbOpenError::Open { path: shown.into(), source })
+}
+
+impl Pools {
+    /// `rush.db` in `dir`, created and migrated if need be.
+    pub async fn sqlite(dir: &Path, cfg: &SqliteConfig) -> Result<Pools, DbOpenError> {
+        sqlx::any::install_default_drivers();
+        std::fs::create_dir_all(dir).map_err(|source| DbOpenError::Dir { path: dir.display().to_string(), source })?;
+        let path = dir.join(DB_FILE);
+        let shown = path.display().to_string();
+        let url = format!("sqlite://{}", path.display());
+        let write =
+            any_pool(&format!("{url}?mode=rwc"), 1, Some(sqlite_pragmas(cfg.busy_timeout_ms, true)), &shown).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&write)
+            .await
+            .map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
+        // Background WAL checkpoints (see `db.rs`), on a typed connection.
+        let checkpointer = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new().filename(&path).busy_timeout(Duration::from_millis(cfg.busy_timeout_ms)),
+            )
+            .await
+            .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?;
+        tokio::spawn(checkpoint(checkpointer, Duration::from_millis(cfg.checkpoint_every_ms)));
+        let read = any_pool(
+            &format!("{url}?mode=ro"),
+            cfg.read_pool_max,
+            Some(sqlite_pragmas(cfg.busy_timeout_ms, false)),
+            &shown,
+        )
+        .await?;
+        Ok(Pools { write, read, backend: Backend::Sqlite })
+    }
+
+    /// The Postgres database at `cfg.url`, migrated.
+    pub async fn postgres(url: &str, cfg: &PostgresConfig) -> Result<Pools, DbOpenError> {
+        sqlx::any::install_default_drivers();
+        let shown = redact_url(url);
+        let unreachable = |source| DbOpenError::Postgres { url: shown.clone(), source };
+        let connect = any_pool(url, cfg.pool_max, None, &shown);
+        let pool = match tokio::time::timeout(Duration::from_millis(cfg.connect_timeout_ms), connect).await {
+            Ok(Ok(pool)) => pool,
+            Ok(Err(DbOpenError::Open { source, .. })) => return Err(unreachable(source)),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(unreachable(sqlx::Error::PoolTimedOut)),
+        };
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|source| DbOpenError::Migrate { path: shown, source })?;
+        Ok(Pools { write: pool.clone(), read: pool, backend: Backend::Postgres })
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("postgres://rush:s3cret@db:5432/rush"), "postgres://rush:***@db:5432/rush");
+        assert_eq!(redact_url("postgres://rush@db/rush"), "postgres://rush@db/rush");
+        assert_eq!(redact_url("postgres://db/rush"), "postgres://db/rush");
+    }
+}

@@ -1,0 +1,268 @@
+//! Kafka: the relay's idempotent producer and the workers' event log.
+//!
+//! Topics are one per event family (`<prefix>.orders`, `<prefix>.packets`),
+//! the message key is the entity id (event or packet) and the Kafka
+//! partition is the event's logical partition (modulo the topic's partition
+//! count), so one entity's events stay in order. Consumers commit offsets
+//! only after the durable transaction of the events they cover.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureProducer;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::{DomainEvent, Envelope, EventLog, LogError};
+use crate::config::KafkaConfig;
+
+/// The two families: seats/orders and red packets.
+pub const FAMILIES: [&str; 2] = ["orders", "packets"];
+
+pub fn topic(prefix: &str, event: &DomainEvent) -> String {
+    let family = match event {
+        DomainEvent::OrderHeld { .. } | DomainEvent::OrderReleased { .. } | DomainEvent::OrderConfirmed { .. } => {
+            FAMILIES[0]
+        }
+        DomainEvent::PacketCreated { .. } | DomainEvent::PacketGrabbed { .. } | DomainEvent::PacketExpired { .. } => {
+            FAMILIES[1]
+        }
+    };
+    format!("{prefix}.{family}")
+}
+
+pub fn topics(prefix: &str) -> Vec<String> {
+    FAMILIES.iter().map(|f| format!("{prefix}.{f}")).collect()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LogError {
+    LogError::Unavailable(format!("kafka: {e}"))
+}
+
+fn base_config(cfg: &KafkaConfig, brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("socket.timeout.ms", cfg.request_timeout_ms.max(10).to_string())
+        .set("log_level", "4");
+    c
+}
+
+/// The relay's producer: idempotent (no duplicates or reordering from its
+/// own retries), `acks=all`, lingering a little so a burst travels in few
+/// requests.
+pub fn producer(cfg: &KafkaConfig, brokers: &str) -> Result<FutureProducer, LogError> {
+    base_config(cfg, brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", cfg.linger_ms.to_string())
+        .set("message.timeout.ms", cfg.delivery_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", (cfg.relay_batch_len_max * 4).max(100_000).to_string())
+        .create()
+        .map_err(unavailable)
+}
+
+/// Fails with a message naming the brokers when none answers within
+/// `request_timeout_ms` (metadata request).
+pub async fn check_reachable(cfg: &KafkaConfig, brokers: &str) -> Result<(), LogError> {
+    let consumer: BaseConsumer = base_config(cfg, brokers).create().map_err(unavailable)?;
+    let timeout = Duration::from_millis(cfg.request_timeout_ms);
+    tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
+        .await
+        .map_err(unavailable)?
+        .map_err(|e| LogError::Unavailable(format!("Kafka at {} is unreachable: {e}", brokers)))
+}
+
+/// Creates the topics with `cfg.partitions` partitions where missing.
+pub async fn ensure_topics(cfg: &KafkaConfig, brokers: &str) -> Result<(), LogError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg, brokers).create().map_err(unavailable)?;
+    let names = topics(&cfg.topic_prefix);
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, cfg.partitions, TopicReplication::Fixed(cfg.replication_factor)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_millis(cfg.request_timeout_ms)));
+    let results = admin.create_topics(&new, &opts).await.map_err(unavailable)?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(unavailable(format!("creating topic {topic}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Where a delivered message sits, for committing it.
+type Spot = (String, i32, i64);
+
+/// The workers' event log: a consumer group over both topics. Offsets are
+/// stored by `commit` only, after the durable transaction.
+pub struct KafkaLog {
+    consumer: Arc<StreamConsumer>,
+    cfg: KafkaConfig,
+    brokers: String,
+    next_position: AtomicU64,
+    pending: Mutex<BTreeMap<u64, Spot>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl KafkaLog {
+    /// Joins `cfg.group` on the topics (which must exist: the relay or
+    /// `ensure_topics` creates them).
+    pub fn new(cfg: &KafkaConfig, brokers: &str) -> Result<KafkaLog, LogError> {
+        let consumer: StreamConsumer = base_config(cfg, brokers)
+            .set("group.id", &cfg.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(unavailable)?;
+        let names = topics(&cfg.topic_prefix);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs).map_err(unavailable)?;
+        Ok(KafkaLog {
+            consumer: Arc::new(consumer),
+            cfg: cfg.clone(),
+            brokers: brokers.to_string(),
+            next_position: AtomicU64::new(1),
+            pending: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn take(&self, msg: &rdkafka::message::BorrowedMessage<'_>, out: &mut Vec<Envelope>) -> Result<(), LogError> {
+        let position = self.next_position.fetch_add(1, Ordering::Relaxed);
+        let payload = msg.payload().unwrap_or_default();
+        let mut env: Envelope = serde_json::from_slice(payload).map_err(|e| LogError::Corrupt {
+            position,
+            reason: format!("{}[{}]@{}: {e}", msg.topic(), msg.partition(), msg.offset()),
+        })?;
+        env.position = position;
+        lock(&self.pending).insert(position, (msg.topic().to_string(), msg.partition(), msg.offset()));
+        out.push(env);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventLog for KafkaLog {
+    async fn poll(&self, _consumer: &str, max: usize, wait: Duration) -> Result<Vec<Envelope>, LogError> {
+        let mut out = Vec::new();
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_) => return Ok(out),
+            Ok(msg) => self.take(&msg.map_err(unavailable)?, &mut out)?,
+        }
+        // Whatever else is already fetched, without waiting.
+        while out.len() < max {
+            match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                Ok(msg) => self.take(&msg.map_err(unavailable)?, &mut out)?,
+                Err(_) => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, _consumer: &str, position: u64) -> Result<(), LogError> {
+        let done = {
+            let mut pending = lock(&self.pending);
+            let keep = pending.split_off(&(position + 1));
+            std::mem::replace(&mut *pending, keep)
+        };
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for (_, (topic, partition, offset)) in done {
+            let e = next.entry((topic, partition)).or_insert(offset + 1);
+            *e = (*e).max(offset + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        // Only partitions still ours: after a rebalance the new owner
+        // re-reads from the last commit (and skips what is applied).
+        let assigned = self.consumer.assignment().map_err(unavailable)?;
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if assigned.find_partition(&topic, partition).is_some() {
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(offset)).map_err(unavailable)?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+    }
+
+    async fn rewind(&self, _consumer: &str) {
+        // Seek each partition back to its first uncommitted message.
+        let firsts: HashMap<(String, i32), i64> = {
+            let mut pending = lock(&self.pending);
+            let mut firsts = HashMap::new();
+            for (_, (t, p, o)) in std::mem::take(&mut *pending) {
+                firsts.entry((t, p)).or_insert(o);
+            }
+            firsts
+        };
+        for ((t, p), o) in firsts {
+            if let Err(e) =
+                self.consumer.seek(&t, p, Offset::Offset(o), Duration::from_millis(self.cfg.request_timeout_ms))
+            {
+                tracing::warn!(error = %e, topic = %t, partition = p, "seek back failed");
+            }
+        }
+    }
+
+    async fn lag(&self, _consumer: &str) -> Result<u64, LogError> {
+        group_lag(&self.cfg, &self.brokers).await
+    }
+}
+
+/// Messages in the topics not yet committed by the worker group: Σ over
+/// partitions of (high watermark − committed offset). Read from outside the
+/// group (a consumer that does not join it), so tests and `settle` can ask.
+pub async fn group_lag(cfg: &KafkaConfig, brokers: &str) -> Result<u64, LogError> {
+    let consumer: BaseConsumer = base_config(cfg, brokers)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(unavailable)?;
+    let names = topics(&cfg.topic_prefix);
+    let timeout = Duration::from_millis(cfg.request_timeout_ms);
+    tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for topic in &names {
+            let meta = consumer.fetch_metadata(Some(topic), timeout)?;
+            for t in meta.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition(topic, p.id());
+                }
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, timeout)?;
+        let mut lag = 0u64;
+        for e in committed.elements() {
+            let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            lag += u64::try_from(high - from.max(low)).unwrap_or(0);
+        }
+        Ok(lag)
+    })
+    .await
+    .map_err(unavailable)?
+    .map_err(unavailable)
+}

@@ -1,0 +1,116 @@
+//! The relay: partition outbox streams → Kafka.
+//!
+//! Each round reads up to `kafka.relay_batch_len_max` entries (the consumer
+//! group `relay` of the outbox streams), hands them all to the idempotent
+//! producer at once (librdkafka batches them, lingering `kafka.linger_ms`),
+//! awaits every delivery report, and only then acknowledges and deletes the
+//! entries in Redis. If any message of the round is refused or times out,
+//! nothing of the round is acknowledged: the relay rewinds to its pending
+//! entries and sends them again after a backoff. Kafka may thus see an event
+//! twice (never out of order within an entity: librdkafka's idempotent
+//! producer fails a partition's queue from the first failure on); the
+//! workers apply each event id once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::watch;
+
+use crate::config::{KafkaConfig, WorkerConfig};
+use crate::domain::now_unix_ms;
+use crate::events::{kafka, EventLog};
+use crate::telemetry::Metrics;
+
+/// The relay's consumer group on the outbox streams.
+pub const RELAY_CONSUMER: &str = "relay";
+
+pub struct Relay {
+    pub log: Arc<dyn EventLog>,
+    pub producer: FutureProducer,
+    pub kafka: KafkaConfig,
+    pub workers: WorkerConfig,
+    pub metrics: Metrics,
+    /// How long a poll of the outbox waits when it is empty (a relay in
+    /// `rush serve` is woken by its own node's appends before that).
+    pub poll_wait: Duration,
+}
+
+impl Relay {
+    /// One round: read, produce, await every delivery, acknowledge.
+    /// Returns how many events went to Kafka (0 when the outbox was empty).
+    pub async fn round(&self) -> Result<usize, String> {
+        let batch = self
+            .log
+            .poll(RELAY_CONSUMER, self.kafka.relay_batch_len_max, self.poll_wait)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            return Ok(0);
+        };
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut refused = None;
+        for env in &batch {
+            let payload = serde_json::to_vec(env).map_err(|e| e.to_string())?;
+            let topic = kafka::topic(&self.kafka.topic_prefix, &env.event);
+            let key = env.event.entity_id().to_string();
+            let partition = i32::from(env.partition) % self.kafka.partitions;
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload).partition(partition);
+            match self.producer.send_result(record) {
+                Ok(d) => deliveries.push((d, env.event.at_ms())),
+                Err((e, _)) => {
+                    refused = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        // Every report is awaited, even after a refusal, so nothing of this
+        // round is still in flight when it is sent again.
+        let mut failed = refused;
+        for (d, at_ms) in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {
+                    let lag_ms = now_unix_ms().saturating_sub(at_ms);
+                    self.metrics.relay_lag.observe(lag_ms as f64 / 1000.0);
+                }
+                Ok(Err((e, _))) => failed = failed.or(Some(e.to_string())),
+                Err(_) => failed = failed.or(Some("delivery report dropped".to_string())),
+            }
+        }
+        if let Some(e) = failed {
+            self.log.rewind(RELAY_CONSUMER).await;
+            return Err(format!("kafka refused a relay batch: {e}"));
+        }
+        if let Err(e) = self.log.commit(RELAY_CONSUMER, last).await {
+            self.log.rewind(RELAY_CONSUMER).await;
+            return Err(format!("acknowledging relayed entries: {e}"));
+        }
+        self.metrics.worker_events.with_label_values(&["relay"]).inc_by(batch.len() as u64);
+        Ok(batch.len())
+    }
+
+    /// Rounds until `shutdown`; a round in progress finishes first, so
+    /// every event it read is either in Kafka and acknowledged, or pending
+    /// in Redis for the next relay.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let failures = self.metrics.worker_failures.with_label_values(&["relay"]);
+        let mut backoff = self.workers.retry_backoff_ms;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.round().await {
+                Ok(_) => backoff = self.workers.retry_backoff_ms,
+                Err(e) => {
+                    failures.inc();
+                    tracing::warn!(error = %e, "relay round failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(backoff)) => {},
+                        _ = shutdown.changed() => {},
+                    }
+                    backoff = (backoff * 2).min(self.workers.retry_backoff_max_ms);
+                }
+            }
+        }
+    }
+}

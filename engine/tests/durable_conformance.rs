@@ -1,0 +1,389 @@
+//! The durable store's behaviour, run on SQLite and on Postgres: the same
+//! body of tests against both backends.
+//!
+//! Postgres: each test gets a fresh database on `RUSH_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1/postgres`), dropped afterwards.
+
+use std::sync::Arc;
+
+use rush_engine::config::{PostgresConfig, SqliteConfig};
+use rush_engine::domain::{gene_of_user, Fen, Id, IdGen, OrderStatus, PacketKind, WORLD_ACCOUNT};
+use rush_engine::durable::idempotency::Begin;
+use rush_engine::durable::{Durable, DurableError, Pools};
+use rush_engine::events::{DomainEvent, Envelope, OrderSeat};
+use rush_engine::store::{Attendee, PacketDef};
+use rush_engine::testkit::ScratchDb;
+
+enum Fixture {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(#[allow(dead_code)] ScratchDb),
+}
+
+async fn open(backend: &str) -> (Durable, Fixture) {
+    match backend {
+        "sqlite" => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let pools = Pools::sqlite(dir.path(), &SqliteConfig::default()).await.expect("sqlite");
+            (Durable::new(pools), Fixture::Sqlite(dir))
+        }
+        _ => {
+            let db = ScratchDb::create().await.expect("Postgres for tests (RUSH_TEST_POSTGRES_URL)");
+            let pools = Pools::postgres(&db.url, &PostgresConfig::default()).await.expect("postgres");
+            (Durable::new(pools), Fixture::Postgres(db))
+        }
+    }
+}
+
+/// Runs one test body on both backends.
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$body("sqlite").await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$body("postgres").await;
+            }
+        }
+    };
+}
+
+fn ids() -> Arc<IdGen> {
+    Arc::new(IdGen::new(7).expect("ids"))
+}
+
+fn env(ids: &IdGen, event: DomainEvent) -> Envelope {
+    let partition = event.entity_id().partition();
+    Envelope { position: 0, event_id: ids.next(0), partition, event }
+}
+
+fn seat(id: &str) -> OrderSeat {
+    OrderSeat {
+        seat_id: id.into(),
+        section: "A".into(),
+        row: 1,
+        col: id.len() as u32,
+        category: "std".into(),
+        price: Fen::new(100),
+    }
+}
+
+fn held(ids: &IdGen, event_id: Id, user: &str, seats: &[&str]) -> (Id, Envelope) {
+    let order_id = ids.next_for_user(user);
+    let e = env(
+        ids,
+        DomainEvent::OrderHeld {
+            order_id,
+            event_id,
+            user_id: user.into(),
+            amount: Fen::new(100 * seats.len() as i64),
+            created_at_ms: 1_000,
+            expires_at_ms: 901_000,
+            seats: seats.iter().map(|s| seat(s)).collect(),
+            attendees: vec![Attendee { name: "Li Lei".into(), id_number: "110101199001011234".into() }],
+        },
+    );
+    (order_id, e)
+}
+
+fn packet(ids: &IdGen, sender: &str, total: i64, count: u32) -> PacketDef {
+    PacketDef {
+        packet_id: ids.next(gene_of_user(sender)),
+        sender: sender.into(),
+        kind: PacketKind::Normal,
+        total: Fen::new(total),
+        count,
+        greeting: "hi".into(),
+        created_at_ms: 1_000,
+        expires_at_ms: 2_000,
+        parts: vec![Fen::new(total / i64::from(count)); count as usize],
+    }
+}
+
+async fn assert_conserved(d: &Durable) {
+    let audit = d.audit().await.expect("audit");
+    assert_eq!(audit.sum_all_accounts, 0, "money created or destroyed");
+    assert!(audit.lopsided_transfers.is_empty(), "{:?}", audit.lopsided_transfers);
+}
+
+async fn credit_balance_and_ledger(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    d.credit("alice", Fen::new(5_000), "welcome", ids.next(0)).await.expect("credit");
+    d.credit("alice", Fen::new(250), "bonus", ids.next(0)).await.expect("credit");
+    let b = d.balance("alice").await.expect("balance");
+    assert_eq!((b.available.get(), b.frozen.get()), (5_250, 0));
+    let nobody = d.balance("nobody").await.expect("balance");
+    assert_eq!((nobody.available.get(), nobody.frozen.get()), (0, 0));
+    let world = d.balance(WORLD_ACCOUNT).await.expect("world");
+    assert_eq!(world.available.get(), -5_250);
+    // Newest first, paged by entry id.
+    let page = d.ledger("alice", None, 1).await.expect("ledger");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].amount.get(), 250);
+    let rest = d.ledger("alice", Some(page[0].entry_id), 10).await.expect("ledger");
+    assert_eq!(rest.iter().map(|e| e.amount.get()).collect::<Vec<_>>(), vec![5_000]);
+    assert_conserved(&d).await;
+}
+both!(credit_balance_and_ledger_work, credit_balance_and_ledger);
+
+async fn packet_freeze_checks_funds(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    let def = packet(&ids, "sender", 1_000, 10);
+    assert!(matches!(d.freeze_for_packet(&def).await, Err(DurableError::InsufficientFunds)));
+    d.credit("sender", Fen::new(1_500), "t", ids.next(0)).await.expect("credit");
+    d.freeze_for_packet(&def).await.expect("freeze");
+    let b = d.balance("sender").await.expect("balance");
+    assert_eq!((b.available.get(), b.frozen.get()), (500, 1_000));
+    // A failed creation is undone to the cent.
+    d.unfreeze_failed_packet(&def).await.expect("unfreeze");
+    let b = d.balance("sender").await.expect("balance");
+    assert_eq!((b.available.get(), b.frozen.get()), (1_500, 0));
+    assert_conserved(&d).await;
+}
+both!(packet_freeze_checks_funds_and_undoes, packet_freeze_checks_funds);
+
+async fn orders_by_gene(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    let event_id = ids.next(0);
+    let (o1, e1) = held(&ids, event_id, "bob", &["A-1-1", "A-1-2"]);
+    let (o2, e2) = held(&ids, event_id, "carol", &["A-1-3"]);
+    let (o3, e3) = held(&ids, event_id, "bob", &["A-1-4"]);
+    assert_eq!(d.apply_events(&[e1, e2, e3]).await.expect("apply"), 3);
+    let r = d.order(o1).await.expect("read").expect("order 1");
+    assert_eq!((r.user_id.as_str(), r.status, r.amount.get()), ("bob", OrderStatus::PendingPayment, 200));
+    assert_eq!(r.seats.iter().map(|s| s.seat_id.as_str()).collect::<Vec<_>>(), vec!["A-1-1", "A-1-2"]);
+    assert_eq!(r.attendees.len(), 1);
+    // By user: newest first, only that user's, from the user's gene table.
+    let bobs = d.orders_of("bob", None, 10).await.expect("list");
+    assert_eq!(bobs.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![o3, o1]);
+    let older = d.orders_of("bob", Some(o3), 10).await.expect("page");
+    assert_eq!(older.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![o1]);
+    // The row sits in the table of its gene and nowhere else.
+    let table = format!("orders_{}", o2.gene());
+    let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE order_id = $1"))
+        .bind(o2.raw())
+        .fetch_one(&d.db().read)
+        .await
+        .expect("count");
+    assert_eq!(n, 1);
+    let mut total = 0i64;
+    for g in 0..16 {
+        let n: i64 =
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM orders_{g}")).fetch_one(&d.db().read).await.expect("n");
+        total += n;
+    }
+    assert_eq!(total, 3);
+}
+both!(orders_live_in_their_gene_table, orders_by_gene);
+
+async fn order_lifecycle(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    let event_id = ids.next(0);
+    let (o1, e1) = held(&ids, event_id, "bob", &["A-1-1"]);
+    let (o2, e2) = held(&ids, event_id, "dan", &["A-1-2"]);
+    d.apply_events(&[e1, e2]).await.expect("held");
+    let release = env(
+        &ids,
+        DomainEvent::OrderReleased {
+            order_id: o1,
+            event_id,
+            user_id: "bob".into(),
+            status: OrderStatus::Expired,
+            at_ms: 2_000,
+        },
+    );
+    let confirm =
+        env(&ids, DomainEvent::OrderConfirmed { order_id: o2, event_id, user_id: "dan".into(), at_ms: 2_000 });
+    d.apply_events(&[release, confirm]).await.expect("released and confirmed");
+    assert_eq!(d.order(o1).await.expect("read").expect("o1").status, OrderStatus::Expired);
+    assert_eq!(d.order(o2).await.expect("read").expect("o2").status, OrderStatus::Paid);
+    // The released seat can be held again; the sold one cannot.
+    let (_, again) = held(&ids, event_id, "erin", &["A-1-1"]);
+    d.apply_events(&[again]).await.expect("seat freed by release");
+    let (o4, sold) = held(&ids, event_id, "fay", &["A-1-2"]);
+    let err = d.apply_events(&[sold]).await.expect_err("one live order per seat");
+    assert!(matches!(err, DurableError::Invariant(_)), "{err}");
+    assert!(d.order(o4).await.expect("read").is_none(), "a refused batch leaves nothing behind");
+}
+both!(order_lifecycle_frees_and_sells_seats, order_lifecycle);
+
+async fn redelivery_applies_once(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    d.credit("sender", Fen::new(1_000), "t", ids.next(0)).await.expect("credit");
+    let def = packet(&ids, "sender", 1_000, 4);
+    d.freeze_for_packet(&def).await.expect("freeze");
+    let grab = |user: &str| {
+        env(
+            &ids,
+            DomainEvent::PacketGrabbed {
+                grab_id: ids.next_for_user(user),
+                packet_id: def.packet_id,
+                sender: "sender".into(),
+                user_id: user.into(),
+                amount: Fen::new(250),
+                at_ms: 1_500,
+            },
+        )
+    };
+    let batch = vec![grab("g1"), grab("g2"), grab("g3")];
+    assert_eq!(d.apply_events(&batch).await.expect("first"), 3);
+    // The same events again (a relay or worker restarted): no effect.
+    assert_eq!(d.apply_events(&batch).await.expect("again"), 0);
+    // Twice in one batch: once.
+    let g4 = grab("g4");
+    assert_eq!(d.apply_events(&[g4.clone(), g4]).await.expect("dup in batch"), 1);
+    for u in ["g1", "g2", "g3", "g4"] {
+        assert_eq!(d.balance(u).await.expect("b").available.get(), 250, "{u}");
+    }
+    let s = d.balance("sender").await.expect("sender");
+    assert_eq!((s.available.get(), s.frozen.get()), (0, 0));
+    assert_conserved(&d).await;
+}
+both!(redelivered_events_apply_once, redelivery_applies_once);
+
+async fn grabs_and_expiry(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    d.credit("sender", Fen::new(1_000), "t", ids.next(0)).await.expect("credit");
+    let def = packet(&ids, "sender", 1_000, 4);
+    d.freeze_for_packet(&def).await.expect("freeze");
+    let grab = |user: &str| {
+        env(
+            &ids,
+            DomainEvent::PacketGrabbed {
+                grab_id: ids.next_for_user(user),
+                packet_id: def.packet_id,
+                sender: "sender".into(),
+                user_id: user.into(),
+                amount: Fen::new(250),
+                at_ms: 1_500,
+            },
+        )
+    };
+    d.apply_events(&[grab("g1")]).await.expect("grab");
+    // The same user again under another event id: the constraint refuses it.
+    let err = d.apply_events(&[grab("g1")]).await.expect_err("second grab by one user");
+    assert!(matches!(err, DurableError::Invariant(_)), "{err}");
+    let expired = env(
+        &ids,
+        DomainEvent::PacketExpired {
+            packet_id: def.packet_id,
+            sender: "sender".into(),
+            remaining: Fen::new(750),
+            at_ms: 2_000,
+        },
+    );
+    d.apply_events(&[expired]).await.expect("expiry");
+    let s = d.balance("sender").await.expect("sender");
+    assert_eq!((s.available.get(), s.frozen.get()), (750, 0));
+    assert_eq!(d.balance("g1").await.expect("g1").available.get(), 250);
+    assert_conserved(&d).await;
+}
+both!(grabs_move_frozen_money_and_expiry_refunds, grabs_and_expiry);
+
+async fn concurrent_redelivery(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    d.credit("sender", Fen::new(100_000), "t", ids.next(0)).await.expect("credit");
+    let def = packet(&ids, "sender", 100_000, 200);
+    d.freeze_for_packet(&def).await.expect("freeze");
+    let events: Vec<Envelope> = (0..200)
+        .map(|i| {
+            let user = format!("u{i}");
+            env(
+                &ids,
+                DomainEvent::PacketGrabbed {
+                    grab_id: ids.next_for_user(&user),
+                    packet_id: def.packet_id,
+                    sender: "sender".into(),
+                    user_id: user,
+                    amount: Fen::new(500),
+                    at_ms: 1_500,
+                },
+            )
+        })
+        .collect();
+    // Eight workers get overlapping slices (as after a rebalance): each
+    // event must take effect exactly once.
+    let events = Arc::new(events);
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let (d, events) = (d.clone(), events.clone());
+        tasks.push(tokio::spawn(async move {
+            let start = (w * 25).saturating_sub(20);
+            let end = (w * 25 + 45).min(200);
+            let mut applied = 0;
+            for chunk in events[start..end].chunks(10) {
+                loop {
+                    match d.apply_events(chunk).await {
+                        Ok(n) => {
+                            applied += n;
+                            break;
+                        }
+                        // Postgres may pick a deadlock victim; the worker retries.
+                        Err(DurableError::Db(_)) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            applied
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += t.await.expect("task");
+    }
+    assert_eq!(applied, 200, "every event applied exactly once across workers");
+    for i in [0, 57, 199] {
+        assert_eq!(d.balance(&format!("u{i}")).await.expect("b").available.get(), 500);
+    }
+    let s = d.balance("sender").await.expect("sender");
+    assert_eq!(s.frozen.get(), 0);
+    assert_conserved(&d).await;
+}
+both!(concurrent_workers_apply_each_event_once, concurrent_redelivery);
+
+async fn idempotency_keys(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let (ttl, stale) = (86_400_000, 60_000);
+    assert_eq!(d.idempotency_begin("u", "k", "h1", 1_000, ttl, stale).await.expect("begin"), Begin::New);
+    assert_eq!(d.idempotency_begin("u", "k", "h1", 1_001, ttl, stale).await.expect("again"), Begin::InProgress);
+    d.idempotency_finish("u", "k", 201, "{\"ok\":1}").await.expect("finish");
+    assert_eq!(
+        d.idempotency_begin("u", "k", "h1", 1_002, ttl, stale).await.expect("replay"),
+        Begin::Replay { status: 201, body: "{\"ok\":1}".into() }
+    );
+    assert_eq!(d.idempotency_begin("u", "k", "h2", 1_003, ttl, stale).await.expect("mismatch"), Begin::Mismatch);
+    // Another user's same key is theirs.
+    assert_eq!(d.idempotency_begin("v", "k", "h2", 1_004, ttl, stale).await.expect("other"), Begin::New);
+    // After the TTL the key starts over.
+    assert_eq!(d.idempotency_begin("u", "k", "h2", 1_000 + ttl + 1, ttl, stale).await.expect("expired"), Begin::New);
+    assert_eq!(d.idempotency_purge(2_000).await.expect("purge"), 1);
+}
+both!(idempotency_keys_replay_and_expire, idempotency_keys);
+
+async fn concurrent_idempotency(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move { d.idempotency_begin("u", "same", "h", 5_000, 86_400_000, 60_000).await }));
+    }
+    let mut new = 0;
+    for t in tasks {
+        match t.await.expect("task").expect("begin") {
+            Begin::New => new += 1,
+            Begin::InProgress => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(new, 1, "exactly one request runs under a key");
+}
+both!(concurrent_requests_with_one_key_run_once, concurrent_idempotency);
