@@ -355,7 +355,23 @@ impl Engine {
     }
 
     pub async fn ready(&self) -> bool {
-        self.outbox_ok() && self.durable.db().ping().await && self.store.ready().await
+        self.not_ready().await.is_empty()
+    }
+
+    /// What keeps this node from taking traffic: `outbox` (near its bound),
+    /// `durable_store`, `hot_store`. Empty when ready.
+    pub async fn not_ready(&self) -> Vec<&'static str> {
+        let mut failing = Vec::new();
+        if !self.outbox_ok() {
+            failing.push("outbox");
+        }
+        if !self.durable.db().ping().await {
+            failing.push("durable_store");
+        }
+        if !self.store.ready().await {
+            failing.push("hot_store");
+        }
+        failing
     }
 
     /// Waits until the workers have applied every event so far (tests,

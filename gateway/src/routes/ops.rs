@@ -14,10 +14,11 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.engine.ready().await {
+    let failing = state.engine.not_ready().await;
+    if failing.is_empty() {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "failing": ["sqlite"]}))
+        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "failing": failing}))
     }
 }
 

@@ -5,6 +5,7 @@ mod bad_input;
 mod crash;
 mod expiry;
 mod faults;
+mod full;
 mod helpers;
 mod idempotency;
 mod multinode;
