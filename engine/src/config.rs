@@ -69,6 +69,9 @@ pub struct KafkaConfig {
     pub relay_in_serve: bool,
     /// Outbox entries relayed per round (one Kafka flush per round).
     pub relay_batch_len_max: usize,
+    /// One relay at a time sends (order per entity); the others wait. A
+    /// relay that dies is replaced after this long.
+    pub relay_lease_ms: u64,
     /// How long `rush relay` waits on an empty outbox before looking again
     /// (the relay inside `rush serve` is woken by its node's appends).
     pub relay_poll_ms: u64,
@@ -95,6 +98,7 @@ impl Default for KafkaConfig {
             relay_in_serve: true,
             relay_batch_len_max: 4096,
             relay_poll_ms: 5,
+            relay_lease_ms: 10_000,
             linger_ms: 2,
             delivery_timeout_ms: 30_000,
             request_timeout_ms: 5_000,
@@ -449,6 +453,9 @@ impl Config {
         }
         if self.kafka.topic_prefix.is_empty() || self.kafka.group.is_empty() {
             return bad("kafka.topic_prefix and kafka.group must be non-empty");
+        }
+        if self.kafka.relay_lease_ms < 300 {
+            return bad("kafka.relay_lease_ms must be at least 300");
         }
         if self.postgres.pool_max == 0 {
             return bad("postgres.pool_max must be at least 1");

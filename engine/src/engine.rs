@@ -132,16 +132,28 @@ where
     }
     let consumer = format!("node-{}", cfg.node_id);
     let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
+    let lease = relay_lease(&store, cfg, &consumer);
     // One store, two roles: hot state and Idempotency-Key records.
     let store = Arc::new(store);
-    Ok((store.clone(), Arc::new(log), store))
+    Ok((store.clone(), Arc::new(log), store, Some(lease)))
+}
+
+/// The lease that lets one relay at a time send (see [`crate::workers::relay::Lease`]).
+fn relay_lease<C>(store: &RedisStore<C>, cfg: &Config, who: &str) -> Box<dyn crate::workers::relay::Lease>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let token = format!("{who}-{:016x}", fastrand::u64(..));
+    Box::new(store.lease("relay", &token, cfg.kafka.relay_lease_ms))
 }
 
 /// The outbox streams as a relay outside `rush serve` reads them: no actors,
 /// no node-id lease (a relay mints no ids); consumer `relay-<node_id>` in
 /// the group, so a restarted relay with the same id re-sends what it had
 /// read and not acknowledged.
-async fn relay_log(cfg: &Config, url: &str) -> Result<Arc<dyn EventLog>, StartError> {
+type RelayParts = (Arc<dyn EventLog>, Box<dyn crate::workers::relay::Lease>);
+
+async fn relay_log(cfg: &Config, url: &str) -> Result<RelayParts, StartError> {
     let ids = Arc::new(IdGen::new(cfg.node_id)?);
     let timeout = Duration::from_millis(cfg.redis.timeout_ms);
     let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
@@ -149,10 +161,12 @@ async fn relay_log(cfg: &Config, url: &str) -> Result<Arc<dyn EventLog>, StartEr
     let redis_err = |e| StartError::Redis(url.to_string(), e);
     Ok(if cfg.redis.cluster {
         let store = RedisStore::connect_cluster(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
-        Arc::new(RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended()))
+        let log = RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended());
+        (Arc::new(log), relay_lease(&store, cfg, &consumer))
     } else {
         let store = RedisStore::connect(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
-        Arc::new(RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended()))
+        let log = RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended());
+        (Arc::new(log), relay_lease(&store, cfg, &consumer))
     })
 }
 
@@ -175,8 +189,10 @@ async fn kafka_ready(cfg: &Config) -> Result<&str, StartError> {
 pub async fn standalone_relay(cfg: &Config, metrics: Metrics) -> Result<crate::workers::relay::Relay, StartError> {
     let url = cfg.redis.url.as_deref().ok_or_else(|| StartError::Kafka("the relay needs redis.url".into()))?;
     let brokers = kafka_ready(cfg).await?;
+    let (log, lease) = relay_log(cfg, url).await?;
     Ok(crate::workers::relay::Relay {
-        log: relay_log(cfg, url).await?,
+        log,
+        lease: Some(lease),
         producer: crate::events::kafka::producer(&cfg.kafka, brokers).map_err(kafka_err)?,
         kafka: cfg.kafka.clone(),
         workers: cfg.workers.clone(),
@@ -196,8 +212,10 @@ pub async fn kafka_worker(cfg: &Config) -> Result<(Durable, Arc<dyn EventLog>), 
     Ok((Durable::new(pools), Arc::new(log)))
 }
 
-/// The hot store, the event log and where Idempotency-Key records live.
-type Roles = (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>);
+/// The hot store, the event log, where Idempotency-Key records live, and
+/// (Redis) the relay's lease.
+type Roles =
+    (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>, Option<Box<dyn crate::workers::relay::Lease>>);
 
 pub struct Engine {
     cfg: Arc<Config>,
@@ -212,6 +230,8 @@ pub struct Engine {
     infos: DashMap<Id, Arc<EventInfo>>,
     /// Last measured outbox length (see [`crate::config::OutboxConfig`]).
     outbox_len: AtomicU64,
+    /// Handed to the in-process relay when the workers start.
+    relay_lease: std::sync::Mutex<Option<Box<dyn crate::workers::relay::Lease>>>,
     pub metrics: Metrics,
 }
 
@@ -244,7 +264,7 @@ impl Engine {
         if cfg.kafka.brokers.is_some() {
             kafka_ready(&cfg).await?;
         }
-        let (store, log, idempotency): Roles = match &cfg.redis.url {
+        let (store, log, idempotency, relay_lease): Roles = match &cfg.redis.url {
             // Redis: hot state, scripts and outbox streams in Redis.
             Some(url) => {
                 let timeout = Duration::from_millis(cfg.redis.timeout_ms);
@@ -264,7 +284,7 @@ impl Engine {
                 let hot_db = Db::open(&cfg.data_dir, &cfg.sqlite).await?;
                 let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
                 let log = OutboxLog::new(hot_db, store.appended());
-                (Arc::new(store), Arc::new(log), Arc::new(durable.clone()))
+                (Arc::new(store), Arc::new(log), Arc::new(durable.clone()), None)
             }
         };
         // Embedded, this node is the store's only writer.
@@ -280,6 +300,7 @@ impl Engine {
             actors,
             infos: DashMap::new(),
             outbox_len: AtomicU64::new(0),
+            relay_lease: std::sync::Mutex::new(relay_lease),
             metrics,
         }))
     }
@@ -296,8 +317,10 @@ impl Engine {
             None => tasks.push(tokio::spawn(crate::workers::persist(self.clone(), shutdown))),
             Some(brokers) if self.cfg.kafka.relay_in_serve => {
                 let producer = crate::events::kafka::producer(&self.cfg.kafka, brokers).map_err(kafka_err)?;
+                let lease = self.relay_lease.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let relay = crate::workers::relay::Relay {
                     log: self.log.clone(),
+                    lease: Some(lease.ok_or_else(|| StartError::Kafka("the relay's lease is gone".into()))?),
                     producer,
                     kafka: self.cfg.kafka.clone(),
                     workers: self.cfg.workers.clone(),

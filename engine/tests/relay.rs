@@ -96,6 +96,7 @@ fn relay(log: Arc<FakeLog>, cfg: &KafkaConfig) -> Relay {
     let brokers = cfg.brokers.clone().expect("brokers");
     Relay {
         log,
+        lease: None,
         producer: kafka::producer(cfg, &brokers).expect("producer"),
         kafka: cfg.clone(),
         workers: WorkerConfig::default(),
@@ -238,4 +239,73 @@ async fn transient_produce_errors_are_retried_by_the_idempotent_producer_without
     let ids: HashSet<Id> = got.iter().map(|(_, _, _, e)| e.event_id).collect();
     assert_eq!((got.len(), ids.len()), (200, 200), "each event exactly once");
     assert_entity_order(&log, &got);
+}
+
+/// Leadership on a real Redis (`RUSH_TEST_REDIS_URL`, default database 15):
+/// while another relay holds the lease this one sends nothing; when the
+/// holder dies (stops renewing) with entries read and not acknowledged,
+/// this one takes the lease, takes over those entries, and sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entries() {
+    use rush_engine::events::redis_stream::RedisStreamLog;
+    use rush_engine::store::redis::RedisStore;
+    use rush_engine::workers::relay::Lease;
+
+    let url = std::env::var("RUSH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".into());
+    let prefix = format!("rushtest-relay-{}", std::process::id());
+    let ids = Arc::new(IdGen::new(5).expect("ids"));
+    let store = RedisStore::connect(&url, &prefix, ids, 1000, Duration::from_secs(2)).await.expect("redis");
+    let fake = outbox(100);
+    let mut conn = store.connection();
+    for env in &fake.events {
+        let key = format!("{prefix}:{{p{}}}:outbox", env.partition);
+        let body = serde_json::to_string(env).expect("json");
+        let _: String =
+            redis::cmd("XADD").arg(&key).arg("*").arg("body").arg(body).query_async(&mut conn).await.expect("xadd");
+    }
+    let log = |who: &str| Arc::new(RedisStreamLog::new(store.connection(), &prefix, who, store.appended()));
+    // Relay A takes the lease, reads everything, and dies before sending.
+    let lease_a = store.lease("relay", "a", 600);
+    assert!(lease_a.hold().await.expect("lease"));
+    let log_a = log("node-a");
+    let mut read = 0;
+    while read < 100 {
+        read += log_a.poll("relay", 1000, Duration::from_millis(10)).await.expect("poll").len();
+    }
+    // Relay B stands by until A's lease runs out.
+    let mock = mock();
+    let cfg = kafka_cfg(&mock.bootstrap_servers());
+    let log_b = log("node-b");
+    let b = Relay {
+        log: log_b.clone(),
+        lease: Some(Box::new(store.lease("relay", "b", 600))),
+        producer: kafka::producer(&cfg, &mock.bootstrap_servers()).expect("producer"),
+        kafka: cfg.clone(),
+        workers: WorkerConfig::default(),
+        metrics: Metrics::new(),
+        poll_wait: Duration::from_millis(5),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(b.run(stopped));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(log_b.lag("relay").await.expect("lag"), 100, "a standby relay sends nothing");
+    let mut drained = false;
+    for _ in 0..200 {
+        if log_b.lag("relay").await.expect("lag") == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    let _ = task.await;
+    assert!(drained, "the new lease holder sent the dead relay's entries");
+    let got = read_all(&mock.bootstrap_servers(), 100).await;
+    assert_entity_order(&fake, &got);
+    // Clean up this test's keys.
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
 }

@@ -139,4 +139,10 @@ pub trait EventLog: Send + Sync + 'static {
     /// Forgets what was delivered and not committed, so the next poll
     /// delivers it again (the relay, after Kafka refused a batch).
     async fn rewind(&self, consumer: &str);
+    /// Makes this reader the owner of everything other readers of the group
+    /// were given and did not commit (they are gone: the relay took over
+    /// their lease), to be delivered again before anything new.
+    async fn take_over(&self, _consumer: &str) -> Result<(), LogError> {
+        Ok(())
+    }
 }

@@ -188,6 +188,39 @@ where
         lock(&self.recovered).remove(consumer);
     }
 
+    async fn take_over(&self, consumer: &str) -> Result<(), LogError> {
+        self.ensure_group(consumer).await?;
+        for p in 0..PARTITION_COUNT {
+            let stream = self.stream(p);
+            let mut cursor = "0-0".to_string();
+            loop {
+                // JUSTID: claim without delivering; the re-read below delivers.
+                // Reply: [next cursor, claimed ids, deleted ids (Redis 7)].
+                let reply: Vec<redis::Value> = redis::cmd("XAUTOCLAIM")
+                    .arg(&stream)
+                    .arg(consumer)
+                    .arg(&self.consumer)
+                    .arg(0)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("JUSTID")
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(unavailable)?;
+                cursor = match reply.first() {
+                    Some(v) => redis::from_redis_value_ref::<String>(v).map_err(|e| unavailable(e.into()))?,
+                    None => "0-0".to_string(),
+                };
+                if cursor == "0-0" {
+                    break;
+                }
+            }
+        }
+        self.rewind(consumer).await;
+        Ok(())
+    }
+
     async fn lag(&self, _consumer: &str) -> Result<u64, LogError> {
         // Committed entries are deleted, so what is left is the lag.
         let cmds = (0..PARTITION_COUNT).map(|p| redis::Cmd::xlen(self.stream(p))).collect();

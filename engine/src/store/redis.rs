@@ -173,6 +173,18 @@ where
         Ok(true)
     }
 
+    /// A lease named `name` for the holder `token` (see `lua/lease_node.lua`),
+    /// for one-at-a-time roles such as the relay.
+    pub fn lease(&self, name: &str, token: &str, lease_ms: u64) -> RedisLease<C> {
+        RedisLease {
+            script: self.scripts.lease_node.clone(),
+            conn: self.conn.clone(),
+            key: format!("{}:lease:{name}", self.prefix),
+            token: token.to_string(),
+            lease_ms,
+        }
+    }
+
     /// The connection, shared with the stream event log.
     pub fn connection(&self) -> C {
         self.conn.clone()
@@ -687,5 +699,36 @@ where
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// A named lease in Redis: `hold` takes it when free or renews it when ours.
+pub struct RedisLease<C> {
+    script: redis::Script,
+    conn: C,
+    key: String,
+    token: String,
+    lease_ms: u64,
+}
+
+#[async_trait::async_trait]
+impl<C> crate::workers::relay::Lease for RedisLease<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn hold(&self) -> Result<bool, String> {
+        let held: i64 = self
+            .script
+            .key(&self.key)
+            .arg(&self.token)
+            .arg(self.lease_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(held == 1)
+    }
+
+    fn lease_ms(&self) -> u64 {
+        self.lease_ms
     }
 }

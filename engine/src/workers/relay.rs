@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
 use crate::config::{KafkaConfig, WorkerConfig};
@@ -25,8 +25,22 @@ use crate::telemetry::Metrics;
 /// The relay's consumer group on the outbox streams.
 pub const RELAY_CONSUMER: &str = "relay";
 
+/// One relay at a time sends: two relays reading one stream would each send
+/// part of an entity's events, and Kafka could get them out of order. The
+/// relays of all nodes compete for this lease; the holder relays, the rest
+/// wait. A new holder first takes over what the previous one had read and
+/// not acknowledged, and sends that before anything newer.
+#[async_trait::async_trait]
+pub trait Lease: Send + Sync {
+    /// Takes the lease if free, renews it if ours; false if another holds it.
+    async fn hold(&self) -> Result<bool, String>;
+    fn lease_ms(&self) -> u64;
+}
+
 pub struct Relay {
     pub log: Arc<dyn EventLog>,
+    /// None: this relay is the only one (tests).
+    pub lease: Option<Box<dyn Lease>>,
     pub producer: FutureProducer,
     pub kafka: KafkaConfig,
     pub workers: WorkerConfig,
@@ -89,21 +103,73 @@ impl Relay {
         Ok(batch.len())
     }
 
-    /// Rounds until `shutdown`; a round in progress finishes first, so
-    /// every event it read is either in Kafka and acknowledged, or pending
-    /// in Redis for the next relay.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// An idempotent producer that hit a fatal error (for instance messages
+    /// that timed out in flight on a broker that cannot bump the producer
+    /// epoch) refuses everything after; the relay starts a new one, whose
+    /// new producer id makes its sequence numbers start over.
+    fn replace_producer_if_fatal(&mut self) {
+        let Some((code, reason)) = self.producer.client().fatal_error() else { return };
+        tracing::warn!(?code, %reason, "the Kafka producer failed fatally; starting a new one");
+        let brokers = self.kafka.brokers.clone().unwrap_or_default();
+        match kafka::producer(&self.kafka, &brokers) {
+            Ok(p) => self.producer = p,
+            Err(e) => tracing::error!(error = %e, "starting a new Kafka producer failed"),
+        }
+    }
+
+    /// Rounds until `shutdown`, while holding the lease; a round in
+    /// progress finishes first, so every event it read is either in Kafka
+    /// and acknowledged, or pending in Redis for the next relay.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let failures = self.metrics.worker_failures.with_label_values(&["relay"]);
         let mut backoff = self.workers.retry_backoff_ms;
+        let mut leading = self.lease.is_none();
+        let mut renewed = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if let Some(lease) = &self.lease {
+                let every = Duration::from_millis(lease.lease_ms() / 3);
+                if !leading || renewed.elapsed() >= every {
+                    let held = match lease.hold().await {
+                        Ok(h) => h,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "relay lease check failed");
+                            false
+                        }
+                    };
+                    if held && !leading {
+                        // Everything the previous holder read and did not
+                        // acknowledge goes first.
+                        if let Err(e) = self.log.take_over(RELAY_CONSUMER).await {
+                            tracing::warn!(error = %e, "taking over the relay's pending entries failed");
+                            failures.inc();
+                            tokio::time::sleep(Duration::from_millis(backoff)).await;
+                            continue;
+                        }
+                        tracing::info!("this node relays the outbox to Kafka");
+                    }
+                    if !held && leading {
+                        tracing::warn!("relay lease lost; standing by");
+                    }
+                    leading = held;
+                    renewed = tokio::time::Instant::now();
+                }
+                if !leading {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {},
+                        _ = shutdown.changed() => {},
+                    }
+                    continue;
+                }
             }
             match self.round().await {
                 Ok(_) => backoff = self.workers.retry_backoff_ms,
                 Err(e) => {
                     failures.inc();
                     tracing::warn!(error = %e, "relay round failed; retrying");
+                    self.replace_producer_if_fatal();
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff)) => {},
                         _ = shutdown.changed() => {},

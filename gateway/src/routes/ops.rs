@@ -11,7 +11,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// Readiness: the stores answer.
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503)))]
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "not ready; `failing` lists outbox, durable_store, hot_store")))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let failing = state.engine.not_ready().await;

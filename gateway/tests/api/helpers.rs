@@ -184,7 +184,11 @@ impl TestApp {
     }
 
     pub async fn settle(&self) {
-        assert!(self.engine.settle(Duration::from_secs(30)).await, "workers did not settle");
+        if !self.engine.settle(Duration::from_secs(30)).await {
+            let m = self.engine.metrics.render();
+            let seen: Vec<&str> = m.lines().filter(|l| l.contains("worker_") || l.contains("outbox_lag")).collect();
+            panic!("workers did not settle: {seen:#?}");
+        }
     }
 
     /// Money is conserved and every transfer balances.
