@@ -69,9 +69,6 @@ pub struct KafkaConfig {
     pub relay_in_serve: bool,
     /// Outbox entries relayed per round (one Kafka flush per round).
     pub relay_batch_len_max: usize,
-    /// One relay at a time sends (order per entity); the others wait. A
-    /// relay that dies is replaced after this long.
-    pub relay_lease_ms: u64,
     /// How long `rush relay` waits on an empty outbox before looking again
     /// (the relay inside `rush serve` is woken by its node's appends).
     pub relay_poll_ms: u64,
@@ -98,7 +95,6 @@ impl Default for KafkaConfig {
             relay_in_serve: true,
             relay_batch_len_max: 4096,
             relay_poll_ms: 5,
-            relay_lease_ms: 10_000,
             linger_ms: 2,
             delivery_timeout_ms: 30_000,
             request_timeout_ms: 5_000,
@@ -121,11 +117,16 @@ pub struct OutboxConfig {
     /// How often the outbox length is measured (also the staleness of the
     /// bound: it can overshoot by what arrives in this time).
     pub check_every_ms: u64,
+    /// Redis mode: one process at a time reads the outbox streams (the
+    /// relay in full mode, the persist worker otherwise), so an entity's
+    /// events stay in order; the others stand by. A reader that dies is
+    /// replaced after this long.
+    pub reader_lease_ms: u64,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
-        OutboxConfig { len_max: 2_000_000, ready_pct: 80, check_every_ms: 500 }
+        OutboxConfig { len_max: 2_000_000, ready_pct: 80, check_every_ms: 500, reader_lease_ms: 10_000 }
     }
 }
 
@@ -454,8 +455,8 @@ impl Config {
         if self.kafka.topic_prefix.is_empty() || self.kafka.group.is_empty() {
             return bad("kafka.topic_prefix and kafka.group must be non-empty");
         }
-        if self.kafka.relay_lease_ms < 300 {
-            return bad("kafka.relay_lease_ms must be at least 300");
+        if self.outbox.reader_lease_ms < 300 {
+            return bad("outbox.reader_lease_ms must be at least 300");
         }
         if self.postgres.pool_max == 0 {
             return bad("postgres.pool_max must be at least 1");

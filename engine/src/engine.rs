@@ -138,20 +138,21 @@ where
     Ok((store.clone(), Arc::new(log), store, Some(lease)))
 }
 
-/// The lease that lets one relay at a time send (see [`crate::workers::relay::Lease`]).
-fn relay_lease<C>(store: &RedisStore<C>, cfg: &Config, who: &str) -> Box<dyn crate::workers::relay::Lease>
+/// The lease that lets one process at a time read the outbox streams (see
+/// [`crate::workers::lead`]): the relay in full mode, the persist worker in Redis mode.
+fn relay_lease<C>(store: &RedisStore<C>, cfg: &Config, who: &str) -> Box<dyn crate::workers::lead::Lease>
 where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
     let token = format!("{who}-{:016x}", fastrand::u64(..));
-    Box::new(store.lease("relay", &token, cfg.kafka.relay_lease_ms))
+    Box::new(store.lease("outbox-reader", &token, cfg.outbox.reader_lease_ms))
 }
 
 /// The outbox streams as a relay outside `rush serve` reads them: no actors,
 /// no node-id lease (a relay mints no ids); consumer `relay-<node_id>` in
 /// the group, so a restarted relay with the same id re-sends what it had
 /// read and not acknowledged.
-type RelayParts = (Arc<dyn EventLog>, Box<dyn crate::workers::relay::Lease>);
+type RelayParts = (Arc<dyn EventLog>, Box<dyn crate::workers::lead::Lease>);
 
 async fn relay_log(cfg: &Config, url: &str) -> Result<RelayParts, StartError> {
     let ids = Arc::new(IdGen::new(cfg.node_id)?);
@@ -215,7 +216,7 @@ pub async fn kafka_worker(cfg: &Config) -> Result<(Durable, Arc<dyn EventLog>), 
 /// The hot store, the event log, where Idempotency-Key records live, and
 /// (Redis) the relay's lease.
 type Roles =
-    (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>, Option<Box<dyn crate::workers::relay::Lease>>);
+    (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>, Option<Box<dyn crate::workers::lead::Lease>>);
 
 pub struct Engine {
     cfg: Arc<Config>,
@@ -230,8 +231,8 @@ pub struct Engine {
     infos: DashMap<Id, Arc<EventInfo>>,
     /// Last measured outbox length (see [`crate::config::OutboxConfig`]).
     outbox_len: AtomicU64,
-    /// Handed to the in-process relay when the workers start.
-    relay_lease: std::sync::Mutex<Option<Box<dyn crate::workers::relay::Lease>>>,
+    /// Handed to the in-process relay or persist worker when they start.
+    relay_lease: std::sync::Mutex<Option<Box<dyn crate::workers::lead::Lease>>>,
     pub metrics: Metrics,
 }
 
@@ -317,10 +318,9 @@ impl Engine {
             None => tasks.push(tokio::spawn(crate::workers::persist(self.clone(), shutdown))),
             Some(brokers) if self.cfg.kafka.relay_in_serve => {
                 let producer = crate::events::kafka::producer(&self.cfg.kafka, brokers).map_err(kafka_err)?;
-                let lease = self.relay_lease.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let relay = crate::workers::relay::Relay {
                     log: self.log.clone(),
-                    lease: Some(lease.ok_or_else(|| StartError::Kafka("the relay's lease is gone".into()))?),
+                    lease: self.take_outbox_lease(),
                     producer,
                     kafka: self.cfg.kafka.clone(),
                     workers: self.cfg.workers.clone(),
@@ -332,6 +332,11 @@ impl Engine {
             Some(_) => {}
         }
         Ok(tasks)
+    }
+
+    /// The outbox-reader lease (Redis mode), once.
+    pub fn take_outbox_lease(&self) -> Option<Box<dyn crate::workers::lead::Lease>> {
+        self.relay_lease.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Who drains the outbox: the relay in full mode, the persist worker otherwise.

@@ -249,7 +249,7 @@ async fn transient_produce_errors_are_retried_by_the_idempotent_producer_without
 async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entries() {
     use rush_engine::events::redis_stream::RedisStreamLog;
     use rush_engine::store::redis::RedisStore;
-    use rush_engine::workers::relay::Lease;
+    use rush_engine::workers::lead::Lease;
 
     let url = std::env::var("RUSH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".into());
     let prefix = format!("rushtest-relay-{}", std::process::id());
@@ -265,7 +265,7 @@ async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entrie
     }
     let log = |who: &str| Arc::new(RedisStreamLog::new(store.connection(), &prefix, who, store.appended()));
     // Relay A takes the lease, reads everything, and dies before sending.
-    let lease_a = store.lease("relay", "a", 600);
+    let lease_a = store.lease("outbox-reader", "a", 600);
     assert!(lease_a.hold().await.expect("lease"));
     let log_a = log("node-a");
     let mut read = 0;
@@ -278,7 +278,7 @@ async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entrie
     let log_b = log("node-b");
     let b = Relay {
         log: log_b.clone(),
-        lease: Some(Box::new(store.lease("relay", "b", 600))),
+        lease: Some(Box::new(store.lease("outbox-reader", "b", 600))),
         producer: kafka::producer(&cfg, &mock.bootstrap_servers()).expect("producer"),
         kafka: cfg.clone(),
         workers: WorkerConfig::default(),

@@ -96,8 +96,15 @@ async fn worker(cfg: Config) -> anyhow::Result<()> {
     let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lag = Some(metrics.consumer_lag.clone());
-    let task =
-        tokio::spawn(rush_engine::workers::persist_loop(log, durable, cfg.workers.clone(), metrics, lag, stop_rx));
+    let task = tokio::spawn(rush_engine::workers::persist_loop(
+        log,
+        durable,
+        cfg.workers.clone(),
+        metrics,
+        lag,
+        None,
+        stop_rx,
+    ));
     println!("{}", serde_json::json!({"msg": "rush worker running", "group": cfg.kafka.group}));
     terminated().await;
     let _ = stop_tx.send(true);

@@ -712,7 +712,7 @@ pub struct RedisLease<C> {
 }
 
 #[async_trait::async_trait]
-impl<C> crate::workers::relay::Lease for RedisLease<C>
+impl<C> crate::workers::lead::Lease for RedisLease<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {

@@ -12,6 +12,7 @@
 //! - timeouts: finds holds and packets whose time is up and settles them
 //!   through their actors (which re-check the deadline).
 
+pub mod lead;
 pub mod relay;
 
 use std::sync::Arc;
@@ -34,7 +35,8 @@ const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn persist(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) {
     let cfg = engine.config().workers.clone();
-    persist_loop(engine.log(), engine.durable().clone(), cfg, engine.metrics.clone(), None, shutdown).await
+    let lease = engine.take_outbox_lease();
+    persist_loop(engine.log(), engine.durable().clone(), cfg, engine.metrics.clone(), None, lease, shutdown).await
 }
 
 /// Applies the log to the durable store until `shutdown`: each batch in one
@@ -46,8 +48,10 @@ pub async fn persist_loop(
     cfg: WorkerConfig,
     metrics: Metrics,
     lag: Option<IntGauge>,
+    lease: Option<Box<dyn lead::Lease>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut lead = lead::Leadership::new(lease, PERSIST_CONSUMER, "persist");
     let failures = metrics.worker_failures.with_label_values(&["persist"]);
     let applied = metrics.worker_events.with_label_values(&["persist"]);
     let mut lag_checked = tokio::time::Instant::now();
@@ -62,6 +66,9 @@ pub async fn persist_loop(
                     gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
+        }
+        if !lead.check(log.as_ref(), &mut shutdown).await {
+            continue;
         }
         let batch = tokio::select! {
             r = log.poll(PERSIST_CONSUMER, cfg.batch_len_max, Duration::from_millis(cfg.poll_wait_ms)) => r,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
+use super::lead::{Leadership, Lease};
 use crate::config::{KafkaConfig, WorkerConfig};
 use crate::domain::now_unix_ms;
 use crate::events::{kafka, EventLog};
@@ -24,18 +25,6 @@ use crate::telemetry::Metrics;
 
 /// The relay's consumer group on the outbox streams.
 pub const RELAY_CONSUMER: &str = "relay";
-
-/// One relay at a time sends: two relays reading one stream would each send
-/// part of an entity's events, and Kafka could get them out of order. The
-/// relays of all nodes compete for this lease; the holder relays, the rest
-/// wait. A new holder first takes over what the previous one had read and
-/// not acknowledged, and sends that before anything newer.
-#[async_trait::async_trait]
-pub trait Lease: Send + Sync {
-    /// Takes the lease if free, renews it if ours; false if another holds it.
-    async fn hold(&self) -> Result<bool, String>;
-    fn lease_ms(&self) -> u64;
-}
 
 pub struct Relay {
     pub log: Arc<dyn EventLog>,
@@ -123,46 +112,13 @@ impl Relay {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let failures = self.metrics.worker_failures.with_label_values(&["relay"]);
         let mut backoff = self.workers.retry_backoff_ms;
-        let mut leading = self.lease.is_none();
-        let mut renewed = tokio::time::Instant::now();
+        let mut lead = Leadership::new(self.lease.take(), RELAY_CONSUMER, "relay");
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if let Some(lease) = &self.lease {
-                let every = Duration::from_millis(lease.lease_ms() / 3);
-                if !leading || renewed.elapsed() >= every {
-                    let held = match lease.hold().await {
-                        Ok(h) => h,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "relay lease check failed");
-                            false
-                        }
-                    };
-                    if held && !leading {
-                        // Everything the previous holder read and did not
-                        // acknowledge goes first.
-                        if let Err(e) = self.log.take_over(RELAY_CONSUMER).await {
-                            tracing::warn!(error = %e, "taking over the relay's pending entries failed");
-                            failures.inc();
-                            tokio::time::sleep(Duration::from_millis(backoff)).await;
-                            continue;
-                        }
-                        tracing::info!("this node relays the outbox to Kafka");
-                    }
-                    if !held && leading {
-                        tracing::warn!("relay lease lost; standing by");
-                    }
-                    leading = held;
-                    renewed = tokio::time::Instant::now();
-                }
-                if !leading {
-                    tokio::select! {
-                        _ = tokio::time::sleep(every) => {},
-                        _ = shutdown.changed() => {},
-                    }
-                    continue;
-                }
+            if !lead.check(self.log.as_ref(), &mut shutdown).await {
+                continue;
             }
             match self.round().await {
                 Ok(_) => backoff = self.workers.retry_backoff_ms,

@@ -108,7 +108,15 @@ pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
         let cfg = engine.config().clone();
         let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await.expect("kafka worker");
         let metrics = engine.metrics.clone();
-        tokio::spawn(rush_engine::workers::persist_loop(log, durable, cfg.workers.clone(), metrics, None, stop_rx));
+        tokio::spawn(rush_engine::workers::persist_loop(
+            log,
+            durable,
+            cfg.workers.clone(),
+            metrics,
+            None,
+            None,
+            stop_rx,
+        ));
     }
     // Workers run until the test's runtime ends.
     std::mem::forget(stop_tx);
