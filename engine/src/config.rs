@@ -67,8 +67,11 @@ pub struct KafkaConfig {
     /// `rush serve` runs the relay in-process; turn off to run `rush relay`
     /// as its own deployment.
     pub relay_in_serve: bool,
-    /// Outbox entries relayed per round (one Kafka flush per round).
+    /// Outbox entries relayed per batch.
     pub relay_batch_len_max: usize,
+    /// Batches with the producer at once (the next is read and sent while
+    /// earlier ones await Kafka); they are acknowledged in order.
+    pub relay_batches_in_flight: usize,
     /// How long `rush relay` waits on an empty outbox before looking again
     /// (the relay inside `rush serve` is woken by its node's appends).
     pub relay_poll_ms: u64,
@@ -94,6 +97,7 @@ impl Default for KafkaConfig {
             group: "rush-persist".into(),
             relay_in_serve: true,
             relay_batch_len_max: 4096,
+            relay_batches_in_flight: 4,
             relay_poll_ms: 5,
             linger_ms: 2,
             delivery_timeout_ms: 30_000,
@@ -449,8 +453,12 @@ impl Config {
         if self.kafka.brokers.is_some() && self.redis.url.is_none() {
             return bad("kafka.brokers needs redis.url: the relay reads the Redis outbox streams");
         }
-        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 || self.kafka.relay_batch_len_max == 0 {
-            return bad("kafka.partitions, kafka.replication_factor and kafka.relay_batch_len_max must be at least 1");
+        if self.kafka.partitions < 1
+            || self.kafka.replication_factor < 1
+            || self.kafka.relay_batch_len_max == 0
+            || self.kafka.relay_batches_in_flight == 0
+        {
+            return bad("kafka.partitions, replication_factor, relay_batch_len_max and relay_batches_in_flight must be at least 1");
         }
         if self.kafka.topic_prefix.is_empty() || self.kafka.group.is_empty() {
             return bad("kafka.topic_prefix and kafka.group must be non-empty");

@@ -64,8 +64,9 @@ impl Metrics {
              writes are refused at outbox.len_max",
         ));
         let relay_lag = must(Histogram::with_opts(
-            HistogramOpts::new("relay_lag_seconds", "From an event happening to Kafka acknowledging it")
-                .buckets(must(exponential_buckets(0.000_5, 2.0, 16))),
+            HistogramOpts::new("relay_lag_seconds", "From an event happening to Kafka acknowledging it").buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ]),
         ));
         let consumer_lag =
             must(IntGauge::new("consumer_lag_events", "Kafka messages not yet committed by the worker group"));

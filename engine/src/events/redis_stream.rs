@@ -38,6 +38,9 @@ pub struct RedisStreamLog<C = ConnectionManager> {
     next_position: AtomicU64,
     /// Delivered, not committed: position → (group, partition, stream id).
     pending: Mutex<BTreeMap<u64, (String, u16, String)>>,
+    /// Partitions whose last read filled its count: they are asked for the
+    /// bulk of the next batch (a flash sale's hot packet sits in one stream).
+    hot: Mutex<HashSet<u16>>,
 }
 
 fn unavailable(e: redis::RedisError) -> LogError {
@@ -62,6 +65,7 @@ where
             recovered: Mutex::new(HashSet::new()),
             next_position: AtomicU64::new(1),
             pending: Mutex::new(BTreeMap::new()),
+            hot: Mutex::new(HashSet::new()),
         }
     }
 
@@ -97,11 +101,16 @@ where
         let recovering = !lock(&self.recovered).contains(group);
         // "0": this consumer's delivered-but-uncommitted entries; ">": new ones.
         let from = if recovering { "0" } else { ">" };
-        let count = max.div_ceil(usize::from(PARTITION_COUNT)).max(PER_PARTITION_COUNT_MIN);
+        // Every partition gets a small share; those that filled theirs last
+        // time share `max`. A read returns at most about max + 128 × 64.
+        let base = max.div_ceil(usize::from(PARTITION_COUNT)).max(PER_PARTITION_COUNT_MIN);
+        let hot = lock(&self.hot).clone();
+        let hot_count = (max / hot.len().max(1)).max(base);
+        let count_of = |p: u16| if hot.contains(&p) { hot_count } else { base };
         let cmds = (0..PARTITION_COUNT)
             .map(|p| {
                 let mut cmd = redis::cmd("XREADGROUP");
-                cmd.arg("GROUP").arg(group).arg(&self.consumer).arg("COUNT").arg(count).arg("STREAMS");
+                cmd.arg("GROUP").arg(group).arg(&self.consumer).arg("COUNT").arg(count_of(p)).arg("STREAMS");
                 cmd.arg(self.stream(p)).arg(from);
                 cmd
             })
@@ -109,9 +118,14 @@ where
         let replies: Vec<Option<StreamReadReply>> =
             crate::redis_io::concurrently(&self.conn, cmds).await.map_err(unavailable)?;
         let mut out = Vec::new();
+        let mut now_hot = HashSet::new();
         let mut pending = lock(&self.pending);
         for (p, reply) in replies.into_iter().enumerate() {
-            for key in reply.map(|r| r.keys).unwrap_or_default() {
+            let keys = reply.map(|r| r.keys).unwrap_or_default();
+            if keys.iter().map(|k| k.ids.len()).sum::<usize>() >= count_of(p as u16) {
+                now_hot.insert(p as u16);
+            }
+            for key in keys {
                 for entry in key.ids {
                     let position = self.next_position.fetch_add(1, Ordering::Relaxed);
                     let body: String = entry.get("body").ok_or_else(|| LogError::Corrupt {
@@ -127,6 +141,7 @@ where
             }
         }
         drop(pending);
+        *lock(&self.hot) = now_hot;
         if recovering && out.is_empty() {
             lock(&self.recovered).insert(group.to_string());
         }

@@ -5,7 +5,7 @@
 //! producer at once (librdkafka batches them, lingering `kafka.linger_ms`),
 //! awaits every delivery report, and only then acknowledges and deletes the
 //! entries in Redis. If any message of the round is refused or times out,
-//! nothing of the round is acknowledged: the relay rewinds to its pending
+//! nothing from that batch on is acknowledged: the relay rewinds to its pending
 //! entries and sends them again after a backoff. Kafka may thus see an event
 //! twice (never out of order within an entity: librdkafka's idempotent
 //! producer fails a partition's queue from the first failure on); the
@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
 use super::lead::{Leadership, Lease};
@@ -39,17 +39,30 @@ pub struct Relay {
     pub poll_wait: Duration,
 }
 
+/// A batch handed to the producer, awaiting its delivery reports.
+pub struct InFlight {
+    last: u64,
+    deliveries: Vec<(DeliveryFuture, u64)>,
+    refused: Option<String>,
+}
+
 impl Relay {
     /// One round: read, produce, await every delivery, acknowledge.
     /// Returns how many events went to Kafka (0 when the outbox was empty).
     pub async fn round(&self) -> Result<usize, String> {
-        let batch = self
-            .log
-            .poll(RELAY_CONSUMER, self.kafka.relay_batch_len_max, self.poll_wait)
-            .await
-            .map_err(|e| e.to_string())?;
+        match self.send(self.poll_wait).await? {
+            Some(batch) => self.finish(batch).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Reads a batch (waiting up to `wait` for one) and hands it to the
+    /// producer without waiting for Kafka.
+    async fn send(&self, wait: Duration) -> Result<Option<InFlight>, String> {
+        let batch =
+            self.log.poll(RELAY_CONSUMER, self.kafka.relay_batch_len_max, wait).await.map_err(|e| e.to_string())?;
         let Some(last) = batch.last().map(|e| e.position) else {
-            return Ok(0);
+            return Ok(None);
         };
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut refused = None;
@@ -67,10 +80,16 @@ impl Relay {
                 }
             }
         }
-        // Every report is awaited, even after a refusal, so nothing of this
-        // round is still in flight when it is sent again.
-        let mut failed = refused;
-        for (d, at_ms) in deliveries {
+        Ok(Some(InFlight { last, deliveries, refused }))
+    }
+
+    /// Awaits every delivery report of a batch (even after a refusal, so
+    /// nothing of it is still in flight when it is sent again), then
+    /// acknowledges it; on any failure rewinds to the pending entries.
+    async fn finish(&self, batch: InFlight) -> Result<usize, String> {
+        let n = batch.deliveries.len();
+        let mut failed = batch.refused;
+        for (d, at_ms) in batch.deliveries {
             match d.await {
                 Ok(Ok(_)) => {
                     let lag_ms = now_unix_ms().saturating_sub(at_ms);
@@ -84,12 +103,36 @@ impl Relay {
             self.log.rewind(RELAY_CONSUMER).await;
             return Err(format!("kafka refused a relay batch: {e}"));
         }
-        if let Err(e) = self.log.commit(RELAY_CONSUMER, last).await {
+        if let Err(e) = self.log.commit(RELAY_CONSUMER, batch.last).await {
             self.log.rewind(RELAY_CONSUMER).await;
             return Err(format!("acknowledging relayed entries: {e}"));
         }
-        self.metrics.worker_events.with_label_values(&["relay"]).inc_by(batch.len() as u64);
-        Ok(batch.len())
+        self.metrics.worker_events.with_label_values(&["relay"]).inc_by(n as u64);
+        Ok(n)
+    }
+
+    /// Keeps up to `kafka.relay_batches_in_flight` batches with the
+    /// producer: the next batch is read and sent while earlier ones await
+    /// Kafka. Batches are acknowledged strictly in order (an acknowledgement
+    /// covers every entry up to its batch's last), so a failure rewinds to
+    /// the first unacknowledged entry and everything after goes again.
+    async fn pipeline(&self, in_flight: &mut std::collections::VecDeque<InFlight>) -> Result<(), String> {
+        while in_flight.len() < self.kafka.relay_batches_in_flight {
+            // Wait for new entries only when nothing else is pending.
+            let wait = if in_flight.is_empty() { self.poll_wait } else { Duration::ZERO };
+            match self.send(wait).await? {
+                Some(b) => in_flight.push_back(b),
+                None => break,
+            }
+        }
+        if let Some(oldest) = in_flight.pop_front() {
+            if let Err(e) = self.finish(oldest).await {
+                // The rewind re-delivers the later batches' entries too.
+                in_flight.clear();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// An idempotent producer that hit a fatal error (for instance messages
@@ -113,14 +156,27 @@ impl Relay {
         let failures = self.metrics.worker_failures.with_label_values(&["relay"]);
         let mut backoff = self.workers.retry_backoff_ms;
         let mut lead = Leadership::new(self.lease.take(), RELAY_CONSUMER, "relay");
+        let mut in_flight = std::collections::VecDeque::new();
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() && in_flight.is_empty() {
                 break;
             }
             if !lead.check(self.log.as_ref(), &mut shutdown).await {
+                // Lease lost: the next holder re-sends what is not acknowledged.
+                in_flight.clear();
                 continue;
             }
-            match self.round().await {
+            if *shutdown.borrow() {
+                // Finish what is with the producer, read nothing new.
+                while let Some(b) = in_flight.pop_front() {
+                    if let Err(e) = self.finish(b).await {
+                        tracing::warn!(error = %e, "relay batch failed during shutdown; left pending");
+                        break;
+                    }
+                }
+                break;
+            }
+            match self.pipeline(&mut in_flight).await {
                 Ok(_) => backoff = self.workers.retry_backoff_ms,
                 Err(e) => {
                     failures.inc();
