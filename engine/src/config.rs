@@ -75,6 +75,10 @@ pub struct KafkaConfig {
     /// How long `rush relay` waits on an empty outbox before looking again
     /// (the relay inside `rush serve` is woken by its node's appends).
     pub relay_poll_ms: u64,
+    /// The wait doubles while the outbox stays empty, up to this: an idle
+    /// relay costs Redis little, and the first event after a lull waits at
+    /// most this long.
+    pub relay_idle_poll_max_ms: u64,
     /// Producer `linger.ms`: how long librdkafka waits to fill a batch.
     pub linger_ms: u64,
     /// Producer `message.timeout.ms`: an undelivered message fails after
@@ -99,6 +103,7 @@ impl Default for KafkaConfig {
             relay_batch_len_max: 4096,
             relay_batches_in_flight: 4,
             relay_poll_ms: 5,
+            relay_idle_poll_max_ms: 50,
             linger_ms: 2,
             delivery_timeout_ms: 30_000,
             request_timeout_ms: 5_000,

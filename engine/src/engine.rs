@@ -325,7 +325,7 @@ impl Engine {
                     kafka: self.cfg.kafka.clone(),
                     workers: self.cfg.workers.clone(),
                     metrics: self.metrics.clone(),
-                    poll_wait: Duration::from_millis(self.cfg.workers.poll_wait_ms),
+                    poll_wait: Duration::from_millis(self.cfg.kafka.relay_poll_ms),
                 };
                 tasks.push(tokio::spawn(relay.run(shutdown)));
             }

@@ -102,6 +102,20 @@ fn packet(ids: &IdGen, sender: &str, total: i64, count: u32) -> PacketDef {
     }
 }
 
+fn grabbed(ids: &IdGen, def: &PacketDef, user: &str, amount: i64) -> Envelope {
+    env(
+        ids,
+        DomainEvent::PacketGrabbed {
+            grab_id: ids.next_for_user(user),
+            packet_id: def.packet_id,
+            sender: def.sender.clone(),
+            user_id: user.into(),
+            amount: Fen::new(amount),
+            at_ms: 1_500,
+        },
+    )
+}
+
 async fn assert_conserved(d: &Durable) {
     let audit = d.audit().await.expect("audit");
     assert_eq!(audit.sum_all_accounts, 0, "money created or destroyed");
@@ -219,19 +233,7 @@ async fn redelivery_applies_once(backend: &str) {
     d.credit("sender", Fen::new(1_000), "t", ids.next(0)).await.expect("credit");
     let def = packet(&ids, "sender", 1_000, 4);
     d.freeze_for_packet(&def).await.expect("freeze");
-    let grab = |user: &str| {
-        env(
-            &ids,
-            DomainEvent::PacketGrabbed {
-                grab_id: ids.next_for_user(user),
-                packet_id: def.packet_id,
-                sender: "sender".into(),
-                user_id: user.into(),
-                amount: Fen::new(250),
-                at_ms: 1_500,
-            },
-        )
-    };
+    let grab = |user: &str| grabbed(&ids, &def, user, 250);
     let batch = vec![grab("g1"), grab("g2"), grab("g3")];
     assert_eq!(d.apply_events(&batch).await.expect("first"), 3);
     // The same events again (a relay or worker restarted): no effect.
@@ -254,19 +256,7 @@ async fn grabs_and_expiry(backend: &str) {
     d.credit("sender", Fen::new(1_000), "t", ids.next(0)).await.expect("credit");
     let def = packet(&ids, "sender", 1_000, 4);
     d.freeze_for_packet(&def).await.expect("freeze");
-    let grab = |user: &str| {
-        env(
-            &ids,
-            DomainEvent::PacketGrabbed {
-                grab_id: ids.next_for_user(user),
-                packet_id: def.packet_id,
-                sender: "sender".into(),
-                user_id: user.into(),
-                amount: Fen::new(250),
-                at_ms: 1_500,
-            },
-        )
-    };
+    let grab = |user: &str| grabbed(&ids, &def, user, 250);
     d.apply_events(&[grab("g1")]).await.expect("grab");
     // The same user again under another event id: the constraint refuses it.
     let err = d.apply_events(&[grab("g1")]).await.expect_err("second grab by one user");
@@ -294,22 +284,7 @@ async fn concurrent_redelivery(backend: &str) {
     d.credit("sender", Fen::new(100_000), "t", ids.next(0)).await.expect("credit");
     let def = packet(&ids, "sender", 100_000, 200);
     d.freeze_for_packet(&def).await.expect("freeze");
-    let events: Vec<Envelope> = (0..200)
-        .map(|i| {
-            let user = format!("u{i}");
-            env(
-                &ids,
-                DomainEvent::PacketGrabbed {
-                    grab_id: ids.next_for_user(&user),
-                    packet_id: def.packet_id,
-                    sender: "sender".into(),
-                    user_id: user,
-                    amount: Fen::new(500),
-                    at_ms: 1_500,
-                },
-            )
-        })
-        .collect();
+    let events: Vec<Envelope> = (0..200).map(|i| grabbed(&ids, &def, &format!("u{i}"), 500)).collect();
     // Eight workers get overlapping slices (as after a rebalance): each
     // event must take effect exactly once.
     let events = Arc::new(events);

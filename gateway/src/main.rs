@@ -91,36 +91,38 @@ async fn terminated() {
     }
 }
 
-async fn worker(cfg: Config) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
-    let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await?;
+/// Runs a background role until SIGTERM/Ctrl-C, then lets it finish.
+async fn run_until_terminated<F>(
+    banner: serde_json::Value,
+    role: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let lag = Some(metrics.consumer_lag.clone());
-    let task = tokio::spawn(rush_engine::workers::persist_loop(
-        log,
-        durable,
-        cfg.workers.clone(),
-        metrics,
-        lag,
-        None,
-        stop_rx,
-    ));
-    println!("{}", serde_json::json!({"msg": "rush worker running", "group": cfg.kafka.group}));
+    let task = tokio::spawn(role(stop_rx));
+    println!("{banner}");
     terminated().await;
     let _ = stop_tx.send(true);
     task.await?;
     Ok(())
 }
 
+async fn worker(cfg: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await?;
+    let lag = Some(metrics.consumer_lag.clone());
+    let banner = serde_json::json!({"msg": "rush worker running", "group": cfg.kafka.group});
+    run_until_terminated(banner, |stop| {
+        rush_engine::workers::persist_loop(log, durable, cfg.workers.clone(), metrics, lag, None, stop)
+    })
+    .await
+}
+
 async fn relay(cfg: Config) -> anyhow::Result<()> {
     let relay = rush_engine::engine::standalone_relay(&cfg, Metrics::new()).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(relay.run(stop_rx));
-    println!("{}", serde_json::json!({"msg": "rush relay running", "topic_prefix": cfg.kafka.topic_prefix}));
-    terminated().await;
-    let _ = stop_tx.send(true);
-    task.await?;
-    Ok(())
+    let banner = serde_json::json!({"msg": "rush relay running", "topic_prefix": cfg.kafka.topic_prefix});
+    run_until_terminated(banner, |stop| relay.run(stop)).await
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {

@@ -111,20 +111,26 @@ pub async fn persist_loop(
     }
 }
 
+fn ticker(every_ms: u64) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next tick; false once `shutdown` turns true.
+async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tick.tick() => {},
+        _ = shutdown.changed() => {},
+    }
+    !*shutdown.borrow()
+}
+
 /// Measures the outbox every `outbox.check_every_ms` for the metric, the
 /// readiness signal and the write bound (see [`crate::config::OutboxConfig`]).
 pub async fn outbox_monitor(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(engine.config().outbox.check_every_ms);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {},
-            _ = shutdown.changed() => {},
-        }
-        if *shutdown.borrow() {
-            break;
-        }
+    let mut tick = ticker(engine.config().outbox.check_every_ms);
+    while next_tick(&mut tick, &mut shutdown).await {
         match engine.log().lag(engine.outbox_consumer()).await {
             Ok(len) => {
                 engine.metrics.outbox_lag.set(i64::try_from(len).unwrap_or(i64::MAX));
@@ -138,17 +144,9 @@ pub async fn outbox_monitor(engine: Arc<Engine>, mut shutdown: watch::Receiver<b
 pub async fn timeouts(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     let cfg = engine.config().workers.clone();
     let ttl_ms = engine.config().orders.idempotency_ttl_s * 1000;
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.timeout_poll_ms));
+    let mut tick = ticker(cfg.timeout_poll_ms);
     let mut last_purge = tokio::time::Instant::now();
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {},
-            _ = shutdown.changed() => {},
-        }
-        if *shutdown.borrow() {
-            break;
-        }
+    while next_tick(&mut tick, &mut shutdown).await {
         if last_purge.elapsed() >= IDEMPOTENCY_PURGE_EVERY {
             last_purge = tokio::time::Instant::now();
             let before = crate::domain::now_unix_ms().saturating_sub(ttl_ms);

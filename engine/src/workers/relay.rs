@@ -116,13 +116,28 @@ impl Relay {
     /// Kafka. Batches are acknowledged strictly in order (an acknowledgement
     /// covers every entry up to its batch's last), so a failure rewinds to
     /// the first unacknowledged entry and everything after goes again.
-    async fn pipeline(&self, in_flight: &mut std::collections::VecDeque<InFlight>) -> Result<(), String> {
+    async fn pipeline(
+        &self,
+        in_flight: &mut std::collections::VecDeque<InFlight>,
+        idle_wait: &mut Duration,
+    ) -> Result<(), String> {
         while in_flight.len() < self.kafka.relay_batches_in_flight {
             // Wait for new entries only when nothing else is pending.
-            let wait = if in_flight.is_empty() { self.poll_wait } else { Duration::ZERO };
+            let wait = if in_flight.is_empty() { *idle_wait } else { Duration::ZERO };
             match self.send(wait).await? {
-                Some(b) => in_flight.push_back(b),
-                None => break,
+                Some(b) => {
+                    *idle_wait = self.poll_wait;
+                    in_flight.push_back(b);
+                }
+                None => {
+                    // An idle outbox is looked at less and less often (each
+                    // look reads 128 streams), up to `relay_idle_poll_max_ms`.
+                    if in_flight.is_empty() {
+                        let max = Duration::from_millis(self.kafka.relay_idle_poll_max_ms).max(self.poll_wait);
+                        *idle_wait = (*idle_wait * 2).max(Duration::from_millis(1)).min(max);
+                    }
+                    break;
+                }
             }
         }
         if let Some(oldest) = in_flight.pop_front() {
@@ -157,6 +172,7 @@ impl Relay {
         let mut backoff = self.workers.retry_backoff_ms;
         let mut lead = Leadership::new(self.lease.take(), RELAY_CONSUMER, "relay");
         let mut in_flight = std::collections::VecDeque::new();
+        let mut idle_wait = self.poll_wait;
         loop {
             if *shutdown.borrow() && in_flight.is_empty() {
                 break;
@@ -176,7 +192,7 @@ impl Relay {
                 }
                 break;
             }
-            match self.pipeline(&mut in_flight).await {
+            match self.pipeline(&mut in_flight, &mut idle_wait).await {
                 Ok(_) => backoff = self.workers.retry_backoff_ms,
                 Err(e) => {
                     failures.inc();

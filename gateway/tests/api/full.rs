@@ -37,6 +37,19 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Kills the processes it holds, then deletes the test's Redis keys, when
+/// dropped: a failing test leaves nothing behind.
+struct Procs(Vec<Child>, String);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            kill9(c);
+        }
+        delete_prefix(&test_redis_url(), &self.1);
+    }
+}
+
 async fn call(http: &reqwest::Client, base: &str, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
     let url = format!("{base}{path}");
     let req = match body {
@@ -78,12 +91,14 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let (mut serve, banner) = spawn_rush("serve", &envs);
+    let (serve, banner) = spawn_rush("serve", &envs);
     assert_eq!(banner["mode"], "full", "{banner}");
     assert_eq!(banner["durable"], "postgres", "{banner}");
     let base = banner["url"].as_str().expect("url").to_string();
-    let (mut relay, _) = spawn_rush("relay", &envs);
-    let (mut worker, _) = spawn_rush("worker", &envs);
+    let (relay, _) = spawn_rush("relay", &envs);
+    let (worker, _) = spawn_rush("worker", &envs);
+    // [serve, relay, worker]
+    let mut procs = Procs(vec![serve, relay, worker], prefix.clone());
 
     let http = reqwest::Client::new();
     let admin = token(&http, &base, "ops", "admin").await;
@@ -153,14 +168,14 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
     }
     let envs2 = envs.clone();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    kill9(&mut relay);
+    kill9(&mut procs.0[1]);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (mut relay, _) = tokio::task::spawn_blocking(move || spawn_rush("relay", &envs2)).await.expect("relay");
+    procs.0[1] = tokio::task::spawn_blocking(move || spawn_rush("relay", &envs2)).await.expect("relay").0;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    kill9(&mut worker);
+    kill9(&mut procs.0[2]);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let envs3 = envs.clone();
-    let (mut worker, _) = tokio::task::spawn_blocking(move || spawn_rush("worker", &envs3)).await.expect("worker");
+    procs.0[2] = tokio::task::spawn_blocking(move || spawn_rush("worker", &envs3)).await.expect("worker").0;
     tokio::time::sleep(Duration::from_millis(400)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut holds, mut grabs) = (Vec::new(), Vec::new());
@@ -212,9 +227,7 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
     let audit = durable.audit().await.expect("audit");
     assert_eq!(audit.sum_all_accounts, 0, "money created or destroyed");
     assert!(audit.lopsided_transfers.is_empty(), "{:?}", audit.lopsided_transfers);
-    for c in [&mut serve, &mut relay, &mut worker] {
-        kill9(c);
-    }
+    drop(procs);
 }
 
 /// A private tansu broker this test may stop and resume.

@@ -38,13 +38,19 @@ pub fn test_redis_url() -> String {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let Some((url, prefix)) = &self.redis else { return };
-        // Best effort: a failed clean-up leaves keys under a unique prefix.
-        if let Ok(mut conn) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap_or_default();
-            for chunk in keys.chunks(1000) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-            }
+        if let Some((url, prefix)) = &self.redis {
+            delete_prefix(url, prefix);
+        }
+    }
+}
+
+/// Deletes every key under `prefix` (best effort: a failed clean-up leaves
+/// keys under a unique prefix).
+pub fn delete_prefix(url: &str, prefix: &str) {
+    if let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap_or_default();
+        for chunk in keys.chunks(1000) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
         }
     }
 }
