@@ -347,3 +347,24 @@ async fn full_mode_kafka_stopped_hot_path_serves_outbox_bounded_then_drains() {
         app.post(&format!("/v1/packets/{packet}/grab"), Some(&app.token("late", "user").await), json!({})).await;
     assert_eq!(s, StatusCode::OK, "writes accepted again: {v}");
 }
+
+/// A missing dependency at start is an error naming it, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_postgres_or_kafka_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.postgres.url = Some("postgres://rush:secret@127.0.0.1:1/rush".into());
+    cfg.postgres.connect_timeout_ms = 2_000;
+    let err = rush_engine::Engine::open(cfg, rush_engine::telemetry::Metrics::new()).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("Postgres at postgres://rush:***@127.0.0.1:1/rush is unreachable"), "{msg}");
+    assert!(!msg.contains("secret"), "the password stays out of messages: {msg}");
+
+    let mut cfg = test_config(dir.path());
+    cfg.redis.url = Some(test_redis_url());
+    cfg.redis.key_prefix = format!("rushtest-nokafka-{}", std::process::id());
+    cfg.kafka.brokers = Some("127.0.0.1:1".into());
+    cfg.kafka.request_timeout_ms = 1_000;
+    let err = rush_engine::Engine::open(cfg, rush_engine::telemetry::Metrics::new()).await.err().expect("refused");
+    assert!(err.to_string().contains("Kafka at 127.0.0.1:1 is unreachable"), "{err}");
+}
