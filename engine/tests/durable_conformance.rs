@@ -116,6 +116,14 @@ fn grabbed(ids: &IdGen, def: &PacketDef, user: &str, amount: i64) -> Envelope {
     )
 }
 
+/// A packet of `total` from "sender", credited and frozen.
+async fn funded_packet(d: &Durable, ids: &IdGen, total: i64, count: u32) -> PacketDef {
+    d.credit("sender", Fen::new(total), "t", ids.next(0)).await.expect("credit");
+    let def = packet(ids, "sender", total, count);
+    d.freeze_for_packet(&def).await.expect("freeze");
+    def
+}
+
 async fn assert_conserved(d: &Durable) {
     let audit = d.audit().await.expect("audit");
     assert_eq!(audit.sum_all_accounts, 0, "money created or destroyed");
@@ -230,9 +238,7 @@ both!(order_lifecycle_frees_and_sells_seats, order_lifecycle);
 async fn redelivery_applies_once(backend: &str) {
     let (d, _f) = open(backend).await;
     let ids = ids();
-    d.credit("sender", Fen::new(1_000), "t", ids.next(0)).await.expect("credit");
-    let def = packet(&ids, "sender", 1_000, 4);
-    d.freeze_for_packet(&def).await.expect("freeze");
+    let def = funded_packet(&d, &ids, 1_000, 4).await;
     let grab = |user: &str| grabbed(&ids, &def, user, 250);
     let batch = vec![grab("g1"), grab("g2"), grab("g3")];
     assert_eq!(d.apply_events(&batch).await.expect("first"), 3);
@@ -253,9 +259,7 @@ both!(redelivered_events_apply_once, redelivery_applies_once);
 async fn grabs_and_expiry(backend: &str) {
     let (d, _f) = open(backend).await;
     let ids = ids();
-    d.credit("sender", Fen::new(1_000), "t", ids.next(0)).await.expect("credit");
-    let def = packet(&ids, "sender", 1_000, 4);
-    d.freeze_for_packet(&def).await.expect("freeze");
+    let def = funded_packet(&d, &ids, 1_000, 4).await;
     let grab = |user: &str| grabbed(&ids, &def, user, 250);
     d.apply_events(&[grab("g1")]).await.expect("grab");
     // The same user again under another event id: the constraint refuses it.
@@ -281,9 +285,7 @@ both!(grabs_move_frozen_money_and_expiry_refunds, grabs_and_expiry);
 async fn concurrent_redelivery(backend: &str) {
     let (d, _f) = open(backend).await;
     let ids = ids();
-    d.credit("sender", Fen::new(100_000), "t", ids.next(0)).await.expect("credit");
-    let def = packet(&ids, "sender", 100_000, 200);
-    d.freeze_for_packet(&def).await.expect("freeze");
+    let def = funded_packet(&d, &ids, 100_000, 200).await;
     let events: Vec<Envelope> = (0..200).map(|i| grabbed(&ids, &def, &format!("u{i}"), 500)).collect();
     // Eight workers get overlapping slices (as after a rebalance): each
     // event must take effect exactly once.
