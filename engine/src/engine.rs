@@ -406,11 +406,18 @@ impl Engine {
     /// reconciliation). False if `timeout` passes first.
     pub async fn settle(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        let probe = match &self.cfg.kafka.brokers {
+            Some(b) => match crate::events::kafka::LagProbe::new(&self.cfg.kafka, b) {
+                Ok(p) => Some(p),
+                Err(_) => return false,
+            },
+            None => None,
+        };
         loop {
             if matches!(self.log.lag(self.outbox_consumer()).await, Ok(0)) {
-                let applied = match &self.cfg.kafka.brokers {
+                let applied = match &probe {
                     None => true,
-                    Some(b) => matches!(crate::events::kafka::group_lag(&self.cfg.kafka, b).await, Ok(0)),
+                    Some(p) => matches!(p.lag().await, Ok(0)),
                 };
                 if applied {
                     return true;

@@ -106,7 +106,7 @@ type Spot = (String, i32, i64);
 pub struct KafkaLog {
     consumer: Arc<StreamConsumer>,
     cfg: KafkaConfig,
-    brokers: String,
+    probe: LagProbe,
     next_position: AtomicU64,
     pending: Mutex<BTreeMap<u64, Spot>>,
 }
@@ -134,7 +134,7 @@ impl KafkaLog {
         Ok(KafkaLog {
             consumer: Arc::new(consumer),
             cfg: cfg.clone(),
-            brokers: brokers.to_string(),
+            probe: LagProbe::new(cfg, brokers)?,
             next_position: AtomicU64::new(1),
             pending: Mutex::new(BTreeMap::new()),
         })
@@ -227,44 +227,62 @@ impl EventLog for KafkaLog {
     }
 
     async fn lag(&self, _consumer: &str) -> Result<u64, LogError> {
-        group_lag(&self.cfg, &self.brokers).await
+        self.probe.lag().await
     }
 }
 
-/// Messages in the topics not yet committed by the worker group: Σ over
-/// partitions of (high watermark − committed offset). Read from outside the
-/// group (a consumer that does not join it), so tests and `settle` can ask.
-pub async fn group_lag(cfg: &KafkaConfig, brokers: &str) -> Result<u64, LogError> {
-    let consumer: BaseConsumer = base_config(cfg, brokers)
-        .set("group.id", &cfg.group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(unavailable)?;
-    let names = topics(&cfg.topic_prefix);
-    let timeout = Duration::from_millis(cfg.request_timeout_ms);
-    tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for topic in &names {
-            let meta = consumer.fetch_metadata(Some(topic), timeout)?;
-            for t in meta.topics() {
-                for p in t.partitions() {
-                    tpl.add_partition(topic, p.id());
+/// Reads the worker group's lag from outside the group (a client that does
+/// not join it), so tests, `settle` and the worker's metric can ask. One
+/// client, kept: creating a librdkafka client per question would open new
+/// connections each time.
+pub struct LagProbe {
+    consumer: Arc<BaseConsumer>,
+    topics: Vec<String>,
+    timeout: Duration,
+}
+
+impl LagProbe {
+    pub fn new(cfg: &KafkaConfig, brokers: &str) -> Result<LagProbe, LogError> {
+        let consumer: BaseConsumer = base_config(cfg, brokers)
+            .set("group.id", &cfg.group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(unavailable)?;
+        Ok(LagProbe {
+            consumer: Arc::new(consumer),
+            topics: topics(&cfg.topic_prefix),
+            timeout: Duration::from_millis(cfg.request_timeout_ms),
+        })
+    }
+
+    /// Messages not yet committed by the group: Σ over partitions of
+    /// (high watermark − committed offset).
+    pub async fn lag(&self) -> Result<u64, LogError> {
+        let (consumer, names, timeout) = (self.consumer.clone(), self.topics.clone(), self.timeout);
+        tokio::task::spawn_blocking(move || -> Result<u64, KafkaError> {
+            let mut tpl = TopicPartitionList::new();
+            for topic in &names {
+                let meta = consumer.fetch_metadata(Some(topic), timeout)?;
+                for t in meta.topics() {
+                    for p in t.partitions() {
+                        tpl.add_partition(topic, p.id());
+                    }
                 }
             }
-        }
-        let committed = consumer.committed_offsets(tpl, timeout)?;
-        let mut lag = 0u64;
-        for e in committed.elements() {
-            let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
-            let from = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => low,
-            };
-            lag += u64::try_from(high - from.max(low)).unwrap_or(0);
-        }
-        Ok(lag)
-    })
-    .await
-    .map_err(unavailable)?
-    .map_err(unavailable)
+            let committed = consumer.committed_offsets(tpl, timeout)?;
+            let mut lag = 0u64;
+            for e in committed.elements() {
+                let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+                let from = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                lag += u64::try_from(high - from.max(low)).unwrap_or(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
+    }
 }
