@@ -134,38 +134,25 @@ where
     /// finds its own old lease), then renews it every third of the lease
     /// until the process ends. Another live node on the id → `false`.
     pub async fn lease_node_id(&self, node_id: u16, lease_ms: u64, wait: Duration) -> Result<bool, StoreError> {
-        let key = format!("{}:node:{node_id}", self.prefix);
         let token = format!(
             "{:016x}",
             crate::domain::id::stable_hash(format!("{:?}{node_id}", std::time::SystemTime::now()).as_bytes())
         );
+        let lease = self.lease_at(format!("{}:node:{node_id}", self.prefix), &token, lease_ms);
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let held: i64 = self
-                .scripts
-                .lease_node
-                .key(&key)
-                .arg(&token)
-                .arg(lease_ms)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(unavailable)?;
-            if held == 1 {
-                break;
-            }
+        while !lease.take().await.map_err(unavailable)? {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (script, mut conn) = (self.scripts.lease_node.clone(), self.conn.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis((lease_ms / 3).max(1)));
             loop {
                 tick.tick().await;
-                match script.key(&key).arg(&token).arg(lease_ms).invoke_async::<i64>(&mut conn).await {
-                    Ok(1) => {}
-                    Ok(_) => tracing::error!(node_id, "another live node holds this node id: ids may collide"),
+                match lease.take().await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!(node_id, "another live node holds this node id: ids may collide"),
                     Err(e) => tracing::warn!(node_id, error = %e, "renewing the node id lease failed"),
                 }
             }
@@ -176,10 +163,14 @@ where
     /// A lease named `name` for the holder `token` (see `lua/lease_node.lua`),
     /// for one-at-a-time roles such as the relay.
     pub fn lease(&self, name: &str, token: &str, lease_ms: u64) -> RedisLease<C> {
+        self.lease_at(format!("{}:lease:{name}", self.prefix), token, lease_ms)
+    }
+
+    fn lease_at(&self, key: String, token: &str, lease_ms: u64) -> RedisLease<C> {
         RedisLease {
             script: self.scripts.lease_node.clone(),
             conn: self.conn.clone(),
-            key: format!("{}:lease:{name}", self.prefix),
+            key,
             token: token.to_string(),
             lease_ms,
         }
@@ -711,21 +702,22 @@ pub struct RedisLease<C> {
     lease_ms: u64,
 }
 
+impl<C: ConnectionLike + Clone + Send + Sync> RedisLease<C> {
+    /// Takes the lease if free, renews it if ours (`lua/lease_node.lua`).
+    async fn take(&self) -> Result<bool, redis::RedisError> {
+        let held: i64 =
+            self.script.key(&self.key).arg(&self.token).arg(self.lease_ms).invoke_async(&mut self.conn.clone()).await?;
+        Ok(held == 1)
+    }
+}
+
 #[async_trait::async_trait]
 impl<C> crate::workers::lead::Lease for RedisLease<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     async fn hold(&self) -> Result<bool, String> {
-        let held: i64 = self
-            .script
-            .key(&self.key)
-            .arg(&self.token)
-            .arg(self.lease_ms)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(held == 1)
+        self.take().await.map_err(|e| e.to_string())
     }
 
     fn lease_ms(&self) -> u64 {
