@@ -2,12 +2,13 @@
 //! file, and check that nothing acknowledged was lost or resold.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+
+use super::helpers::{spawn_rush, Client};
 
 struct Proc {
     child: Child,
@@ -20,57 +21,19 @@ fn start(dir: &std::path::Path, redis: Option<&(String, String)>) -> Proc {
 }
 
 fn start_node(dir: &std::path::Path, redis: Option<&(String, String)>, node_id: u16) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rush"));
-    cmd.env("RUSH__NODE_ID", node_id.to_string());
+    let mut envs = vec![
+        ("RUSH__NODE_ID".to_string(), node_id.to_string()),
+        ("RUSH__HTTP__ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ("RUSH__DATA_DIR".to_string(), dir.display().to_string()),
+        ("RUSH__WORKERS__TIMEOUT_POLL_MS".to_string(), "50".to_string()),
+    ];
     if let Some((url, prefix)) = redis {
-        cmd.env("RUSH__REDIS__URL", url).env("RUSH__REDIS__KEY_PREFIX", prefix);
+        envs.push(("RUSH__REDIS__URL".to_string(), url.clone()));
+        envs.push(("RUSH__REDIS__KEY_PREFIX".to_string(), prefix.clone()));
     }
-    let mut child = cmd
-        .arg("serve")
-        .env("RUSH__HTTP__ADDR", "127.0.0.1:0")
-        .env("RUSH__DATA_DIR", dir)
-        .env("RUSH__WORKERS__TIMEOUT_POLL_MS", "50")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn rush");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("banner");
-    let banner: Value = serde_json::from_str(&line).expect("banner json");
+    let (child, banner) = spawn_rush("serve", &envs);
     let base = banner["url"].as_str().expect("url").to_string();
     Proc { child, base }
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Client {
-    async fn call(&self, method: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        let url = format!("{}{path}", self.base);
-        let req = match method {
-            "POST" => self.http.post(url).json(&body),
-            _ => self.http.get(url),
-        };
-        let resp = req.bearer_auth(token).send().await.expect("send");
-        let s = resp.status();
-        (s, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn token(&self, user: &str, role: &str) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/v1/auth/dev-token", self.base))
-            .json(&json!({"user_id": user, "role": role}))
-            .send()
-            .await
-            .expect("send");
-        let v: Value = resp.json().await.expect("json");
-        v["token"].as_str().expect("token").to_string()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +57,7 @@ async fn redis_mode_kill_minus_nine_loses_no_acknowledged_hold_or_grab() {
 async fn kill_and_restart(redis: Option<&(String, String)>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut proc = start(dir.path(), redis);
-    let c = Arc::new(Client { http: reqwest::Client::new(), base: proc.base.clone() });
+    let c = Arc::new(Client::new(&proc.base));
     let admin = c.token("ops", "admin").await;
     let (s, v) = c
         .call(
@@ -159,7 +122,7 @@ async fn kill_and_restart(redis: Option<&(String, String)>) {
     proc.child.wait().expect("wait");
 
     let mut proc = start(dir.path(), redis);
-    let c = Client { http: reqwest::Client::new(), base: proc.base.clone() };
+    let c = Client::new(&proc.base);
 
     for (token, order, seat) in &holds {
         let (s, v) = c.call("GET", &format!("/v1/orders/{order}"), token, Value::Null).await;
@@ -223,8 +186,7 @@ async fn two_rush_processes_grant_each_part_and_each_user_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let redis = (super::helpers::test_redis_url(), format!("rushtest-2proc-{}", std::process::id()));
     let mut procs = [start_node(dir.path(), Some(&redis), 1), start_node(dir.path(), Some(&redis), 2)];
-    let nodes: Vec<Arc<Client>> =
-        procs.iter().map(|p| Arc::new(Client { http: reqwest::Client::new(), base: p.base.clone() })).collect();
+    let nodes: Vec<Arc<Client>> = procs.iter().map(|p| Arc::new(Client::new(&p.base))).collect();
     let admin = nodes[0].token("ops", "admin").await;
     let total = 60_000;
     nodes[0].call("POST", "/v1/admin/wallet/sender/credit", &admin, json!({"amount": total, "reason": "t"})).await;

@@ -3,7 +3,6 @@
 //! while the hot path keeps serving.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,29 +12,9 @@ use reqwest::StatusCode;
 use rush_engine::config::PostgresConfig;
 use rush_engine::durable::{Durable, Pools};
 use rush_engine::testkit::{test_kafka_brokers, ScratchDb};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::helpers::*;
-
-/// A `rush` subcommand as a real process; waits for its banner line.
-fn spawn_rush(sub: &str, envs: &[(String, String)]) -> (Child, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rush"));
-    cmd.arg(sub).env("RUST_LOG", "error").stdout(Stdio::piped()).stderr(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn rush");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("banner");
-    let banner: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("rush {sub} did not start: {line:?}"));
-    (child, banner)
-}
-
-fn kill9(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
 
 /// Kills the processes it holds, then deletes the test's Redis keys, when
 /// dropped: a failing test leaves nothing behind.
@@ -48,22 +27,6 @@ impl Drop for Procs {
         }
         delete_prefix(&test_redis_url(), &self.1);
     }
-}
-
-async fn call(http: &reqwest::Client, base: &str, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let url = format!("{base}{path}");
-    let req = match body {
-        Some(b) => http.post(url).json(&b),
-        None => http.get(url),
-    };
-    let resp = req.bearer_auth(token).send().await.expect("send");
-    let s = resp.status();
-    (s, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn token(http: &reqwest::Client, base: &str, user: &str, role: &str) -> String {
-    let (_, v) = call(http, base, "/v1/auth/dev-token", "", Some(json!({"user_id": user, "role": role}))).await;
-    v["token"].as_str().expect("token").to_string()
 }
 
 async fn count(d: &Durable, sql: &str) -> i64 {
@@ -100,35 +63,28 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
     // [serve, relay, worker]
     let mut procs = Procs(vec![serve, relay, worker], prefix.clone());
 
-    let http = reqwest::Client::new();
-    let admin = token(&http, &base, "ops", "admin").await;
-    let (s, v) = call(
-        &http,
-        &base,
-        "/v1/admin/events",
-        &admin,
-        Some(json!({
+    let c = Arc::new(Client::new(&base));
+    let admin = c.token("ops", "admin").await;
+    let (s, v) = c
+        .call(
+            "POST",
+            "/v1/admin/events",
+            &admin,
+            json!({
             "name": "Crash", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
             "categories": [{"id": "std", "name": "Std", "price": 100}],
-            "layout": {"sections": [{"name": "A", "rows": 100, "cols": 50, "category": "std"}]}})),
-    )
-    .await;
+            "layout": {"sections": [{"name": "A", "rows": 100, "cols": 50, "category": "std"}]}}),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let event = v["event_id"].as_str().expect("id").to_string();
     let total = 5_000_000;
     let (s, v) =
-        call(&http, &base, "/v1/admin/wallet/sender/credit", &admin, Some(json!({"amount": total, "reason": "t"})))
-            .await;
+        c.call("POST", "/v1/admin/wallet/sender/credit", &admin, json!({"amount": total, "reason": "t"})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let sender = token(&http, &base, "sender", "user").await;
-    let (s, v) = call(
-        &http,
-        &base,
-        "/v1/packets",
-        &sender,
-        Some(json!({"kind": "lucky", "total_amount": total, "count": 5000})),
-    )
-    .await;
+    let sender = c.token("sender", "user").await;
+    let (s, v) =
+        c.call("POST", "/v1/packets", &sender, json!({"kind": "lucky", "total_amount": total, "count": 5000})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let packet = v["packet_id"].as_str().expect("id").to_string();
 
@@ -137,25 +93,24 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for t in 0..8 {
-        let (http, base, event, packet, stop) =
-            (http.clone(), base.clone(), event.clone(), packet.clone(), stop.clone());
+        let (c, event, packet, stop) = (c.clone(), event.clone(), packet.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let (mut holds, mut grabs) = (Vec::new(), Vec::new());
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let user = format!("u{t}-{n}");
-                let tok = token(&http, &base, &user, "user").await;
+                let tok = c.token(&user, "user").await;
                 if n % 2 == 0 {
                     let body = json!({"event_id": event, "category": "std", "quantity": 1});
-                    let (s, v) = call(&http, &base, "/v1/orders", &tok, Some(body)).await;
+                    let (s, v) = c.call("POST", "/v1/orders", &tok, body).await;
                     match s {
                         StatusCode::CREATED => holds.push(v["order_id"].as_str().expect("order").to_string()),
                         StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => {}
                         other => panic!("hold: {other} {v}"),
                     }
                 } else {
-                    let (s, v) = call(&http, &base, &format!("/v1/packets/{packet}/grab"), &tok, Some(json!({}))).await;
+                    let (s, v) = c.call("POST", &format!("/v1/packets/{packet}/grab"), &tok, json!({})).await;
                     match s {
                         StatusCode::OK => grabs.push((user, v["amount"].as_i64().expect("amount"))),
                         StatusCode::GONE | StatusCode::SERVICE_UNAVAILABLE => {}

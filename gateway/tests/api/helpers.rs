@@ -89,10 +89,7 @@ pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
     let redis = match mode {
         Mode::Embedded => None,
         Mode::Redis | Mode::Full => {
-            let prefix = format!("rushtest-{:016x}", {
-                use std::hash::{BuildHasher, RandomState};
-                RandomState::new().hash_one(std::time::SystemTime::now())
-            });
+            let prefix = rush_engine::testkit::unique_name("rushtest");
             cfg.redis.url = Some(test_redis_url());
             cfg.redis.key_prefix = prefix.clone();
             if let Mode::Full = mode {
@@ -231,4 +228,55 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// A `rush` subcommand as a real process with `envs`; waits for its banner
+/// line (JSON) and returns it.
+pub fn spawn_rush(sub: &str, envs: &[(String, String)]) -> (std::process::Child, Value) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rush"));
+    cmd.arg(sub).env("RUST_LOG", "error").stdout(Stdio::piped()).stderr(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn rush");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("banner");
+    let banner: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("rush {sub} did not start: {line:?}"));
+    (child, banner)
+}
+
+pub fn kill9(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// An HTTP client of a rush running as its own process.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client { http: reqwest::Client::new(), base: base.to_string() }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "POST" => self.http.post(url).json(&body),
+            _ => self.http.get(url),
+        };
+        let resp = req.bearer_auth(token).send().await.expect("send");
+        let s = resp.status();
+        (s, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn token(&self, user: &str, role: &str) -> String {
+        let (_, v) = self.call("POST", "/v1/auth/dev-token", "", json!({"user_id": user, "role": role})).await;
+        v["token"].as_str().expect("token").to_string()
+    }
 }
