@@ -116,21 +116,48 @@ pub enum StartError {
     Kafka(String),
 }
 
-/// The hot store, event log and idempotency records of Redis mode (single
-/// server or cluster), after leasing this node's id so no other live node
-/// mints the same ids.
-async fn redis_roles<C>(store: RedisStore<C>, cfg: &Config, url: &str) -> Result<Roles, StartError>
+/// Who opens Redis: a serving node (leases its node id so no other live
+/// node mints the same ids; consumer `node-<id>`) or a standalone relay
+/// (mints no ids; consumer `relay-<id>`, so a restarted relay with the same
+/// id re-sends what it had read and not acknowledged).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RedisRole {
+    Node,
+    Relay,
+}
+
+/// The hot store, event log, idempotency records and outbox-reader lease of
+/// Redis mode, on a single server or a cluster.
+async fn redis_roles(cfg: &Config, url: &str, ids: Arc<IdGen>, role: RedisRole) -> Result<Roles, StartError> {
+    let timeout = Duration::from_millis(cfg.redis.timeout_ms);
+    let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
+    let redis_err = |e| StartError::Redis(url.to_string(), e);
+    if cfg.redis.cluster {
+        let store = RedisStore::connect_cluster(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        roles_of(store, cfg, url, role).await
+    } else {
+        let store = RedisStore::connect(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        roles_of(store, cfg, url, role).await
+    }
+}
+
+async fn roles_of<C>(store: RedisStore<C>, cfg: &Config, url: &str, role: RedisRole) -> Result<Roles, StartError>
 where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let lease_ms = cfg.redis.node_lease_ms;
-    let wait = Duration::from_millis(lease_ms + lease_ms / 2);
-    match store.lease_node_id(cfg.node_id, lease_ms, wait).await {
-        Ok(true) => {}
-        Ok(false) => return Err(StartError::NodeIdTaken(cfg.node_id)),
-        Err(e) => return Err(StartError::Redis(url.to_string(), e)),
+    if role == RedisRole::Node {
+        let lease_ms = cfg.redis.node_lease_ms;
+        let wait = Duration::from_millis(lease_ms + lease_ms / 2);
+        match store.lease_node_id(cfg.node_id, lease_ms, wait).await {
+            Ok(true) => {}
+            Ok(false) => return Err(StartError::NodeIdTaken(cfg.node_id)),
+            Err(e) => return Err(StartError::Redis(url.to_string(), e)),
+        }
     }
-    let consumer = format!("node-{}", cfg.node_id);
+    let consumer = match role {
+        RedisRole::Node => format!("node-{}", cfg.node_id),
+        RedisRole::Relay => format!("relay-{}", cfg.node_id),
+    };
     let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
     let lease = relay_lease(&store, cfg, &consumer);
     // One store, two roles: hot state and Idempotency-Key records.
@@ -146,29 +173,6 @@ where
 {
     let token = format!("{who}-{:016x}", fastrand::u64(..));
     Box::new(store.lease("outbox-reader", &token, cfg.outbox.reader_lease_ms))
-}
-
-/// The outbox streams as a relay outside `rush serve` reads them: no actors,
-/// no node-id lease (a relay mints no ids); consumer `relay-<node_id>` in
-/// the group, so a restarted relay with the same id re-sends what it had
-/// read and not acknowledged.
-type RelayParts = (Arc<dyn EventLog>, Box<dyn crate::workers::lead::Lease>);
-
-async fn relay_log(cfg: &Config, url: &str) -> Result<RelayParts, StartError> {
-    let ids = Arc::new(IdGen::new(cfg.node_id)?);
-    let timeout = Duration::from_millis(cfg.redis.timeout_ms);
-    let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
-    let consumer = format!("relay-{}", cfg.node_id);
-    let redis_err = |e| StartError::Redis(url.to_string(), e);
-    Ok(if cfg.redis.cluster {
-        let store = RedisStore::connect_cluster(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
-        let log = RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended());
-        (Arc::new(log), relay_lease(&store, cfg, &consumer))
-    } else {
-        let store = RedisStore::connect(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
-        let log = RedisStreamLog::new(store.connection(), prefix, &consumer, store.appended());
-        (Arc::new(log), relay_lease(&store, cfg, &consumer))
-    })
 }
 
 fn kafka_err(e: crate::events::LogError) -> StartError {
@@ -190,10 +194,10 @@ async fn kafka_ready(cfg: &Config) -> Result<&str, StartError> {
 pub async fn standalone_relay(cfg: &Config, metrics: Metrics) -> Result<crate::workers::relay::Relay, StartError> {
     let url = cfg.redis.url.as_deref().ok_or_else(|| StartError::Kafka("the relay needs redis.url".into()))?;
     let brokers = kafka_ready(cfg).await?;
-    let (log, lease) = relay_log(cfg, url).await?;
+    let (_, log, _, lease) = redis_roles(cfg, url, Arc::new(IdGen::new(cfg.node_id)?), RedisRole::Relay).await?;
     Ok(crate::workers::relay::Relay {
         log,
-        lease: Some(lease),
+        lease,
         producer: crate::events::kafka::producer(&cfg.kafka, brokers).map_err(kafka_err)?,
         kafka: cfg.kafka.clone(),
         workers: cfg.workers.clone(),
@@ -267,18 +271,7 @@ impl Engine {
         }
         let (store, log, idempotency, relay_lease): Roles = match &cfg.redis.url {
             // Redis: hot state, scripts and outbox streams in Redis.
-            Some(url) => {
-                let timeout = Duration::from_millis(cfg.redis.timeout_ms);
-                let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
-                let redis_err = |e| StartError::Redis(url.clone(), e);
-                if cfg.redis.cluster {
-                    let store = RedisStore::connect_cluster(url, prefix, ids.clone(), seats_max, timeout).await;
-                    redis_roles(store.map_err(redis_err)?, &cfg, url).await?
-                } else {
-                    let store = RedisStore::connect(url, prefix, ids.clone(), seats_max, timeout).await;
-                    redis_roles(store.map_err(redis_err)?, &cfg, url).await?
-                }
-            }
+            Some(url) => redis_roles(&cfg, url, ids.clone(), RedisRole::Node).await?,
             // Embedded: in-memory hot store persisted to hot.db, whose
             // outbox table is the event log.
             None => {
