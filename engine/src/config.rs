@@ -26,6 +26,157 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub kafka: KafkaConfig,
     pub outbox: OutboxConfig,
+    pub payments: PaymentsConfig,
+    pub wallet: WalletConfig,
+    pub webhooks: WebhookConfig,
+}
+
+/// Payment channels and the payments worker.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// HMAC-SHA256 keys the channels sign their callbacks with (the sandbox
+    /// channels sign with the same keys). Development defaults; set them
+    /// from the environment anywhere real.
+    pub wechat_secret: String,
+    pub alipay_secret: String,
+    pub ecard_secret: String,
+    /// Where channels send callbacks (`<base>/v1/channels/<channel>/notify`);
+    /// unset: this node's own listener, which suits the sandbox.
+    pub notify_base_url: Option<String>,
+    /// A payment still pending this long after it was created is asked
+    /// about at its channel (active query): a lost callback still completes.
+    pub query_after_ms: u64,
+    /// Active queries back off, doubling from `query_after_ms` up to this.
+    pub query_backoff_max_ms: u64,
+    /// An unpaid payment is closed at its channel this long after it
+    /// expires (the order's hold is released at expiry by the sweeper).
+    pub close_grace_ms: u64,
+    /// A callback signed longer ago than this is refused as a replay.
+    pub callback_max_age_s: u64,
+    /// How often the payments worker looks for payments due a check.
+    pub worker_poll_ms: u64,
+    /// Payments checked per round.
+    pub worker_batch_max: usize,
+    /// A payment claimed by one node's worker is left to it this long
+    /// before another node may check it (the claimer may have died).
+    pub claim_ms: u64,
+    /// How long a recharge payment may be paid.
+    pub recharge_ttl_s: u64,
+    /// Largest recharge in fen (50 000.00 by default).
+    pub recharge_max_fen: i64,
+    /// Bound on every call to a channel or from the sandbox to rush.
+    pub http_timeout_ms: u64,
+    pub sandbox: SandboxConfig,
+}
+
+/// The sandbox channels: `POST /v1/sandbox/...` lets a test or a developer
+/// play the buyer; the settings make the callbacks misbehave the way real
+/// ones do. Off in production.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Serves `/v1/sandbox/...`.
+    pub enabled: bool,
+    /// Percent of callbacks never sent (0..=100).
+    pub drop_pct: u8,
+    /// Wait before each callback.
+    pub delay_ms: u64,
+    /// Extra copies of each callback.
+    pub duplicates: u32,
+    /// Sends again when rush does not acknowledge, as real channels do, up
+    /// to this many times (1 s, 2 s, 4 s … apart).
+    pub retry_max: u32,
+}
+
+/// Wallet rules.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalletConfig {
+    /// Withdrawals one user may request per day (rejected ones do not count).
+    pub withdraw_count_per_day_max: u32,
+    /// Fen one user may withdraw per day (10 000.00 by default).
+    pub withdraw_fen_per_day_max: i64,
+    /// Smallest withdrawal in fen.
+    pub withdraw_min_fen: i64,
+    /// Where a risk day starts, in minutes east of UTC (480 = China
+    /// Standard Time); also the day of the channels' bills.
+    pub day_offset_min: i32,
+}
+
+/// Webhook deliveries.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// A delivery is retried until this long after its event, then failed.
+    pub retry_window_s: u64,
+    /// First retry delay; it doubles per attempt up to `backoff_max_ms`.
+    pub backoff_first_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Bound on one delivery's HTTP call.
+    pub timeout_ms: u64,
+    /// How often the deliverer looks for due deliveries, and how many it
+    /// sends at once.
+    pub poll_ms: u64,
+    pub batch_max: usize,
+    /// Most registered webhooks; each event is written once per subscriber.
+    pub webhooks_max: u32,
+    /// A delivery claimed by one node is left to it this long.
+    pub claim_ms: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        PaymentsConfig {
+            wechat_secret: "rush-dev-wechat-secret".into(),
+            alipay_secret: "rush-dev-alipay-secret".into(),
+            ecard_secret: "rush-dev-ecard-secret".into(),
+            notify_base_url: None,
+            query_after_ms: 10_000,
+            query_backoff_max_ms: 120_000,
+            close_grace_ms: 2_000,
+            callback_max_age_s: 300,
+            worker_poll_ms: 500,
+            worker_batch_max: 100,
+            claim_ms: 30_000,
+            recharge_ttl_s: 900,
+            recharge_max_fen: 5_000_000,
+            http_timeout_ms: 5_000,
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig { enabled: true, drop_pct: 0, delay_ms: 0, duplicates: 0, retry_max: 3 }
+    }
+}
+
+impl Default for WalletConfig {
+    fn default() -> Self {
+        WalletConfig {
+            withdraw_count_per_day_max: 3,
+            withdraw_fen_per_day_max: 1_000_000,
+            withdraw_min_fen: 100,
+            day_offset_min: 0,
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            retry_window_s: 24 * 3600,
+            backoff_first_ms: 1_000,
+            backoff_max_ms: 3_600_000,
+            timeout_ms: 5_000,
+            poll_ms: 500,
+            batch_max: 32,
+            webhooks_max: 100,
+            claim_ms: 30_000,
+        }
+    }
 }
 
 /// Postgres as the durable store: set `url`
@@ -309,6 +460,9 @@ impl Default for Config {
             postgres: PostgresConfig::default(),
             kafka: KafkaConfig::default(),
             outbox: OutboxConfig::default(),
+            payments: PaymentsConfig::default(),
+            wallet: WalletConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -478,6 +632,33 @@ impl Config {
         }
         if self.postgres.pool_max == 0 {
             return bad("postgres.pool_max must be at least 1");
+        }
+        let p = &self.payments;
+        if [&p.wechat_secret, &p.alipay_secret, &p.ecard_secret].iter().any(|s| s.len() < 16) {
+            return bad("payments.wechat_secret, alipay_secret and ecard_secret must be at least 16 bytes");
+        }
+        if p.sandbox.drop_pct > 100 {
+            return bad("payments.sandbox.drop_pct must be 0..=100");
+        }
+        if p.query_after_ms == 0 || p.worker_poll_ms == 0 || p.worker_batch_max == 0 || p.recharge_ttl_s == 0 {
+            return bad(
+                "payments.query_after_ms, worker_poll_ms, worker_batch_max and recharge_ttl_s must be positive",
+            );
+        }
+        if p.recharge_max_fen <= 0 {
+            return bad("payments.recharge_max_fen must be positive");
+        }
+        let w = &self.wallet;
+        if w.withdraw_fen_per_day_max <= 0 || w.withdraw_min_fen <= 0 || !(-1440..=1440).contains(&w.day_offset_min) {
+            return bad(
+                "wallet.withdraw_fen_per_day_max and withdraw_min_fen must be positive, day_offset_min within a day",
+            );
+        }
+        let h = &self.webhooks;
+        if h.backoff_first_ms == 0 || h.backoff_max_ms < h.backoff_first_ms || h.poll_ms == 0 || h.batch_max == 0 {
+            return bad(
+                "webhooks.backoff_first_ms must be positive and at most backoff_max_ms; poll_ms and batch_max positive",
+            );
         }
         if self.outbox.len_max == 0 || !(1..=100).contains(&self.outbox.ready_pct) || self.outbox.check_every_ms == 0 {
             return bad("outbox.len_max and outbox.check_every_ms must be positive, outbox.ready_pct 1..=100");

@@ -223,11 +223,11 @@ type Roles =
     (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>, Option<Box<dyn crate::workers::lead::Lease>>);
 
 pub struct Engine {
-    cfg: Arc<Config>,
-    ids: Arc<IdGen>,
-    store: Arc<dyn HotStore>,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) ids: Arc<IdGen>,
+    pub(crate) store: Arc<dyn HotStore>,
     log: Arc<dyn EventLog>,
-    durable: Durable,
+    pub(crate) durable: Durable,
     /// Where Idempotency-Key records live (durable store or Redis).
     idempotency: Arc<dyn IdempotencyStore>,
     actors: Actors,
@@ -237,14 +237,16 @@ pub struct Engine {
     outbox_len: AtomicU64,
     /// Handed to the in-process relay or persist worker when they start.
     relay_lease: std::sync::Mutex<Option<Box<dyn crate::workers::lead::Lease>>>,
+    /// Payment channels (the sandboxes) and outbound HTTP.
+    pub(crate) pay: crate::pay::flow::Payments,
     pub metrics: Metrics,
 }
 
-fn invalid(msg: impl Into<String>) -> EngineError {
+pub(crate) fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::Invalid(msg.into())
 }
 
-fn check_text(what: &str, s: &str, max: usize) -> Result<(), EngineError> {
+pub(crate) fn check_text(what: &str, s: &str, max: usize) -> Result<(), EngineError> {
     if s.trim().is_empty() || s.chars().count() > max {
         return Err(invalid(format!("{what} must be 1-{max} characters")));
     }
@@ -284,6 +286,7 @@ impl Engine {
         // Embedded, this node is the store's only writer.
         let sole_owner = cfg.redis.url.is_none();
         let actors = Actors::new(store.clone(), cfg.actors.clone(), metrics.clone(), sole_owner);
+        let pay = crate::pay::flow::Payments::new(&cfg, durable.db());
         Ok(Arc::new(Engine {
             cfg: Arc::new(cfg),
             ids,
@@ -295,6 +298,7 @@ impl Engine {
             infos: DashMap::new(),
             outbox_len: AtomicU64::new(0),
             relay_lease: std::sync::Mutex::new(relay_lease),
+            pay,
             metrics,
         }))
     }
@@ -306,6 +310,8 @@ impl Engine {
         let mut tasks = vec![
             tokio::spawn(crate::workers::timeouts(self.clone(), shutdown.clone())),
             tokio::spawn(crate::workers::outbox_monitor(self.clone(), shutdown.clone())),
+            tokio::spawn(crate::workers::payments::payments(self.clone(), shutdown.clone())),
+            tokio::spawn(crate::workers::webhooks::webhooks(self.clone(), shutdown.clone())),
         ];
         match &self.cfg.kafka.brokers {
             None => tasks.push(tokio::spawn(crate::workers::persist(self.clone(), shutdown))),
@@ -357,6 +363,11 @@ impl Engine {
     pub fn outbox_ok(&self) -> bool {
         let len = u128::from(self.outbox_len.load(Ordering::Relaxed));
         len * 100 < u128::from(self.cfg.outbox.len_max) * u128::from(self.cfg.outbox.ready_pct)
+    }
+
+    /// Outbound HTTP (sandbox callbacks, webhook deliveries).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.pay.http
     }
 
     pub fn config(&self) -> &Config {
@@ -566,15 +577,7 @@ impl Engine {
 
     /// An order by id, for its owner or an admin; 404 for anyone else.
     pub async fn order(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {
-        let view = match self.durable.order(order_id).await? {
-            Some(r) => OrderView::from_record(&r),
-            // Not persisted yet: the order is still only in the hot store.
-            None => {
-                let (hot, status) = self.store.order(order_id).await?.ok_or(EngineError::NotFound("order"))?;
-                let info = self.info(hot.event_id).await?;
-                OrderView::from_hot(&hot, &info, status)
-            }
-        };
+        let view = self.live_order(order_id).await?;
         if !caller.admin && view.user_id != caller.user_id {
             return Err(EngineError::NotFound("order"));
         }
@@ -612,17 +615,39 @@ impl Engine {
         let why = ReleaseReason::Cancel { user_id: (!caller.admin).then(|| caller.user_id.clone()) };
         let (reply, rx) = oneshot::channel();
         let msg = EventMsg::Release { order_id, why, now_ms: now_unix_ms(), reply };
-        match self.ask_event(current.event_id, msg, rx).await? {
+        let released = match self.ask_event(current.event_id, msg, rx).await? {
             // Released between our read and the actor's decision.
             Err(EngineError::NotFound(_)) => Err(EngineError::OrderNotPending { status: OrderStatus::Expired }),
             other => other,
-        }
+        }?;
+        self.close_payments_of(order_id).await;
+        Ok(released)
     }
 
-    /// Held → sold; used by payments.
+    /// Held → sold; used by payments. Refused once the hold has expired.
     pub async fn confirm(&self, event_id: Id, order_id: Id) -> Result<OrderView, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.ask_event(event_id, EventMsg::Confirm { order_id, reply }, rx).await?
+        self.ask_event(event_id, EventMsg::Confirm { order_id, now_ms: now_unix_ms(), reply }, rx).await?
+    }
+
+    /// Sold → available after the order's money went back.
+    pub async fn refund_seats(&self, event_id: Id, order_id: Id) -> Result<OrderView, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.ask_event(event_id, EventMsg::Refund { order_id, reply }, rx).await?
+    }
+
+    /// An order as it stands now: the hot store knows live holds and paid
+    /// orders before the workers persist them; released ones are read from
+    /// the durable store. No owner check.
+    pub(crate) async fn live_order(&self, order_id: Id) -> Result<OrderView, EngineError> {
+        if let Some((hot, status)) = self.store.order(order_id).await? {
+            let info = self.info(hot.event_id).await?;
+            return Ok(OrderView::from_hot(&hot, &info, status));
+        }
+        match self.durable.order(order_id).await? {
+            Some(r) => Ok(OrderView::from_record(&r)),
+            None => Err(EngineError::NotFound("order")),
+        }
     }
 
     /// Settles up to `limit` due holds and packets through their actors.

@@ -33,8 +33,24 @@ pub enum EngineError {
     StoreUnavailable,
     #[error("the outbox is full: events are not reaching the workers; retry shortly")]
     OutboxFull,
+    /// A wallet risk rule refused the request (422 `risk_refused`).
+    #[error("{0}")]
+    RiskRefused(String),
+    /// A state conflict with its own code (409): `payment_not_pending`,
+    /// `order_not_paid`, `refund_in_progress`, `withdrawal_not_pending`…
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// A payment channel did not answer; retry shortly.
+    #[error("payment channel {0} is unavailable; retry shortly")]
+    ChannelUnavailable(&'static str),
     #[error("internal error")]
     Internal(String),
+}
+
+impl EngineError {
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        EngineError::Conflict { code, message: message.into() }
+    }
 }
 
 impl From<crate::store::StoreError> for EngineError {
@@ -58,6 +74,8 @@ impl From<crate::durable::DurableError> for EngineError {
                 EngineError::StoreUnavailable
             }
             crate::durable::DurableError::Invariant(m) => EngineError::Internal(m),
+            crate::durable::DurableError::RiskRefused(m) => EngineError::RiskRefused(m),
+            crate::durable::DurableError::Conflict(code, m) => EngineError::Conflict { code, message: m },
         }
     }
 }

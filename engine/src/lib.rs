@@ -11,8 +11,11 @@
 //! - [`redis_io`]: running commands that live in different slots.
 //! - [`scripts`]: Rust twins of the Lua scripts in `lua/`.
 //! - [`events`]: domain events, the event-log trait, the embedded outbox log.
-//! - [`durable`]: sqlx repositories (SQLite or Postgres): ledger, orders by gene, packets, grabs.
-//! - [`workers`]: persist events, expire holds and packets.
+//! - [`durable`]: sqlx repositories (SQLite or Postgres): ledger, orders by gene, packets, grabs,
+//!   payments and callback log, withdrawals, webhooks.
+//! - [`workers`]: persist events, expire holds and packets, check payments, deliver webhooks.
+//! - [`pay`]: payment channels (trait, sandboxes, callback wire formats) and the payment flow.
+//! - [`reconcile`]: the ledger against itself and the channels' bills.
 //! - [`engine`]: the facade the gateway calls.
 //! - [`idempotency`]: Idempotency-Key records (durable store or Redis).
 //! - [`views`]: read models shaped as the API answers, with masking.
@@ -29,6 +32,8 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod pay;
+pub mod reconcile;
 pub mod redis_io;
 pub mod scripts;
 pub mod store;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub store_batch_latency: Histogram,
     pub relay_lag: Histogram,
     pub consumer_lag: IntGauge,
+    pub payments: IntCounterVec,
+    pub callbacks: IntCounterVec,
+    pub withdrawals: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -70,6 +74,32 @@ impl Metrics {
         ));
         let consumer_lag =
             must(IntGauge::new("consumer_lag_events", "Kafka messages not yet committed by the worker group"));
+        let payments = must(IntCounterVec::new(
+            Opts::new(
+                "payments_total",
+                "Payment transitions: created, succeeded, found_by_query (a lost callback), closed, late (money \
+                 after close, refunded), refunded",
+            ),
+            &["outcome"],
+        ));
+        let callbacks = must(IntCounterVec::new(
+            Opts::new(
+                "payment_callbacks_total",
+                "Channel callbacks by outcome; alert on bad_signature or amount_mismatch",
+            ),
+            &["channel", "outcome"],
+        ));
+        let withdrawals = must(IntCounterVec::new(
+            Opts::new(
+                "withdrawals_total",
+                "Withdrawals: requested, risk_refused, insufficient_funds, approved, rejected",
+            ),
+            &["outcome"],
+        ));
+        let webhook_deliveries = must(IntCounterVec::new(
+            Opts::new("webhook_attempts_total", "Webhook delivery attempts: delivered, retry, failed, gone"),
+            &["outcome"],
+        ));
         let store_batch_latency = must(Histogram::with_opts(
             HistogramOpts::new("store_batch_duration_seconds", "Hot store batch commit latency")
                 .buckets(must(exponential_buckets(0.000_02, 2.0, 18))),
@@ -88,6 +118,10 @@ impl Metrics {
             Box::new(store_batch_latency.clone()),
             Box::new(relay_lag.clone()),
             Box::new(consumer_lag.clone()),
+            Box::new(payments.clone()),
+            Box::new(callbacks.clone()),
+            Box::new(withdrawals.clone()),
+            Box::new(webhook_deliveries.clone()),
         ] {
             must(registry.register(c));
         }
@@ -106,6 +140,10 @@ impl Metrics {
             store_batch_latency,
             relay_lag,
             consumer_lag,
+            payments,
+            callbacks,
+            withdrawals,
+            webhook_deliveries,
         }
     }
 

@@ -229,3 +229,179 @@ pub struct ErrorBody {
 pub struct ErrorResp {
     pub error: ErrorBody,
 }
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayReq {
+    /// `wechat`, `alipay` or `ecard`.
+    pub channel: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RechargeReq {
+    /// Fen.
+    pub amount: i64,
+    /// `wechat`, `alipay` or `ecard`.
+    pub channel: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawReq {
+    /// Fen.
+    pub amount: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WithdrawalResp {
+    pub withdrawal_id: String,
+    pub user_id: String,
+    pub amount: i64,
+    /// `pending`, `approved` or `rejected`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl From<rush_engine::durable::wallet::WithdrawalRecord> for WithdrawalResp {
+    fn from(w: rush_engine::durable::wallet::WithdrawalRecord) -> Self {
+        use rush_engine::views::time_of;
+        WithdrawalResp {
+            withdrawal_id: w.withdrawal_id.to_string(),
+            user_id: w.user_id,
+            amount: w.amount.get(),
+            status: w.status,
+            created_at: time_of(w.created_at_ms),
+            decided_at: w.decided_at_ms.map(time_of),
+            decided_by: w.decided_by,
+            reason: w.reason,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WithdrawalsResp {
+    pub withdrawals: Vec<WithdrawalResp>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalsQuery {
+    /// `pending` (default), `approved` or `rejected`.
+    pub status: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecideReq {
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxPayReq {
+    /// `send` (default: as configured) or `drop`: the callback is never sent.
+    pub callback: Option<String>,
+    /// Wait before the callback.
+    pub delay_ms: Option<u64>,
+    /// Extra copies of the callback.
+    pub duplicates: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SandboxPayResp {
+    pub payment_id: String,
+    pub channel: String,
+    /// The channel's transaction id.
+    pub txn_id: String,
+    pub amount: i64,
+    /// `paid`.
+    pub status: String,
+    /// Whether a callback was sent.
+    pub callback: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksQuery {
+    pub channel: Option<String>,
+    pub limit: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CallbackResp {
+    pub callback_id: String,
+    pub channel: String,
+    pub received_at: DateTime<Utc>,
+    pub payment_id: Option<String>,
+    /// `applied`, `duplicate`, `late_refunded`, `bad_signature`, `malformed`, `stale`,
+    /// `unknown_payment`, `amount_mismatch`, `failed` (or `received` while processing).
+    pub outcome: String,
+    pub detail: String,
+    /// The headers and body exactly as they arrived.
+    pub headers: String,
+    pub body: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CallbacksResp {
+    pub callbacks: Vec<CallbackResp>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookReq {
+    /// An `http://` URL (see the README on TLS).
+    pub url: String,
+    /// Event types, or `["*"]` for all.
+    pub events: Vec<String>,
+    /// 16-200 characters; signs every delivery.
+    pub secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookResp {
+    pub webhook_id: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    pub limit: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttemptResp {
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryResp {
+    pub delivery_id: String,
+    pub event_type: String,
+    /// `pending`, `delivered`, `failed` or `disabled`.
+    pub status: String,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub body: String,
+    pub attempt_log: Vec<AttemptResp>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveriesResp {
+    pub webhook_id: String,
+    pub url: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub deliveries: Vec<DeliveryResp>,
+}

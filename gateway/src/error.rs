@@ -63,6 +63,10 @@ impl ApiError {
             "order" => "order_not_found",
             "packet" => "packet_not_found",
             "seat" => "seat_not_found",
+            "payment" => "payment_not_found",
+            "channel" => "channel_not_found",
+            "withdrawal" => "withdrawal_not_found",
+            "webhook" => "webhook_not_found",
             _ => "not_found",
         };
         Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
@@ -103,6 +107,9 @@ impl From<EngineError> for ApiError {
             EngineError::Overloaded(_) => ApiError::retry_later("overloaded", message),
             EngineError::StoreUnavailable => ApiError::retry_later("store_unavailable", message),
             EngineError::OutboxFull => ApiError::retry_later("outbox_full", message),
+            EngineError::ChannelUnavailable(_) => ApiError::retry_later("channel_unavailable", message),
+            EngineError::RiskRefused(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "risk_refused", message),
+            EngineError::Conflict { code, .. } => ApiError::new(S::CONFLICT, code, message),
             EngineError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error")

@@ -31,6 +31,14 @@ enum Command {
     /// Create or upgrade the database schemas (Postgres when
     /// `postgres.url` is set, else the SQLite files), then exit.
     Migrate,
+    /// Check the ledger against itself and each channel's bill; prints a
+    /// JSON report and exits 1 if anything disagrees.
+    Reconcile {
+        /// Bill day (YYYY-MM-DD, days start at `wallet.day_offset_min`);
+        /// repeat for several. Default: yesterday and today.
+        #[arg(long = "date")]
+        dates: Vec<chrono::NaiveDate>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve => serve(cfg).await,
             Command::Worker => worker(cfg).await,
             Command::Relay => relay(cfg).await,
+            Command::Reconcile { dates } => reconcile(cfg, dates).await,
             Command::Migrate => {
                 use rush_engine::durable::{pool::redact_url, Db, Pools};
                 match &cfg.postgres.url {
@@ -125,12 +134,38 @@ async fn relay(cfg: Config) -> anyhow::Result<()> {
     run_until_terminated(banner, |stop| relay.run(stop)).await
 }
 
+async fn reconcile(cfg: Config, dates: Vec<chrono::NaiveDate>) -> anyhow::Result<()> {
+    use rush_engine::durable::{Durable, Pools};
+    let pools = match &cfg.postgres.url {
+        Some(url) => Pools::postgres(url, &cfg.postgres).await?,
+        None => Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?,
+    };
+    let offset = cfg.wallet.day_offset_min;
+    let days: Vec<i64> = if dates.is_empty() {
+        let today = rush_engine::pay::day_of(rush_engine::domain::now_unix_ms(), offset);
+        vec![today - 1, today]
+    } else {
+        let epoch = chrono::NaiveDate::default();
+        dates.iter().map(|d| (*d - epoch).num_days()).collect()
+    };
+    let payments = rush_engine::pay::flow::Payments::new(&cfg, &pools);
+    let durable = Durable::new(pools);
+    let report = rush_engine::reconcile::reconcile(&durable, &payments.channels, &days, offset).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.http.addr).with_context(|| format!("binding {}", cfg.http.addr))?;
     let addr = listener.local_addr()?;
     let engine = Engine::open(cfg, Metrics::new()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = engine.start_workers(stop_rx)?;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    engine.set_notify_base(&format!("http://{host}:{}", addr.port()));
     let server = rush_gateway::serve::http_server(listener, engine.clone())?;
     println!("{}", rush_gateway::serve::banner(&addr, &engine));
     server.await?;

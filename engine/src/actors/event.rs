@@ -226,8 +226,13 @@ impl EventState {
         Ok(order)
     }
 
-    /// Decides that a live hold is paid: its seats become sold.
-    pub fn decide_confirm(&mut self, order_id: Id) -> Result<HotOrder, EngineError> {
+    /// Decides that a live hold is paid: its seats become sold. A hold
+    /// past its expiry is refused even if the sweeper has not released it
+    /// yet: the buyer was told it ends then, and late money is refunded.
+    pub fn decide_confirm(&mut self, order_id: Id, now_ms: u64) -> Result<HotOrder, EngineError> {
+        if self.holds.get(&order_id).is_some_and(|o| now_ms >= o.expires_at_ms) {
+            return Err(EngineError::OrderNotPending { status: OrderStatus::Expired });
+        }
         let order = self.holds.remove(&order_id).ok_or(match self.paid.contains_key(&order_id) {
             true => EngineError::OrderNotPending { status: OrderStatus::Paid },
             false => EngineError::NotFound("order"),
@@ -237,6 +242,32 @@ impl EventState {
         }
         self.paid.insert(order.order_id, PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() });
         Ok(order)
+    }
+
+    /// Decides that a paid order is refunded: its seats go back on sale.
+    pub fn decide_refund(&mut self, order_id: Id) -> Result<HotOrder, EngineError> {
+        let paid = self.paid.remove(&order_id).ok_or(match self.holds.contains_key(&order_id) {
+            true => EngineError::OrderNotPending { status: OrderStatus::PendingPayment },
+            false => EngineError::NotFound("order"),
+        })?;
+        for s in &paid.seats {
+            self.set(*s, SeatState::Available);
+        }
+        if let Some(n) = self.user_seats.get_mut(&paid.user_id) {
+            *n = n.saturating_sub(paid.seats.len() as u32);
+        }
+        let amount =
+            Fen::new(paid.seats.iter().map(|s| self.info.price_of(&self.info.map.seat(*s).category).get()).sum());
+        Ok(HotOrder {
+            order_id,
+            event_id: self.info.def.event_id,
+            user_id: paid.user_id,
+            seats: paid.seats,
+            amount,
+            created_at_ms: 0,
+            expires_at_ms: 0,
+            attendees: vec![],
+        })
     }
 
     pub fn categories(&self) -> Vec<CategoryView> {
@@ -287,10 +318,27 @@ impl EventState {
 
 pub enum EventMsg {
     Hold(HoldRequest, oneshot::Sender<Result<OrderView, EngineError>>),
-    Release { order_id: Id, why: ReleaseReason, now_ms: u64, reply: oneshot::Sender<Result<OrderView, EngineError>> },
-    Confirm { order_id: Id, reply: oneshot::Sender<Result<OrderView, EngineError>> },
+    Release {
+        order_id: Id,
+        why: ReleaseReason,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<OrderView, EngineError>>,
+    },
+    Confirm {
+        order_id: Id,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<OrderView, EngineError>>,
+    },
+    /// A paid order's money went back: its seats go back on sale.
+    Refund {
+        order_id: Id,
+        reply: oneshot::Sender<Result<OrderView, EngineError>>,
+    },
     View(oneshot::Sender<Vec<CategoryView>>),
-    Seats { section: Option<String>, reply: oneshot::Sender<Vec<SeatView>> },
+    Seats {
+        section: Option<String>,
+        reply: oneshot::Sender<Vec<SeatView>>,
+    },
 }
 
 type Reply = oneshot::Sender<Result<OrderView, EngineError>>;
@@ -300,7 +348,8 @@ type Reply = oneshot::Sender<Result<OrderView, EngineError>>;
 enum Request {
     Hold(HoldRequest),
     Release { order_id: Id, why: ReleaseReason, now_ms: u64 },
-    Confirm { order_id: Id },
+    Confirm { order_id: Id, now_ms: u64 },
+    Refund { order_id: Id },
 }
 
 /// A decision waiting for its commit.
@@ -328,9 +377,13 @@ impl EventState {
                 };
                 Ok((SeatOp::Release { order_id: *order_id, status }, order, status))
             }
-            Request::Confirm { order_id } => {
-                let order = self.decide_confirm(*order_id)?;
+            Request::Confirm { order_id, now_ms } => {
+                let order = self.decide_confirm(*order_id, *now_ms)?;
                 Ok((SeatOp::Confirm { order_id: *order_id }, order, OrderStatus::Paid))
+            }
+            Request::Refund { order_id } => {
+                let order = self.decide_refund(*order_id)?;
+                Ok((SeatOp::Refund { order_id: *order_id }, order, OrderStatus::Refunded))
             }
         }
     }
@@ -360,7 +413,10 @@ pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store:
                 EventMsg::Release { order_id, why, now_ms, reply } => {
                     work.push((Request::Release { order_id, why, now_ms }, reply))
                 }
-                EventMsg::Confirm { order_id, reply } => work.push((Request::Confirm { order_id }, reply)),
+                EventMsg::Confirm { order_id, now_ms, reply } => {
+                    work.push((Request::Confirm { order_id, now_ms }, reply))
+                }
+                EventMsg::Refund { order_id, reply } => work.push((Request::Refund { order_id }, reply)),
                 other => reads.push(other),
             }
         }
@@ -551,12 +607,40 @@ mod tests {
     fn a_paid_order_cannot_be_cancelled() {
         let mut s = state(1, 4, 6);
         let o = s.decide_hold(&req(1, "a", cat(2))).unwrap();
-        s.decide_confirm(o.order_id).unwrap();
+        s.decide_confirm(o.order_id, 0).unwrap();
         assert!(matches!(
             s.decide_release(o.order_id, &ReleaseReason::Cancel { user_id: None }, 1000),
             Err(EngineError::OrderNotPending { status: OrderStatus::Paid })
         ));
         assert_eq!(s.seat_views(None).iter().filter(|v| v.status == "sold").count(), 2);
+    }
+
+    #[test]
+    fn a_hold_past_its_expiry_cannot_be_paid() {
+        let mut s = state(1, 4, 6);
+        let o = s.decide_hold(&req(1, "a", cat(1))).unwrap();
+        assert!(matches!(
+            s.decide_confirm(o.order_id, o.expires_at_ms),
+            Err(EngineError::OrderNotPending { status: OrderStatus::Expired })
+        ));
+        s.decide_confirm(o.order_id, o.expires_at_ms - 1).unwrap();
+    }
+
+    #[test]
+    fn a_refund_puts_the_seats_back_on_sale_and_gives_the_allowance_back() {
+        let mut s = state(1, 4, 2);
+        let o = s.decide_hold(&req(1, "a", cat(2))).unwrap();
+        assert!(matches!(
+            s.decide_refund(o.order_id),
+            Err(EngineError::OrderNotPending { status: OrderStatus::PendingPayment })
+        ));
+        s.decide_confirm(o.order_id, 0).unwrap();
+        let refunded = s.decide_refund(o.order_id).unwrap();
+        assert_eq!((refunded.user_id.as_str(), refunded.seats.len()), ("a", 2));
+        assert_eq!(s.categories()[0].remaining, 4);
+        assert!(matches!(s.decide_refund(o.order_id), Err(EngineError::NotFound("order"))));
+        s.decide_hold(&req(2, "a", cat(2))).unwrap();
+        s.check_invariants();
     }
 
     #[derive(Clone, Debug)]
@@ -566,6 +650,7 @@ mod tests {
         Cancel(usize),
         Expire(usize),
         Confirm(usize),
+        Refund(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -576,6 +661,7 @@ mod tests {
             (0usize..50).prop_map(Op::Cancel),
             (0usize..50).prop_map(Op::Expire),
             (0usize..50).prop_map(Op::Confirm),
+            (0usize..50).prop_map(Op::Refund),
         ]
     }
 
@@ -603,7 +689,10 @@ mod tests {
                         let _ = s.decide_release(*o, &ReleaseReason::Expire, u64::MAX);
                     },
                     Op::Confirm(i) => if let Some(o) = orders.get(i) {
-                        let _ = s.decide_confirm(*o);
+                        let _ = s.decide_confirm(*o, 0);
+                    },
+                    Op::Refund(i) => if let Some(o) = orders.get(i) {
+                        let _ = s.decide_refund(*o);
                     },
                 }
                 s.check_invariants();

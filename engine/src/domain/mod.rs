@@ -27,3 +27,12 @@ pub fn valid_user_id(s: &str) -> bool {
 /// The ledger account standing for money outside rush: credits and deposits
 /// come from it, withdrawals go to it. Its balance is minus the money inside.
 pub const WORLD_ACCOUNT: &str = "@world";
+
+/// Ticket revenue: order payments come in from the world here, refunds go
+/// back out from here.
+pub const SALES_ACCOUNT: &str = "@sales";
+
+/// Money a channel took that rush must give back (paid after the order
+/// closed, or a second payment of one order): in at the late callback, out
+/// when the channel's refund succeeds. Its balance is what is still owed.
+pub const SUSPENSE_ACCOUNT: &str = "@suspense";

@@ -60,6 +60,28 @@ impl Fen {
     }
 }
 
+impl Fen {
+    /// A yuan amount as channels such as Alipay write it: `"19.99"`,
+    /// `"20"`, `"0.5"`; at most two decimals, no sign, no exponent. Parsed
+    /// as integers, never through a float.
+    pub fn parse_yuan(s: &str) -> Option<Fen> {
+        let (whole, frac) = match s.split_once('.') {
+            Some((w, f)) if !f.is_empty() && f.len() <= 2 => (w, f),
+            Some(_) => return None,
+            None => (s, ""),
+        };
+        if whole.is_empty() || whole.len() > 15 || !whole.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let yuan: i64 = whole.parse().ok()?;
+        let fen: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().ok()? };
+        yuan.checked_mul(100)?.checked_add(fen).map(Fen)
+    }
+}
+
 impl fmt::Display for Fen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
@@ -86,6 +108,20 @@ mod tests {
         assert_eq!(Fen::new(i64::MAX).checked_mul(2), Err(MoneyError::Overflow));
         assert_eq!(Fen::new(i64::MIN).checked_neg(), Err(MoneyError::Overflow));
         assert_eq!(Fen::sum([Fen::new(1), Fen::new(2)]), Ok(Fen::new(3)));
+    }
+
+    #[test]
+    fn yuan_strings_parse_exactly_or_not_at_all() {
+        assert_eq!(Fen::parse_yuan("19.99"), Some(Fen::new(1999)));
+        assert_eq!(Fen::parse_yuan("20"), Some(Fen::new(2000)));
+        assert_eq!(Fen::parse_yuan("0.5"), Some(Fen::new(50)));
+        assert_eq!(Fen::parse_yuan("0.01"), Some(Fen::new(1)));
+        for bad in ["", ".5", "1.", "1.234", "-1", "1e3", "1,00", " 1", "0x10", "1.-1", "9999999999999999"] {
+            assert_eq!(Fen::parse_yuan(bad), None, "{bad}");
+        }
+        for fen in [1, 10, 99, 100, 1999, 123456789] {
+            assert_eq!(Fen::parse_yuan(&Fen::new(fen).to_string()), Some(Fen::new(fen)));
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@
 
 pub mod db;
 pub mod idempotency;
+pub mod payments;
 pub mod pool;
+pub mod wallet;
+pub mod webhooks;
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -30,6 +33,11 @@ pub enum DurableError {
     /// alert, never pass silently.
     #[error("durable invariant broken: {0}")]
     Invariant(String),
+    #[error("{0}")]
+    RiskRefused(String),
+    /// The row is not in the state the change needs (code, message).
+    #[error("{1}")]
+    Conflict(&'static str, String),
 }
 
 /// Which half of an account a leg touches.
@@ -508,12 +516,22 @@ impl Durable {
             fresh.extend(ids);
         }
         let applied = fresh.len();
+        // Webhook subscribers, read once per batch; none (the usual case)
+        // costs nothing more.
+        let subscribers = webhooks::Subscribers::load(&mut tx).await?;
         let mut grabs = Vec::new();
         let mut transfers = Vec::new();
         for env in batch {
             // `remove`: an event delivered twice in one batch applies once.
             if !fresh.remove(&env.event_id.raw()) {
                 continue;
+            }
+            if !subscribers.is_empty() {
+                if let Some((event_type, data)) = webhook_of(&env.event) {
+                    subscribers
+                        .enqueue(&mut tx, &env.event_id.to_string(), event_type, data, env.event.at_ms())
+                        .await?;
+                }
             }
             match &env.event {
                 DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
@@ -574,6 +592,41 @@ impl Durable {
         tx.commit().await?;
         Ok(applied)
     }
+}
+
+/// The webhook event type and payload of a domain event (grabs have none).
+fn webhook_of(event: &DomainEvent) -> Option<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    Some(match event {
+        DomainEvent::OrderHeld { order_id, event_id, user_id, amount, expires_at_ms, .. } => (
+            "order.created",
+            json!({"order_id": order_id.to_string(), "event_id": event_id.to_string(), "user_id": user_id,
+                   "amount": amount.get(), "expires_at": crate::views::time_of(*expires_at_ms)}),
+        ),
+        DomainEvent::OrderReleased { order_id, event_id, user_id, status, .. } => (
+            match status {
+                OrderStatus::Cancelled => "order.cancelled",
+                OrderStatus::Refunded => "order.refunded",
+                _ => "order.expired",
+            },
+            json!({"order_id": order_id.to_string(), "event_id": event_id.to_string(), "user_id": user_id,
+                   "status": status.as_str()}),
+        ),
+        DomainEvent::OrderConfirmed { order_id, event_id, user_id, .. } => (
+            "order.paid",
+            json!({"order_id": order_id.to_string(), "event_id": event_id.to_string(), "user_id": user_id,
+                   "status": "paid"}),
+        ),
+        DomainEvent::PacketCreated { packet_id, sender, total, count, .. } => (
+            "packet.created",
+            json!({"packet_id": packet_id.to_string(), "sender": sender, "total_amount": total.get(), "count": count}),
+        ),
+        DomainEvent::PacketExpired { packet_id, sender, remaining, .. } => (
+            "packet.expired",
+            json!({"packet_id": packet_id.to_string(), "sender": sender, "refunded": remaining.get()}),
+        ),
+        DomainEvent::PacketGrabbed { .. } => return None,
+    })
 }
 
 async fn set_order_status(

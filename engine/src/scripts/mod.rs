@@ -14,6 +14,7 @@ pub struct Scripts {
     pub hold: Script,
     pub release: Script,
     pub confirm: Script,
+    pub refund: Script,
     pub create_packet: Script,
     pub grab: Script,
     pub expire_packet: Script,
@@ -35,6 +36,7 @@ impl Scripts {
             hold: Script::new(include_str!("../../../lua/hold.lua")),
             release: Script::new(include_str!("../../../lua/release.lua")),
             confirm: Script::new(include_str!("../../../lua/confirm.lua")),
+            refund: Script::new(include_str!("../../../lua/refund.lua")),
             create_packet: Script::new(include_str!("../../../lua/create_packet.lua")),
             grab: Script::new(include_str!("../../../lua/grab.lua")),
             expire_packet: Script::new(include_str!("../../../lua/expire_packet.lua")),
@@ -50,6 +52,7 @@ impl Scripts {
             &self.hold,
             &self.release,
             &self.confirm,
+            &self.refund,
             &self.create_packet,
             &self.grab,
             &self.expire_packet,
@@ -61,7 +64,7 @@ impl Scripts {
     }
 }
 
-/// hold / release / confirm / grab: one 1 or 0 per op, in order.
+/// hold / release / confirm / refund / grab: one 1 or 0 per op, in order.
 pub fn outcomes(reply: Vec<i64>, ops: usize) -> Result<Vec<OpOutcome>, StoreError> {
     if reply.len() != ops {
         return Err(StoreError::Corrupt(format!("script answered {} verdicts for {ops} ops", reply.len())));

@@ -256,6 +256,7 @@ enum SeatWrite {
     Hold(HotOrder),
     Release { order: HotOrder, status: OrderStatus },
     Confirm { order: HotOrder },
+    Refund { order_id: Id, user_id: String },
 }
 
 #[async_trait]
@@ -337,6 +338,15 @@ impl HotStore for MemoryStore {
                     }
                     None => None,
                 },
+                SeatOp::Refund { order_id } => match hot.paid.remove(order_id) {
+                    Some(paid) => {
+                        for s in &paid.seats {
+                            hot.seats[*s as usize] = SeatState::Available;
+                        }
+                        Some(SeatWrite::Refund { order_id: *order_id, user_id: paid.user_id })
+                    }
+                    None => None,
+                },
             };
             outcomes.push(if write.is_some() { OpOutcome::Applied } else { OpOutcome::Rejected });
             writes.extend(write);
@@ -359,6 +369,7 @@ impl HotStore for MemoryStore {
                 SeatWrite::Release { order, .. } | SeatWrite::Confirm { order } => {
                     due.remove(&DueItem::Hold { event_id, order_id: order.order_id });
                 }
+                SeatWrite::Refund { .. } => {}
             }
         }
         drop(due);
@@ -611,6 +622,20 @@ fn seat_writes(info: &EventInfo, writes: &[SeatWrite], now_ms: u64) -> Result<Wr
                     order_id: order.order_id,
                     event_id,
                     user_id: order.user_id.clone(),
+                    at_ms: now_ms,
+                });
+            }
+            SeatWrite::Refund { order_id, user_id } => {
+                hold_rows(&mut set, e, &std::mem::take(&mut holds))?;
+                let o = order_id.raw();
+                set.stmts
+                    .push(stmt("DELETE FROM hot_seats WHERE event_id = ? AND order_id = ?", vec![e.into(), o.into()]));
+                set.stmts.push(stmt("DELETE FROM hot_paid WHERE order_id = ?", vec![o.into()]));
+                set.events.push(DomainEvent::OrderReleased {
+                    order_id: *order_id,
+                    event_id,
+                    user_id: user_id.clone(),
+                    status: OrderStatus::Refunded,
                     at_ms: now_ms,
                 });
             }

@@ -78,6 +78,8 @@ pub enum SeatOp {
     Release { order_id: Id, status: OrderStatus },
     /// The order must be held; its seats become sold.
     Confirm { order_id: Id },
+    /// The order must be paid; its seats become available (refunded).
+    Refund { order_id: Id },
 }
 
 /// The store's verdict on one op.

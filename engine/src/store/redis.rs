@@ -285,45 +285,65 @@ where
         Ok(self.appended_if(scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())?))
     }
 
-    /// Release or confirm: the orders are read first to build their events;
-    /// the script re-checks that each is still held.
+    /// Release, confirm or refund: the orders are read first to build
+    /// their events; the script re-checks that each is still held (paid,
+    /// for a refund).
     async fn settle(&self, e: Id, group: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
         let mut conn = self.conn.clone();
         let ids: Vec<Id> = group
             .iter()
             .map(|op| match op {
-                SeatOp::Release { order_id, .. } | SeatOp::Confirm { order_id } => *order_id,
+                SeatOp::Release { order_id, .. } | SeatOp::Confirm { order_id } | SeatOp::Refund { order_id } => {
+                    *order_id
+                }
                 SeatOp::Hold(o) => o.order_id,
             })
             .collect();
+        let refund = matches!(group.first(), Some(SeatOp::Refund { .. }));
         let fields: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         let bodies: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.ev(e, "holds"))
+            .arg(self.ev(e, if refund { "paid" } else { "holds" }))
             .arg(&fields)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let confirm = matches!(group.first(), Some(SeatOp::Confirm { .. }));
-        let mut inv =
-            if confirm { self.scripts.confirm.prepare_invoke() } else { self.scripts.release.prepare_invoke() };
-        inv.key(self.ev(e, "seats")).key(self.ev(e, "holds"));
-        if confirm {
-            inv.key(self.ev(e, "paid"));
-        }
-        inv.key(self.part(e.partition(), "due"))
-            .key(self.part(e.partition(), "outbox"))
-            .arg(e.to_string())
-            .arg(group.len());
+        let mut inv = match group.first() {
+            Some(SeatOp::Confirm { .. }) => {
+                let mut inv = self.scripts.confirm.prepare_invoke();
+                inv.key(self.ev(e, "seats")).key(self.ev(e, "holds")).key(self.ev(e, "paid"));
+                inv.key(self.part(e.partition(), "due"));
+                inv
+            }
+            Some(SeatOp::Refund { .. }) => {
+                let mut inv = self.scripts.refund.prepare_invoke();
+                inv.key(self.ev(e, "seats")).key(self.ev(e, "paid"));
+                inv
+            }
+            _ => {
+                let mut inv = self.scripts.release.prepare_invoke();
+                inv.key(self.ev(e, "seats")).key(self.ev(e, "holds"));
+                inv.key(self.part(e.partition(), "due"));
+                inv
+            }
+        };
+        inv.key(self.part(e.partition(), "outbox")).arg(e.to_string()).arg(group.len());
         for ((op, id), body) in group.iter().zip(&ids).zip(bodies) {
             let user_id = match body {
                 Some(b) => serde_json::from_str::<HotOrder>(&b).map_err(corrupt)?.user_id,
-                // Not held: the script will reject it; no event is written.
+                // Not held (paid): the script will reject it; no event is written.
                 None => String::new(),
             };
             let event = match op {
                 SeatOp::Release { status, .. } => {
                     DomainEvent::OrderReleased { order_id: *id, event_id: e, user_id, status: *status, at_ms: now_ms }
                 }
+                SeatOp::Refund { .. } => DomainEvent::OrderReleased {
+                    order_id: *id,
+                    event_id: e,
+                    user_id,
+                    status: OrderStatus::Refunded,
+                    at_ms: now_ms,
+                },
                 _ => DomainEvent::OrderConfirmed { order_id: *id, event_id: e, user_id, at_ms: now_ms },
             };
             inv.arg(id.to_string()).arg(self.envelope(event)?);

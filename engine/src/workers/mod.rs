@@ -11,9 +11,13 @@
 //!   write bound.
 //! - timeouts: finds holds and packets whose time is up and settles them
 //!   through their actors (which re-check the deadline).
+//! - payments (`payments.rs`): active query, close at expiry, refunds.
+//! - webhooks (`webhooks.rs`): signed deliveries with backoff.
 
 pub mod lead;
+pub mod payments;
 pub mod relay;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,14 +115,14 @@ pub async fn persist_loop(
     }
 }
 
-fn ticker(every_ms: u64) -> tokio::time::Interval {
+pub(crate) fn ticker(every_ms: u64) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(Duration::from_millis(every_ms.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick
 }
 
 /// Waits for the next tick; false once `shutdown` turns true.
-async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tick.tick() => {},
         _ = shutdown.changed() => {},

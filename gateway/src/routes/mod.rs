@@ -6,7 +6,9 @@ pub mod events;
 pub mod ops;
 pub mod orders;
 pub mod packets;
+pub mod payments;
 pub mod wallet;
+pub mod webhooks;
 
 use rush_engine::domain::Id;
 

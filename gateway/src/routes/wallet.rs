@@ -3,6 +3,8 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::views::time_of;
 use serde_json::json;
 
+use super::path_id;
+use super::payments::channel_of;
 use crate::auth::{Admin, Auth};
 use crate::dto::*;
 use crate::error::ApiError;
@@ -66,4 +68,102 @@ pub async fn credit(
         Ok((StatusCode::OK, json!(wallet_resp(&user_id, balance))))
     })
     .await
+}
+
+#[utoipa::path(post, path = "/v1/wallet/recharge", request_body = RechargeReq,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+    responses((status = 201, description = "a payment; the wallet is credited once it succeeds", body = rush_engine::pay::flow::PaymentView),
+              (status = 400, body = ErrorResp), (status = 503, description = "channel_unavailable", body = ErrorResp)))]
+#[post("/v1/wallet/recharge")]
+pub async fn recharge(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let b: RechargeReq = parse_json(&body)?;
+    let channel = channel_of(&b.channel)?;
+    once(&state, &req, &auth.0.user_id, &body, || async {
+        let p = state.engine.recharge(&auth.0.user_id, b.amount, channel).await?;
+        Ok((StatusCode::CREATED, json!(p)))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/wallet/withdraw", request_body = WithdrawReq,
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+    responses((status = 201, description = "frozen until an admin approves or rejects", body = WithdrawalResp),
+              (status = 400, body = ErrorResp),
+              (status = 422, description = "risk_refused (per-day count or amount), insufficient_funds", body = ErrorResp)))]
+#[post("/v1/wallet/withdraw")]
+pub async fn withdraw(
+    state: web::Data<AppState>,
+    auth: Auth,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let b: WithdrawReq = parse_json(&body)?;
+    once(&state, &req, &auth.0.user_id, &body, || async {
+        let w = state.engine.withdraw(&auth.0.user_id, b.amount).await?;
+        Ok((StatusCode::CREATED, json!(WithdrawalResp::from(w))))
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/v1/admin/withdrawals", params(("status" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = WithdrawalsResp), (status = 400, body = ErrorResp), (status = 403, body = ErrorResp)))]
+#[get("/v1/admin/withdrawals")]
+pub async fn list_withdrawals(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    q: web::Query<WithdrawalsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let list = state.engine.withdrawals(q.status.as_deref().unwrap_or("pending"), q.limit).await?;
+    Ok(HttpResponse::Ok().json(WithdrawalsResp { withdrawals: list.into_iter().map(WithdrawalResp::from).collect() }))
+}
+
+async fn decide(
+    state: &AppState,
+    admin: &Admin,
+    id: &str,
+    approve: bool,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let b: DecideReq = if body.is_empty() { DecideReq::default() } else { parse_json(body)? };
+    let withdrawal_id = path_id(id, "withdrawal")?;
+    once(state, req, &admin.0.user_id, body, || async {
+        let w = state.engine.decide_withdrawal(&admin.0, withdrawal_id, approve, b.reason).await?;
+        Ok((StatusCode::OK, json!(WithdrawalResp::from(w))))
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/admin/withdrawals/{id}/approve", request_body = Option<DecideReq>,
+    responses((status = 200, description = "approved: the frozen money leaves rush", body = WithdrawalResp), (status = 403, body = ErrorResp),
+              (status = 404, body = ErrorResp), (status = 409, description = "withdrawal_not_pending", body = ErrorResp)))]
+#[post("/v1/admin/withdrawals/{id}/approve")]
+pub async fn approve_withdrawal(
+    state: web::Data<AppState>,
+    admin: Admin,
+    id: web::Path<String>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    decide(&state, &admin, &id, true, &req, &body).await
+}
+
+#[utoipa::path(post, path = "/v1/admin/withdrawals/{id}/reject", request_body = Option<DecideReq>,
+    responses((status = 200, description = "rejected: the money is unfrozen", body = WithdrawalResp), (status = 403, body = ErrorResp),
+              (status = 404, body = ErrorResp), (status = 409, description = "withdrawal_not_pending", body = ErrorResp)))]
+#[post("/v1/admin/withdrawals/{id}/reject")]
+pub async fn reject_withdrawal(
+    state: web::Data<AppState>,
+    admin: Admin,
+    id: web::Path<String>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    decide(&state, &admin, &id, false, &req, &body).await
 }

@@ -1,0 +1,700 @@
+//! What rush does with payments. The money's path is a chain of
+//! compare-and-set steps on the payment row, each safe to repeat, so a
+//! callback, its duplicates, the active query and a restarted worker can
+//! all run it at once and the payment still changes once:
+//!
+//! 1. **money**: the channel took the money (`money = received`), from a
+//!    verified callback or a query answer;
+//! 2. **claim**: an order payment makes itself the one payment of its
+//!    order (`order_payments`); a second payment's money is late money;
+//! 3. **confirm**: the order's actor turns held seats into sold ones
+//!    (refused after the hold's expiry);
+//! 4. **succeed**: `pending → succeeded` with the ledger entry and the
+//!    webhook deliveries, in one transaction;
+//! 5. otherwise **refund**: `refund = due` (money into suspense), the
+//!    channel refunds, `refund = done` (money back out).
+//!
+//! The payments worker ([`crate::workers::payments`]) picks up whatever a
+//! crash or a lost callback left half-way.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::sandbox::{CallbackPlan, PayOutcome, SandboxChannel};
+use super::wire::{Alipay, Ecard, Wechat, Wire};
+use super::{Ack, AckKind, CallbackError, ChannelError, ChannelKind, Channels, Paid, PaymentChannel, TradeState};
+use crate::config::Config;
+use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id, OrderStatus};
+use crate::durable::payments::{CallbackRecord, PaymentRecord, PaymentStatus, Purpose, RefundState};
+use crate::durable::wallet::{RiskRules, WithdrawalRecord};
+use crate::durable::Pools;
+use crate::engine::{invalid, Caller, Engine};
+use crate::error::EngineError;
+
+/// The channels and what calls out of rush.
+pub struct Payments {
+    pub channels: Channels,
+    pub sandboxes: HashMap<ChannelKind, Arc<SandboxChannel>>,
+    /// Where sandbox callbacks go; set by `rush serve` once it has bound.
+    pub notify_base: Arc<OnceLock<String>>,
+    /// Outbound HTTP (sandbox callbacks, webhooks), bounded per call.
+    pub http: reqwest::Client,
+}
+
+impl Payments {
+    pub fn new(cfg: &Config, pools: &Pools) -> Payments {
+        let pc = &cfg.payments;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(pc.http_timeout_ms))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let notify_base = Arc::new(OnceLock::new());
+        if let Some(base) = &pc.notify_base_url {
+            let _ = notify_base.set(base.trim_end_matches('/').to_string());
+        }
+        let max_age_ms = pc.callback_max_age_s.saturating_mul(1000);
+        let wires: Vec<Arc<dyn Wire>> = vec![
+            Arc::new(Wechat { secret: pc.wechat_secret.clone(), max_age_ms }),
+            Arc::new(Alipay { secret: pc.alipay_secret.clone(), max_age_ms }),
+            Arc::new(Ecard { secret: pc.ecard_secret.clone(), max_age_ms }),
+        ];
+        let mut sandboxes = HashMap::new();
+        let mut list: Vec<Arc<dyn PaymentChannel>> = Vec::new();
+        for wire in wires {
+            let kind = wire.kind();
+            let sb = Arc::new(SandboxChannel::new(
+                wire,
+                pools,
+                notify_base.clone(),
+                http.clone(),
+                pc.sandbox.retry_max,
+                cfg.wallet.day_offset_min,
+            ));
+            list.push(sb.clone());
+            sandboxes.insert(kind, sb);
+        }
+        Payments { channels: Channels::new(list), sandboxes, notify_base, http }
+    }
+}
+
+/// A payment as the API shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    #[schema(value_type = String)]
+    pub payment_id: Id,
+    #[schema(value_type = Option<String>)]
+    pub order_id: Option<Id>,
+    pub channel: ChannelKind,
+    #[schema(value_type = i64)]
+    pub amount: Fen,
+    pub status: PaymentStatus,
+    /// `order` or `recharge`.
+    #[schema(value_type = String)]
+    pub purpose: Purpose,
+    /// Where the buyer pays (the sandbox's complete URL in development).
+    pub pay_url: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl PaymentView {
+    pub fn of(p: &PaymentRecord) -> Self {
+        PaymentView {
+            payment_id: p.payment_id,
+            order_id: p.order_id,
+            channel: p.channel,
+            amount: p.amount,
+            status: p.status,
+            purpose: p.purpose,
+            pay_url: format!("/v1/sandbox/{}/payments/{}/complete", p.channel.as_str(), p.payment_id),
+            created_at: crate::views::time_of(p.created_at_ms),
+            expires_at: crate::views::time_of(p.expires_at_ms),
+        }
+    }
+}
+
+/// What a settle step came to (logged with the callback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// This call made the payment succeed.
+    Applied,
+    /// Nothing left to do: another call got there first.
+    Duplicate,
+    /// The money could not buy anything any more; it is being refunded.
+    LateRefunded,
+}
+
+impl Settled {
+    fn as_str(self) -> &'static str {
+        match self {
+            Settled::Applied => "applied",
+            Settled::Duplicate => "duplicate",
+            Settled::LateRefunded => "late_refunded",
+        }
+    }
+}
+
+fn channel_err(kind: ChannelKind) -> impl Fn(ChannelError) -> EngineError {
+    move |e| match e {
+        ChannelError::Unavailable(m) => {
+            tracing::warn!(channel = kind.as_str(), error = %m, "payment channel unavailable");
+            EngineError::ChannelUnavailable(kind.as_str())
+        }
+        ChannelError::Refused(m) => EngineError::Internal(format!("{} refused: {m}", kind.as_str())),
+        ChannelError::UnknownTrade => EngineError::Internal(format!("{} does not know the payment", kind.as_str())),
+    }
+}
+
+impl Engine {
+    fn channel(&self, kind: ChannelKind) -> Result<&Arc<dyn PaymentChannel>, EngineError> {
+        self.pay.channels.get(kind).ok_or(EngineError::NotFound("channel"))
+    }
+
+    /// Where sandbox callbacks go when `payments.notify_base_url` is unset.
+    pub fn set_notify_base(&self, base: &str) {
+        let _ = self.pay.notify_base.set(base.trim_end_matches('/').to_string());
+    }
+
+    /// The first check of a new payment: the active query after
+    /// `query_after_ms`, or the close just after expiry, whichever is first.
+    fn first_check_ms(&self, now_ms: u64, expires_at_ms: u64) -> u64 {
+        let pc = &self.cfg.payments;
+        (now_ms + pc.query_after_ms).min(expires_at_ms + pc.close_grace_ms)
+    }
+
+    /// `POST /v1/orders/{id}/payments`: only the owner, only a pending
+    /// order; the amount is the order's. Asking again on the same channel
+    /// while unpaid gives the same payment.
+    pub async fn pay_order(
+        &self,
+        caller: &Caller,
+        order_id: Id,
+        channel: ChannelKind,
+    ) -> Result<(PaymentView, bool), EngineError> {
+        let order = self.live_order(order_id).await?;
+        if order.user_id != caller.user_id {
+            return Err(EngineError::NotFound("order"));
+        }
+        let now = now_unix_ms();
+        let expires_at_ms = order.expires_at.timestamp_millis().max(0) as u64;
+        if order.status != OrderStatus::PendingPayment || now >= expires_at_ms {
+            let status = if order.status == OrderStatus::PendingPayment { OrderStatus::Expired } else { order.status };
+            return Err(EngineError::OrderNotPending { status });
+        }
+        let ch = self.channel(channel)?;
+        for p in self.durable.payments_of_order(order_id).await? {
+            if p.channel == channel && p.status == PaymentStatus::Pending && !p.money_received {
+                return Ok((PaymentView::of(&p), false));
+            }
+        }
+        let p = PaymentRecord {
+            payment_id: self.ids.next(gene_of_user(&caller.user_id)),
+            purpose: Purpose::Order,
+            order_id: Some(order_id),
+            event_id: Some(order.event_id),
+            user_id: caller.user_id.clone(),
+            channel,
+            amount: order.amount,
+            status: PaymentStatus::Pending,
+            money_received: false,
+            refund: RefundState::None,
+            channel_txn: None,
+            paid_amount: None,
+            created_at_ms: now,
+            expires_at_ms,
+            paid_at_ms: None,
+            checks: 0,
+            next_check_at_ms: self.first_check_ms(now, expires_at_ms),
+        };
+        self.open_payment(ch, &p).await?;
+        self.metrics.payments.with_label_values(&["created"]).inc();
+        Ok((PaymentView::of(&p), true))
+    }
+
+    /// Our record first, so that a callback always finds its payment; then
+    /// the channel's. If the channel fails the payment stays pending with
+    /// no trade behind it, and the worker closes it at expiry.
+    async fn open_payment(&self, ch: &Arc<dyn PaymentChannel>, p: &PaymentRecord) -> Result<(), EngineError> {
+        self.durable.insert_payment(p).await?;
+        // The channel lets the buyer pay until rush closes the trade, a
+        // little after the order's expiry.
+        let channel_expiry = p.expires_at_ms + self.cfg.payments.close_grace_ms;
+        ch.create(p.payment_id, p.amount, channel_expiry).await.map_err(channel_err(p.channel))?;
+        Ok(())
+    }
+
+    /// `POST /v1/wallet/recharge`: a payment that credits the wallet once
+    /// it succeeds.
+    pub async fn recharge(&self, user_id: &str, amount: i64, channel: ChannelKind) -> Result<PaymentView, EngineError> {
+        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
+        let max = self.cfg.payments.recharge_max_fen;
+        if amount.get() > max {
+            return Err(invalid(format!("amount must be at most {max}")));
+        }
+        let ch = self.channel(channel)?;
+        let now = now_unix_ms();
+        let expires_at_ms = now + self.cfg.payments.recharge_ttl_s * 1000;
+        let p = PaymentRecord {
+            payment_id: self.ids.next(gene_of_user(user_id)),
+            purpose: Purpose::Recharge,
+            order_id: None,
+            event_id: None,
+            user_id: user_id.to_string(),
+            channel,
+            amount,
+            status: PaymentStatus::Pending,
+            money_received: false,
+            refund: RefundState::None,
+            channel_txn: None,
+            paid_amount: None,
+            created_at_ms: now,
+            expires_at_ms,
+            paid_at_ms: None,
+            checks: 0,
+            next_check_at_ms: self.first_check_ms(now, expires_at_ms),
+        };
+        self.open_payment(ch, &p).await?;
+        self.metrics.payments.with_label_values(&["created"]).inc();
+        Ok(PaymentView::of(&p))
+    }
+
+    /// A payment, for its payer or an admin.
+    pub async fn payment(&self, caller: &Caller, payment_id: Id) -> Result<PaymentView, EngineError> {
+        let p = self.durable.payment(payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        if !caller.admin && p.user_id != caller.user_id {
+            return Err(EngineError::NotFound("payment"));
+        }
+        Ok(PaymentView::of(&p))
+    }
+
+    /// `POST /v1/channels/{channel}/notify`: the raw callback is logged
+    /// first; then verify → look up → check channel and amount → settle.
+    /// Answers in the channel's shape.
+    pub async fn take_callback(&self, kind: ChannelKind, headers: &[(String, String)], body: &[u8]) -> Ack {
+        let Ok(ch) = self.channel(kind) else {
+            return Ack { status: 404, content_type: "text/plain", body: "unknown channel".into() };
+        };
+        let now = now_unix_ms();
+        let callback_id = self.ids.next(0);
+        let logged = CallbackRecord {
+            callback_id,
+            channel: kind.as_str().into(),
+            received_at_ms: now,
+            headers: serde_json::to_string(headers).unwrap_or_default(),
+            body: String::from_utf8_lossy(body).into_owned(),
+            payment_id: None,
+            outcome: "received".into(),
+            detail: String::new(),
+        };
+        // Not stored, not processed: the channel will send it again.
+        if let Err(e) = self.durable.log_callback(&logged).await {
+            tracing::warn!(channel = kind.as_str(), error = %e, "could not log a callback; asking for it again");
+            return ch.acknowledge(AckKind::Failed);
+        }
+        let (payment_id, outcome, detail, ack) = self.process_callback(ch, headers, body, now).await;
+        self.metrics.callbacks.with_label_values(&[kind.as_str(), outcome]).inc();
+        if matches!(outcome, "bad_signature" | "amount_mismatch" | "unknown_payment" | "malformed" | "stale") {
+            tracing::warn!(channel = kind.as_str(), %callback_id, outcome, detail, "callback refused");
+        }
+        if let Err(e) = self.durable.set_callback_outcome(callback_id, payment_id, outcome, &detail).await {
+            tracing::warn!(%callback_id, error = %e, "could not record a callback's outcome");
+        }
+        ch.acknowledge(ack)
+    }
+
+    async fn process_callback(
+        &self,
+        ch: &Arc<dyn PaymentChannel>,
+        headers: &[(String, String)],
+        body: &[u8],
+        now: u64,
+    ) -> (Option<Id>, &'static str, String, AckKind) {
+        let n = match ch.verify_callback(headers, body, now) {
+            Ok(n) => n,
+            Err(e) => {
+                let outcome = match e {
+                    CallbackError::BadSignature(_) => "bad_signature",
+                    CallbackError::Malformed(_) => "malformed",
+                    CallbackError::Stale => "stale",
+                };
+                return (None, outcome, e.to_string(), AckKind::Refused);
+            }
+        };
+        let pid = Some(n.payment_id);
+        let p = match self.durable.payment(n.payment_id).await {
+            Ok(Some(p)) if p.channel == ch.kind() => p,
+            Ok(_) => return (pid, "unknown_payment", "no such payment on this channel".into(), AckKind::Refused),
+            Err(e) => return (pid, "failed", e.to_string(), AckKind::Failed),
+        };
+        if n.paid.amount != p.amount {
+            let detail = format!("callback says {} but the payment is {}", n.paid.amount, p.amount);
+            return (pid, "amount_mismatch", detail, AckKind::Refused);
+        }
+        match self.settle_paid(p, &n.paid).await {
+            Ok(s) => (pid, s.as_str(), String::new(), AckKind::Ok),
+            Err(e) => (pid, "failed", e.to_string(), AckKind::Failed),
+        }
+    }
+
+    /// The channel has the buyer's money for `p` (a callback or a query
+    /// said so): record it once and settle. Safe to call any number of
+    /// times, from any node, concurrently.
+    pub async fn settle_paid(&self, p: PaymentRecord, paid: &Paid) -> Result<Settled, EngineError> {
+        let now = now_unix_ms();
+        self.durable.record_money(p.payment_id, paid, now).await?;
+        // Re-read: what is recorded (and by whom) decides from here on.
+        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        if p.refund != RefundState::None {
+            if p.refund == RefundState::Due {
+                self.refund_now(&p).await?;
+            }
+            return Ok(Settled::Duplicate);
+        }
+        match p.status {
+            PaymentStatus::Succeeded | PaymentStatus::Refunded => Ok(Settled::Duplicate),
+            PaymentStatus::Closed | PaymentStatus::Failed => self.late_money(&p, "payment already closed").await,
+            PaymentStatus::Pending => match (p.purpose, p.order_id, p.event_id) {
+                (Purpose::Recharge, _, _) => self.succeed(&p).await,
+                (Purpose::Order, Some(order_id), Some(event_id)) => {
+                    let holder = self.durable.claim_order(order_id, p.payment_id).await?;
+                    if holder != p.payment_id {
+                        return self.late_money(&p, "another payment paid the order").await;
+                    }
+                    match self.confirm(event_id, order_id).await {
+                        // Paid already: by this payment's earlier attempt,
+                        // since only the claim holder confirms.
+                        Ok(_) | Err(EngineError::OrderNotPending { status: OrderStatus::Paid }) => {
+                            self.succeed(&p).await
+                        }
+                        Err(EngineError::OrderNotPending { .. }) | Err(EngineError::NotFound(_)) => {
+                            self.late_money(&p, "order closed before the money arrived").await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Err(EngineError::Internal(format!("order payment {} has no order", p.payment_id))),
+            },
+        }
+    }
+
+    async fn succeed(&self, p: &PaymentRecord) -> Result<Settled, EngineError> {
+        if self.durable.succeed_payment(p, now_unix_ms()).await? {
+            self.metrics.payments.with_label_values(&["succeeded"]).inc();
+            tracing::info!(payment_id = %p.payment_id, order_id = ?p.order_id, status = "succeeded", "payment succeeded");
+            Ok(Settled::Applied)
+        } else {
+            Ok(Settled::Duplicate)
+        }
+    }
+
+    /// Money that cannot buy anything: book it as owed and refund it.
+    async fn late_money(&self, p: &PaymentRecord, why: &str) -> Result<Settled, EngineError> {
+        if self.durable.refund_late_money(p, now_unix_ms()).await? {
+            self.metrics.payments.with_label_values(&["late"]).inc();
+            tracing::warn!(payment_id = %p.payment_id, order_id = ?p.order_id, why, "late money: refunding");
+        }
+        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        if p.refund == RefundState::Due {
+            // A failure here leaves the refund due; the worker retries.
+            if let Err(e) = self.refund_now(&p).await {
+                tracing::warn!(payment_id = %p.payment_id, error = %e, "late refund will be retried");
+            }
+        }
+        Ok(Settled::LateRefunded)
+    }
+
+    /// Carries out a due refund: the channel gives the money back, a paid
+    /// order's seats go back on sale, then the refund is recorded done.
+    /// Every step may run again after a failure.
+    pub(crate) async fn refund_now(&self, p: &PaymentRecord) -> Result<(), EngineError> {
+        let ch = self.channel(p.channel)?;
+        let amount = if p.status == PaymentStatus::Succeeded { p.amount } else { p.paid_amount.unwrap_or(p.amount) };
+        ch.refund(p.payment_id, amount).await.map_err(channel_err(p.channel))?;
+        if let (PaymentStatus::Succeeded, Some(order_id), Some(event_id)) = (p.status, p.order_id, p.event_id) {
+            match self.refund_seats(event_id, order_id).await {
+                // Not paid any more: this refund's earlier attempt freed them.
+                Ok(_) | Err(EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.durable.finish_refund(p, now_unix_ms()).await? {
+            self.metrics.payments.with_label_values(&["refunded"]).inc();
+            tracing::info!(payment_id = %p.payment_id, order_id = ?p.order_id, status = "refunded", "payment refunded");
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/orders/{id}/refund`: a paid order's money goes back
+    /// through its channel and its seats go back on sale. Asking again
+    /// while a refund is under way finishes it.
+    pub async fn refund_order(&self, caller: &Caller, order_id: Id) -> Result<PaymentView, EngineError> {
+        let order = self.live_order(order_id).await?;
+        if !caller.admin && order.user_id != caller.user_id {
+            return Err(EngineError::NotFound("order"));
+        }
+        // The payment that paid the order holds its claim.
+        let payer = match self.durable.order_payer(order_id).await? {
+            Some(id) => self.durable.payment(id).await?,
+            None => None,
+        };
+        let p = match payer {
+            Some(p) if p.status == PaymentStatus::Succeeded => p,
+            Some(p) if p.status == PaymentStatus::Refunded && p.refund == RefundState::Done => {
+                return Err(EngineError::conflict("already_refunded", "order is already refunded"))
+            }
+            _ => {
+                return Err(EngineError::conflict(
+                    "order_not_paid",
+                    format!("order is {} and has no payment to refund", order.status.as_str()),
+                ))
+            }
+        };
+        let now = now_unix_ms();
+        if p.refund == RefundState::None && !self.durable.refund_paid(p.payment_id, now).await? {
+            return Err(EngineError::conflict("refund_in_progress", "a refund of this order is under way"));
+        }
+        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        if p.refund == RefundState::Due {
+            self.refund_now(&p).await?;
+        }
+        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        Ok(PaymentView::of(&p))
+    }
+
+    /// Cancelling an order closes its unpaid payments at their channels
+    /// (best effort: the worker closes what this misses at expiry).
+    pub(crate) async fn close_payments_of(&self, order_id: Id) {
+        let Ok(payments) = self.durable.payments_of_order(order_id).await else { return };
+        for p in payments.into_iter().filter(|p| p.status == PaymentStatus::Pending && !p.money_received) {
+            if let Err(e) = self.close_or_settle(p).await {
+                tracing::debug!(%order_id, error = %e, "closing a cancelled order's payment; the worker will retry");
+            }
+        }
+    }
+
+    /// Closes an unpaid payment at its channel; if the buyer paid first,
+    /// settles that instead (which refunds it when the order is gone).
+    async fn close_or_settle(&self, p: PaymentRecord) -> Result<(), EngineError> {
+        let ch = self.channel(p.channel)?;
+        match ch.close(p.payment_id).await {
+            Ok(TradeState::Paid(paid)) | Ok(TradeState::Refunded(paid)) => {
+                self.settle_paid(p, &paid).await?;
+            }
+            Ok(TradeState::Closed | TradeState::NotPaid) | Err(ChannelError::UnknownTrade) => {
+                if self.durable.close_payment(&p, now_unix_ms()).await? {
+                    self.metrics.payments.with_label_values(&["closed"]).inc();
+                }
+            }
+            Err(e) => return Err(channel_err(p.channel)(e)),
+        }
+        Ok(())
+    }
+
+    /// The payments worker's look at one due payment: finish a due refund,
+    /// settle money already recorded, ask the channel (active query), or
+    /// close the payment once it has expired.
+    pub(crate) async fn check_payment(&self, p: PaymentRecord) -> Result<(), EngineError> {
+        let pc = &self.cfg.payments;
+        let now = now_unix_ms();
+        let backoff = pc.query_after_ms.saturating_mul(1u64 << p.checks.min(20)).min(pc.query_backoff_max_ms);
+        let close_at = p.expires_at_ms + pc.close_grace_ms;
+        let result = async {
+            if p.refund == RefundState::Due {
+                return self.refund_now(&p).await;
+            }
+            if p.status != PaymentStatus::Pending {
+                return Ok(());
+            }
+            if p.money_received {
+                let paid = Paid {
+                    txn_id: p.channel_txn.clone().unwrap_or_default(),
+                    amount: p.paid_amount.unwrap_or(p.amount),
+                    paid_at_ms: p.paid_at_ms.unwrap_or(now),
+                };
+                return self.settle_paid(p.clone(), &paid).await.map(|_| ());
+            }
+            let ch = self.channel(p.channel)?;
+            match ch.query(p.payment_id).await {
+                Ok(TradeState::Paid(paid)) if paid.amount == p.amount => {
+                    self.metrics.payments.with_label_values(&["found_by_query"]).inc();
+                    self.settle_paid(p.clone(), &paid).await.map(|_| ())
+                }
+                Ok(TradeState::Paid(paid)) => Err(EngineError::Internal(format!(
+                    "channel says payment {} was paid {} but it is {}",
+                    p.payment_id, paid.amount, p.amount
+                ))),
+                Ok(TradeState::Closed) => self.close_or_settle(p.clone()).await,
+                Ok(TradeState::NotPaid) | Err(ChannelError::UnknownTrade) if now >= close_at => {
+                    self.close_or_settle(p.clone()).await
+                }
+                Ok(TradeState::NotPaid) | Err(ChannelError::UnknownTrade) => Ok(()),
+                Ok(TradeState::Refunded(_)) => {
+                    Err(EngineError::Internal(format!("channel says pending payment {} was refunded", p.payment_id)))
+                }
+                Err(e) => Err(channel_err(p.channel)(e)),
+            }
+        }
+        .await;
+        // Whatever happened, look again later (a transition that settled
+        // the payment for good has set its next check to never). An unpaid
+        // payment is looked at again no later than its close.
+        let next = if now < close_at { (now + backoff).min(close_at) } else { now + backoff };
+        self.durable.set_next_check(p.payment_id, next).await?;
+        result
+    }
+
+    // ---- sandbox ----
+
+    /// `POST /v1/sandbox/{channel}/payments/{id}/complete`: plays the
+    /// buyer paying at the sandbox channel.
+    pub async fn sandbox_pay(
+        &self,
+        kind: ChannelKind,
+        payment_id: Id,
+        plan: Option<CallbackPlan>,
+    ) -> Result<PayOutcome, EngineError> {
+        let sb = self.pay.sandboxes.get(&kind).ok_or(EngineError::NotFound("channel"))?;
+        let plan = plan.unwrap_or_else(|| CallbackPlan::from_config(&self.cfg.payments.sandbox));
+        sb.pay(payment_id, plan).await.map_err(channel_err(kind))
+    }
+
+    pub fn sandbox(&self, kind: ChannelKind) -> Option<&Arc<SandboxChannel>> {
+        self.pay.sandboxes.get(&kind)
+    }
+
+    pub async fn callbacks(
+        &self,
+        channel: Option<ChannelKind>,
+        limit: u32,
+    ) -> Result<Vec<CallbackRecord>, EngineError> {
+        Ok(self.durable.callbacks(channel.map(ChannelKind::as_str), limit).await?)
+    }
+
+    // ---- withdrawals ----
+
+    /// `POST /v1/wallet/withdraw`: frozen until an admin decides; refused
+    /// past the day's count or amount.
+    pub async fn withdraw(&self, user_id: &str, amount: i64) -> Result<WithdrawalRecord, EngineError> {
+        let wc = &self.cfg.wallet;
+        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
+        if amount.get() < wc.withdraw_min_fen {
+            return Err(invalid(format!("amount must be at least {}", wc.withdraw_min_fen)));
+        }
+        let now = now_unix_ms();
+        let w = WithdrawalRecord {
+            withdrawal_id: self.ids.next(gene_of_user(user_id)),
+            user_id: user_id.to_string(),
+            amount,
+            status: "pending".into(),
+            created_at_ms: now,
+            decided_at_ms: None,
+            decided_by: None,
+            reason: None,
+        };
+        let rules = RiskRules {
+            count_per_day_max: wc.withdraw_count_per_day_max,
+            fen_per_day_max: wc.withdraw_fen_per_day_max,
+        };
+        let result = self.durable.request_withdrawal(&w, super::day_of(now, wc.day_offset_min), rules).await;
+        let outcome = match &result {
+            Ok(()) => "requested",
+            Err(crate::durable::DurableError::RiskRefused(_)) => "risk_refused",
+            Err(crate::durable::DurableError::InsufficientFunds) => "insufficient_funds",
+            Err(_) => "failed",
+        };
+        self.metrics.withdrawals.with_label_values(&[outcome]).inc();
+        result?;
+        Ok(w)
+    }
+
+    pub async fn decide_withdrawal(
+        &self,
+        admin: &Caller,
+        withdrawal_id: Id,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<WithdrawalRecord, EngineError> {
+        if let Some(r) = &reason {
+            crate::engine::check_text("reason", r, 200)?;
+        }
+        let w = self
+            .durable
+            .decide_withdrawal(withdrawal_id, approve, &admin.user_id, reason.as_deref(), now_unix_ms())
+            .await
+            .map_err(|e| match e {
+                crate::durable::DurableError::Conflict("withdrawal_not_found", _) => {
+                    EngineError::NotFound("withdrawal")
+                }
+                e => e.into(),
+            })?;
+        self.metrics.withdrawals.with_label_values(&[if approve { "approved" } else { "rejected" }]).inc();
+        Ok(w)
+    }
+
+    pub async fn withdrawals(&self, status: &str, limit: Option<u32>) -> Result<Vec<WithdrawalRecord>, EngineError> {
+        if !matches!(status, "pending" | "approved" | "rejected") {
+            return Err(invalid("status must be pending, approved or rejected"));
+        }
+        let limit = limit.unwrap_or(self.cfg.orders.list_limit_default);
+        if limit == 0 || limit > self.cfg.orders.list_limit_max {
+            return Err(invalid(format!("limit must be 1-{}", self.cfg.orders.list_limit_max)));
+        }
+        Ok(self.durable.withdrawals(status, limit).await?)
+    }
+
+    pub fn check_user_id(user_id: &str) -> Result<(), EngineError> {
+        if !valid_user_id(user_id) {
+            return Err(invalid("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
+        }
+        Ok(())
+    }
+
+    // ---- webhooks ----
+
+    /// `POST /v1/admin/webhooks`: plain `http://` URLs (rush's outbound
+    /// client carries no TLS; put a TLS-terminating proxy in between),
+    /// known event types or `*`, a secret of 16-200 characters.
+    pub async fn create_webhook(&self, url: &str, events: &[String], secret: &str) -> Result<Id, EngineError> {
+        let wc = &self.cfg.webhooks;
+        if url.len() > 2000 || !url.starts_with("http://") || url.len() <= "http://".len() {
+            return Err(invalid("url must be an http:// URL of at most 2000 characters"));
+        }
+        if events.is_empty() || events.len() > crate::durable::webhooks::EVENT_TYPES.len() {
+            return Err(invalid("events must list at least one event type, or \"*\""));
+        }
+        for e in events {
+            if e != "*" && !crate::durable::webhooks::EVENT_TYPES.contains(&e.as_str()) {
+                return Err(invalid(format!(
+                    "unknown event type {e:?}; known: {}",
+                    crate::durable::webhooks::EVENT_TYPES.join(", ")
+                )));
+            }
+        }
+        if secret.len() < 16 || secret.len() > 200 {
+            return Err(invalid("secret must be 16-200 characters"));
+        }
+        if self.durable.webhook_count().await? >= u64::from(wc.webhooks_max) {
+            return Err(EngineError::conflict("too_many_webhooks", format!("at most {} webhooks", wc.webhooks_max)));
+        }
+        let id = self.ids.next(0);
+        self.durable.create_webhook(id, url, events, secret, now_unix_ms()).await?;
+        Ok(id)
+    }
+
+    pub async fn webhook_deliveries(
+        &self,
+        webhook_id: Id,
+        limit: Option<u32>,
+    ) -> Result<(crate::durable::webhooks::WebhookRecord, Vec<crate::durable::webhooks::DeliveryRecord>), EngineError>
+    {
+        let hook = self.durable.webhook(webhook_id).await?.ok_or(EngineError::NotFound("webhook"))?;
+        let limit = limit.unwrap_or(self.cfg.orders.list_limit_default);
+        if limit == 0 || limit > self.cfg.orders.list_limit_max {
+            return Err(invalid(format!("limit must be 1-{}", self.cfg.orders.list_limit_max)));
+        }
+        Ok((hook, self.durable.deliveries(webhook_id, limit).await?))
+    }
+}
