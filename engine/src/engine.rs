@@ -644,10 +644,21 @@ impl Engine {
             let info = self.info(hot.event_id).await?;
             return Ok(OrderView::from_hot(&hot, &info, status));
         }
-        match self.durable.order(order_id).await? {
-            Some(r) => Ok(OrderView::from_record(&r)),
-            None => Err(EngineError::NotFound("order")),
-        }
+        let Some(r) = self.durable.order(order_id).await? else {
+            return Err(EngineError::NotFound("order"));
+        };
+        let mut view = OrderView::from_record(&r);
+        // The hot store keeps every live hold and paid order; one it no
+        // longer has was released, even if the workers have not persisted
+        // that yet: expired past its deadline, cancelled before it, and a
+        // paid one refunded.
+        view.status = match r.status {
+            OrderStatus::PendingPayment if now_unix_ms() >= r.expires_at_ms => OrderStatus::Expired,
+            OrderStatus::PendingPayment => OrderStatus::Cancelled,
+            OrderStatus::Paid => OrderStatus::Refunded,
+            s => s,
+        };
+        Ok(view)
     }
 
     /// Settles up to `limit` due holds and packets through their actors.

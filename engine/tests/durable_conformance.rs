@@ -9,8 +9,11 @@ use std::sync::Arc;
 use rush_engine::config::{PostgresConfig, SqliteConfig};
 use rush_engine::domain::{gene_of_user, Fen, Id, IdGen, OrderStatus, PacketKind, WORLD_ACCOUNT};
 use rush_engine::durable::idempotency::Begin;
+use rush_engine::durable::payments::{PaymentRecord, PaymentStatus, Purpose, RefundState};
+use rush_engine::durable::wallet::{RiskRules, WithdrawalRecord};
 use rush_engine::durable::{Durable, DurableError, Pools};
 use rush_engine::events::{DomainEvent, Envelope, OrderSeat};
+use rush_engine::pay::{ChannelKind, Paid};
 use rush_engine::store::{Attendee, PacketDef};
 use rush_engine::testkit::ScratchDb;
 
@@ -364,3 +367,149 @@ async fn concurrent_idempotency(backend: &str) {
     assert_eq!(new, 1, "exactly one request runs under a key");
 }
 both!(concurrent_requests_with_one_key_run_once, concurrent_idempotency);
+
+fn payment(ids: &IdGen, purpose: Purpose, user: &str, amount: i64) -> PaymentRecord {
+    let now = rush_engine::domain::now_unix_ms();
+    PaymentRecord {
+        payment_id: ids.next(gene_of_user(user)),
+        purpose,
+        order_id: (purpose == Purpose::Order).then(|| ids.next_for_user(user)),
+        event_id: (purpose == Purpose::Order).then(|| ids.next(0)),
+        user_id: user.into(),
+        channel: ChannelKind::Wechat,
+        amount: Fen::new(amount),
+        status: PaymentStatus::Pending,
+        money_received: false,
+        refund: RefundState::None,
+        channel_txn: None,
+        paid_amount: None,
+        created_at_ms: now,
+        expires_at_ms: now + 60_000,
+        paid_at_ms: None,
+        checks: 0,
+        next_check_at_ms: now + 10_000,
+    }
+}
+
+fn paid(amount: i64) -> Paid {
+    Paid { txn_id: "T1".into(), amount: Fen::new(amount), paid_at_ms: rush_engine::domain::now_unix_ms() }
+}
+
+both!(payment_transitions_happen_once, payment_transitions_once);
+async fn payment_transitions_once(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    // A recharge: 16 concurrent settlers record the money and succeed it;
+    // one of each wins, and the wallet is credited once.
+    let p = payment(&ids, Purpose::Recharge, "rita", 5_000);
+    d.insert_payment(&p).await.expect("insert");
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (d, p) = (d.clone(), p.clone());
+        tasks.push(tokio::spawn(async move {
+            let recorded = d.record_money(p.payment_id, &paid(5_000), 1).await.expect("money");
+            let succeeded = d.succeed_payment(&p, 2).await.expect("succeed");
+            (recorded, succeeded)
+        }));
+    }
+    let mut wins = (0, 0);
+    for t in tasks {
+        let (r, s) = t.await.expect("task");
+        wins.0 += r as u32;
+        wins.1 += s as u32;
+    }
+    assert_eq!(wins, (1, 1), "money recorded and payment succeeded exactly once each");
+    assert_eq!(d.balance("rita").await.expect("balance").available, Fen::new(5_000));
+    let stored = d.payment(p.payment_id).await.expect("read").expect("exists");
+    assert_eq!((stored.status, stored.money_received), (PaymentStatus::Succeeded, true));
+    // A succeeded payment cannot be closed or become late money.
+    assert!(!d.close_payment(&stored, 3).await.expect("close"));
+    assert!(!d.refund_late_money(&stored, 3).await.expect("late"));
+
+    // An order payment: the first claim holds the order; a refund is
+    // decided once and finished once, and the money goes back out.
+    let o = payment(&ids, Purpose::Order, "olga", 300);
+    d.insert_payment(&o).await.expect("insert");
+    let order_id = o.order_id.expect("order");
+    assert_eq!(d.claim_order(order_id, o.payment_id).await.expect("claim"), o.payment_id);
+    assert_eq!(d.claim_order(order_id, ids.next(0)).await.expect("claim"), o.payment_id, "a second payment loses");
+    assert!(d.record_money(o.payment_id, &paid(300), 1).await.expect("money"));
+    assert!(d.succeed_payment(&o, 2).await.expect("succeed"));
+    assert!(d.refund_paid(o.payment_id, 3).await.expect("due"));
+    assert!(!d.refund_paid(o.payment_id, 3).await.expect("due twice"), "a refund is decided once");
+    let o = d.payment(o.payment_id).await.expect("read").expect("exists");
+    assert!(d.finish_refund(&o, 4).await.expect("finish"));
+    assert!(!d.finish_refund(&o, 4).await.expect("finish twice"));
+    let o = d.payment(o.payment_id).await.expect("read").expect("exists");
+    assert_eq!((o.status, o.refund), (PaymentStatus::Refunded, RefundState::Done));
+
+    // Late money: booked into suspense, then out again.
+    let late = payment(&ids, Purpose::Order, "lena", 700);
+    d.insert_payment(&late).await.expect("insert");
+    assert!(d.close_payment(&late, 1).await.expect("close"));
+    assert!(d.record_money(late.payment_id, &paid(700), 2).await.expect("money"));
+    let late = d.payment(late.payment_id).await.expect("read").expect("exists");
+    assert!(d.refund_late_money(&late, 3).await.expect("late"));
+    assert!(!d.refund_late_money(&late, 3).await.expect("late twice"));
+    assert_eq!(d.balance("@suspense").await.expect("suspense").available, Fen::new(700));
+    let late = d.payment(late.payment_id).await.expect("read").expect("exists");
+    assert!(d.finish_refund(&late, 4).await.expect("finish"));
+    assert_eq!(d.balance("@suspense").await.expect("suspense").available, Fen::ZERO);
+    assert_eq!(d.balance("@sales").await.expect("sales").available, Fen::ZERO, "paid then refunded");
+    assert_conserved(&d).await;
+}
+
+both!(withdrawals_keep_the_daily_limits, withdrawals_limits);
+async fn withdrawals_limits(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    d.credit("wes", Fen::new(5_000_000), "test", ids.next(0)).await.expect("credit");
+    let rules = RiskRules { count_per_day_max: 3, fen_per_day_max: 1_000_000 };
+    let request = |amount: i64| WithdrawalRecord {
+        withdrawal_id: ids.next(gene_of_user("wes")),
+        user_id: "wes".into(),
+        amount: Fen::new(amount),
+        status: "pending".into(),
+        created_at_ms: 1,
+        decided_at_ms: None,
+        decided_by: None,
+        reason: None,
+    };
+    // Ten at once on one day: the account row serializes them; three pass.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (d, w) = (d.clone(), request(1_000));
+        tasks.push(tokio::spawn(async move { d.request_withdrawal(&w, 100, rules).await.map(|_| w.withdrawal_id) }));
+    }
+    let mut ok = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(id) => ok.push(id),
+            Err(DurableError::RiskRefused(_)) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(ok.len(), 3, "three withdrawals a day");
+    assert_eq!(d.balance("wes").await.expect("balance").frozen, Fen::new(3_000));
+    // A rejected one gives its money and its place back.
+    d.decide_withdrawal(ok[0], false, "ops", Some("test"), 2).await.expect("reject");
+    assert!(matches!(
+        d.decide_withdrawal(ok[0], true, "ops", None, 2).await,
+        Err(DurableError::Conflict("withdrawal_not_pending", _))
+    ));
+    d.request_withdrawal(&request(1_000), 100, rules).await.expect("the rejected one's place");
+    // Approved money leaves rush.
+    d.decide_withdrawal(ok[1], true, "ops", None, 3).await.expect("approve");
+    let b = d.balance("wes").await.expect("balance");
+    assert_eq!((b.available.get(), b.frozen.get()), (5_000_000 - 3_000, 2_000));
+    // The amount rule, on another day.
+    d.request_withdrawal(&request(900_000), 101, rules).await.expect("under the amount");
+    assert!(matches!(d.request_withdrawal(&request(100_001), 101, rules).await, Err(DurableError::RiskRefused(_))));
+    d.request_withdrawal(&request(100_000), 101, rules).await.expect("exactly the amount");
+    // Nobody withdraws what they do not have.
+    assert!(matches!(
+        d.request_withdrawal(&WithdrawalRecord { user_id: "nobody".into(), ..request(100) }, 101, rules).await,
+        Err(DurableError::InsufficientFunds)
+    ));
+    assert_conserved(&d).await;
+}

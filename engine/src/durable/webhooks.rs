@@ -269,7 +269,7 @@ impl Durable {
             "SELECT {DELIVERY_COLUMNS}, w.url, w.secret FROM webhook_deliveries d \
              JOIN webhooks w ON w.webhook_id = d.webhook_id \
              WHERE d.status = 'pending' AND d.next_attempt_at_ms <= $1 AND w.enabled = 1 \
-             ORDER BY d.next_attempt_at_ms LIMIT $2"
+             ORDER BY d.next_attempt_at_ms, d.created_at_ms LIMIT $2"
         ))
         .bind(ms_i(now_ms))
         .bind(limit as i64)

@@ -6,6 +6,7 @@
 //! `webhooks.retry_window_s` after the event, then it fails. Every attempt
 //! is logged.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::{next_tick, ticker};
 use crate::config::WebhookConfig;
-use crate::domain::now_unix_ms;
+use crate::domain::{now_unix_ms, Id};
 use crate::durable::webhooks::{AttemptOutcome, DueDelivery};
 use crate::engine::Engine;
 use crate::pay::wire::{hex, hmac};
@@ -56,21 +57,32 @@ pub async fn round(engine: &Arc<Engine>) -> Result<usize, crate::EngineError> {
     let cfg = engine.config().webhooks.clone();
     let now = now_unix_ms();
     let due = engine.durable().due_deliveries(now, cfg.batch_max).await?;
-    let mut sends = JoinSet::new();
+    // One task per webhook, its deliveries in order: an endpoint sees its
+    // events in the order they were written, and a 410 stops the rest.
+    let mut by_hook: BTreeMap<Id, Vec<DueDelivery>> = BTreeMap::new();
     for d in due {
-        if !engine.durable().claim_delivery(&d.delivery, now + cfg.claim_ms).await? {
-            continue;
+        if engine.durable().claim_delivery(&d.delivery, now + cfg.claim_ms).await? {
+            by_hook.entry(d.delivery.webhook_id).or_default().push(d);
         }
+    }
+    let n = by_hook.values().map(Vec::len).sum();
+    let mut sends = JoinSet::new();
+    for (_, list) in by_hook {
         let engine = engine.clone();
         let cfg = cfg.clone();
-        sends.spawn(async move { deliver(&engine, &cfg, d).await });
+        sends.spawn(async move {
+            for d in list {
+                if deliver(&engine, &cfg, d).await == AttemptOutcome::Gone {
+                    break; // the rest were disabled with the webhook
+                }
+            }
+        });
     }
-    let n = sends.len();
     while sends.join_next().await.is_some() {}
     Ok(n)
 }
 
-async fn deliver(engine: &Engine, cfg: &WebhookConfig, due: DueDelivery) {
+async fn deliver(engine: &Engine, cfg: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
     let d = &due.delivery;
     let started = Instant::now();
     let now = now_unix_ms();
@@ -113,6 +125,7 @@ async fn deliver(engine: &Engine, cfg: &WebhookConfig, due: DueDelivery) {
         // The claim runs out and the delivery is sent again: at least once.
         tracing::warn!(delivery_id = %d.delivery_id, error = %e, "recording a webhook attempt failed");
     }
+    outcome
 }
 
 #[cfg(test)]

@@ -105,6 +105,7 @@ pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
+    engine.set_notify_base(&base);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     engine.start_workers(stop_rx.clone()).expect("workers");
     if let Mode::Full = mode {
@@ -132,6 +133,11 @@ pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 impl TestApp {
+    /// The app's data dir (its SQLite files).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub async fn token(&self, user: &str, role: &str) -> String {
         let (s, body) = self.post("/v1/auth/dev-token", None, json!({"user_id": user, "role": role})).await;
         assert_eq!(s, StatusCode::OK, "{body}");

@@ -11,4 +11,7 @@ mod idempotency;
 mod multinode;
 mod ops;
 mod packets;
+mod payments;
 mod seats;
+mod wallet;
+mod webhooks;
