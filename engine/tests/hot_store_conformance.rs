@@ -312,6 +312,24 @@ async fn seats_hold_release_confirm(f: &dyn Fixture) {
         .expect("apply");
     assert_eq!(out, vec![OpOutcome::Rejected], "a sold order cannot be released");
 
+    // A refund frees a sold order's seats, once; a held order is not refundable.
+    let d = hold(&ids, e, "dora", vec![2], FAR);
+    store.apply_seats(e, &[SeatOp::Hold(d.clone()), SeatOp::Confirm { order_id: d.order_id }], 8).await.expect("apply");
+    let out = store
+        .apply_seats(
+            e,
+            &[
+                SeatOp::Refund { order_id: d.order_id },
+                SeatOp::Refund { order_id: d.order_id },
+                SeatOp::Refund { order_id: a.order_id },
+            ],
+            9,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(out, vec![OpOutcome::Applied, OpOutcome::Rejected, OpOutcome::Rejected]);
+    assert_eq!(store.order(d.order_id).await.expect("order"), None, "a refunded order is gone");
+
     // Everything above survives a restart.
     drop(store);
     let store = f.open().await;
