@@ -41,6 +41,12 @@ impl Api {
         self.conn.json(method, path, token, body).await
     }
 
+    /// A GET answered in text (`/metrics`).
+    pub async fn text(&mut self, path: &str) -> anyhow::Result<(u16, String)> {
+        let r = self.conn.send(Method::GET, path, None, None).await?;
+        Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    }
+
     pub async fn create_event(&mut self, name: &str, sections: Value) -> anyhow::Result<String> {
         let body = json!({
             "name": name, "venue": "loadtest", "starts_at": "2030-01-01T20:00:00Z",

@@ -11,7 +11,7 @@
 //! - [`load`]: closed- and open-loop drivers, the `Workload` trait, the ceiling.
 //! - [`stats`]: latency histograms, outcomes, the per-second timeline.
 //! - [`api`]: setup and verification calls through rush's API.
-//! - [`scenarios`]: `grab`, `seats`, `mixed`, each with its checks.
+//! - [`scenarios`]: `grab`, `seats`, `mixed`, `pay`, each with its checks.
 //! - [`checks`]: the guarantee checks' record.
 //! - [`report`]: JSON result, SVG chart, text summary.
 

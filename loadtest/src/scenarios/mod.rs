@@ -1,9 +1,10 @@
 //! Scenarios: each sets up its own users, events and packets through the
 //! API, measures the HTTP ceiling, runs its stages, then checks the
-//! guarantees.
+//! guarantees. `pay` runs the whole purchase through the sandbox channels.
 
 pub mod grab;
 pub mod mixed;
+pub mod pay;
 pub mod seats;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ pub enum Scenario {
     Grab,
     Seats,
     Mixed,
+    Pay,
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +155,15 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             events.check(&api, &users, &mut checks).await?;
             packets.check(&api, &users, &sender.token, &mut checks).await?;
             check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
+        }
+        Scenario::Pay => {
+            let events = pay::events(&mut api, &run_id, opts.events, opts.rows, opts.cols).await?;
+            let before = pay::succeeded_count(&mut api).await?;
+            let load = Arc::new(pay::PayLoad::new(events, tokens.clone()));
+            if opts.runs("pay") {
+                stages.push(stage("pay", &opts, load.clone()).await);
+            }
+            load.check(&mut api, before, opts.settle_s, &mut checks).await?;
         }
     }
     let ceiling_ratio = match &ceiling {
