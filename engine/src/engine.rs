@@ -598,7 +598,7 @@ impl Engine {
         Ok((records.iter().map(OrderView::from_record).collect(), next))
     }
 
-    fn page_limit(&self, limit: Option<u32>) -> Result<u32, EngineError> {
+    pub(crate) fn page_limit(&self, limit: Option<u32>) -> Result<u32, EngineError> {
         let oc = &self.cfg.orders;
         let limit = limit.unwrap_or(oc.list_limit_default);
         if limit == 0 || limit > oc.list_limit_max {

@@ -184,64 +184,38 @@ impl Engine {
             let status = if order.status == OrderStatus::PendingPayment { OrderStatus::Expired } else { order.status };
             return Err(EngineError::OrderNotPending { status });
         }
-        let ch = self.channel(channel)?;
+        self.channel(channel)?;
         for p in self.durable.payments_of_order(order_id).await? {
             if p.channel == channel && p.status == PaymentStatus::Pending && !p.money_received {
                 return Ok((PaymentView::of(&p), false));
             }
         }
-        let p = PaymentRecord {
-            payment_id: self.ids.next(gene_of_user(&caller.user_id)),
-            purpose: Purpose::Order,
-            order_id: Some(order_id),
-            event_id: Some(order.event_id),
-            user_id: caller.user_id.clone(),
-            channel,
-            amount: order.amount,
-            status: PaymentStatus::Pending,
-            money_received: false,
-            refund: RefundState::None,
-            channel_txn: None,
-            paid_amount: None,
-            created_at_ms: now,
-            expires_at_ms,
-            paid_at_ms: None,
-            checks: 0,
-            next_check_at_ms: self.first_check_ms(now, expires_at_ms),
-        };
-        self.open_payment(ch, &p).await?;
-        self.metrics.payments.with_label_values(&["created"]).inc();
+        let order_ref = Some((order_id, order.event_id));
+        let p =
+            self.open_payment(Purpose::Order, order_ref, &caller.user_id, channel, order.amount, expires_at_ms).await?;
         Ok((PaymentView::of(&p), true))
     }
 
-    /// Our record first, so that a callback always finds its payment; then
-    /// the channel's. If the channel fails the payment stays pending with
-    /// no trade behind it, and the worker closes it at expiry.
-    async fn open_payment(&self, ch: &Arc<dyn PaymentChannel>, p: &PaymentRecord) -> Result<(), EngineError> {
-        self.durable.insert_payment(p).await?;
-        // The channel lets the buyer pay until rush closes the trade, a
-        // little after the order's expiry.
-        let channel_expiry = p.expires_at_ms + self.cfg.payments.close_grace_ms;
-        ch.create(p.payment_id, p.amount, channel_expiry).await.map_err(channel_err(p.channel))?;
-        Ok(())
-    }
-
-    /// `POST /v1/wallet/recharge`: a payment that credits the wallet once
-    /// it succeeds.
-    pub async fn recharge(&self, user_id: &str, amount: i64, channel: ChannelKind) -> Result<PaymentView, EngineError> {
-        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
-        let max = self.cfg.payments.recharge_max_fen;
-        if amount.get() > max {
-            return Err(invalid(format!("amount must be at most {max}")));
-        }
+    /// Opens a payment: our record first, so that a callback always finds
+    /// its payment; then the channel's trade. If the channel fails the
+    /// payment stays pending with no trade behind it, and the worker closes
+    /// it at expiry.
+    async fn open_payment(
+        &self,
+        purpose: Purpose,
+        order: Option<(Id, Id)>,
+        user_id: &str,
+        channel: ChannelKind,
+        amount: Fen,
+        expires_at_ms: u64,
+    ) -> Result<PaymentRecord, EngineError> {
         let ch = self.channel(channel)?;
         let now = now_unix_ms();
-        let expires_at_ms = now + self.cfg.payments.recharge_ttl_s * 1000;
         let p = PaymentRecord {
             payment_id: self.ids.next(gene_of_user(user_id)),
-            purpose: Purpose::Recharge,
-            order_id: None,
-            event_id: None,
+            purpose,
+            order_id: order.map(|o| o.0),
+            event_id: order.map(|o| o.1),
             user_id: user_id.to_string(),
             channel,
             amount,
@@ -256,8 +230,25 @@ impl Engine {
             checks: 0,
             next_check_at_ms: self.first_check_ms(now, expires_at_ms),
         };
-        self.open_payment(ch, &p).await?;
+        self.durable.insert_payment(&p).await?;
+        // The channel lets the buyer pay until rush closes the trade, a
+        // little after the order's expiry.
+        let channel_expiry = p.expires_at_ms + self.cfg.payments.close_grace_ms;
+        ch.create(p.payment_id, p.amount, channel_expiry).await.map_err(channel_err(p.channel))?;
         self.metrics.payments.with_label_values(&["created"]).inc();
+        Ok(p)
+    }
+
+    /// `POST /v1/wallet/recharge`: a payment that credits the wallet once
+    /// it succeeds.
+    pub async fn recharge(&self, user_id: &str, amount: i64, channel: ChannelKind) -> Result<PaymentView, EngineError> {
+        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
+        let max = self.cfg.payments.recharge_max_fen;
+        if amount.get() > max {
+            return Err(invalid(format!("amount must be at most {max}")));
+        }
+        let expires_at_ms = now_unix_ms() + self.cfg.payments.recharge_ttl_s * 1000;
+        let p = self.open_payment(Purpose::Recharge, None, user_id, channel, amount, expires_at_ms).await?;
         Ok(PaymentView::of(&p))
     }
 
@@ -568,9 +559,9 @@ impl Engine {
     pub async fn callbacks(
         &self,
         channel: Option<ChannelKind>,
-        limit: u32,
+        limit: Option<u32>,
     ) -> Result<Vec<CallbackRecord>, EngineError> {
-        Ok(self.durable.callbacks(channel.map(ChannelKind::as_str), limit).await?)
+        Ok(self.durable.callbacks(channel.map(ChannelKind::as_str), self.page_limit(limit)?).await?)
     }
 
     // ---- withdrawals ----
@@ -638,11 +629,7 @@ impl Engine {
         if !matches!(status, "pending" | "approved" | "rejected") {
             return Err(invalid("status must be pending, approved or rejected"));
         }
-        let limit = limit.unwrap_or(self.cfg.orders.list_limit_default);
-        if limit == 0 || limit > self.cfg.orders.list_limit_max {
-            return Err(invalid(format!("limit must be 1-{}", self.cfg.orders.list_limit_max)));
-        }
-        Ok(self.durable.withdrawals(status, limit).await?)
+        Ok(self.durable.withdrawals(status, self.page_limit(limit)?).await?)
     }
 
     pub fn check_user_id(user_id: &str) -> Result<(), EngineError> {
@@ -691,10 +678,6 @@ impl Engine {
     ) -> Result<(crate::durable::webhooks::WebhookRecord, Vec<crate::durable::webhooks::DeliveryRecord>), EngineError>
     {
         let hook = self.durable.webhook(webhook_id).await?.ok_or(EngineError::NotFound("webhook"))?;
-        let limit = limit.unwrap_or(self.cfg.orders.list_limit_default);
-        if limit == 0 || limit > self.cfg.orders.list_limit_max {
-            return Err(invalid(format!("limit must be 1-{}", self.cfg.orders.list_limit_max)));
-        }
-        Ok((hook, self.durable.deliveries(webhook_id, limit).await?))
+        Ok((hook, self.durable.deliveries(webhook_id, self.page_limit(limit)?).await?))
     }
 }

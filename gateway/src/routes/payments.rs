@@ -159,12 +159,7 @@ pub async fn list_callbacks(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let channel = q.channel.as_deref().map(channel_of).transpose()?;
-    let cfg = &state.engine.config().orders;
-    let limit = q.limit.unwrap_or(cfg.list_limit_default);
-    if limit == 0 || limit > cfg.list_limit_max {
-        return Err(ApiError::bad_request(format!("limit must be 1-{}", cfg.list_limit_max)));
-    }
-    let callbacks = state.engine.callbacks(channel, limit).await?;
+    let callbacks = state.engine.callbacks(channel, q.limit).await?;
     Ok(HttpResponse::Ok().json(CallbacksResp {
         callbacks: callbacks
             .into_iter()
