@@ -10,6 +10,12 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `development` (default) or `production`. Production turns the
+    /// development routes (`/v1/auth/dev-token`, `/v1/sandbox/…`) off unless
+    /// explicitly on (which it refuses), refuses the built-in development
+    /// secrets, and refuses secrets written in the config file: they come
+    /// from the environment, directly or as `RUSH__…_FILE=<path>`.
+    pub profile: Profile,
     /// This node's id in snowflake ids (0..=1023). Two live nodes must differ.
     pub node_id: u16,
     /// Where embedded mode keeps its SQLite file.
@@ -29,6 +35,29 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub wallet: WalletConfig,
     pub webhooks: WebhookConfig,
+    /// Secret settings found in the config file (filled by [`Config::load_from`]).
+    #[serde(skip)]
+    pub secrets_in_file: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Development,
+    Production,
+}
+
+/// Settings that hold secrets: never logged, and in production never read
+/// from the config file.
+pub const SECRET_KEYS: &[&str] =
+    &["auth.jwt_secret", "payments.wechat_secret", "payments.alipay_secret", "payments.ecard_secret"];
+
+/// Settings that may carry a password in their URL.
+const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
+
+fn url_has_password(url: &str) -> bool {
+    crate::durable::pool::redact_url(url) != url
 }
 
 /// Payment channels and the payments worker.
@@ -76,8 +105,9 @@ pub struct PaymentsConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
-    /// Serves `/v1/sandbox/...`.
-    pub enabled: bool,
+    /// Serves `/v1/sandbox/...`; unset: on in development, off in
+    /// production. See [`Config::sandbox`].
+    pub enabled: Option<bool>,
     /// Percent of callbacks never sent (0..=100).
     pub drop_pct: u8,
     /// Wait before each callback.
@@ -149,7 +179,7 @@ impl Default for PaymentsConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { enabled: true, drop_pct: 0, delay_ms: 0, duplicates: 0, retry_max: 3 }
+        SandboxConfig { enabled: None, drop_pct: 0, delay_ms: 0, duplicates: 0, retry_max: 3 }
     }
 }
 
@@ -339,8 +369,9 @@ pub struct AuthConfig {
     /// HS256 key for tokens. The default is for development only; set
     /// `RUSH__AUTH__JWT_SECRET` anywhere real.
     pub jwt_secret: String,
-    /// Serves `POST /v1/auth/dev-token`. Off in production.
-    pub dev_tokens: bool,
+    /// Serves `POST /v1/auth/dev-token`; unset: on in development, off in
+    /// production. See [`Config::dev_tokens`].
+    pub dev_tokens: Option<bool>,
     pub token_ttl_s: u64,
 }
 
@@ -443,9 +474,35 @@ pub struct SqliteConfig {
     pub checkpoint_every_ms: u64,
 }
 
+/// `RUSH__SECTION__FIELD_FILE=<path>` sets `RUSH__SECTION__FIELD` to the
+/// file's content (one trailing newline dropped): how orchestrators hand
+/// secrets over. Setting both is refused as ambiguous.
+fn read_secret_files(vars: config::Map<String, String>) -> Result<config::Map<String, String>, ConfigError> {
+    let mut out = config::Map::new();
+    for (k, v) in &vars {
+        match k.strip_suffix("_FILE") {
+            Some(target) if target.contains("__") && target.len() > "RUSH__".len() => {
+                if vars.contains_key(target) {
+                    return Err(ConfigError::Invalid(format!("both {target} and {k} are set; keep one")));
+                }
+                let content = std::fs::read_to_string(v)
+                    .map_err(|e| ConfigError::Invalid(format!("{k}: cannot read {v}: {e}")))?;
+                let content = content.strip_suffix('\n').unwrap_or(&content);
+                out.insert(target.to_string(), content.strip_suffix('\r').unwrap_or(content).to_string());
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
+            profile: Profile::Development,
+            secrets_in_file: Vec::new(),
             node_id: 0,
             data_dir: PathBuf::from("./rush-data"),
             http: HttpConfig::default(),
@@ -475,7 +532,7 @@ impl Default for HttpConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { jwt_secret: "rush-dev-secret-change-me".into(), dev_tokens: true, token_ttl_s: 24 * 3600 }
+        AuthConfig { jwt_secret: "rush-dev-secret-change-me".into(), dev_tokens: None, token_ttl_s: 24 * 3600 }
     }
 }
 
@@ -569,7 +626,7 @@ impl Config {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let vars: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("RUSH__")).collect();
+        let vars = read_secret_files(env.into_iter().filter(|(k, _)| k.starts_with("RUSH__")).collect())?;
         builder = builder.add_source(
             config::Environment::with_prefix("RUSH")
                 .prefix_separator("__")
@@ -577,9 +634,85 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        let cfg: Config = builder.build()?.try_deserialize()?;
+        let mut cfg: Config = builder.build()?.try_deserialize()?;
+        if let Some(path) = file {
+            let only_file = config::Config::builder().add_source(config::File::from(path).required(true)).build()?;
+            for key in SECRET_KEYS {
+                if only_file.get_string(key).is_ok() {
+                    cfg.secrets_in_file.push(key.to_string());
+                }
+            }
+            for key in URL_KEYS {
+                if only_file.get_string(key).is_ok_and(|u| url_has_password(&u)) {
+                    cfg.secrets_in_file.push(key.to_string());
+                }
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Whether `POST /v1/auth/dev-token` is served.
+    pub fn dev_tokens(&self) -> bool {
+        self.auth.dev_tokens.unwrap_or(self.profile == Profile::Development)
+    }
+
+    /// Whether `/v1/sandbox/…` is served.
+    pub fn sandbox(&self) -> bool {
+        self.payments.sandbox.enabled.unwrap_or(self.profile == Profile::Development)
+    }
+
+    /// What `rush serve --check-config` prints: the effective shape of the
+    /// deployment, no secret in it.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "config": "ok",
+            "profile": self.profile,
+            "mode": match (&self.kafka.brokers, &self.redis.url) {
+                (Some(_), _) => "full",
+                (None, Some(_)) => "redis",
+                (None, None) => "embedded",
+            },
+            "durable": if self.postgres.url.is_some() { "postgres" } else { "sqlite" },
+            "http_addr": self.http.addr,
+            "node_id": self.node_id,
+            "dev_tokens": self.dev_tokens(),
+            "sandbox": self.sandbox(),
+            "postgres": self.postgres.url.as_deref().map(crate::durable::pool::redact_url),
+            "redis": self.redis.url.as_deref().map(crate::durable::pool::redact_url),
+            "kafka": self.kafka.brokers,
+        })
+    }
+
+    /// Production's rules (see [`Config::profile`]).
+    fn validate_production(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.auth.dev_tokens == Some(true) || self.payments.sandbox.enabled == Some(true) {
+            return bad(
+                "production serves no development routes: unset auth.dev_tokens and payments.sandbox.enabled".into()
+            );
+        }
+        if !self.secrets_in_file.is_empty() {
+            return bad(format!(
+                "production reads secrets from the environment or files, not the config file: move {} to RUSH__… or RUSH__…_FILE",
+                self.secrets_in_file.join(", ")
+            ));
+        }
+        let dev = Config::default();
+        let pairs = [
+            ("auth.jwt_secret", &self.auth.jwt_secret, &dev.auth.jwt_secret),
+            ("payments.wechat_secret", &self.payments.wechat_secret, &dev.payments.wechat_secret),
+            ("payments.alipay_secret", &self.payments.alipay_secret, &dev.payments.alipay_secret),
+            ("payments.ecard_secret", &self.payments.ecard_secret, &dev.payments.ecard_secret),
+        ];
+        let defaults: Vec<&str> = pairs.iter().filter(|(_, v, d)| v == d).map(|(k, _, _)| *k).collect();
+        if !defaults.is_empty() {
+            return bad(format!(
+                "production needs real secrets; still the development default: {}",
+                defaults.join(", ")
+            ));
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -660,6 +793,9 @@ impl Config {
                 "webhooks.backoff_first_ms must be positive and at most backoff_max_ms; poll_ms and batch_max positive",
             );
         }
+        if self.profile == Profile::Production {
+            self.validate_production()?;
+        }
         if self.outbox.len_max == 0 || !(1..=100).contains(&self.outbox.ready_pct) || self.outbox.check_every_ms == 0 {
             return bad("outbox.len_max and outbox.check_every_ms must be positive, outbox.ready_pct 1..=100");
         }
@@ -695,6 +831,79 @@ mod tests {
         assert_eq!(cfg.http.addr, "127.0.0.1:9100");
         assert_eq!(cfg.actors.batch_len_max, 7);
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    fn real_secrets() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("RUSH__AUTH__JWT_SECRET", "prod-jwt-secret-0123456789"),
+            ("RUSH__PAYMENTS__WECHAT_SECRET", "prod-wechat-secret-0123"),
+            ("RUSH__PAYMENTS__ALIPAY_SECRET", "prod-alipay-secret-0123"),
+            ("RUSH__PAYMENTS__ECARD_SECRET", "prod-ecard-secret-01234"),
+        ]
+    }
+
+    #[test]
+    fn development_serves_the_development_routes() {
+        let cfg = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(cfg.profile, Profile::Development);
+        assert!(cfg.dev_tokens() && cfg.sandbox());
+        let off = Config::load_from(None, env(&[("RUSH__AUTH__DEV_TOKENS", "false")])).unwrap();
+        assert!(!off.dev_tokens() && off.sandbox());
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt");
+        std::fs::write(&path, "from-a-file-0123456789\n").unwrap();
+        let file_var = ("RUSH__AUTH__JWT_SECRET_FILE", path.to_str().unwrap());
+        let cfg = Config::load_from(None, env(&[file_var])).unwrap();
+        assert_eq!(cfg.auth.jwt_secret, "from-a-file-0123456789", "the trailing newline is dropped");
+        let both = Config::load_from(None, env(&[file_var, ("RUSH__AUTH__JWT_SECRET", "x".repeat(20).as_str())]));
+        assert!(matches!(both, Err(ConfigError::Invalid(m)) if m.contains("both")));
+        let missing = Config::load_from(None, env(&[("RUSH__AUTH__JWT_SECRET_FILE", "/nonexistent/jwt")]));
+        assert!(matches!(missing, Err(ConfigError::Invalid(m)) if m.contains("RUSH__AUTH__JWT_SECRET_FILE")));
+    }
+
+    #[test]
+    fn production_refuses_development_secrets_and_routes() {
+        let prod = ("RUSH__PROFILE", "production");
+        let err = Config::load_from(None, env(&[prod])).unwrap_err().to_string();
+        assert!(err.contains("auth.jwt_secret") && err.contains("development default"), "{err}");
+        let mut vars = real_secrets();
+        vars.push(prod);
+        let cfg = Config::load_from(None, env(&vars)).unwrap();
+        assert!(!cfg.dev_tokens() && !cfg.sandbox(), "development routes are off");
+        for on in ["RUSH__AUTH__DEV_TOKENS", "RUSH__PAYMENTS__SANDBOX__ENABLED"] {
+            let mut v = vars.clone();
+            v.push((on, "true"));
+            let err = Config::load_from(None, env(&v)).unwrap_err().to_string();
+            assert!(err.contains("development routes"), "{on}: {err}");
+        }
+        let summary = cfg.summary().to_string();
+        for (_, secret) in real_secrets() {
+            assert!(!summary.contains(secret), "the summary shows no secret");
+        }
+    }
+
+    #[test]
+    fn production_refuses_secrets_in_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rush.toml");
+        std::fs::write(&file, "[auth]\njwt_secret = \"written-in-the-file-0123\"\n").unwrap();
+        let mut vars = real_secrets();
+        vars.retain(|(k, _)| *k != "RUSH__AUTH__JWT_SECRET");
+        assert!(Config::load_from(Some(&file), env(&vars)).is_ok(), "development allows it");
+        vars.push(("RUSH__PROFILE", "production"));
+        let err = Config::load_from(Some(&file), env(&vars)).unwrap_err().to_string();
+        assert!(err.contains("not the config file") && err.contains("auth.jwt_secret"), "{err}");
+        std::fs::write(&file, "[postgres]\nurl = \"postgres://rush:hunter2@db/rush\"\n").unwrap();
+        let mut vars = real_secrets();
+        vars.push(("RUSH__PROFILE", "production"));
+        let err = Config::load_from(Some(&file), env(&vars)).unwrap_err().to_string();
+        assert!(err.contains("postgres.url") && !err.contains("hunter2"), "{err}");
+        std::fs::write(&file, "[postgres]\nurl = \"postgres://rush@db/rush\"\n").unwrap();
+        assert!(Config::load_from(Some(&file), env(&vars)).is_ok(), "a URL without a password may stay in the file");
     }
 
     #[test]

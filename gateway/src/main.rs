@@ -22,7 +22,12 @@ struct Cli {
 enum Command {
     /// Run the HTTP API with its actors and in-process workers (in full
     /// mode: the relay and the timeouts).
-    Serve,
+    Serve {
+        /// Load and validate the configuration, print its shape (no
+        /// secrets) as JSON, and exit: 0 if valid, 1 with the reason if not.
+        #[arg(long)]
+        check_config: bool,
+    },
     /// Full mode: apply the Kafka topics to the durable store (Postgres).
     Worker,
     /// Full mode: move the Redis outbox streams to Kafka, outside `serve`
@@ -44,6 +49,10 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
+    if let Command::Serve { check_config: true } = cli.command {
+        println!("{}", cfg.summary());
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -54,7 +63,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve => serve(cfg).await,
+            Command::Serve { .. } => serve(cfg).await,
             Command::Worker => worker(cfg).await,
             Command::Relay => relay(cfg).await,
             Command::Reconcile { dates } => reconcile(cfg, dates).await,

@@ -16,7 +16,7 @@ pub async fn dev_token(
     body: web::Json<DevTokenReq>,
 ) -> Result<HttpResponse, ApiError> {
     let cfg = &state.engine.config().auth;
-    if !cfg.dev_tokens {
+    if !state.engine.config().dev_tokens() {
         return Err(ApiError::not_found("route"));
     }
     if !valid_user_id(&body.user_id) {

@@ -109,7 +109,7 @@ pub async fn sandbox_complete(
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    if !state.engine.config().payments.sandbox.enabled {
+    if !state.engine.config().sandbox() {
         return Err(ApiError::not_found("route"));
     }
     let (channel, id) = path.into_inner();

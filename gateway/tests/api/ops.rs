@@ -103,3 +103,44 @@ async fn an_idle_actor_stops_and_comes_back_with_its_state() {
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "seat_unavailable"));
     assert_eq!(app.engine.metrics.actors_live.with_label_values(&["event"]).get(), 1);
 }
+
+fn check_config(envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rush"));
+    cmd.args(["serve", "--check-config"]).env("RUST_LOG", "error");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("rush serve --check-config");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn serve_check_config_validates_and_exits_without_serving() {
+    // Port 1 cannot be bound by a test: a server would fail; the check does not bind.
+    let (code, out, _) = check_config(&[("RUSH__HTTP__ADDR", "127.0.0.1:1")]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(
+        (v["config"].as_str(), v["profile"].as_str(), v["dev_tokens"].as_bool()),
+        (Some("ok"), Some("development"), Some(true))
+    );
+    let (code, _, err) = check_config(&[("RUSH__PROFILE", "production")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("development default"), "{err}");
+    let prod = [
+        ("RUSH__PROFILE", "production"),
+        ("RUSH__AUTH__JWT_SECRET", "prod-jwt-secret-0123456789"),
+        ("RUSH__PAYMENTS__WECHAT_SECRET", "prod-wechat-secret-0123"),
+        ("RUSH__PAYMENTS__ALIPAY_SECRET", "prod-alipay-secret-0123"),
+        ("RUSH__PAYMENTS__ECARD_SECRET", "prod-ecard-secret-01234"),
+        ("RUSH__POSTGRES__URL", "postgres://rush:hunter2@db/rush"),
+    ];
+    let (code, out, err) = check_config(&prod);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!((v["dev_tokens"].as_bool(), v["sandbox"].as_bool()), (Some(false), Some(false)));
+    assert!(!out.contains("hunter2") && !out.contains("prod-jwt"), "no secret printed: {out}");
+    let (code, _, err) = check_config(&[("RUSH__HTTP__NOPE", "1")]);
+    assert_eq!(code, 1, "unknown keys fail the check: {err}");
+}
