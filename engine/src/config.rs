@@ -662,18 +662,32 @@ impl Config {
         self.payments.sandbox.enabled.unwrap_or(self.profile == Profile::Development)
     }
 
+    /// `embedded`, `redis` or `full`: where hot state and events live.
+    pub fn mode(&self) -> &'static str {
+        match (&self.kafka.brokers, &self.redis.url) {
+            (Some(_), _) => "full",
+            (None, Some(_)) => "redis",
+            (None, None) => "embedded",
+        }
+    }
+
+    /// `postgres` or `sqlite`: the durable store.
+    pub fn durable(&self) -> &'static str {
+        if self.postgres.url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
     /// What `rush serve --check-config` prints: the effective shape of the
     /// deployment, no secret in it.
     pub fn summary(&self) -> serde_json::Value {
         serde_json::json!({
             "config": "ok",
             "profile": self.profile,
-            "mode": match (&self.kafka.brokers, &self.redis.url) {
-                (Some(_), _) => "full",
-                (None, Some(_)) => "redis",
-                (None, None) => "embedded",
-            },
-            "durable": if self.postgres.url.is_some() { "postgres" } else { "sqlite" },
+            "mode": self.mode(),
+            "durable": self.durable(),
             "http_addr": self.http.addr,
             "node_id": self.node_id,
             "dev_tokens": self.dev_tokens(),

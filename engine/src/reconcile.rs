@@ -14,7 +14,7 @@ use sqlx::Row;
 
 use crate::domain::{Fen, Id};
 use crate::durable::payments::{PaymentStatus, RefundState};
-use crate::durable::{Durable, DurableError};
+use crate::durable::{Audit, Durable, DurableError};
 use crate::pay::{day_bounds_ms, ChannelKind, Channels};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -53,7 +53,8 @@ pub async fn reconcile(
     days: &[i64],
     day_offset_min: i32,
 ) -> Result<Report, DurableError> {
-    let mut mismatches = internal(durable).await?;
+    let audit = durable.audit().await?;
+    let mut mismatches = internal(durable, &audit).await?;
     let read = &durable.db().read;
     let deposits: Option<i64> = sqlx::query_scalar(
         "SELECT CAST(SUM(amount) AS BIGINT) FROM journal WHERE kind IN ('admin_credit', 'recharge') AND user_id NOT LIKE '@%'",
@@ -65,7 +66,6 @@ pub async fn reconcile(
     )
     .fetch_one(read)
     .await?;
-    let audit = durable.audit().await?;
     let (deposits, withdrawals) = (deposits.unwrap_or(0), withdrawals.unwrap_or(0));
     if deposits - withdrawals != audit.sum_users {
         mismatches.push(mismatch(
@@ -104,9 +104,8 @@ pub async fn reconcile(
 }
 
 /// The ledger against itself.
-async fn internal(durable: &Durable) -> Result<Vec<Mismatch>, DurableError> {
+async fn internal(durable: &Durable, audit: &Audit) -> Result<Vec<Mismatch>, DurableError> {
     let mut out = Vec::new();
-    let audit = durable.audit().await?;
     if audit.sum_all_accounts != 0 {
         out.push(mismatch("world_balance", format!("all accounts sum to {}, not 0", Fen::new(audit.sum_all_accounts))));
     }

@@ -105,12 +105,8 @@ pub fn banner(addr: &std::net::SocketAddr, engine: &Engine) -> String {
     json!({
         "msg": "rush listening",
         "url": format!("http://{addr}"),
-        "mode": match (&engine.config().kafka.brokers, &engine.config().redis.url) {
-            (Some(_), _) => "full",
-            (None, Some(_)) => "redis",
-            (None, None) => "embedded",
-        },
-        "durable": if engine.config().postgres.url.is_some() { "postgres" } else { "sqlite" },
+        "mode": engine.config().mode(),
+        "durable": engine.config().durable(),
         "data_dir": engine.config().data_dir.display().to_string(),
     })
     .to_string()

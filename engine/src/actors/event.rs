@@ -217,13 +217,18 @@ impl EventState {
             _ => {}
         }
         let order = self.holds.remove(&order_id).ok_or(EngineError::NotFound("order"))?;
-        for s in &order.seats {
+        self.give_back(&order.user_id, &order.seats);
+        Ok(order)
+    }
+
+    /// Seats leave an order: back on sale, and off the user's count.
+    fn give_back(&mut self, user_id: &str, seats: &[SeatIdx]) {
+        for s in seats {
             self.set(*s, SeatState::Available);
         }
-        if let Some(n) = self.user_seats.get_mut(&order.user_id) {
-            *n = n.saturating_sub(order.seats.len() as u32);
+        if let Some(n) = self.user_seats.get_mut(user_id) {
+            *n = n.saturating_sub(seats.len() as u32);
         }
-        Ok(order)
     }
 
     /// Decides that a live hold is paid: its seats become sold. A hold
@@ -250,12 +255,7 @@ impl EventState {
             true => EngineError::OrderNotPending { status: OrderStatus::PendingPayment },
             false => EngineError::NotFound("order"),
         })?;
-        for s in &paid.seats {
-            self.set(*s, SeatState::Available);
-        }
-        if let Some(n) = self.user_seats.get_mut(&paid.user_id) {
-            *n = n.saturating_sub(paid.seats.len() as u32);
-        }
+        self.give_back(&paid.user_id, &paid.seats);
         let amount =
             Fen::new(paid.seats.iter().map(|s| self.info.price_of(&self.info.map.seat(*s).category).get()).sum());
         Ok(HotOrder {

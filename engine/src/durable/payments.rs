@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{AnyConnection, Row};
 
-use super::webhooks::announce;
+use super::webhooks::{announce, Subscribers};
 use super::{ms, ms_i, transfer, Bucket, Durable, DurableError, Transfer};
 use crate::domain::{Fen, Id, SALES_ACCOUNT, SUSPENSE_ACCOUNT, WORLD_ACCOUNT};
 use crate::pay::{ChannelKind, Paid};
@@ -88,6 +88,18 @@ pub struct PaymentRecord {
     pub paid_at_ms: Option<u64>,
     pub checks: u32,
     pub next_check_at_ms: u64,
+}
+
+impl PaymentRecord {
+    /// What a refund gives back: a paid order's price, or whatever the
+    /// channel took for money that could buy nothing.
+    pub fn refund_amount(&self) -> Fen {
+        if self.status == PaymentStatus::Succeeded {
+            self.amount
+        } else {
+            self.paid_amount.unwrap_or(self.amount)
+        }
+    }
 }
 
 /// A callback as it arrived.
@@ -308,9 +320,12 @@ impl Durable {
         )
         .await?;
         let key = format!("payment-{}", p.payment_id);
-        announce(&mut tx, &format!("{key}-succeeded"), "payment.succeeded", payment_data(p), now_ms).await?;
+        let subscribers = Subscribers::load(&mut tx).await?;
+        subscribers.enqueue(&mut tx, &format!("{key}-succeeded"), "payment.succeeded", payment_data(p), now_ms).await?;
         if p.purpose == Purpose::Recharge {
-            announce(&mut tx, &format!("{key}-recharged"), "wallet.recharged", payment_data(p), now_ms).await?;
+            subscribers
+                .enqueue(&mut tx, &format!("{key}-recharged"), "wallet.recharged", payment_data(p), now_ms)
+                .await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -332,7 +347,7 @@ impl Durable {
         {
             return Ok(false);
         }
-        let amount = p.paid_amount.unwrap_or(p.amount);
+        let amount = p.refund_amount();
         if amount.get() > 0 {
             transfer(
                 &mut tx,
@@ -374,7 +389,7 @@ impl Durable {
         } else {
             (SUSPENSE_ACCOUNT, "late_refund", "late payment refunded", format!("late-out-{}", p.payment_id))
         };
-        let amount = if p.status == PaymentStatus::Succeeded { p.amount } else { p.paid_amount.unwrap_or(p.amount) };
+        let amount = p.refund_amount();
         if amount.get() > 0 {
             transfer(
                 &mut tx,

@@ -129,7 +129,7 @@ impl Durable {
     }
 
     /// pending → approved (frozen → world: the money leaves rush) or
-    /// rejected (frozen → available).
+    /// rejected (frozen → available). `None`: no such withdrawal.
     pub async fn decide_withdrawal(
         &self,
         withdrawal_id: Id,
@@ -137,7 +137,7 @@ impl Durable {
         admin: &str,
         reason: Option<&str>,
         now_ms: u64,
-    ) -> Result<WithdrawalRecord, DurableError> {
+    ) -> Result<Option<WithdrawalRecord>, DurableError> {
         let mut tx = self.db.write.begin().await?;
         let status = if approve { "approved" } else { "rejected" };
         let changed = sqlx::query(
@@ -157,7 +157,7 @@ impl Durable {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(w) = row.as_ref().map(from_row).transpose()? else {
-            return Err(DurableError::Conflict("withdrawal_not_found", "withdrawal not found".into()));
+            return Ok(None);
         };
         if changed == 0 {
             return Err(DurableError::Conflict(
@@ -204,7 +204,7 @@ impl Durable {
         )
         .await?;
         tx.commit().await?;
-        Ok(w)
+        Ok(Some(w))
     }
 
     pub async fn withdrawal(&self, withdrawal_id: Id) -> Result<Option<WithdrawalRecord>, DurableError> {

@@ -27,7 +27,7 @@ use super::sandbox::{CallbackPlan, PayOutcome, SandboxChannel};
 use super::wire::{Alipay, Ecard, Wechat, Wire};
 use super::{Ack, AckKind, CallbackError, ChannelError, ChannelKind, Channels, Paid, PaymentChannel, TradeState};
 use crate::config::Config;
-use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id, OrderStatus};
+use crate::domain::{gene_of_user, now_unix_ms, Fen, Id, OrderStatus};
 use crate::durable::payments::{CallbackRecord, PaymentRecord, PaymentStatus, Purpose, RefundState};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
 use crate::durable::Pools;
@@ -109,7 +109,7 @@ impl PaymentView {
             amount: p.amount,
             status: p.status,
             purpose: p.purpose,
-            pay_url: format!("/v1/sandbox/{}/payments/{}/complete", p.channel.as_str(), p.payment_id),
+            pay_url: super::sandbox::pay_url(p.channel, p.payment_id),
             created_at: crate::views::time_of(p.created_at_ms),
             expires_at: crate::views::time_of(p.expires_at_ms),
         }
@@ -402,8 +402,7 @@ impl Engine {
     /// Every step may run again after a failure.
     pub(crate) async fn refund_now(&self, p: &PaymentRecord) -> Result<(), EngineError> {
         let ch = self.channel(p.channel)?;
-        let amount = if p.status == PaymentStatus::Succeeded { p.amount } else { p.paid_amount.unwrap_or(p.amount) };
-        ch.refund(p.payment_id, amount).await.map_err(channel_err(p.channel))?;
+        ch.refund(p.payment_id, p.refund_amount()).await.map_err(channel_err(p.channel))?;
         if let (PaymentStatus::Succeeded, Some(order_id), Some(event_id)) = (p.status, p.order_id, p.event_id) {
             match self.refund_seats(event_id, order_id).await {
                 // Not paid any more: this refund's earlier attempt freed them.
@@ -540,16 +539,19 @@ impl Engine {
     // ---- sandbox ----
 
     /// `POST /v1/sandbox/{channel}/payments/{id}/complete`: plays the
-    /// buyer paying at the sandbox channel.
+    /// buyer paying at the sandbox channel; the callback goes out dropped,
+    /// delayed or duplicated as asked, else as configured.
     pub async fn sandbox_pay(
         &self,
         kind: ChannelKind,
         payment_id: Id,
-        plan: Option<CallbackPlan>,
-    ) -> Result<PayOutcome, EngineError> {
+        drop: Option<bool>,
+        delay_ms: Option<u64>,
+        duplicates: Option<u32>,
+    ) -> Result<(PayOutcome, CallbackPlan), EngineError> {
         let sb = self.pay.sandboxes.get(&kind).ok_or(EngineError::NotFound("channel"))?;
-        let plan = plan.unwrap_or_else(|| CallbackPlan::from_config(&self.cfg.payments.sandbox));
-        sb.pay(payment_id, plan).await.map_err(channel_err(kind))
+        let plan = CallbackPlan::new(&self.cfg.payments.sandbox, drop, delay_ms, duplicates).map_err(invalid)?;
+        Ok((sb.pay(payment_id, plan).await.map_err(channel_err(kind))?, plan))
     }
 
     pub fn sandbox(&self, kind: ChannelKind) -> Option<&Arc<SandboxChannel>> {
@@ -614,13 +616,8 @@ impl Engine {
         let w = self
             .durable
             .decide_withdrawal(withdrawal_id, approve, &admin.user_id, reason.as_deref(), now_unix_ms())
-            .await
-            .map_err(|e| match e {
-                crate::durable::DurableError::Conflict("withdrawal_not_found", _) => {
-                    EngineError::NotFound("withdrawal")
-                }
-                e => e.into(),
-            })?;
+            .await?
+            .ok_or(EngineError::NotFound("withdrawal"))?;
         self.metrics.withdrawals.with_label_values(&[if approve { "approved" } else { "rejected" }]).inc();
         Ok(w)
     }
@@ -630,13 +627,6 @@ impl Engine {
             return Err(invalid("status must be pending, approved or rejected"));
         }
         Ok(self.durable.withdrawals(status, self.page_limit(limit)?).await?)
-    }
-
-    pub fn check_user_id(user_id: &str) -> Result<(), EngineError> {
-        if !valid_user_id(user_id) {
-            return Err(invalid("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
-        }
-        Ok(())
     }
 
     // ---- webhooks ----

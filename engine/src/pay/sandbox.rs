@@ -28,11 +28,34 @@ pub struct CallbackPlan {
     pub duplicates: u32,
 }
 
+/// Most extra copies and longest delay one sandbox payment may ask for.
+const DUPLICATES_MAX: u32 = 10;
+const DELAY_MS_MAX: u64 = 600_000;
+
 impl CallbackPlan {
-    /// The configured behaviour (drop chance, delay, duplicates).
-    pub fn from_config(cfg: &SandboxConfig) -> Self {
-        CallbackPlan { drop: fastrand::u8(0..100) < cfg.drop_pct, delay_ms: cfg.delay_ms, duplicates: cfg.duplicates }
+    /// What a sandbox payment asked for, the configured behaviour (drop
+    /// chance, delay, duplicates) where it asked nothing.
+    pub fn new(
+        cfg: &SandboxConfig,
+        drop: Option<bool>,
+        delay_ms: Option<u64>,
+        duplicates: Option<u32>,
+    ) -> Result<Self, String> {
+        let plan = CallbackPlan {
+            drop: drop.unwrap_or_else(|| fastrand::u8(0..100) < cfg.drop_pct),
+            delay_ms: delay_ms.unwrap_or(cfg.delay_ms),
+            duplicates: duplicates.unwrap_or(cfg.duplicates),
+        };
+        if plan.duplicates > DUPLICATES_MAX || plan.delay_ms > DELAY_MS_MAX {
+            return Err(format!("duplicates must be 0-{DUPLICATES_MAX} and delay_ms 0-{DELAY_MS_MAX}"));
+        }
+        Ok(plan)
     }
+}
+
+/// Where the sandbox buyer pays a payment.
+pub fn pay_url(kind: ChannelKind, payment_id: Id) -> String {
+    format!("/v1/sandbox/{}/payments/{payment_id}/complete", kind.as_str())
 }
 
 /// What happened when the buyer tried to pay.
@@ -85,19 +108,18 @@ impl SandboxChannel {
     pub async fn pay(&self, payment_id: Id, plan: CallbackPlan) -> Result<PayOutcome, ChannelError> {
         let now = now_unix_ms();
         let txn_id = format!("{}{}{:06}", self.kind().as_str().to_uppercase(), now, fastrand::u32(..1_000_000));
-        let done = sqlx::query(
+        let amount: Option<i64> = sqlx::query_scalar(
             "UPDATE sandbox_trades SET status = 'SUCCESS', txn_id = $1, paid_at_ms = $2 \
-             WHERE channel = $3 AND payment_id = $4 AND status = 'NOTPAY'",
+             WHERE channel = $3 AND payment_id = $4 AND status = 'NOTPAY' RETURNING amount",
         )
         .bind(&txn_id)
         .bind(now as i64)
         .bind(self.kind().as_str())
         .bind(payment_id.raw())
-        .execute(&self.db)
+        .fetch_optional(&self.db)
         .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if done == 0 {
+        .map_err(unavailable)?;
+        let Some(amount) = amount else {
             return Ok(match self.query(payment_id).await {
                 Ok(TradeState::Paid(_)) => PayOutcome::NotPayable("already paid"),
                 Ok(TradeState::Closed) => PayOutcome::NotPayable("closed"),
@@ -106,14 +128,7 @@ impl SandboxChannel {
                 Err(ChannelError::UnknownTrade) => PayOutcome::UnknownTrade,
                 Err(e) => return Err(e),
             });
-        }
-        let amount: i64 =
-            sqlx::query_scalar("SELECT amount FROM sandbox_trades WHERE channel = $1 AND payment_id = $2")
-                .bind(self.kind().as_str())
-                .bind(payment_id.raw())
-                .fetch_one(&self.db)
-                .await
-                .map_err(unavailable)?;
+        };
         let paid = Paid { txn_id, amount: Fen::new(amount), paid_at_ms: now };
         if !plan.drop {
             for _ in 0..=plan.duplicates {
@@ -204,7 +219,7 @@ impl PaymentChannel for SandboxChannel {
         .execute(&self.db)
         .await
         .map_err(unavailable)?;
-        Ok(format!("/v1/sandbox/{}/payments/{payment_id}/complete", self.kind().as_str()))
+        Ok(pay_url(self.kind(), payment_id))
     }
 
     async fn query(&self, payment_id: Id) -> Result<TradeState, ChannelError> {

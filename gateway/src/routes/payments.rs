@@ -1,7 +1,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::pay::flow::PaymentView;
-use rush_engine::pay::sandbox::{CallbackPlan, PayOutcome};
+use rush_engine::pay::sandbox::PayOutcome;
 use rush_engine::pay::ChannelKind;
 use rush_engine::views::time_of;
 use serde_json::json;
@@ -116,37 +116,27 @@ pub async fn sandbox_complete(
     let kind = ChannelKind::parse(&channel).ok_or_else(|| ApiError::not_found("channel"))?;
     let payment_id = path_id(&id, "payment")?;
     let b: SandboxPayReq = if body.is_empty() { SandboxPayReq::default() } else { parse_json(&body)? };
-    let defaults = &state.engine.config().payments.sandbox;
     let drop = match b.callback.as_deref() {
-        None => fastrand_drop(defaults.drop_pct),
-        Some("send") => false,
-        Some("drop") => true,
+        None => None,
+        Some("send") => Some(false),
+        Some("drop") => Some(true),
         Some(_) => return Err(ApiError::bad_request("callback must be send or drop")),
     };
-    let duplicates = b.duplicates.unwrap_or(defaults.duplicates);
-    let delay_ms = b.delay_ms.unwrap_or(defaults.delay_ms);
-    if duplicates > 10 || delay_ms > 600_000 {
-        return Err(ApiError::bad_request("duplicates must be 0-10 and delay_ms 0-600000"));
-    }
-    let plan = CallbackPlan { drop, delay_ms, duplicates };
-    match state.engine.sandbox_pay(kind, payment_id, Some(plan)).await? {
+    let (outcome, plan) = state.engine.sandbox_pay(kind, payment_id, drop, b.delay_ms, b.duplicates).await?;
+    match outcome {
         PayOutcome::Paid(paid) => Ok(HttpResponse::Ok().json(SandboxPayResp {
             payment_id: payment_id.to_string(),
             channel: kind.as_str().into(),
             txn_id: paid.txn_id,
             amount: paid.amount.get(),
             status: "paid".into(),
-            callback: if drop { "dropped" } else { "sent" }.into(),
+            callback: if plan.drop { "dropped" } else { "sent" }.into(),
         })),
         PayOutcome::NotPayable(why) => {
             Err(ApiError::new(StatusCode::CONFLICT, "not_payable", format!("the payment cannot be paid: {why}")))
         }
         PayOutcome::UnknownTrade => Err(ApiError::not_found("payment")),
     }
-}
-
-fn fastrand_drop(pct: u8) -> bool {
-    CallbackPlan::from_config(&rush_engine::config::SandboxConfig { drop_pct: pct, ..Default::default() }).drop
 }
 
 #[utoipa::path(get, path = "/v1/admin/callbacks", params(("channel" = Option<String>, Query), ("limit" = Option<u32>, Query)),

@@ -1,6 +1,5 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use rush_engine::durable::payments::NEVER_MS;
 use rush_engine::views::time_of;
 use serde_json::json;
 
@@ -50,8 +49,7 @@ pub async fn deliveries(
             .map(|d| DeliveryResp {
                 delivery_id: d.delivery_id,
                 event_type: d.event_type,
-                next_attempt_at: (d.status == "pending" && d.next_attempt_at_ms < NEVER_MS)
-                    .then(|| time_of(d.next_attempt_at_ms)),
+                next_attempt_at: (d.status == "pending").then(|| time_of(d.next_attempt_at_ms)),
                 status: d.status,
                 attempts: d.attempts,
                 created_at: time_of(d.created_at_ms),
