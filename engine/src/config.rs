@@ -18,6 +18,10 @@ pub struct Config {
     pub profile: Profile,
     /// This node's id in snowflake ids (0..=1023). Two live nodes must differ.
     pub node_id: u16,
+    /// Redis mode: ignore `node_id` and lease the first free id from a hash
+    /// of the host name on (Kubernetes Deployments, whose pods have no
+    /// ordinal). A live node's lease is renewed; a dead one's runs out.
+    pub node_id_auto: bool,
     /// Where embedded mode keeps its SQLite file.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
@@ -35,6 +39,8 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub wallet: WalletConfig,
     pub webhooks: WebhookConfig,
+    pub shutdown: ShutdownConfig,
+    pub telemetry: TelemetryConfig,
     /// Secret settings found in the config file (filled by [`Config::load_from`]).
     #[serde(skip)]
     pub secrets_in_file: Vec<String>,
@@ -58,6 +64,44 @@ const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
 
 fn url_has_password(url: &str) -> bool {
     crate::durable::pool::redact_url(url) != url
+}
+
+/// Graceful shutdown (see the protocol in `gateway/src/serve.rs` and the
+/// README): on SIGTERM readiness fails at once, requests are still served
+/// for `drain_delay_ms` (load balancers notice), then intake stops, the
+/// mailboxes drain and the outbox is flushed; the process exits within
+/// `timeout_ms` of the signal whatever is left (nothing acknowledged is
+/// lost by that: it is already in the outbox).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// From SIGTERM to exit, at most (the issue's `shutdown_timeout_ms`).
+    /// Kubernetes' `terminationGracePeriodSeconds` must be longer than the
+    /// preStop pause plus this.
+    pub timeout_ms: u64,
+    /// From SIGTERM to refusing new requests, while readiness already fails.
+    pub drain_delay_ms: u64,
+}
+
+/// Logs, traces and the metrics listener of `rush worker` / `rush relay`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `text` or `json`; unset: text in development, JSON in production.
+    /// Traces go to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; see the README.
+    pub log_format: Option<LogFormat>,
+    /// Where `rush worker` and `rush relay` serve `/metrics`, `/healthz`
+    /// and `/readyz` (`rush serve` serves them on `http.addr`); empty (the
+    /// default, so several can run on one host): none. Kubernetes: `0.0.0.0:9464`.
+    pub metrics_addr: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Payment channels and the payments worker.
@@ -361,6 +405,10 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Seconds `Retry-After` asks a client to wait after a 503.
     pub retry_after_s: u32,
+    /// Seconds an idle keep-alive connection stays open. Also how long a
+    /// shutting-down node waits, at most, for its connections to close
+    /// after intake stops (each active one is closed by its next answer).
+    pub keep_alive_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -504,6 +552,7 @@ impl Default for Config {
             profile: Profile::Development,
             secrets_in_file: Vec::new(),
             node_id: 0,
+            node_id_auto: false,
             data_dir: PathBuf::from("./rush-data"),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
@@ -520,13 +569,28 @@ impl Default for Config {
             payments: PaymentsConfig::default(),
             wallet: WalletConfig::default(),
             webhooks: WebhookConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
 
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout_ms: 20_000, drain_delay_ms: 0 }
+    }
+}
+
+
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { addr: "127.0.0.1:8080".into(), body_len_max: 8 * 1024 * 1024, workers: 0, retry_after_s: 1 }
+        HttpConfig {
+            addr: "127.0.0.1:8080".into(),
+            body_len_max: 8 * 1024 * 1024,
+            workers: 0,
+            retry_after_s: 1,
+            keep_alive_s: 5,
+        }
     }
 }
 
@@ -662,6 +726,14 @@ impl Config {
         self.payments.sandbox.enabled.unwrap_or(self.profile == Profile::Development)
     }
 
+    /// The log format in effect (see [`TelemetryConfig::log_format`]).
+    pub fn log_format(&self) -> LogFormat {
+        self.telemetry.log_format.unwrap_or(match self.profile {
+            Profile::Development => LogFormat::Text,
+            Profile::Production => LogFormat::Json,
+        })
+    }
+
     /// `embedded`, `redis` or `full`: where hot state and events live.
     pub fn mode(&self) -> &'static str {
         match (&self.kafka.brokers, &self.redis.url) {
@@ -695,6 +767,8 @@ impl Config {
             "postgres": self.postgres.url.as_deref().map(crate::durable::pool::redact_url),
             "redis": self.redis.url.as_deref().map(crate::durable::pool::redact_url),
             "kafka": self.kafka.brokers,
+            "log_format": self.log_format(),
+            "shutdown_timeout_ms": self.shutdown.timeout_ms,
         })
     }
 
@@ -733,6 +807,12 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.node_id > crate::domain::id::NODE_MAX {
             return bad("node_id must be 0..=1023");
+        }
+        if self.node_id_auto && self.redis.url.is_none() {
+            return bad("node_id_auto needs redis.url (the ids are leased in Redis)");
+        }
+        if self.shutdown.timeout_ms == 0 || self.shutdown.drain_delay_ms >= self.shutdown.timeout_ms {
+            return bad("shutdown.timeout_ms must be positive and above shutdown.drain_delay_ms");
         }
         if self.actors.mailbox_len_max == 0 || self.actors.batch_len_max == 0 {
             return bad("actors.mailbox_len_max and actors.batch_len_max must be at least 1");

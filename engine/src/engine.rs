@@ -112,6 +112,8 @@ pub enum StartError {
     Redis(String, crate::store::StoreError),
     #[error("node id {0} is held by another live node on this Redis; give each node its own RUSH__NODE_ID")]
     NodeIdTaken(u16),
+    #[error("node_id_auto: every node id (0..=1023) is held by a live node on this Redis")]
+    NoFreeNodeId,
     #[error("{0}")]
     Kafka(String),
 }
@@ -133,29 +135,41 @@ async fn redis_roles(cfg: &Config, url: &str, ids: Arc<IdGen>, role: RedisRole) 
     let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
     let redis_err = |e| StartError::Redis(url.to_string(), e);
     if cfg.redis.cluster {
-        let store = RedisStore::connect_cluster(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
-        roles_of(store, cfg, url, role).await
+        let store =
+            RedisStore::connect_cluster(url, prefix, ids.clone(), seats_max, timeout).await.map_err(redis_err)?;
+        roles_of(store, cfg, url, role, &ids).await
     } else {
-        let store = RedisStore::connect(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
-        roles_of(store, cfg, url, role).await
+        let store = RedisStore::connect(url, prefix, ids.clone(), seats_max, timeout).await.map_err(redis_err)?;
+        roles_of(store, cfg, url, role, &ids).await
     }
 }
 
-async fn roles_of<C>(store: RedisStore<C>, cfg: &Config, url: &str, role: RedisRole) -> Result<Roles, StartError>
+async fn roles_of<C>(
+    store: RedisStore<C>,
+    cfg: &Config,
+    url: &str,
+    role: RedisRole,
+    ids: &IdGen,
+) -> Result<Roles, StartError>
 where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
+    let redis_err = |e| StartError::Redis(url.to_string(), e);
     if role == RedisRole::Node {
         let lease_ms = cfg.redis.node_lease_ms;
-        let wait = Duration::from_millis(lease_ms + lease_ms / 2);
-        match store.lease_node_id(cfg.node_id, lease_ms, wait).await {
-            Ok(true) => {}
-            Ok(false) => return Err(StartError::NodeIdTaken(cfg.node_id)),
-            Err(e) => return Err(StartError::Redis(url.to_string(), e)),
+        if cfg.node_id_auto {
+            let node =
+                lease_free_node_id(&store, lease_ms).await.map_err(redis_err)?.ok_or(StartError::NoFreeNodeId)?;
+            ids.set_node(node)?;
+        } else {
+            let wait = Duration::from_millis(lease_ms + lease_ms / 2);
+            if !store.lease_node_id(cfg.node_id, lease_ms, wait).await.map_err(redis_err)? {
+                return Err(StartError::NodeIdTaken(cfg.node_id));
+            }
         }
     }
     let consumer = match role {
-        RedisRole::Node => format!("node-{}", cfg.node_id),
+        RedisRole::Node => format!("node-{}", ids.node()),
         RedisRole::Relay => format!("relay-{}", cfg.node_id),
     };
     let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
@@ -163,6 +177,24 @@ where
     // One store, two roles: hot state and Idempotency-Key records.
     let store = Arc::new(store);
     Ok((store.clone(), Arc::new(log), store, Some(lease)))
+}
+
+/// `node_id_auto`: the first id free in Redis, from a hash of the host name
+/// on (so a restarted pod tends to get its old id back once it is free).
+async fn lease_free_node_id<C>(store: &RedisStore<C>, lease_ms: u64) -> Result<Option<u16>, crate::store::StoreError>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let slots = u64::from(crate::domain::id::NODE_MAX) + 1;
+    let start = crate::domain::id::stable_hash(host.as_bytes()) % slots;
+    for k in 0..slots {
+        let node = u16::try_from((start + k) % slots).unwrap_or(0);
+        if store.lease_node_id(node, lease_ms, Duration::ZERO).await? {
+            return Ok(Some(node));
+        }
+    }
+    Ok(None)
 }
 
 /// The lease that lets one process at a time read the outbox streams (see
@@ -240,6 +272,10 @@ pub struct Engine {
     /// Payment channels (the sandboxes) and outbound HTTP.
     pub(crate) pay: crate::pay::flow::Payments,
     pub metrics: Metrics,
+    /// Shutdown has begun: readiness fails (see [`Engine::begin_drain`]).
+    draining: std::sync::atomic::AtomicBool,
+    /// New requests are refused (see [`Engine::close_intake`]).
+    intake_closed: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> EngineError {
@@ -300,7 +336,38 @@ impl Engine {
             relay_lease: std::sync::Mutex::new(relay_lease),
             pay,
             metrics,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            intake_closed: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Shutdown, step 1: readiness fails from now on, requests are still
+    /// served (load balancers stop sending while this node finishes).
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown, step 2: new requests and new actor messages are refused
+    /// with [`EngineError::ShuttingDown`]; what the mailboxes hold is still
+    /// decided and committed.
+    pub fn close_intake(&self) {
+        self.begin_drain();
+        self.intake_closed.store(true, Ordering::SeqCst);
+        self.actors.close();
+    }
+
+    pub fn intake_open(&self) -> bool {
+        !self.intake_closed.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown, step 3: waits for every actor to answer its mailbox and
+    /// end; false if `timeout` passed first.
+    pub async fn drain_actors(&self, timeout: Duration) -> bool {
+        self.actors.drained(timeout).await
     }
 
     /// Starts the in-process workers; they stop when `shutdown` turns true.
@@ -374,6 +441,11 @@ impl Engine {
         &self.cfg
     }
 
+    /// This node's id in the ids it mints (leased when `node_id_auto`).
+    pub fn node_id(&self) -> u16 {
+        self.ids.node()
+    }
+
     pub fn log(&self) -> Arc<dyn EventLog> {
         self.log.clone()
     }
@@ -390,10 +462,13 @@ impl Engine {
         self.not_ready().await.is_empty()
     }
 
-    /// What keeps this node from taking traffic: `outbox` (near its bound),
+    /// What keeps this node from taking traffic: `shutting_down`, `outbox` (near its bound),
     /// `durable_store`, `hot_store`. Empty when ready.
     pub async fn not_ready(&self) -> Vec<&'static str> {
         let mut failing = Vec::new();
+        if self.is_draining() {
+            failing.push("shutting_down");
+        }
         if !self.outbox_ok() {
             failing.push("outbox");
         }

@@ -33,6 +33,10 @@ pub enum EngineError {
     StoreUnavailable,
     #[error("the outbox is full: events are not reaching the workers; retry shortly")]
     OutboxFull,
+    /// This node is shutting down and takes no new work; another node
+    /// (or this one, restarted) will.
+    #[error("this node is shutting down; retry on another")]
+    ShuttingDown,
     /// A wallet risk rule refused the request (422 `risk_refused`).
     #[error("{0}")]
     RiskRefused(String),

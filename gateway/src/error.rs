@@ -16,6 +16,8 @@ pub struct ApiError {
     pub details: Vec<(&'static str, Value)>,
     /// Seconds for `Retry-After` on 503.
     pub retry_after_s: Option<u32>,
+    /// Answer with `Connection: close` (see [`ApiError::shutting_down`]).
+    pub close: bool,
 }
 
 impl std::fmt::Display for ApiError {
@@ -26,7 +28,7 @@ impl std::fmt::Display for ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Vec::new(), retry_after_s: None }
+        ApiError { status, code, message: message.into(), details: Vec::new(), retry_after_s: None, close: false }
     }
 
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
@@ -107,6 +109,7 @@ impl From<EngineError> for ApiError {
             EngineError::Overloaded(_) => ApiError::retry_later("overloaded", message),
             EngineError::StoreUnavailable => ApiError::retry_later("store_unavailable", message),
             EngineError::OutboxFull => ApiError::retry_later("outbox_full", message),
+            EngineError::ShuttingDown => ApiError::shutting_down(),
             EngineError::ChannelUnavailable(_) => ApiError::retry_later("channel_unavailable", message),
             EngineError::RiskRefused(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "risk_refused", message),
             EngineError::Conflict { code, .. } => ApiError::new(S::CONFLICT, code, message),
@@ -125,6 +128,14 @@ impl ApiError {
         e.retry_after_s = Some(*RETRY_AFTER_S.get().unwrap_or(&1));
         e
     }
+
+    /// 503 `shutting_down`: nothing of the request was done; the response
+    /// closes the connection so the client's next try goes elsewhere.
+    pub fn shutting_down() -> ApiError {
+        let mut e = ApiError::retry_later("shutting_down", EngineError::ShuttingDown.to_string());
+        e.close = true;
+        e
+    }
 }
 
 impl ResponseError for ApiError {
@@ -138,6 +149,9 @@ impl ResponseError for ApiError {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(RETRY_AFTER, v);
             }
+        }
+        if self.close {
+            resp.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
         }
         resp
     }

@@ -86,43 +86,43 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Runs a background role until SIGTERM/Ctrl-C, then lets it finish.
+/// Runs a background role (`rush worker`, `rush relay`) until
+/// SIGTERM/Ctrl-C, serving `/metrics`, `/healthz` and `/readyz` on
+/// `telemetry.metrics_addr`; then tells it to stop (it finishes its batch
+/// and flushes) and waits at most `shutdown.timeout_ms`.
 async fn run_until_terminated<F>(
-    banner: serde_json::Value,
+    cfg: &Config,
+    metrics: Metrics,
+    mut banner: serde_json::Value,
     role: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> F,
 ) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ops = match cfg.telemetry.metrics_addr.as_str() {
+        "" => None,
+        addr => {
+            let listener = TcpListener::bind(addr).with_context(|| format!("binding telemetry.metrics_addr {addr}"))?;
+            banner["metrics_url"] = format!("http://{}/metrics", listener.local_addr()?).into();
+            let server = rush_gateway::serve::ops_server(listener, metrics, stopping.clone())?;
+            let handle = server.handle();
+            tokio::spawn(server);
+            Some(handle)
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(role(stop_rx));
     println!("{banner}");
-    terminated().await;
+    rush_gateway::serve::terminated().await;
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop_tx.send(true);
-    task.await?;
+    let budget = std::time::Duration::from_millis(cfg.shutdown.timeout_ms);
+    let done = tokio::time::timeout(budget, task).await.is_ok();
+    tracing::info!(done, "stopped");
+    if let Some(h) = ops {
+        h.stop(false).await;
+    }
     Ok(())
 }
 
@@ -131,16 +131,18 @@ async fn worker(cfg: Config) -> anyhow::Result<()> {
     let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await?;
     let lag = Some(metrics.consumer_lag.clone());
     let banner = serde_json::json!({"msg": "rush worker running", "group": cfg.kafka.group});
-    run_until_terminated(banner, |stop| {
-        rush_engine::workers::persist_loop(log, durable, cfg.workers.clone(), metrics, lag, None, stop)
+    let (workers, m) = (cfg.workers.clone(), metrics.clone());
+    run_until_terminated(&cfg, metrics, banner, |stop| {
+        rush_engine::workers::persist_loop(log, durable, workers, m, lag, None, stop)
     })
     .await
 }
 
 async fn relay(cfg: Config) -> anyhow::Result<()> {
-    let relay = rush_engine::engine::standalone_relay(&cfg, Metrics::new()).await?;
+    let metrics = Metrics::new();
+    let relay = rush_engine::engine::standalone_relay(&cfg, metrics.clone()).await?;
     let banner = serde_json::json!({"msg": "rush relay running", "topic_prefix": cfg.kafka.topic_prefix});
-    run_until_terminated(banner, |stop| relay.run(stop)).await
+    run_until_terminated(&cfg, metrics, banner, |stop| relay.run(stop)).await
 }
 
 async fn reconcile(cfg: Config, dates: Vec<chrono::NaiveDate>) -> anyhow::Result<()> {
@@ -169,18 +171,6 @@ async fn reconcile(cfg: Config, dates: Vec<chrono::NaiveDate>) -> anyhow::Result
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.http.addr).with_context(|| format!("binding {}", cfg.http.addr))?;
-    let addr = listener.local_addr()?;
     let engine = Engine::open(cfg, Metrics::new()).await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers = engine.start_workers(stop_rx)?;
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    engine.set_notify_base(&format!("http://{host}:{}", addr.port()));
-    let server = rush_gateway::serve::http_server(listener, engine.clone())?;
-    println!("{}", rush_gateway::serve::banner(&addr, &engine));
-    server.await?;
-    let _ = stop_tx.send(true);
-    for w in workers {
-        let _ = w.await;
-    }
-    Ok(())
+    rush_gateway::serve::run(listener, engine).await
 }

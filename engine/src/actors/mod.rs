@@ -6,7 +6,7 @@
 pub mod event;
 pub mod packet;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +64,11 @@ pub struct Actors {
     rt: tokio::runtime::Handle,
     /// See [`Mailbox::sole_owner`].
     sole_owner: bool,
+    /// Set by [`Actors::close`]: no new messages, no new actors.
+    closed: AtomicBool,
+    /// Actor tasks still running (they end when their mailbox is closed
+    /// and empty, or after `idle_ms`).
+    running: Arc<AtomicUsize>,
 }
 
 /// Rounds of deciding again after the store found decisions stale (another
@@ -87,7 +92,45 @@ impl Actors {
             generation: AtomicU64::new(0),
             rt: tokio::runtime::Handle::current(),
             sole_owner,
+            closed: AtomicBool::new(false),
+            running: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Stops intake for shutdown: later sends answer
+    /// [`EngineError::ShuttingDown`]; each actor answers what its mailbox
+    /// already holds, commits it, and ends once no sender is left.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Dropping the registered senders lets each mailbox close once the
+        // sends in progress (which hold a clone) are done.
+        self.events.clear();
+        self.packets.clear();
+    }
+
+    /// Waits until every actor task has ended; false if `timeout` passed first.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Senders cloned just before `close` may have been registered
+            // again by a racing spawn; clear until nothing is left.
+            self.events.clear();
+            self.packets.clear();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn check_open(&self) -> Result<(), EngineError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
     }
 
     fn mailbox(&self, kind: &str) -> Mailbox {
@@ -104,6 +147,7 @@ impl Actors {
     /// Sends to the event's actor, spawning it (from the hot store) if it
     /// is not running. `Ok(false)` when the event does not exist.
     pub async fn send_event(&self, event_id: Id, mut msg: EventMsg) -> Result<bool, EngineError> {
+        self.check_open()?;
         for _ in 0..RESPAWN_TRIES_MAX {
             let tx = match self.events.get(&event_id) {
                 Some(h) => h.tx.clone(),
@@ -133,6 +177,7 @@ impl Actors {
     }
 
     pub async fn send_packet(&self, packet_id: Id, mut msg: PacketMsg) -> Result<bool, EngineError> {
+        self.check_open()?;
         for _ in 0..RESPAWN_TRIES_MAX {
             let tx = match self.packets.get(&packet_id) {
                 Some(h) => h.tx.clone(),
@@ -182,10 +227,13 @@ impl Actors {
             mailbox.live.inc();
             let task = start(rx, self.store.clone(), mailbox);
             let map = map.clone();
+            let running = self.running.clone();
+            running.fetch_add(1, Ordering::SeqCst);
             self.rt.spawn(async move {
                 task.await;
                 // Unregister this actor (not a successor that replaced it).
                 map.remove_if(&id, |_, h| h.generation == generation);
+                running.fetch_sub(1, Ordering::SeqCst);
             });
             Handle { tx, generation }
         });

@@ -137,7 +137,8 @@ pub fn gene_of_user(user_id: &str) -> u8 {
 /// Mints ids for one node. Lock-free and safe to share across threads.
 #[derive(Debug)]
 pub struct IdGen {
-    node: u16,
+    /// Set once at start (see [`IdGen::set_node`]), before any id is minted.
+    node: std::sync::atomic::AtomicU16,
     /// `(ms since EPOCH_MS) << SEQ_BITS | sequence` of the last id minted.
     last: AtomicU64,
 }
@@ -151,7 +152,20 @@ impl IdGen {
         if node > NODE_MAX {
             return Err(NodeIdError(node));
         }
-        Ok(IdGen { node, last: AtomicU64::new(0) })
+        Ok(IdGen { node: std::sync::atomic::AtomicU16::new(node), last: AtomicU64::new(0) })
+    }
+
+    /// The node id, once leased (`node_id_auto`): called before any id is minted.
+    pub fn set_node(&self, node: u16) -> Result<(), NodeIdError> {
+        if node > NODE_MAX {
+            return Err(NodeIdError(node));
+        }
+        self.node.store(node, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn node(&self) -> u16 {
+        self.node.load(Ordering::Relaxed)
     }
 
     /// Next id with the given gene.
@@ -173,7 +187,7 @@ impl IdGen {
         let ms = stamp >> SEQ_BITS;
         let seq = stamp & ((1 << SEQ_BITS) - 1);
         let raw = (ms << TIME_SHIFT)
-            | (u64::from(self.node) << NODE_SHIFT)
+            | (u64::from(self.node()) << NODE_SHIFT)
             | (seq << SEQ_SHIFT)
             | u64::from(gene & (GENE_COUNT - 1));
         debug_assert!(raw < (1 << 63));

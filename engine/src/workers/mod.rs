@@ -45,7 +45,9 @@ pub async fn persist(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) {
 
 /// Applies the log to the durable store until `shutdown`: each batch in one
 /// transaction, then the log position. `lag` (the Kafka worker's consumer
-/// lag) is refreshed at most once a second.
+/// lag) is refreshed at most once a second. After `shutdown` it flushes:
+/// it applies what the log still holds, without waiting for more, until an
+/// empty poll (the caller bounds how long by dropping it).
 pub async fn persist_loop(
     log: Arc<dyn EventLog>,
     durable: Durable,
@@ -60,9 +62,7 @@ pub async fn persist_loop(
     let applied = metrics.worker_events.with_label_values(&["persist"]);
     let mut lag_checked = tokio::time::Instant::now();
     loop {
-        if *shutdown.borrow() {
-            break;
-        }
+        let flushing = *shutdown.borrow();
         if let Some(gauge) = &lag {
             if lag_checked.elapsed() >= Duration::from_secs(1) {
                 lag_checked = tokio::time::Instant::now();
@@ -72,22 +72,36 @@ pub async fn persist_loop(
             }
         }
         if !lead.check(log.as_ref(), &mut shutdown).await {
+            if flushing {
+                break;
+            }
             continue;
         }
-        let batch = tokio::select! {
-            r = log.poll(PERSIST_CONSUMER, cfg.batch_len_max, Duration::from_millis(cfg.poll_wait_ms)) => r,
-            _ = shutdown.changed() => continue,
+        let batch = if flushing {
+            log.poll(PERSIST_CONSUMER, cfg.batch_len_max, Duration::ZERO).await
+        } else {
+            tokio::select! {
+                r = log.poll(PERSIST_CONSUMER, cfg.batch_len_max, Duration::from_millis(cfg.poll_wait_ms)) => r,
+                _ = shutdown.changed() => continue,
+            }
         };
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
                 failures.inc();
                 tracing::warn!(error = %e, "event log poll failed");
+                if flushing {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(cfg.retry_backoff_ms)).await;
                 continue;
             }
         };
         let Some(last) = batch.last().map(|e| e.position) else {
+            if flushing {
+                tracing::info!("persist worker flushed the event log");
+                break;
+            }
             continue;
         };
         let mut backoff = cfg.retry_backoff_ms;
@@ -104,6 +118,10 @@ pub async fn persist_loop(
                 Err(e) => {
                     failures.inc();
                     tracing::error!(error = %e, position = last, "persist batch failed; retrying");
+                    if flushing {
+                        // Left in the log for the next reader.
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff)) => {},
                         _ = shutdown.changed() => return,
@@ -151,6 +169,11 @@ pub async fn timeouts(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) 
     let mut tick = ticker(cfg.timeout_poll_ms);
     let mut last_purge = tokio::time::Instant::now();
     while next_tick(&mut tick, &mut shutdown).await {
+        if !engine.intake_open() {
+            // Shutting down: the actors take no more messages; the next
+            // node's sweep settles what is due.
+            continue;
+        }
         if last_purge.elapsed() >= IDEMPOTENCY_PURGE_EVERY {
             last_purge = tokio::time::Instant::now();
             let before = crate::domain::now_unix_ms().saturating_sub(ttl_ms);

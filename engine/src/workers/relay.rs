@@ -164,9 +164,12 @@ impl Relay {
         }
     }
 
-    /// Rounds until `shutdown`, while holding the lease; a round in
-    /// progress finishes first, so every event it read is either in Kafka
-    /// and acknowledged, or pending in Redis for the next relay.
+    /// Rounds until `shutdown`, while holding the lease. Then it flushes:
+    /// what is with the producer is finished, and what the outbox still
+    /// holds is sent in rounds that do not wait for more, until a round
+    /// finds it empty (the caller bounds how long). Every event read is
+    /// either in Kafka and acknowledged, or pending in Redis for the next
+    /// relay.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let failures = self.metrics.worker_failures.with_label_values(&["relay"]);
         let mut backoff = self.workers.retry_backoff_ms;
@@ -174,22 +177,16 @@ impl Relay {
         let mut in_flight = std::collections::VecDeque::new();
         let mut idle_wait = self.poll_wait;
         loop {
-            if *shutdown.borrow() && in_flight.is_empty() {
-                break;
-            }
             if !lead.check(self.log.as_ref(), &mut shutdown).await {
                 // Lease lost: the next holder re-sends what is not acknowledged.
                 in_flight.clear();
+                if *shutdown.borrow() {
+                    break;
+                }
                 continue;
             }
             if *shutdown.borrow() {
-                // Finish what is with the producer, read nothing new.
-                while let Some(b) = in_flight.pop_front() {
-                    if let Err(e) = self.finish(b).await {
-                        tracing::warn!(error = %e, "relay batch failed during shutdown; left pending");
-                        break;
-                    }
-                }
+                self.flush(&mut in_flight).await;
                 break;
             }
             match self.pipeline(&mut in_flight, &mut idle_wait).await {
@@ -203,6 +200,36 @@ impl Relay {
                         _ = shutdown.changed() => {},
                     }
                     backoff = (backoff * 2).min(self.workers.retry_backoff_max_ms);
+                }
+            }
+        }
+    }
+
+    /// Shutdown: finishes the batches with the producer, then sends what
+    /// the outbox holds until it is empty; stops at the first failure
+    /// (what failed stays pending in Redis).
+    async fn flush(&self, in_flight: &mut std::collections::VecDeque<InFlight>) {
+        while let Some(b) = in_flight.pop_front() {
+            if let Err(e) = self.finish(b).await {
+                tracing::warn!(error = %e, "relay batch failed during shutdown; left pending");
+                return;
+            }
+        }
+        loop {
+            match self.send(Duration::ZERO).await {
+                Ok(Some(batch)) => {
+                    if let Err(e) = self.finish(batch).await {
+                        tracing::warn!(error = %e, "relay flush failed; left pending");
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!("relay flushed the outbox");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay flush failed; left pending");
+                    return;
                 }
             }
         }

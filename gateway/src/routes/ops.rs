@@ -7,11 +7,15 @@ use crate::AppState;
 #[utoipa::path(get, path = "/healthz", responses((status = 200)))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
+    healthz_body().await
+}
+
+pub async fn healthz_body() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 /// Readiness: the stores answer.
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "not ready; `failing` lists outbox, durable_store, hot_store")))]
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "not ready; `failing` lists shutting_down, outbox, durable_store, hot_store")))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let failing = state.engine.not_ready().await;
@@ -25,7 +29,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.engine.metrics.render())
+    metrics_body(&state.engine.metrics)
+}
+
+pub fn metrics_body(m: &rush_engine::telemetry::Metrics) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(m.render())
 }
 
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200)))]

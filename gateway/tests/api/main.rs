@@ -13,5 +13,6 @@ mod ops;
 mod packets;
 mod payments;
 mod seats;
+mod shutdown;
 mod wallet;
 mod webhooks;

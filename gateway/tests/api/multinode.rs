@@ -181,3 +181,30 @@ async fn a_second_live_node_with_the_same_node_id_is_refused() {
     let (s, _) = a.get("/healthz", None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// `node_id_auto` (Kubernetes Deployments): three nodes on one Redis lease
+/// three different ids, and mint ids carrying them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_node_ids_are_leased_distinct() {
+    let a = spawn_in(Mode::Redis, |c| c.node_id_auto = true).await;
+    let (prefix, dir) = (a.engine.config().redis.key_prefix.clone(), a.engine.config().data_dir.clone());
+    let mut nodes = vec![a.engine.node_id()];
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        let (prefix, dir) = (prefix.clone(), dir.clone());
+        let n = spawn_in(Mode::Redis, |c| {
+            c.node_id_auto = true;
+            c.redis.key_prefix = prefix;
+            c.data_dir = dir;
+        })
+        .await;
+        nodes.push(n.engine.node_id());
+        others.push(n);
+    }
+    let distinct: std::collections::HashSet<u16> = nodes.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "{nodes:?}");
+    // Ids minted by a node carry its leased id.
+    let event = others[1].event(2, 2, json!({})).await;
+    let id: rush_engine::domain::Id = event.parse().expect("id");
+    assert_eq!(id.node(), nodes[2]);
+}
