@@ -581,7 +581,6 @@ impl Default for ShutdownConfig {
     }
 }
 
-
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {

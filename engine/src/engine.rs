@@ -567,6 +567,7 @@ impl Engine {
         self.store.create_event(&def).await?;
         let id = def.event_id;
         self.infos.insert(id, Arc::new(EventInfo { def, map }));
+        crate::telemetry::record_id("event_id", id);
         Ok((id, count))
     }
 
@@ -637,6 +638,8 @@ impl Engine {
             attendees: input.attendees,
             now_ms: now_unix_ms(),
         };
+        crate::telemetry::record_id("order_id", req.order_id);
+        crate::telemetry::record_id("event_id", input.event_id);
         let (tx, rx) = oneshot::channel();
         let result = self.ask_event(input.event_id, EventMsg::Hold(req, tx), rx).await?;
         let outcome = match &result {
@@ -807,6 +810,7 @@ impl Engine {
             expires_at_ms: now + expires_in_s * 1000,
             parts,
         };
+        crate::telemetry::record_id("packet_id", def.packet_id);
         self.check_outbox()?;
         // Money first: the packet exists only once its total is frozen.
         self.durable.freeze_for_packet(&def).await?;

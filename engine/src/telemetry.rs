@@ -163,3 +163,9 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// Records an id on the current span (the gateway's `http` span declares
+/// `order_id`, `event_id`, `packet_id`, `payment_id`; elsewhere a no-op).
+pub fn record_id(field: &'static str, id: crate::domain::Id) {
+    tracing::Span::current().record(field, tracing::field::display(id));
+}

@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod routes;
 pub mod serve;
+pub mod telemetry;
 
 use std::sync::Arc;
 

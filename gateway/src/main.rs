@@ -53,13 +53,15 @@ fn main() -> anyhow::Result<()> {
         println!("{}", cfg.summary());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let role = match cli.command {
+        Command::Serve { .. } => "serve",
+        Command::Worker => "worker",
+        Command::Relay => "relay",
+        Command::Migrate => "migrate",
+        Command::Reconcile { .. } => "reconcile",
+    };
+    // Declared before the runtime, so dropped (traces flushed) after it.
+    let _telemetry = rush_gateway::telemetry::init(&cfg, role)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {

@@ -41,13 +41,39 @@ pub fn http_server(listener: TcpListener, engine: Arc<Engine>) -> std::io::Resul
     Ok(counted_http_server(listener, engine)?.0)
 }
 
-/// Open HTTP connections, counted from accept to close.
+/// Open HTTP connections (counted from accept to close), requests in
+/// flight, and when the last request arrived: what shutdown waits on.
 #[derive(Clone, Default)]
-pub struct Connections(Arc<std::sync::atomic::AtomicUsize>);
+pub struct Connections(Arc<Traffic>);
+
+#[derive(Default)]
+pub struct Traffic {
+    open: std::sync::atomic::AtomicUsize,
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_request: std::sync::Mutex<Option<Instant>>,
+}
 
 impl Connections {
     pub fn open(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
+        self.0.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Time since the last request arrived (forever if none did).
+    pub fn quiet_for(&self) -> Duration {
+        match *self.0.last_request.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(at) => at.elapsed(),
+            None => Duration::MAX,
+        }
+    }
+
+    fn started(&self) -> RequestGuard {
+        *self.0.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RequestGuard(self.clone())
     }
 }
 
@@ -56,9 +82,22 @@ struct ConnectionGuard(Connections);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0 .0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// Counts a request while it is being answered.
+struct RequestGuard(Connections);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0 .0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A connection that sent nothing for this long after intake closed is
+/// idle: the listener stops without waiting for its keep-alive to run out.
+const QUIET_MS: u64 = 250;
 
 /// [`http_server`], and the count of its open connections (actix's own
 /// graceful stop drops idle keep-alive connections at once; rush waits for
@@ -69,11 +108,13 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
     let cfg = engine.config().clone();
     let _ = crate::error::RETRY_AFTER_S.set(cfg.http.retry_after_s);
     let state = web::Data::new(AppState { engine: engine.clone() });
+    let traffic = web::Data::new(connections.clone());
     let keys = web::Data::new(Keys::new(&cfg.auth.jwt_secret));
     let body_len_max = cfg.http.body_len_max;
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(traffic.clone())
             .app_data(keys.clone())
             .app_data(web::JsonConfig::default().limit(body_len_max).error_handler(json_error))
             .app_data(web::PayloadConfig::default().limit(body_len_max))
@@ -116,7 +157,7 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
             .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("route")) }))
     })
     .on_connect(move |_, ext| {
-        counter.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        counter.0.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         ext.insert(ConnectionGuard(counter.clone()));
     })
     .keep_alive(Duration::from_secs(cfg.http.keep_alive_s))
@@ -135,14 +176,32 @@ fn is_ops_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
+/// The span field a route's `{id}` names.
+fn id_field(route: &str) -> Option<&'static str> {
+    let rest = route.strip_prefix("/v1/")?;
+    match rest.split('/').next()? {
+        "orders" => Some("order_id"),
+        "events" => Some("event_id"),
+        "packets" => Some("packet_id"),
+        "payments" | "sandbox" => Some("payment_id"),
+        _ => None,
+    }
+}
+
 /// Counts requests by route pattern and status and times them; once intake
-/// is closed, refuses all but the ops paths (shutdown step 2).
+/// is closed, refuses all but the ops paths (shutdown step 2). Each request
+/// runs in a span `http` with `route`, `status` and, when known, `order_id`,
+/// `event_id`, `packet_id`, `payment_id` (from the path, or recorded by the
+/// engine when it creates one); answers of 5xx are logged at warn, the rest
+/// at debug.
 async fn observe(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    use tracing::field::Empty;
     let start = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
+    let _counted = req.app_data::<web::Data<Connections>>().map(|c| c.started());
     if let Some(state) = &state {
         if !state.engine.intake_open() && !is_ops_path(req.path()) {
             state
@@ -156,12 +215,36 @@ async fn observe(
         }
     }
     let method = req.method().as_str().to_string();
-    let res = next.call(req).await?;
+    let span = tracing::info_span!(
+        "http",
+        method = %method,
+        route = Empty,
+        status = Empty,
+        order_id = Empty,
+        event_id = Empty,
+        packet_id = Empty,
+        payment_id = Empty,
+    );
+    let res = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let status = res.status();
+    span.record("route", route.as_str());
+    span.record("status", status.as_u16());
+    if let (Some(field), Some(id)) = (id_field(&route), res.request().match_info().get("id")) {
+        span.record(field, id);
+    }
+    let elapsed = start.elapsed();
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(elapsed_ms = elapsed.as_millis() as u64, "request failed");
+        } else {
+            tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "request");
+        }
+    });
     if let Some(state) = state {
-        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
         let m = &state.engine.metrics;
-        m.http_requests.with_label_values(&[&route, &method, res.status().as_str()]).inc();
-        m.http_latency.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
+        m.http_requests.with_label_values(&[&route, &method, status.as_str()]).inc();
+        m.http_latency.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
     }
     Ok(res.map_into_left_body())
 }
@@ -259,13 +342,21 @@ pub async fn shutdown(
     tokio::time::sleep(Duration::from_millis(cfg.drain_delay_ms)).await;
     tracing::info!("shutting down: intake closed");
     engine.close_intake();
-    // Each open connection is closed by its next answer (a 503 with
-    // `Connection: close`) or by the keep-alive timeout; only then does
-    // the listener stop, so no client sees a connection cut under it.
+    // Requests in flight finish; each busy connection is closed by its
+    // next answer (a 503 with `Connection: close`); connections quiet for
+    // QUIET_MS are idle. Only then does the listener stop, so no client
+    // sees a connection cut under a request. Bounded by the keep-alive
+    // timeout and by three quarters of the budget (the flush gets the rest).
     let keep_alive = Duration::from_secs(engine.config().http.keep_alive_s) + Duration::from_millis(100);
+    let flush_reserve = Duration::from_millis(cfg.timeout_ms / 4);
     let http_stopped = async {
-        let linger = (tokio::time::Instant::now() + keep_alive).min(deadline);
-        while http.connections.open() > 0 && tokio::time::Instant::now() < linger {
+        let linger = (tokio::time::Instant::now() + keep_alive).min(deadline - flush_reserve);
+        let quiet = Duration::from_millis(QUIET_MS);
+        while tokio::time::Instant::now() < linger {
+            let c = &http.connections;
+            if c.in_flight() == 0 && (c.open() == 0 || c.quiet_for() >= quiet) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         http.handle.stop(true).await;

@@ -315,6 +315,7 @@ impl Engine {
             }
         };
         let pid = Some(n.payment_id);
+        crate::telemetry::record_id("payment_id", n.payment_id);
         let p = match self.durable.payment(n.payment_id).await {
             Ok(Some(p)) if p.channel == ch.kind() => p,
             Ok(_) => return (pid, "unknown_payment", "no such payment on this channel".into(), AckKind::Refused),
@@ -333,7 +334,19 @@ impl Engine {
     /// The channel has the buyer's money for `p` (a callback or a query
     /// said so): record it once and settle. Safe to call any number of
     /// times, from any node, concurrently.
+    #[tracing::instrument(name = "settle_paid", skip_all, fields(payment_id = %p.payment_id, order_id = p.order_id.map(|i| i.raw()), event_id = p.event_id.map(|i| i.raw()), status))]
     pub async fn settle_paid(&self, p: PaymentRecord, paid: &Paid) -> Result<Settled, EngineError> {
+        let settled = self.settle_paid_inner(p, paid).await;
+        let status = match &settled {
+            Ok(s) => s.as_str(),
+            Err(_) => "failed",
+        };
+        tracing::Span::current().record("status", status);
+        tracing::debug!("payment settled");
+        settled
+    }
+
+    async fn settle_paid_inner(&self, p: PaymentRecord, paid: &Paid) -> Result<Settled, EngineError> {
         let now = now_unix_ms();
         self.durable.record_money(p.payment_id, paid, now).await?;
         // Re-read: what is recorded (and by whom) decides from here on.

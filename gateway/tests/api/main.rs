@@ -14,5 +14,6 @@ mod packets;
 mod payments;
 mod seats;
 mod shutdown;
+mod telemetry;
 mod wallet;
 mod webhooks;
