@@ -18,7 +18,7 @@ use crate::AppState;
     responses((status = 201, body = OrderView), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
               (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats", body = ErrorResp),
               (status = 422, description = "limit_exceeded", body = ErrorResp),
-              (status = 503, description = "overloaded, store_unavailable or outbox_full; see Retry-After", body = ErrorResp)))]
+              (status = 503, description = "overloaded, store_unavailable, outbox_full or shutting_down; see Retry-After", body = ErrorResp)))]
 #[post("/v1/orders")]
 pub async fn create_order(
     state: web::Data<AppState>,

@@ -47,7 +47,7 @@ pub async fn create_packet(
     responses((status = 200, body = GrabResp), (status = 404, body = ErrorResp),
               (status = 409, description = "already_grabbed (with amount)", body = ErrorResp),
               (status = 410, description = "packet_empty or packet_expired", body = ErrorResp),
-              (status = 503, description = "overloaded, store_unavailable or outbox_full; see Retry-After", body = ErrorResp)))]
+              (status = 503, description = "overloaded, store_unavailable, outbox_full or shutting_down; see Retry-After", body = ErrorResp)))]
 #[post("/v1/packets/{id}/grab")]
 pub async fn grab(state: web::Data<AppState>, auth: Auth, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let g = state.engine.grab(&auth.0.user_id, path_id(&id, "packet")?).await?;

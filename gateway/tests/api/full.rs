@@ -121,11 +121,14 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
             (holds, grabs)
         }));
     }
-    let envs2 = envs.clone();
+    // The restarted relay serves its metrics.
+    let mut envs2 = envs.clone();
+    envs2.push(("RUSH__TELEMETRY__METRICS_ADDR".into(), "127.0.0.1:0".into()));
     tokio::time::sleep(Duration::from_millis(400)).await;
     kill9(&mut procs.0[1]);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    procs.0[1] = tokio::task::spawn_blocking(move || spawn_rush("relay", &envs2)).await.expect("relay").0;
+    let (relay, relay_banner) = tokio::task::spawn_blocking(move || spawn_rush("relay", &envs2)).await.expect("relay");
+    procs.0[1] = relay;
     tokio::time::sleep(Duration::from_millis(400)).await;
     kill9(&mut procs.0[2]);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -182,6 +185,14 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
     let audit = durable.audit().await.expect("audit");
     assert_eq!(audit.sum_all_accounts, 0, "money created or destroyed");
     assert!(audit.lopsided_transfers.is_empty(), "{:?}", audit.lopsided_transfers);
+    let metrics_url = relay_banner["metrics_url"].as_str().expect("metrics_url in the relay banner");
+    let text = reqwest::get(metrics_url).await.expect("relay /metrics").text().await.expect("text");
+    let relayed = text
+        .lines()
+        .find(|l| l.starts_with("rush_worker_events_total{worker=\"relay\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(relayed > 0.0, "the relay's metrics show nothing relayed: {text}");
     drop(procs);
 }
 
