@@ -59,19 +59,7 @@ async fn kill_and_restart(redis: Option<&(String, String)>) {
     let mut proc = start(dir.path(), redis);
     let c = Arc::new(Client::new(&proc.base));
     let admin = c.token("ops", "admin").await;
-    let (s, v) = c
-        .call(
-            "POST",
-            "/v1/admin/events",
-            &admin,
-            json!({
-            "name": "Crash", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
-            "categories": [{"id": "std", "name": "Std", "price": 100}],
-            "layout": {"sections": [{"name": "A", "rows": 5, "cols": 10, "category": "std"}]}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let event = v["event_id"].as_str().expect("id").to_string();
+    let event = c.create_event(&admin, 5, 10).await;
     let total = 50_000;
     c.call("POST", "/v1/admin/wallet/sender/credit", &admin, json!({"amount": total, "reason": "t"})).await;
     let sender = c.token("sender", "user").await;

@@ -65,19 +65,7 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
 
     let c = Arc::new(Client::new(&base));
     let admin = c.token("ops", "admin").await;
-    let (s, v) = c
-        .call(
-            "POST",
-            "/v1/admin/events",
-            &admin,
-            json!({
-            "name": "Crash", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
-            "categories": [{"id": "std", "name": "Std", "price": 100}],
-            "layout": {"sections": [{"name": "A", "rows": 100, "cols": 50, "category": "std"}]}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let event = v["event_id"].as_str().expect("id").to_string();
+    let event = c.create_event(&admin, 100, 50).await;
     let total = 5_000_000;
     let (s, v) =
         c.call("POST", "/v1/admin/wallet/sender/credit", &admin, json!({"amount": total, "reason": "t"})).await;

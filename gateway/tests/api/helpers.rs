@@ -285,4 +285,27 @@ impl Client {
         let (_, v) = self.call("POST", "/v1/auth/dev-token", "", json!({"user_id": user, "role": role})).await;
         v["token"].as_str().expect("token").to_string()
     }
+
+    /// Creates an event of one section, `rows` × `cols` seats at 1.00;
+    /// returns its id.
+    pub async fn create_event(&self, admin: &str, rows: u32, cols: u32) -> String {
+        let body = json!({
+            "name": "Test", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
+            "categories": [{"id": "std", "name": "Std", "price": 100}],
+            "layout": {"sections": [{"name": "A", "rows": rows, "cols": cols, "category": "std"}]}});
+        let (s, v) = self.call("POST", "/v1/admin/events", admin, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["event_id"].as_str().expect("event id").to_string()
+    }
+}
+
+/// A bearer token signed with `secret` (for a rush whose development
+/// tokens are off, or to spare the round trip).
+pub fn signed_token(secret: &str, user: &str, role: &str) -> String {
+    let claims = rush_gateway::auth::Claims {
+        sub: user.to_string(),
+        role: role.to_string(),
+        exp: rush_gateway::auth::now_s() + 3600,
+    };
+    rush_gateway::auth::Keys::new(secret).sign(&claims)
 }

@@ -21,12 +21,7 @@ const DRAIN_DELAY_MS: u64 = 400;
 const CLIENTS: usize = 32;
 
 fn token(user: &str, role: &str) -> String {
-    let claims = rush_gateway::auth::Claims {
-        sub: user.to_string(),
-        role: role.to_string(),
-        exp: rush_gateway::auth::now_s() + 3600,
-    };
-    rush_gateway::auth::Keys::new(SECRET).sign(&claims)
+    super::helpers::signed_token(SECRET, user, role)
 }
 
 /// What one request came to.
@@ -97,19 +92,7 @@ struct Setup {
 async fn setup(base: &str) -> Setup {
     let c = Client::new(base);
     let admin = token("ops", "admin");
-    let (s, v) = c
-        .call(
-            "POST",
-            "/v1/admin/events",
-            &admin,
-            json!({
-            "name": "Stop", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
-            "categories": [{"id": "std", "name": "Std", "price": 100}],
-            "layout": {"sections": [{"name": "A", "rows": 50, "cols": 100, "category": "std"}]}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let event = v["event_id"].as_str().expect("event id").to_string();
+    let event = c.create_event(&admin, 50, 100).await;
     let total = 10_000_000;
     let (s, v) =
         c.call("POST", "/v1/admin/wallet/sender/credit", &admin, json!({"amount": total, "reason": "t"})).await;

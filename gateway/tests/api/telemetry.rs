@@ -15,12 +15,7 @@ use super::helpers::Client;
 const SECRET: &str = "telemetry-test-secret-0123456789";
 
 fn token(user: &str, role: &str) -> String {
-    let claims = rush_gateway::auth::Claims {
-        sub: user.to_string(),
-        role: role.to_string(),
-        exp: rush_gateway::auth::now_s() + 3600,
-    };
-    rush_gateway::auth::Keys::new(SECRET).sign(&claims)
+    super::helpers::signed_token(SECRET, user, role)
 }
 
 /// A stand-in OTLP/HTTP collector: keeps the body of every POST.
@@ -99,19 +94,7 @@ async fn production_logs_are_json_with_span_ids_and_traces_reach_the_otlp_collec
     let logs = std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>());
 
     let c = Client::new(banner["url"].as_str().expect("url"));
-    let (s, v) = c
-        .call(
-            "POST",
-            "/v1/admin/events",
-            &token("ops", "admin"),
-            json!({
-            "name": "Traced", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
-            "categories": [{"id": "std", "name": "Std", "price": 100}],
-            "layout": {"sections": [{"name": "A", "rows": 2, "cols": 2, "category": "std"}]}}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let event = v["event_id"].as_str().expect("event").to_string();
+    let event = c.create_event(&token("ops", "admin"), 2, 2).await;
     let (s, v) = c
         .call(
             "POST",
