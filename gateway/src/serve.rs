@@ -46,11 +46,23 @@ pub fn http_server(listener: TcpListener, engine: Arc<Engine>) -> std::io::Resul
 #[derive(Clone, Default)]
 pub struct Connections(Arc<Traffic>);
 
-#[derive(Default)]
 pub struct Traffic {
     open: std::sync::atomic::AtomicUsize,
     in_flight: std::sync::atomic::AtomicUsize,
-    last_request: std::sync::Mutex<Option<Instant>>,
+    /// Milliseconds from `since` to the last request's arrival (0: none yet).
+    last_request_ms: std::sync::atomic::AtomicU64,
+    since: Instant,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic {
+            open: Default::default(),
+            in_flight: Default::default(),
+            last_request_ms: Default::default(),
+            since: Instant::now(),
+        }
+    }
 }
 
 impl Connections {
@@ -64,15 +76,17 @@ impl Connections {
 
     /// Time since the last request arrived (forever if none did).
     pub fn quiet_for(&self) -> Duration {
-        match *self.0.last_request.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(at) => at.elapsed(),
-            None => Duration::MAX,
+        match self.0.last_request_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Duration::MAX,
+            ms => self.0.since.elapsed().saturating_sub(Duration::from_millis(ms)),
         }
     }
 
     fn started(&self) -> RequestGuard {
-        *self.0.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // +1: 0 means "no request yet".
+        let ms = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        self.0.last_request_ms.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+        self.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RequestGuard(self.clone())
     }
 }
@@ -91,7 +105,7 @@ struct RequestGuard(Connections);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0 .0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0 .0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -192,8 +206,8 @@ fn id_field(route: &str) -> Option<&'static str> {
 /// is closed, refuses all but the ops paths (shutdown step 2). Each request
 /// runs in a span `http` with `route`, `status` and, when known, `order_id`,
 /// `event_id`, `packet_id`, `payment_id` (from the path, or recorded by the
-/// engine when it creates one); answers of 5xx are logged at warn, the rest
-/// at debug.
+/// engine when it creates one), logged at debug when it ends; answers of
+/// 5xx are logged at warn with the route, status and path id.
 async fn observe(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
@@ -215,32 +229,51 @@ async fn observe(
         }
     }
     let method = req.method().as_str().to_string();
-    let span = tracing::info_span!(
-        "http",
-        method = %method,
-        route = Empty,
-        status = Empty,
-        order_id = Empty,
-        event_id = Empty,
-        packet_id = Empty,
-        payment_id = Empty,
-    );
+    // Same fields either way; INFO when traces are exported (see
+    // [`crate::telemetry::REQUEST_SPANS_AT_INFO`]), else DEBUG, so a node
+    // logging at info pays nothing for them.
+    let span = if crate::telemetry::REQUEST_SPANS_AT_INFO.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info_span!(
+            "http",
+            method = %method,
+            route = Empty,
+            status = Empty,
+            order_id = Empty,
+            event_id = Empty,
+            packet_id = Empty,
+            payment_id = Empty,
+        )
+    } else {
+        tracing::debug_span!(
+            "http",
+            method = %method,
+            route = Empty,
+            status = Empty,
+            order_id = Empty,
+            event_id = Empty,
+            packet_id = Empty,
+            payment_id = Empty,
+        )
+    };
     let res = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status();
-    span.record("route", route.as_str());
-    span.record("status", status.as_u16());
-    if let (Some(field), Some(id)) = (id_field(&route), res.request().match_info().get("id")) {
-        span.record(field, id);
+    let id = id_field(&route).zip(res.request().match_info().get("id"));
+    let elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if !span.is_disabled() {
+        span.record("route", route.as_str());
+        span.record("status", status.as_u16());
+        if let Some((field, id)) = id {
+            span.record(field, id);
+        }
+        span.in_scope(|| tracing::debug!(elapsed_ms, "request"));
+    }
+    if status.is_server_error() {
+        // Carries what it needs whether or not the span is on.
+        let (id_name, id) = id.unwrap_or(("id", ""));
+        tracing::warn!(method, route, status = status.as_u16(), id_name, id, elapsed_ms, "request failed");
     }
     let elapsed = start.elapsed();
-    span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(elapsed_ms = elapsed.as_millis() as u64, "request failed");
-        } else {
-            tracing::debug!(elapsed_ms = elapsed.as_millis() as u64, "request");
-        }
-    });
     if let Some(state) = state {
         let m = &state.engine.metrics;
         m.http_requests.with_label_values(&[&route, &method, status.as_str()]).inc();
