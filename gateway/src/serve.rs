@@ -232,28 +232,25 @@ async fn observe(
     // Same fields either way; INFO when traces are exported (see
     // [`crate::telemetry::REQUEST_SPANS_AT_INFO`]), else DEBUG, so a node
     // logging at info pays nothing for them.
+    macro_rules! request_span {
+        ($level:ident) => {
+            tracing::span!(
+                tracing::Level::$level,
+                "http",
+                method = %method,
+                route = Empty,
+                status = Empty,
+                order_id = Empty,
+                event_id = Empty,
+                packet_id = Empty,
+                payment_id = Empty,
+            )
+        };
+    }
     let span = if crate::telemetry::REQUEST_SPANS_AT_INFO.load(std::sync::atomic::Ordering::Relaxed) {
-        tracing::info_span!(
-            "http",
-            method = %method,
-            route = Empty,
-            status = Empty,
-            order_id = Empty,
-            event_id = Empty,
-            packet_id = Empty,
-            payment_id = Empty,
-        )
+        request_span!(INFO)
     } else {
-        tracing::debug_span!(
-            "http",
-            method = %method,
-            route = Empty,
-            status = Empty,
-            order_id = Empty,
-            event_id = Empty,
-            packet_id = Empty,
-            payment_id = Empty,
-        )
+        request_span!(DEBUG)
     };
     let res = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
