@@ -229,9 +229,9 @@ async fn observe(
         }
     }
     let method = req.method().as_str().to_string();
-    // Same fields either way; INFO when traces are exported (see
-    // [`crate::telemetry::REQUEST_SPANS_AT_INFO`]), else DEBUG, so a node
-    // logging at info pays nothing for them.
+    // Same fields either way; INFO for the requests whose traces are
+    // exported (see [`crate::telemetry::request_span_at_info`]), else
+    // DEBUG, so a node logging at info pays nothing for the others.
     macro_rules! request_span {
         ($level:ident) => {
             tracing::span!(
@@ -247,11 +247,7 @@ async fn observe(
             )
         };
     }
-    let span = if crate::telemetry::REQUEST_SPANS_AT_INFO.load(std::sync::atomic::Ordering::Relaxed) {
-        request_span!(INFO)
-    } else {
-        request_span!(DEBUG)
-    };
+    let span = if crate::telemetry::request_span_at_info() { request_span!(INFO) } else { request_span!(DEBUG) };
     let res = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status();
