@@ -274,8 +274,6 @@ pub struct Engine {
     pub metrics: Metrics,
     /// Shutdown has begun: readiness fails (see [`Engine::begin_drain`]).
     draining: std::sync::atomic::AtomicBool,
-    /// New requests are refused (see [`Engine::close_intake`]).
-    intake_closed: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> EngineError {
@@ -337,7 +335,6 @@ impl Engine {
             pay,
             metrics,
             draining: std::sync::atomic::AtomicBool::new(false),
-            intake_closed: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -356,12 +353,11 @@ impl Engine {
     /// decided and committed.
     pub fn close_intake(&self) {
         self.begin_drain();
-        self.intake_closed.store(true, Ordering::SeqCst);
         self.actors.close();
     }
 
     pub fn intake_open(&self) -> bool {
-        !self.intake_closed.load(Ordering::SeqCst)
+        self.actors.is_open()
     }
 
     /// Shutdown, step 3: waits for every actor to answer its mailbox and
@@ -567,7 +563,7 @@ impl Engine {
         self.store.create_event(&def).await?;
         let id = def.event_id;
         self.infos.insert(id, Arc::new(EventInfo { def, map }));
-        crate::telemetry::record_id("event_id", id);
+        crate::telemetry::record_ids(&[("event_id", id)]);
         Ok((id, count))
     }
 
@@ -638,8 +634,7 @@ impl Engine {
             attendees: input.attendees,
             now_ms: now_unix_ms(),
         };
-        crate::telemetry::record_id("order_id", req.order_id);
-        crate::telemetry::record_id("event_id", input.event_id);
+        crate::telemetry::record_ids(&[("order_id", req.order_id), ("event_id", input.event_id)]);
         let (tx, rx) = oneshot::channel();
         let result = self.ask_event(input.event_id, EventMsg::Hold(req, tx), rx).await?;
         let outcome = match &result {
@@ -810,7 +805,7 @@ impl Engine {
             expires_at_ms: now + expires_in_s * 1000,
             parts,
         };
-        crate::telemetry::record_id("packet_id", def.packet_id);
+        crate::telemetry::record_ids(&[("packet_id", def.packet_id)]);
         self.check_outbox()?;
         // Money first: the packet exists only once its total is frozen.
         self.durable.freeze_for_packet(&def).await?;

@@ -164,8 +164,15 @@ impl Default for Metrics {
     }
 }
 
-/// Records an id on the current span (the gateway's `http` span declares
-/// `order_id`, `event_id`, `packet_id`, `payment_id`; elsewhere a no-op).
-pub fn record_id(field: &'static str, id: crate::domain::Id) {
-    tracing::Span::current().record(field, tracing::field::display(id));
+/// Records ids on the current span (the gateway's `http` span declares
+/// `order_id`, `event_id`, `packet_id`, `payment_id`; a disabled span or
+/// none: nothing, after one lookup).
+pub fn record_ids(ids: &[(&'static str, crate::domain::Id)]) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    for (field, id) in ids {
+        span.record(*field, tracing::field::display(id));
+    }
 }

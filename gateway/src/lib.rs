@@ -28,4 +28,6 @@ use rush_engine::Engine;
 /// Shared by every handler.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Connections and requests in flight, for shutdown.
+    pub traffic: serve::Connections,
 }

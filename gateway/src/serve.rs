@@ -82,12 +82,12 @@ impl Connections {
         }
     }
 
-    fn started(&self) -> RequestGuard {
+    fn started(&self) -> RequestGuard<'_> {
         // +1: 0 means "no request yet".
         let ms = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
         self.0.last_request_ms.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
         self.0.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        RequestGuard(self.clone())
+        RequestGuard(self)
     }
 }
 
@@ -101,9 +101,9 @@ impl Drop for ConnectionGuard {
 }
 
 /// Counts a request while it is being answered.
-struct RequestGuard(Connections);
+struct RequestGuard<'a>(&'a Connections);
 
-impl Drop for RequestGuard {
+impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
         self.0 .0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -121,14 +121,12 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
     let counter = connections.clone();
     let cfg = engine.config().clone();
     let _ = crate::error::RETRY_AFTER_S.set(cfg.http.retry_after_s);
-    let state = web::Data::new(AppState { engine: engine.clone() });
-    let traffic = web::Data::new(connections.clone());
+    let state = web::Data::new(AppState { engine: engine.clone(), traffic: connections.clone() });
     let keys = web::Data::new(Keys::new(&cfg.auth.jwt_secret));
     let body_len_max = cfg.http.body_len_max;
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(traffic.clone())
             .app_data(keys.clone())
             .app_data(web::JsonConfig::default().limit(body_len_max).error_handler(json_error))
             .app_data(web::PayloadConfig::default().limit(body_len_max))
@@ -215,7 +213,7 @@ async fn observe(
     use tracing::field::Empty;
     let start = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let _counted = req.app_data::<web::Data<Connections>>().map(|c| c.started());
+    let _counted = state.as_ref().map(|s| s.traffic.started());
     if let Some(state) = &state {
         if !state.engine.intake_open() && !is_ops_path(req.path()) {
             state
@@ -252,7 +250,8 @@ async fn observe(
     let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
     let status = res.status();
     let id = id_field(&route).zip(res.request().match_info().get("id"));
-    let elapsed_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let elapsed = start.elapsed();
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     if !span.is_disabled() {
         span.record("route", route.as_str());
         span.record("status", status.as_u16());
@@ -266,8 +265,7 @@ async fn observe(
         let (id_name, id) = id.unwrap_or(("id", ""));
         tracing::warn!(method, route, status = status.as_u16(), id_name, id, elapsed_ms, "request failed");
     }
-    let elapsed = start.elapsed();
-    if let Some(state) = state {
+    if let Some(state) = &state {
         let m = &state.engine.metrics;
         m.http_requests.with_label_values(&[&route, &method, status.as_str()]).inc();
         m.http_latency.with_label_values(&[&route]).observe(elapsed.as_secs_f64());
@@ -432,12 +430,8 @@ pub fn ops_server(
             .route(
                 "/readyz",
                 web::get().to(|s: web::Data<Arc<std::sync::atomic::AtomicBool>>| async move {
-                    if s.load(std::sync::atomic::Ordering::SeqCst) {
-                        actix_web::HttpResponse::ServiceUnavailable()
-                            .json(json!({"status": "not_ready", "failing": ["shutting_down"]}))
-                    } else {
-                        actix_web::HttpResponse::Ok().json(json!({"status": "ready"}))
-                    }
+                    let stopping = s.load(std::sync::atomic::Ordering::SeqCst);
+                    routes::ops::readiness(if stopping { &["shutting_down"] } else { &[] })
                 }),
             )
             .route(

@@ -126,8 +126,13 @@ impl Actors {
         }
     }
 
+    /// False once [`Actors::close`] was called.
+    pub fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst)
+    }
+
     fn check_open(&self) -> Result<(), EngineError> {
-        if self.closed.load(Ordering::SeqCst) {
+        if !self.is_open() {
             return Err(EngineError::ShuttingDown);
         }
         Ok(())

@@ -315,7 +315,7 @@ impl Engine {
             }
         };
         let pid = Some(n.payment_id);
-        crate::telemetry::record_id("payment_id", n.payment_id);
+        crate::telemetry::record_ids(&[("payment_id", n.payment_id)]);
         let p = match self.durable.payment(n.payment_id).await {
             Ok(Some(p)) if p.channel == ch.kind() => p,
             Ok(_) => return (pid, "unknown_payment", "no such payment on this channel".into(), AckKind::Refused),

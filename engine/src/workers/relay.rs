@@ -50,7 +50,12 @@ impl Relay {
     /// One round: read, produce, await every delivery, acknowledge.
     /// Returns how many events went to Kafka (0 when the outbox was empty).
     pub async fn round(&self) -> Result<usize, String> {
-        match self.send(self.poll_wait).await? {
+        self.round_waiting(self.poll_wait).await
+    }
+
+    /// [`Relay::round`], waiting up to `wait` for entries.
+    async fn round_waiting(&self, wait: Duration) -> Result<usize, String> {
+        match self.send(wait).await? {
             Some(batch) => self.finish(batch).await,
             None => Ok(0),
         }
@@ -216,17 +221,12 @@ impl Relay {
             }
         }
         loop {
-            match self.send(Duration::ZERO).await {
-                Ok(Some(batch)) => {
-                    if let Err(e) = self.finish(batch).await {
-                        tracing::warn!(error = %e, "relay flush failed; left pending");
-                        return;
-                    }
-                }
-                Ok(None) => {
+            match self.round_waiting(Duration::ZERO).await {
+                Ok(0) => {
                     tracing::info!("relay flushed the outbox");
                     return;
                 }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "relay flush failed; left pending");
                     return;

@@ -18,7 +18,11 @@ pub async fn healthz_body() -> HttpResponse {
 #[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "not ready; `failing` lists shutting_down, outbox, durable_store, hot_store")))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let failing = state.engine.not_ready().await;
+    readiness(&state.engine.not_ready().await)
+}
+
+/// 200 `ready`, or 503 `not_ready` with what is `failing`.
+pub fn readiness(failing: &[&str]) -> HttpResponse {
     if failing.is_empty() {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
