@@ -1,18 +1,26 @@
 -- confirm.lua: held orders of one event are paid: their seats become sold,
--- the order moves from holds to paid, its deadline is removed.
+-- the order moves from holds to paid, its deadline is removed. Versioned
+-- as `hold.lua` is.
 --
 -- KEYS[1]  {p}:ev:<id>:seats  hash
 -- KEYS[2]  {p}:ev:<id>:holds  hash  order id -> order JSON (with "seats")
 -- KEYS[3]  {p}:ev:<id>:paid   hash  order id -> order JSON
 -- KEYS[4]  {p}:due            zset
 -- KEYS[5]  {p}:outbox         stream
+-- KEYS[6]  {p}:ev:<id>:ver    string
 -- ARGV[1]  event id
--- ARGV[2]  n, then 2 per order: order id, envelope JSON
--- Reply:   array of n integers: 1 confirmed, 0 rejected (not held)
-local out = {}
-local n = tonumber(ARGV[2])
+-- ARGV[2]  the version the batch was decided on ("" = unchecked)
+-- ARGV[3]  n, then 2 per order: order id, envelope JSON
+-- Reply:   {-1} stale, or {version after, then n integers: 1 confirmed, 0 rejected (not held)}
+local ver = tonumber(redis.call('GET', KEYS[6]) or '0')
+if ARGV[2] ~= '' and ver ~= tonumber(ARGV[2]) then
+  return {-1}
+end
+local out = {0}
+local applied = 0
+local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local order, env = ARGV[3 + i * 2], ARGV[4 + i * 2]
+  local order, env = ARGV[4 + i * 2], ARGV[5 + i * 2]
   local body = redis.call('HGET', KEYS[2], order)
   if body then
     for _, s in ipairs(cjson.decode(body).seats) do
@@ -22,9 +30,14 @@ for i = 0, n - 1 do
     redis.call('HSET', KEYS[3], order, body)
     redis.call('ZREM', KEYS[4], 'h:' .. ARGV[1] .. ':' .. order)
     redis.call('XADD', KEYS[5], '*', 'body', env)
+    applied = applied + 1
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
+if applied > 0 then
+  ver = redis.call('INCR', KEYS[6])
+end
+out[1] = ver
 return out

@@ -7,6 +7,7 @@
 --          request used the key; {4} in progress
 -- finish:  ARGV[2] status, ARGV[3] body. Reply 1
 -- abandon: deletes a claim still in progress. Reply 1
+-- forget:  ARGV[2] status: deletes a finished record holding that status. Reply 1
 local op = ARGV[1]
 if op == 'begin' then
   local rec = redis.call('HMGET', KEYS[1], 'hash', 'status', 'body', 'at')
@@ -27,6 +28,11 @@ if op == 'begin' then
   return {1}
 elseif op == 'finish' then
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'body', ARGV[3])
+  return 1
+elseif op == 'forget' then
+  if redis.call('HGET', KEYS[1], 'status') == ARGV[2] then
+    redis.call('DEL', KEYS[1])
+  end
   return 1
 elseif op == 'abandon' then
   if redis.call('HGET', KEYS[1], 'status') == '0' then

@@ -1,27 +1,45 @@
 -- refund.lua: paid orders of one event are refunded: their seats become
--- available again and the order leaves the paid set. The caller has
--- already had the money given back through the payment channel.
+-- available again, the order leaves the paid set and its seats the user's
+-- count. The caller has already had the money given back through the
+-- payment channel. Versioned as `hold.lua` is.
 --
 -- KEYS[1]  {p}:ev:<id>:seats  hash
--- KEYS[2]  {p}:ev:<id>:paid   hash  order id -> order JSON (with "seats")
+-- KEYS[2]  {p}:ev:<id>:paid   hash  order id -> order JSON (with "seats", "user_id")
 -- KEYS[3]  {p}:outbox         stream
+-- KEYS[4]  {p}:ev:<id>:ver    string
+-- KEYS[5]  {p}:ev:<id>:users  hash
 -- ARGV[1]  event id
--- ARGV[2]  n, then 2 per order: order id, envelope JSON
--- Reply:   array of n integers: 1 refunded, 0 rejected (not paid)
-local out = {}
-local n = tonumber(ARGV[2])
+-- ARGV[2]  the version the batch was decided on ("" = unchecked)
+-- ARGV[3]  n, then 2 per order: order id, envelope JSON
+-- Reply:   {-1} stale, or {version after, then n integers: 1 refunded, 0 rejected (not paid)}
+local ver = tonumber(redis.call('GET', KEYS[4]) or '0')
+if ARGV[2] ~= '' and ver ~= tonumber(ARGV[2]) then
+  return {-1}
+end
+local out = {0}
+local applied = 0
+local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local order, env = ARGV[3 + i * 2], ARGV[4 + i * 2]
+  local order, env = ARGV[4 + i * 2], ARGV[5 + i * 2]
   local body = redis.call('HGET', KEYS[2], order)
   if body then
-    for _, s in ipairs(cjson.decode(body).seats) do
+    local o = cjson.decode(body)
+    for _, s in ipairs(o.seats) do
       redis.call('HDEL', KEYS[1], tostring(s))
+    end
+    if redis.call('HINCRBY', KEYS[5], o.user_id, -#o.seats) <= 0 then
+      redis.call('HDEL', KEYS[5], o.user_id)
     end
     redis.call('HDEL', KEYS[2], order)
     redis.call('XADD', KEYS[3], '*', 'body', env)
+    applied = applied + 1
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
+if applied > 0 then
+  ver = redis.call('INCR', KEYS[4])
+end
+out[1] = ver
 return out

@@ -30,7 +30,7 @@ use crate::events::EventLog;
 use crate::idempotency::IdempotencyStore;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{Attendee, DirectGrab, DueItem, HotStore, PacketDef};
+use crate::store::{Attendee, DirectGrab, DueItem, HotStore, PacketDef, Voided};
 use crate::telemetry::Metrics;
 use crate::views::{OrderView, PacketView};
 
@@ -522,8 +522,13 @@ impl Engine {
             if !seen.insert(c.id.clone()) {
                 return Err(invalid(format!("category {} appears twice", c.id)));
             }
-            if c.price < 0 || c.price > ec.price_max_fen {
-                return Err(invalid(format!("price must be 0-{} fen", ec.price_max_fen)));
+            // Free tickets are refused: an order completes through a
+            // payment, and a payment of 0 fen moves no money to confirm it.
+            if c.price < 1 || c.price > ec.price_max_fen {
+                return Err(invalid(format!(
+                    "price must be 1-{} fen (free tickets are not supported)",
+                    ec.price_max_fen
+                )));
             }
             categories.push(Category { id: c.id, name: c.name, price: Fen::new(c.price) });
         }
@@ -810,16 +815,39 @@ impl Engine {
         // Money first: the packet exists only once its total is frozen.
         self.durable.freeze_for_packet(&def).await?;
         if let Err(e) = self.store.create_packet(&def).await {
-            if let Err(undo) = self.durable.unfreeze_failed_packet(&def).await {
-                tracing::error!(packet_id = %def.packet_id, error = %undo, "could not unfreeze a packet that failed to create");
+            // The call may have run (a timeout is not a no): find out
+            // before the money moves back.
+            match self.store.void_packet(def.packet_id).await {
+                Ok(Voided::Exists) => {}
+                Ok(Voided::Voided) => {
+                    unfreeze_voided(&self.durable, def.packet_id).await;
+                    return Err(e.into());
+                }
+                Err(unknown) => {
+                    tracing::warn!(packet_id = %def.packet_id, error = %unknown, "packet creation outcome unknown; resolving");
+                    tokio::spawn(resolve_packet(self.store.clone(), self.durable.clone(), def.packet_id));
+                    return Err(EngineError::OutcomeUnknown { what: "packet", id: def.packet_id });
+                }
             }
-            return Err(e.into());
         }
         Ok(PacketView::from(&crate::store::PacketSnapshot {
             def: Arc::new(def),
             status: crate::domain::PacketStatus::Active,
             grabs: vec![],
         }))
+    }
+
+    /// What became of a packet whose creation answered `outcome_unknown`:
+    /// its view if it was created, `None` if it never will be (its money
+    /// is unfrozen), still unknown while the hot store cannot say.
+    pub async fn packet_outcome(&self, packet_id: Id) -> Result<Option<PacketView>, EngineError> {
+        match self.store.void_packet(packet_id).await? {
+            Voided::Exists => Ok(Some(self.packet(packet_id).await?)),
+            Voided::Voided => {
+                self.durable.unfreeze_failed_packet(packet_id).await?;
+                Ok(None)
+            }
+        }
     }
 
     pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
@@ -890,5 +918,33 @@ impl Engine {
 
     pub async fn audit(&self) -> Result<Audit, EngineError> {
         Ok(self.durable.audit().await?)
+    }
+}
+
+/// Attempts of [`resolve_packet`] before it gives up and leaves the money
+/// frozen for an operator (logged at error), and the longest pause between
+/// two: together about a day of a hot store that cannot answer.
+const RESOLVE_TRIES_MAX: u32 = 3_000;
+const RESOLVE_PAUSE_MS_MAX: u64 = 30_000;
+
+/// Settles a packet whose creation's outcome is unknown, once the hot
+/// store answers again: created (nothing to do) or voided (unfrozen).
+async fn resolve_packet(store: Arc<dyn HotStore>, durable: Durable, packet_id: Id) {
+    let mut pause_ms = 100;
+    for _ in 0..RESOLVE_TRIES_MAX {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        match store.void_packet(packet_id).await {
+            Ok(Voided::Exists) => return,
+            Ok(Voided::Voided) => return unfreeze_voided(&durable, packet_id).await,
+            Err(_) => pause_ms = (pause_ms * 2).min(RESOLVE_PAUSE_MS_MAX),
+        }
+    }
+    tracing::error!(%packet_id, "packet creation still unresolved: its money stays frozen");
+}
+
+/// Gives a voided packet's money back (once, however often it is called).
+async fn unfreeze_voided(durable: &Durable, packet_id: Id) {
+    if let Err(e) = durable.unfreeze_failed_packet(packet_id).await {
+        tracing::error!(%packet_id, error = %e, "could not unfreeze a packet that was not created");
     }
 }

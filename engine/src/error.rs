@@ -47,6 +47,11 @@ pub enum EngineError {
     /// A payment channel did not answer; retry shortly.
     #[error("payment channel {0} is unavailable; retry shortly")]
     ChannelUnavailable(&'static str),
+    /// A hot-store call failed in a way that leaves open whether it took
+    /// effect, and the store could not be asked yet: the client retries
+    /// with the same Idempotency-Key, which finds out (503).
+    #[error("the outcome of creating this {what} is not known yet; retry with the same Idempotency-Key")]
+    OutcomeUnknown { what: &'static str, id: crate::domain::Id },
     #[error("internal error")]
     Internal(String),
 }

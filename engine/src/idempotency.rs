@@ -20,6 +20,9 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn begin(&self, user_id: &str, key: &str, hash: &str, now_ms: u64, ttl: Ttl) -> Result<Begin, EngineError>;
     async fn finish(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), EngineError>;
     async fn abandon(&self, user_id: &str, key: &str) -> Result<(), EngineError>;
+    /// Deletes a finished record that holds `status` (an `outcome_unknown`
+    /// answer found not to have happened), so the request may run again.
+    async fn forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), EngineError>;
 }
 
 #[async_trait]
@@ -34,5 +37,9 @@ impl IdempotencyStore for crate::durable::Durable {
 
     async fn abandon(&self, user_id: &str, key: &str) -> Result<(), EngineError> {
         Ok(self.idempotency_abandon(user_id, key).await?)
+    }
+
+    async fn forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), EngineError> {
+        Ok(self.idempotency_forget(user_id, key, status).await?)
     }
 }

@@ -20,8 +20,9 @@ use crate::pay::{day_bounds_ms, ChannelKind, Channels};
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Mismatch {
     /// `world_balance`, `deposits_vs_balances`, `lopsided_transfer`,
-    /// `account_vs_journal`, `missing_in_rush`, `missing_at_channel`,
-    /// `amount`, `status`, `bill_unavailable`.
+    /// `account_vs_journal`, `paid_order_unpaid`, `revenue_vs_sold`,
+    /// `missing_in_rush`, `missing_at_channel`, `amount`, `status`,
+    /// `bill_unavailable`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -143,6 +144,62 @@ async fn internal(durable: &Durable, audit: &Audit) -> Result<Vec<Mismatch>, Dur
             out.push(mismatch("account_vs_journal", format!("{user} has journal legs ({bucket}) but no account")));
         }
     }
+    out.extend(orders_vs_money(durable).await?);
+    Ok(out)
+}
+
+/// Sold seats against the money: every paid order's payment succeeded and
+/// is not being refunded, and the sales account holds exactly the paid
+/// orders' amounts.
+async fn orders_vs_money(durable: &Durable) -> Result<Vec<Mismatch>, DurableError> {
+    let read = &durable.db().read;
+    let mut out = Vec::new();
+    let mut sold: i64 = 0;
+    for gene in 0..crate::domain::id::GENE_COUNT {
+        let t = format!("orders_{gene}");
+        let total: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT CAST(SUM(amount) AS BIGINT) FROM {t} WHERE status = 'paid'"))
+                .fetch_one(read)
+                .await?;
+        sold += total.unwrap_or(0);
+        for r in sqlx::query(&format!(
+            "SELECT o.order_id, p.payment_id, p.status, p.refund FROM {t} o \
+             LEFT JOIN order_payments c ON c.order_id = o.order_id \
+             LEFT JOIN payments p ON p.payment_id = c.payment_id \
+             WHERE o.status = 'paid' AND (p.payment_id IS NULL OR p.status <> 'succeeded' OR p.refund <> 'none')"
+        ))
+        .fetch_all(read)
+        .await?
+        {
+            let order: i64 = r.try_get("order_id")?;
+            let payment: Option<i64> = r.try_get("payment_id")?;
+            let status: Option<String> = r.try_get("status")?;
+            let refund: Option<String> = r.try_get("refund")?;
+            out.push(mismatch(
+                "paid_order_unpaid",
+                match payment {
+                    Some(pid) => format!(
+                        "order {order} is paid but its payment {pid} is {} (refund {})",
+                        status.unwrap_or_default(),
+                        refund.unwrap_or_default()
+                    ),
+                    None => format!("order {order} is paid but no payment paid it"),
+                },
+            ));
+        }
+    }
+    let revenue: Option<i64> =
+        sqlx::query_scalar("SELECT CAST(SUM(available) AS BIGINT) FROM accounts WHERE user_id = $1")
+            .bind(crate::domain::SALES_ACCOUNT)
+            .fetch_one(read)
+            .await?;
+    let revenue = revenue.unwrap_or(0);
+    if revenue != sold {
+        out.push(mismatch(
+            "revenue_vs_sold",
+            format!("sales hold {} but paid orders add up to {}", Fen::new(revenue), Fen::new(sold)),
+        ));
+    }
     Ok(out)
 }
 
@@ -185,7 +242,9 @@ async fn external(
         }
         let refunded_here = p.status == PaymentStatus::Refunded && p.refund == RefundState::Done;
         let status_agrees = match line.status.as_str() {
-            "REFUND" => refunded_here,
+            // Refunded at the channel: rush has it done, or still owes its
+            // own steps (the payments worker carries them on).
+            "REFUND" => refunded_here || p.refund.owed(),
             // A refund rush has decided but the channel not yet made shows
             // as paid on the bill: in progress, not a mismatch.
             _ => !refunded_here,

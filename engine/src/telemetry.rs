@@ -1,7 +1,8 @@
 //! Prometheus metrics, one registry per engine (so tests never share one).
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -16,6 +17,7 @@ pub struct Metrics {
     pub grabs: IntCounterVec,
     pub worker_events: IntCounterVec,
     pub worker_failures: IntCounterVec,
+    pub parked_events: IntCounter,
     pub outbox_lag: IntGauge,
     pub store_batch_latency: Histogram,
     pub relay_lag: Histogram,
@@ -61,6 +63,11 @@ impl Metrics {
         let worker_failures = must(IntCounterVec::new(
             Opts::new("worker_failures_total", "Failed worker batches (retried); alert when it keeps rising"),
             &["worker"],
+        ));
+        let parked_events = must(IntCounter::new(
+            "parked_events_total",
+            "Events the durable store refused (a constraint or invariant): parked in parked_events, the rest \
+             applied; alert on any",
         ));
         let outbox_lag = must(IntGauge::new(
             "outbox_lag_events",
@@ -114,6 +121,7 @@ impl Metrics {
             Box::new(grabs.clone()),
             Box::new(worker_events.clone()),
             Box::new(worker_failures.clone()),
+            Box::new(parked_events.clone()),
             Box::new(outbox_lag.clone()),
             Box::new(store_batch_latency.clone()),
             Box::new(relay_lag.clone()),
@@ -136,6 +144,7 @@ impl Metrics {
             grabs,
             worker_events,
             worker_failures,
+            parked_events,
             outbox_lag,
             store_batch_latency,
             relay_lag,

@@ -163,8 +163,9 @@ async fn packet_freeze_checks_funds(backend: &str) {
     d.freeze_for_packet(&def).await.expect("freeze");
     let b = d.balance("sender").await.expect("balance");
     assert_eq!((b.available.get(), b.frozen.get()), (500, 1_000));
-    // A failed creation is undone to the cent.
-    d.unfreeze_failed_packet(&def).await.expect("unfreeze");
+    // A failed creation is undone to the cent, once however often asked.
+    d.unfreeze_failed_packet(def.packet_id).await.expect("unfreeze");
+    d.unfreeze_failed_packet(def.packet_id).await.expect("unfreeze again");
     let b = d.balance("sender").await.expect("balance");
     assert_eq!((b.available.get(), b.frozen.get()), (1_500, 0));
     assert_conserved(&d).await;
@@ -435,9 +436,16 @@ async fn payment_transitions_once(backend: &str) {
     assert_eq!(d.claim_order(order_id, ids.next(0)).await.expect("claim"), o.payment_id, "a second payment loses");
     assert!(d.record_money(o.payment_id, &paid(300), 1).await.expect("money"));
     assert!(d.succeed_payment(&o, 2).await.expect("succeed"));
-    assert!(d.refund_paid(o.payment_id, 3).await.expect("due"));
-    assert!(!d.refund_paid(o.payment_id, 3).await.expect("due twice"), "a refund is decided once");
+    assert!(d.refund_paid(o.payment_id, 3, 10).await.expect("due"));
+    assert!(!d.refund_paid(o.payment_id, 3, 10).await.expect("due twice"), "a refund is decided once");
     let o = d.payment(o.payment_id).await.expect("read").expect("exists");
+    // A refund decided is a refund scheduled: the worker finds it.
+    assert_eq!(o.next_check_at_ms, 13, "a due refund is looked at again");
+    assert!(d.payments_due(13, 10).await.expect("due").iter().any(|p| p.payment_id == o.payment_id));
+    assert!(d.refund_returned(o.payment_id, 4).await.expect("returned"));
+    assert!(!d.refund_returned(o.payment_id, 4).await.expect("returned twice"));
+    let o = d.payment(o.payment_id).await.expect("read").expect("exists");
+    assert_eq!(o.refund, RefundState::Returned);
     assert!(d.finish_refund(&o, 4).await.expect("finish"));
     assert!(!d.finish_refund(&o, 4).await.expect("finish twice"));
     let o = d.payment(o.payment_id).await.expect("read").expect("exists");

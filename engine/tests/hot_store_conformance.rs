@@ -515,6 +515,81 @@ async fn concurrent_batches_never_double_sell(f: &dyn Fixture) {
     }
 }
 
+/// A batch decided on an old version writes nothing; every write bumps
+/// the version; the per-user limit is the store's rule too.
+async fn versions_fence_stale_batches_and_the_user_limit_holds(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = event_def(&ids, 10);
+    store.create_event(&def).await.expect("create");
+    let e = def.event_id;
+    let v0 = store.load_event(e).await.expect("load").expect("event").version;
+    assert_eq!(store.event_version(e).await.expect("version"), Some(v0));
+    assert_eq!(store.event_version(ids.next(0)).await.expect("version"), None, "no such event");
+    // Two nodes decided on v0; the first one's batch lands.
+    let a = hold(&ids, e, "u", vec![0, 1], FAR);
+    let first = store.apply_seats_at(e, Some(v0), &[SeatOp::Hold(a.clone())], 1).await.expect("apply");
+    assert_eq!(first.outcomes, vec![OpOutcome::Applied]);
+    let v1 = first.version.expect("fresh");
+    assert!(v1 > v0, "a write bumps the version");
+    // The second, decided on v0 too, is stale as a whole, even on free seats.
+    let b = hold(&ids, e, "w", vec![5], FAR);
+    let stale = store
+        .apply_seats_at(
+            e,
+            Some(v0),
+            &[SeatOp::Hold(b.clone()), SeatOp::Release { order_id: a.order_id, status: OrderStatus::Cancelled }],
+            2,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(stale, rush_engine::store::SeatsApplied { outcomes: vec![OpOutcome::Rejected; 2], version: None });
+    let snap = store.load_event(e).await.expect("load").expect("event");
+    assert_eq!((snap.version, snap.seats[5], snap.holds.len()), (v1, SeatState::Available, 1), "nothing written");
+    // A batch of two kinds chains its versions.
+    let c = hold(&ids, e, "w", vec![6], FAR);
+    let two = store
+        .apply_seats_at(
+            e,
+            Some(v1),
+            &[SeatOp::Release { order_id: a.order_id, status: OrderStatus::Cancelled }, SeatOp::Hold(c.clone())],
+            3,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(two.outcomes, vec![OpOutcome::Applied; 2]);
+    let v2 = two.version.expect("fresh");
+    assert_eq!(store.event_version(e).await.expect("version"), Some(v2));
+    // per_user = 4: "w" holds 1; 3 more fit, a 4th does not, in one batch or two.
+    let d = hold(&ids, e, "w", vec![2, 3, 4], FAR);
+    let over = hold(&ids, e, "w", vec![7], FAR);
+    let out = store.apply_seats(e, &[SeatOp::Hold(d.clone()), SeatOp::Hold(over.clone())], 4).await.expect("apply");
+    assert_eq!(out, vec![OpOutcome::Applied, OpOutcome::Rejected], "the store enforces the per-user limit");
+    // Releasing gives the allowance back.
+    store
+        .apply_seats(e, &[SeatOp::Release { order_id: c.order_id, status: OrderStatus::Expired }], 5)
+        .await
+        .expect("apply");
+    let again = hold(&ids, e, "w", vec![7], FAR);
+    assert_eq!(store.apply_seats(e, &[SeatOp::Hold(again)], 6).await.expect("apply"), vec![OpOutcome::Applied]);
+}
+
+/// An unknown packet creation is settled one way or the other, for good.
+async fn packet_creation_can_be_voided(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let made = packet_def(&ids, &[10, 20], FAR);
+    store.create_packet(&made).await.expect("create");
+    assert_eq!(store.void_packet(made.packet_id).await.expect("void"), rush_engine::store::Voided::Exists);
+    assert!(store.load_packet(made.packet_id).await.expect("load").is_some(), "an existing packet is untouched");
+    let never = packet_def(&ids, &[10, 20], FAR);
+    assert_eq!(store.void_packet(never.packet_id).await.expect("void"), rush_engine::store::Voided::Voided);
+    assert_eq!(store.void_packet(never.packet_id).await.expect("void"), rush_engine::store::Voided::Voided);
+    assert!(store.load_packet(never.packet_id).await.expect("load").is_none());
+    assert_eq!(store.packet_progress(made.packet_id).await.expect("progress"), Some((0, PacketStatus::Active)));
+    assert_eq!(store.packet_progress(never.packet_id).await.expect("progress"), None);
+}
+
 /// Every check, each on a fresh fixture from `make`.
 async fn run_all<F: Fixture>(make: impl Fn() -> F) {
     seats_hold_release_confirm(&make()).await;
@@ -523,6 +598,8 @@ async fn run_all<F: Fixture>(make: impl Fn() -> F) {
     packets_expire_once_with_their_remainder(&make()).await;
     direct_grabs_decide_in_the_store(&make()).await;
     concurrent_batches_never_double_sell(&make()).await;
+    versions_fence_stale_batches_and_the_user_limit_holds(&make()).await;
+    packet_creation_can_be_voided(&make()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

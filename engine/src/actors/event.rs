@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Mailbox, STALE_ROUNDS_MAX};
 use crate::domain::{EventInfo, Fen, Id, OrderStatus, SeatIdx};
 use crate::error::EngineError;
-use crate::store::{Attendee, EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState};
+use crate::store::{
+    Attendee, EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState, SeatsApplied,
+};
 use crate::views::OrderView;
 
 /// In-memory state of one event.
@@ -30,6 +32,10 @@ pub struct EventState {
     paid: HashMap<Id, PaidOrder>,
     /// Seats held or bought per user, for the per-user limit.
     user_seats: HashMap<String, u32>,
+    /// The store's version of the event this memory is (see
+    /// [`crate::store::SeatsApplied`]): decisions count only once the
+    /// store confirms it is still the current one.
+    version: u64,
 }
 
 /// Which seats a buyer asks for.
@@ -102,6 +108,7 @@ impl EventState {
             holds: s.holds,
             paid: s.paid,
             user_seats,
+            version: s.version,
         }
     }
 
@@ -391,7 +398,6 @@ impl EventState {
 
 /// Runs the actor until its mailbox closes or it has been idle too long.
 pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store: Arc<dyn HotStore>, mailbox: Mailbox) {
-    let event_id = state.info.def.event_id;
     let mut buf = Vec::with_capacity(mailbox.batch_len_max);
     'actor: loop {
         let got = tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await;
@@ -420,67 +426,8 @@ pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store:
                 other => reads.push(other),
             }
         }
-        // Decide and commit; decisions the store finds stale (another node
-        // got there first) are decided again on the reloaded state.
-        for round in 0..=STALE_ROUNDS_MAX {
-            let mut ops = Vec::with_capacity(work.len());
-            let mut pending = Vec::with_capacity(work.len());
-            for (request, reply) in work.drain(..) {
-                match state.decide(&request) {
-                    Ok((op, order, status)) => {
-                        ops.push(op);
-                        pending.push(Pending { request, reply, order, status });
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-            if ops.is_empty() {
-                break;
-            }
-            match store.apply_seats(event_id, &ops, now_ms).await {
-                Ok(outcomes) => {
-                    let info = state.info.clone();
-                    for (p, outcome) in pending.into_iter().zip(outcomes) {
-                        match outcome {
-                            OpOutcome::Applied => {
-                                let _ = p.reply.send(Ok(OrderView::from_hot(&p.order, &info, p.status)));
-                            }
-                            OpOutcome::Rejected if round < STALE_ROUNDS_MAX => work.push((p.request, p.reply)),
-                            // Still contended by other nodes: retry later.
-                            OpOutcome::Rejected => {
-                                let _ = p.reply.send(Err(EngineError::Overloaded("event")));
-                            }
-                        }
-                    }
-                    if work.is_empty() {
-                        break;
-                    }
-                    // The only writer never meets a stale decision.
-                    assert!(!mailbox.sole_owner, "event {event_id}: the store rejected the sole owner's decision");
-                    tracing::warn!(%event_id, stale = work.len(), "another node got there first; reloading");
-                }
-                Err(e) => {
-                    tracing::warn!(%event_id, error = %e, "seat batch failed");
-                    for p in pending {
-                        let _ = p.reply.send(Err(EngineError::StoreUnavailable));
-                    }
-                }
-            }
-            // Memory holds stale or uncommitted decisions: take the store's truth.
-            match reload(&store, event_id).await {
-                Some(s) => state = s,
-                None => {
-                    for (_, reply) in work.drain(..) {
-                        let _ = reply.send(Err(EngineError::StoreUnavailable));
-                    }
-                    break 'actor;
-                }
-            }
-            if work.is_empty() {
-                break;
-            }
+        if !decide_and_commit(&mut state, work, !reads.is_empty(), &store, now_ms).await {
+            break 'actor;
         }
         state.check_invariants();
         for r in reads {
@@ -496,6 +443,119 @@ pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store:
         }
     }
     mailbox.stopped();
+}
+
+/// Decides a batch and commits it. Every answer, refusals and reads
+/// included, is given only once the store has confirmed that the memory it
+/// was decided on is the store's current state: a batch that writes learns
+/// it from its commit (the scripts check the event's version), one that
+/// does not asks for the version (one read). A stale memory is reloaded and
+/// the batch decided again. False when the event can no longer be read
+/// (the actor stops).
+async fn decide_and_commit(
+    state: &mut EventState,
+    mut work: Vec<(Request, Reply)>,
+    reads: bool,
+    store: &Arc<dyn HotStore>,
+    now_ms: u64,
+) -> bool {
+    let event_id = state.info.def.event_id;
+    if work.is_empty() && !reads {
+        return true;
+    }
+    for round in 0..=STALE_ROUNDS_MAX {
+        let mut ops = Vec::with_capacity(work.len());
+        let mut pending = Vec::with_capacity(work.len());
+        let mut refused = Vec::new();
+        for (request, reply) in work.drain(..) {
+            match state.decide(&request) {
+                Ok((op, order, status)) => {
+                    ops.push(op);
+                    pending.push(Pending { request, reply, order, status });
+                }
+                Err(e) => refused.push((request, reply, e)),
+            }
+        }
+        let committed = if ops.is_empty() {
+            let at = state.version;
+            store
+                .event_version(event_id)
+                .await
+                .map(|v| SeatsApplied { outcomes: vec![], version: v.filter(|v| *v == at) })
+        } else {
+            store.apply_seats_at(event_id, Some(state.version), &ops, now_ms).await
+        };
+        match committed {
+            Ok(SeatsApplied { outcomes, version }) => {
+                let info = state.info.clone();
+                let mut rejected = false;
+                for (p, outcome) in pending.into_iter().zip(outcomes) {
+                    match outcome {
+                        OpOutcome::Applied => {
+                            let _ = p.reply.send(Ok(OrderView::from_hot(&p.order, &info, p.status)));
+                        }
+                        OpOutcome::Rejected if round < STALE_ROUNDS_MAX => {
+                            rejected = true;
+                            work.push((p.request, p.reply));
+                        }
+                        // Still contended by other nodes: retry later.
+                        OpOutcome::Rejected => {
+                            let _ = p.reply.send(Err(EngineError::Overloaded("event")));
+                        }
+                    }
+                }
+                match version {
+                    Some(v) if !rejected => {
+                        state.version = v;
+                        for (_, reply, e) in refused {
+                            let _ = reply.send(Err(e));
+                        }
+                        return true;
+                    }
+                    // At the version it was decided on, the store should agree
+                    // with every decision; if it does not, its word counts.
+                    Some(_) | None => {
+                        if version.is_some() {
+                            tracing::error!(%event_id, "the store rejected a decision made on its current version");
+                        }
+                        for (request, reply, _) in refused {
+                            if round < STALE_ROUNDS_MAX {
+                                work.push((request, reply));
+                            } else {
+                                let _ = reply.send(Err(EngineError::Overloaded("event")));
+                            }
+                        }
+                        tracing::debug!(%event_id, again = work.len(), "another node changed the event; reloading");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%event_id, error = %e, "seat batch failed");
+                for p in pending {
+                    let _ = p.reply.send(Err(EngineError::StoreUnavailable));
+                }
+                // Without the store's word, even a refusal may be stale.
+                for (_, reply, _) in refused {
+                    let _ = reply.send(Err(EngineError::StoreUnavailable));
+                }
+            }
+        }
+        // Memory holds stale or uncommitted decisions: take the store's
+        // truth (a consistent snapshot: reads are answered from it).
+        match reload(store, event_id).await {
+            Some(s) => *state = s,
+            None => {
+                for (_, reply) in work.drain(..) {
+                    let _ = reply.send(Err(EngineError::StoreUnavailable));
+                }
+                return false;
+            }
+        }
+        if work.is_empty() {
+            return true;
+        }
+    }
+    true
 }
 
 async fn reload(store: &Arc<dyn HotStore>, event_id: Id) -> Option<EventState> {
@@ -541,6 +601,7 @@ mod tests {
             seats: vec![SeatState::Available; n],
             holds: HashMap::new(),
             paid: HashMap::new(),
+            version: 0,
         })
     }
 

@@ -166,6 +166,17 @@ pub async fn run(
             }
         }
         state.check_invariants();
+        // Reads answer from memory only if it has the store's progress
+        // (another node may have granted or expired meanwhile).
+        if !mailbox.sole_owner && later.iter().any(|m| matches!(m, PacketMsg::View(_))) {
+            let mine = (state.grabs.len() as u32, state.status);
+            if store.packet_progress(packet_id).await.ok().flatten() != Some(mine) {
+                match reload(&store, packet_id).await {
+                    Some(s) => state = s,
+                    None => break 'actor,
+                }
+            }
+        }
         for msg in later {
             match msg {
                 PacketMsg::Expire { reply } => {

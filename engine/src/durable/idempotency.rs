@@ -114,6 +114,17 @@ impl Durable {
         Ok(())
     }
 
+    /// Deletes a finished record that holds `status`.
+    pub async fn idempotency_forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), DurableError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = $3")
+            .bind(user_id)
+            .bind(key)
+            .bind(i64::from(status))
+            .execute(&self.db.write)
+            .await?;
+        Ok(())
+    }
+
     /// Forgets records older than `before_ms`.
     pub async fn idempotency_purge(&self, before_ms: u64) -> Result<u64, DurableError> {
         Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")

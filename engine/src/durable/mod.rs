@@ -40,6 +40,27 @@ pub enum DurableError {
     Conflict(&'static str, String),
 }
 
+impl DurableError {
+    /// Whether trying again may succeed (the database was unreachable,
+    /// busy or timed out) rather than the write being refused for what it
+    /// is (a constraint, an invariant, funds that do not cover it).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DurableError::Db(sqlx::Error::Database(e)) => {
+                // SQLite busy/locked; Postgres serialization failure,
+                // deadlock, shutdown and connection classes.
+                let code = e.code().unwrap_or_default();
+                matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517" | "40001" | "40P01")
+                    || code.starts_with("08")
+                    || code.starts_with("57")
+                    || code.starts_with("53")
+            }
+            DurableError::Db(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Which half of an account a leg touches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Bucket {
@@ -304,28 +325,37 @@ impl Durable {
         Ok(())
     }
 
-    /// Undoes [`Durable::freeze_for_packet`] when the hot store refused to
-    /// create the packet, so no money stays frozen for a packet nobody can grab.
-    pub async fn unfreeze_failed_packet(&self, def: &PacketDef) -> Result<(), DurableError> {
+    /// Undoes [`Durable::freeze_for_packet`] when the hot store did not
+    /// create the packet (and never will: see `HotStore::void_packet`), so
+    /// no money stays frozen for a packet nobody can grab. Once per packet:
+    /// the row leaves `active` in the same transaction.
+    pub async fn unfreeze_failed_packet(&self, packet_id: Id) -> Result<(), DurableError> {
         let mut tx = self.db.write.begin().await?;
+        let row = sqlx::query(
+            "UPDATE packets SET status = 'failed' WHERE packet_id = $1 AND status = 'active' RETURNING sender, total",
+        )
+        .bind(packet_id.raw())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let sender: String = row.try_get("sender")?;
+        let total = Fen::new(row.try_get("total")?);
         transfer(
             &mut tx,
             &Transfer {
-                transfer_id: format!("packet-unfreeze-{}", def.packet_id),
-                from: (&def.sender, Bucket::Frozen),
-                to: (&def.sender, Bucket::Available),
-                amount: def.total,
+                transfer_id: format!("packet-unfreeze-{packet_id}"),
+                from: (&sender, Bucket::Frozen),
+                to: (&sender, Bucket::Available),
+                amount: total,
                 kind: "packet_create_failed",
-                ref_id: def.packet_id.to_string(),
+                ref_id: packet_id.to_string(),
                 memo: "red packet could not be created",
                 at_ms: crate::domain::now_unix_ms(),
             },
         )
         .await?;
-        sqlx::query("UPDATE packets SET status = 'failed' WHERE packet_id = $1")
-            .bind(def.packet_id.raw())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -499,6 +529,75 @@ impl Durable {
     /// batch with multi-row statements (transfers commute: every worker
     /// transfer moves money out of a frozen bucket that already holds it).
     /// Returns how many events were new.
+    /// Parks an event that cannot be applied (see `parked_events`): kept
+    /// with its reason and marked processed, in one transaction.
+    pub async fn park_event(&self, env: &Envelope, reason: &str) -> Result<(), DurableError> {
+        let now = ms_i(crate::domain::now_unix_ms());
+        let body = serde_json::to_string(env).map_err(|e| DurableError::Invariant(e.to_string()))?;
+        let mut tx = self.db.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO parked_events (event_id, position, body, reason, parked_at_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(env.event_id.raw())
+        .bind(i64::try_from(env.position).unwrap_or(i64::MAX))
+        .bind(body)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO processed_events (event_id, at_ms) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING")
+            .bind(env.event_id.raw())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Parked events, oldest first: (event id, reason).
+    pub async fn parked_events(&self, limit: u32) -> Result<Vec<(Id, String)>, DurableError> {
+        let rows = sqlx::query("SELECT event_id, reason FROM parked_events ORDER BY parked_at_ms, event_id LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.db.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id = Id::from_raw(r.try_get("event_id")?).map_err(|e| DurableError::Invariant(e.to_string()))?;
+                Ok((id, r.try_get("reason")?))
+            })
+            .collect()
+    }
+
+    /// Applies a batch; a batch the store refuses for what it holds (not
+    /// for being unreachable) is split in halves until the offending
+    /// events are alone, which are parked. Returns (applied, parked); a
+    /// transient failure is returned for the caller to retry the whole
+    /// batch (what was applied is skipped by its event id).
+    pub async fn apply_or_park(&self, batch: &[Envelope]) -> Result<(usize, Vec<(Id, String)>), DurableError> {
+        let (mut applied, mut parked) = (0, Vec::new());
+        // A stack of ranges, first half on top: the log's order is kept.
+        let mut todo = vec![(0, batch.len())];
+        while let Some((from, to)) = todo.pop() {
+            let part = &batch[from..to];
+            match self.apply_events(part).await {
+                Ok(n) => applied += n,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) if part.len() == 1 => {
+                    let reason = e.to_string();
+                    self.park_event(&part[0], &reason).await?;
+                    parked.push((part[0].event_id, reason));
+                }
+                Err(_) => {
+                    let mid = from + part.len() / 2;
+                    todo.push((mid, to));
+                    todo.push((from, mid));
+                }
+            }
+        }
+        Ok((applied, parked))
+    }
+
     pub async fn apply_events(&self, batch: &[Envelope]) -> Result<usize, DurableError> {
         let now = ms_i(crate::domain::now_unix_ms());
         let mut tx = self.db.write.begin().await?;

@@ -65,7 +65,18 @@ pub enum RefundState {
     None,
     /// Decided; the channel's refund has not been confirmed yet.
     Due,
+    /// The channel gave the money back; rush's own steps (seats back on
+    /// sale, the books) are still to do. Recorded first thing after the
+    /// channel's answer, so nothing that fails later can forget it.
+    Returned,
     Done,
+}
+
+impl RefundState {
+    /// A refund rush still has to carry on with.
+    pub fn owed(self) -> bool {
+        matches!(self, RefundState::Due | RefundState::Returned)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -152,6 +163,7 @@ fn payment_from_row(r: &sqlx::any::AnyRow) -> Result<PaymentRecord, DurableError
         refund: match refund.as_str() {
             "none" => RefundState::None,
             "due" => RefundState::Due,
+            "returned" => RefundState::Returned,
             "done" => RefundState::Done,
             _ => return Err(corrupt("refund state")),
         },
@@ -370,9 +382,24 @@ impl Durable {
 
     /// A paid order's refund is decided: succeeded → refund due. False if
     /// the payment is not succeeded or its refund is already under way.
-    pub async fn refund_paid(&self, payment_id: Id, now_ms: u64) -> Result<bool, DurableError> {
+    pub async fn refund_paid(&self, payment_id: Id, now_ms: u64, check_after_ms: u64) -> Result<bool, DurableError> {
         let mut conn = self.db.write.acquire().await?;
-        set_status(&mut conn, "refund = 'due'", payment_id, "status = 'succeeded' AND refund = 'none'", now_ms).await
+        // Scheduled: if the caller's own attempt fails half-way, the
+        // payments worker carries it on.
+        set_status(
+            &mut conn,
+            &format!("refund = 'due', next_check_at_ms = {}", ms_i(now_ms.saturating_add(check_after_ms))),
+            payment_id,
+            "status = 'succeeded' AND refund = 'none'",
+            now_ms,
+        )
+        .await
+    }
+
+    /// The channel has refunded: due → returned (see [`RefundState::Returned`]).
+    pub async fn refund_returned(&self, payment_id: Id, now_ms: u64) -> Result<bool, DurableError> {
+        let mut conn = self.db.write.acquire().await?;
+        set_status(&mut conn, "refund = 'returned'", payment_id, "refund = 'due'", now_ms).await
     }
 
     /// The channel confirmed the refund: due → done, status refunded, and
@@ -381,7 +408,7 @@ impl Durable {
     pub async fn finish_refund(&self, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
         let mut tx = self.db.write.begin().await?;
         let set = format!("refund = 'done', status = 'refunded', next_check_at_ms = {NEVER_MS}");
-        if !set_status(&mut tx, &set, p.payment_id, "refund = 'due'", now_ms).await? {
+        if !set_status(&mut tx, &set, p.payment_id, "refund IN ('due', 'returned')", now_ms).await? {
             return Ok(false);
         }
         let (from, kind, memo, id) = if p.status == PaymentStatus::Succeeded {

@@ -352,7 +352,7 @@ impl Engine {
         // Re-read: what is recorded (and by whom) decides from here on.
         let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
         if p.refund != RefundState::None {
-            if p.refund == RefundState::Due {
+            if p.refund.owed() {
                 self.refund_now(&p).await?;
             }
             return Ok(Settled::Duplicate);
@@ -367,14 +367,29 @@ impl Engine {
                     if holder != p.payment_id {
                         return self.late_money(&p, "another payment paid the order").await;
                     }
+                    // The actor decides against the hot store's current
+                    // state (see `actors::event`), so its answer is the
+                    // order's fate, except for "not found", which is
+                    // checked below before any money moves.
                     match self.confirm(event_id, order_id).await {
                         // Paid already: by this payment's earlier attempt,
                         // since only the claim holder confirms.
                         Ok(_) | Err(EngineError::OrderNotPending { status: OrderStatus::Paid }) => {
                             self.succeed(&p).await
                         }
-                        Err(EngineError::OrderNotPending { .. }) | Err(EngineError::NotFound(_)) => {
+                        Err(EngineError::OrderNotPending { .. }) => {
                             self.late_money(&p, "order closed before the money arrived").await
+                        }
+                        Err(EngineError::NotFound("order")) if self.order_closed(order_id).await? => {
+                            self.late_money(&p, "order closed before the money arrived").await
+                        }
+                        // Not held, yet not known to be closed (the hot store
+                        // lost it, or the release is not recorded yet):
+                        // unknown is not no; the callback's resend or the
+                        // payments worker comes back to it.
+                        Err(EngineError::NotFound(what)) => {
+                            tracing::warn!(payment_id = %p.payment_id, %order_id, what, "order not found in the hot store; settling later");
+                            Err(EngineError::StoreUnavailable)
                         }
                         Err(e) => Err(e),
                     }
@@ -382,6 +397,18 @@ impl Engine {
                 _ => Err(EngineError::Internal(format!("order payment {} has no order", p.payment_id))),
             },
         }
+    }
+
+    /// Whether an order the hot store no longer holds is closed for
+    /// good: its release is recorded, or its hold's deadline has passed
+    /// (no confirm is accepted after it, so the money cannot buy it).
+    async fn order_closed(&self, order_id: Id) -> Result<bool, EngineError> {
+        let Some(r) = self.durable.order(order_id).await? else { return Ok(false) };
+        Ok(match r.status {
+            OrderStatus::Expired | OrderStatus::Cancelled | OrderStatus::Refunded => true,
+            OrderStatus::PendingPayment => now_unix_ms() >= r.expires_at_ms,
+            OrderStatus::Paid => false,
+        })
     }
 
     async fn succeed(&self, p: &PaymentRecord) -> Result<Settled, EngineError> {
@@ -401,8 +428,8 @@ impl Engine {
             tracing::warn!(payment_id = %p.payment_id, order_id = ?p.order_id, why, "late money: refunding");
         }
         let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
-        if p.refund == RefundState::Due {
-            // A failure here leaves the refund due; the worker retries.
+        if p.refund.owed() {
+            // A failure here leaves the refund owed; the worker retries.
             if let Err(e) = self.refund_now(&p).await {
                 tracing::warn!(payment_id = %p.payment_id, error = %e, "late refund will be retried");
             }
@@ -414,12 +441,17 @@ impl Engine {
     /// order's seats go back on sale, then the refund is recorded done.
     /// Every step may run again after a failure.
     pub(crate) async fn refund_now(&self, p: &PaymentRecord) -> Result<(), EngineError> {
-        let ch = self.channel(p.channel)?;
-        ch.refund(p.payment_id, p.refund_amount()).await.map_err(channel_err(p.channel))?;
+        if p.refund == RefundState::Due {
+            let ch = self.channel(p.channel)?;
+            ch.refund(p.payment_id, p.refund_amount()).await.map_err(channel_err(p.channel))?;
+            // Recorded before anything else can fail.
+            self.durable.refund_returned(p.payment_id, now_unix_ms()).await?;
+        }
         if let (PaymentStatus::Succeeded, Some(order_id), Some(event_id)) = (p.status, p.order_id, p.event_id) {
             match self.refund_seats(event_id, order_id).await {
-                // Not paid any more: this refund's earlier attempt freed them.
-                Ok(_) | Err(EngineError::NotFound(_)) => {}
+                // Not paid any more (the actor's view is the store's): this
+                // refund's earlier attempt freed them.
+                Ok(_) | Err(EngineError::NotFound("order")) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -456,11 +488,12 @@ impl Engine {
             }
         };
         let now = now_unix_ms();
-        if p.refund == RefundState::None && !self.durable.refund_paid(p.payment_id, now).await? {
+        let retry_after_ms = self.cfg.payments.query_after_ms;
+        if p.refund == RefundState::None && !self.durable.refund_paid(p.payment_id, now, retry_after_ms).await? {
             return Err(EngineError::conflict("refund_in_progress", "a refund of this order is under way"));
         }
         let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
-        if p.refund == RefundState::Due {
+        if p.refund.owed() {
             self.refund_now(&p).await?;
         }
         let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
@@ -505,7 +538,7 @@ impl Engine {
         let backoff = pc.query_after_ms.saturating_mul(1u64 << p.checks.min(20)).min(pc.query_backoff_max_ms);
         let close_at = p.expires_at_ms + pc.close_grace_ms;
         let result = async {
-            if p.refund == RefundState::Due {
+            if p.refund.owed() {
                 return self.refund_now(&p).await;
             }
             if p.status != PaymentStatus::Pending {

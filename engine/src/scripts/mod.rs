@@ -64,7 +64,18 @@ impl Scripts {
     }
 }
 
-/// hold / release / confirm / refund / grab: one 1 or 0 per op, in order.
+/// hold / release / confirm / refund: `{-1}` when the event changed since
+/// the batch's version (nothing written), else the version after the call
+/// and one 1 or 0 per op, in order.
+pub fn versioned(reply: Vec<i64>, ops: usize) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
+    match reply.split_first() {
+        Some((-1, [])) => Ok((None, vec![OpOutcome::Rejected; ops])),
+        Some((v, rest)) if *v >= 0 => Ok((Some(*v as u64), outcomes(rest.to_vec(), ops)?)),
+        _ => Err(StoreError::Corrupt(format!("script answered {reply:?} for {ops} ops"))),
+    }
+}
+
+/// grab: one 1 or 0 per op, in order.
 pub fn outcomes(reply: Vec<i64>, ops: usize) -> Result<Vec<OpOutcome>, StoreError> {
     if reply.len() != ops {
         return Err(StoreError::Corrupt(format!("script answered {} verdicts for {ops} ops", reply.len())));
@@ -130,6 +141,11 @@ mod tests {
         assert_eq!(outcomes(vec![1, 0], 2).unwrap(), vec![OpOutcome::Applied, OpOutcome::Rejected]);
         assert!(outcomes(vec![1], 2).is_err());
         assert!(outcomes(vec![2], 1).is_err());
+        assert_eq!(versioned(vec![-1], 2).unwrap(), (None, vec![OpOutcome::Rejected; 2]));
+        assert_eq!(versioned(vec![7, 1, 0], 2).unwrap(), (Some(7), vec![OpOutcome::Applied, OpOutcome::Rejected]));
+        assert!(versioned(vec![7, 1], 2).is_err());
+        assert!(versioned(vec![-3, 1], 1).is_err());
+        assert!(versioned(vec![], 0).is_err());
         assert_eq!(created(1).unwrap(), Created::Created);
         assert!(created(7).is_err());
         assert_eq!(expired(-1).unwrap(), None);

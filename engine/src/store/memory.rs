@@ -19,7 +19,7 @@ use super::commit::{insert_rows, stmt, Committer, WriteSet};
 use super::order_seats;
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
-    SeatOp, SeatState, StoreError,
+    SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
 use crate::durable::Db;
@@ -33,6 +33,41 @@ struct EventHot {
     seats: Vec<SeatState>,
     holds: HashMap<Id, HotOrder>,
     paid: HashMap<Id, PaidOrder>,
+    /// Seats held or bought per user: the per-user limit, re-checked here
+    /// as `hold.lua` does.
+    user_seats: HashMap<String, u32>,
+    /// Bumped by every call that writes (see `SeatsApplied`). Not stored:
+    /// a mirror read again from the file starts over, and so does the
+    /// actor that reloads with it.
+    version: u64,
+}
+
+impl EventHot {
+    fn new(
+        info: Arc<EventInfo>,
+        seats: Vec<SeatState>,
+        holds: HashMap<Id, HotOrder>,
+        paid: HashMap<Id, PaidOrder>,
+    ) -> Self {
+        let mut user_seats: HashMap<String, u32> = HashMap::new();
+        for (user, n) in holds
+            .values()
+            .map(|o| (&o.user_id, o.seats.len()))
+            .chain(paid.values().map(|p| (&p.user_id, p.seats.len())))
+        {
+            *user_seats.entry(user.clone()).or_default() += n as u32;
+        }
+        EventHot { info, seats, holds, paid, user_seats, version: 0 }
+    }
+
+    fn give_back(&mut self, user_id: &str, seats: usize) {
+        if let Some(n) = self.user_seats.get_mut(user_id) {
+            *n = n.saturating_sub(seats as u32);
+            if *n == 0 {
+                self.user_seats.remove(user_id);
+            }
+        }
+    }
 }
 
 struct PacketHot {
@@ -209,7 +244,7 @@ impl MemoryStore {
             let o: HotOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
             paid.insert(id, PaidOrder { user_id: o.user_id, seats: o.seats });
         }
-        Ok(Some(EventHot { info, seats, holds, paid }))
+        Ok(Some(EventHot::new(info, seats, holds, paid)))
     }
 
     async fn packet_mirror(&self, packet_id: Id) -> Result<Option<Arc<Mutex<PacketHot>>>, StoreError> {
@@ -271,10 +306,8 @@ impl HotStore for MemoryStore {
             .await
             .map_err(db_err)?;
         let seats = vec![SeatState::Available; info.map.len()];
-        self.events.insert(
-            def.event_id,
-            Arc::new(Mutex::new(EventHot { info, seats, holds: HashMap::new(), paid: HashMap::new() })),
-        );
+        self.events
+            .insert(def.event_id, Arc::new(Mutex::new(EventHot::new(info, seats, HashMap::new(), HashMap::new()))));
         Ok(())
     }
 
@@ -288,14 +321,33 @@ impl HotStore for MemoryStore {
             seats: hot.seats.clone(),
             holds: hot.holds.clone(),
             paid: hot.paid.clone(),
+            version: hot.version,
         }))
     }
 
-    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+    async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {
         let Some(m) = self.event_mirror(event_id).await? else {
-            return Ok(vec![OpOutcome::Rejected; ops.len()]);
+            return Ok(None);
+        };
+        let version = m.lock().await.version;
+        Ok(Some(version))
+    }
+
+    async fn apply_seats_at(
+        &self,
+        event_id: Id,
+        version: Option<u64>,
+        ops: &[SeatOp],
+        now_ms: u64,
+    ) -> Result<SeatsApplied, StoreError> {
+        let Some(m) = self.event_mirror(event_id).await? else {
+            return Ok(SeatsApplied { outcomes: vec![OpOutcome::Rejected; ops.len()], version: None });
         };
         let mut hot = m.lock().await;
+        if version.is_some_and(|v| v != hot.version) {
+            return Ok(SeatsApplied { outcomes: vec![OpOutcome::Rejected; ops.len()], version: None });
+        }
+        let per_user = hot.info.def.limits.per_user;
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut writes = Vec::new();
         // Check and apply to the mirror op by op: a later op sees the effect
@@ -305,12 +357,14 @@ impl HotStore for MemoryStore {
                 SeatOp::Hold(o) => {
                     let free = !o.seats.is_empty()
                         && !hot.holds.contains_key(&o.order_id)
-                        && o.seats.iter().all(|s| hot.seats.get(*s as usize) == Some(&SeatState::Available));
+                        && o.seats.iter().all(|s| hot.seats.get(*s as usize) == Some(&SeatState::Available))
+                        && hot.user_seats.get(&o.user_id).copied().unwrap_or(0) + o.seats.len() as u32 <= per_user;
                     if free {
                         for s in &o.seats {
                             hot.seats[*s as usize] = SeatState::Held(o.order_id);
                         }
                         hot.holds.insert(o.order_id, o.clone());
+                        *hot.user_seats.entry(o.user_id.clone()).or_default() += o.seats.len() as u32;
                         Some(SeatWrite::Hold(o.clone()))
                     } else {
                         None
@@ -321,6 +375,7 @@ impl HotStore for MemoryStore {
                         for s in &order.seats {
                             hot.seats[*s as usize] = SeatState::Available;
                         }
+                        hot.give_back(&order.user_id, order.seats.len());
                         Some(SeatWrite::Release { order, status: *status })
                     }
                     None => None,
@@ -343,6 +398,7 @@ impl HotStore for MemoryStore {
                         for s in &paid.seats {
                             hot.seats[*s as usize] = SeatState::Available;
                         }
+                        hot.give_back(&paid.user_id, paid.seats.len());
                         Some(SeatWrite::Refund { order_id: *order_id, user_id: paid.user_id })
                     }
                     None => None,
@@ -352,7 +408,7 @@ impl HotStore for MemoryStore {
             writes.extend(write);
         }
         if writes.is_empty() {
-            return Ok(outcomes);
+            return Ok(SeatsApplied { outcomes, version: Some(hot.version) });
         }
         let info = hot.info.clone();
         if let Err(e) = self.committer.commit(seat_writes(&info, &writes, now_ms)?).await {
@@ -360,6 +416,8 @@ impl HotStore for MemoryStore {
             self.events.remove(&event_id);
             return Err(e);
         }
+        hot.version += 1;
+        let version = Some(hot.version);
         let mut due = lock_due(&self.due);
         for w in &writes {
             match w {
@@ -373,7 +431,7 @@ impl HotStore for MemoryStore {
             }
         }
         drop(due);
-        Ok(outcomes)
+        Ok(SeatsApplied { outcomes, version })
     }
 
     async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError> {
@@ -391,6 +449,15 @@ impl HotStore for MemoryStore {
         let order: HotOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
         let paid: i64 = r.try_get("paid").map_err(db_err)?;
         Ok(Some((order, if paid == 1 { OrderStatus::Paid } else { OrderStatus::PendingPayment })))
+    }
+
+    async fn void_packet(&self, packet_id: Id) -> Result<Voided, StoreError> {
+        // A create call here has returned only once its transaction ended:
+        // the row is there or never will be.
+        Ok(match self.packet_mirror(packet_id).await? {
+            Some(_) => Voided::Exists,
+            None => Voided::Voided,
+        })
     }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {
@@ -430,6 +497,14 @@ impl HotStore for MemoryStore {
         };
         let hot = m.lock().await;
         Ok(Some(PacketSnapshot { def: hot.def.clone(), status: hot.status, grabs: hot.grabs.clone() }))
+    }
+
+    async fn packet_progress(&self, packet_id: Id) -> Result<Option<(u32, PacketStatus)>, StoreError> {
+        let Some(m) = self.packet_mirror(packet_id).await? else {
+            return Ok(None);
+        };
+        let hot = m.lock().await;
+        Ok(Some((hot.grabs.len() as u32, hot.status)))
     }
 
     async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {

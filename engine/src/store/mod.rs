@@ -67,6 +67,20 @@ pub struct EventSnapshot {
     pub seats: Vec<SeatState>,
     pub holds: HashMap<Id, HotOrder>,
     pub paid: HashMap<Id, PaidOrder>,
+    /// The event's version: bumped by every call that changes its seats,
+    /// so an actor can tell whether another node changed it since.
+    pub version: u64,
+}
+
+/// The store's verdict on a batch of seat ops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeatsApplied {
+    /// One per op.
+    pub outcomes: Vec<OpOutcome>,
+    /// The event's version after the batch; `None` when the store found
+    /// the event at another version than the batch was decided on (another
+    /// node wrote it): nothing from that point on was written.
+    pub version: Option<u64>,
 }
 
 /// One decision of the event actor, to be re-checked and applied.
@@ -129,6 +143,15 @@ impl PacketSnapshot {
     }
 }
 
+/// What [`HotStore::void_packet`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Voided {
+    /// The packet was created: the earlier call did run.
+    Exists,
+    /// The packet does not exist and never will.
+    Voided,
+}
+
 /// The verdict of a grab decided by the store itself (direct mode).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirectGrab {
@@ -170,14 +193,39 @@ pub trait HotStore: Send + Sync + 'static {
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError>;
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError>;
     /// Re-checks and applies a batch of seat ops in order, atomically with
-    /// their outbox events. One outcome per op.
-    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError>;
+    /// their outbox events. With `version`, nothing is written unless the
+    /// event is still at that version (the actor decided on the store's
+    /// state); without, every op is re-checked on its own.
+    async fn apply_seats_at(
+        &self,
+        event_id: Id,
+        version: Option<u64>,
+        ops: &[SeatOp],
+        now_ms: u64,
+    ) -> Result<SeatsApplied, StoreError>;
+    /// [`HotStore::apply_seats_at`] without a version: one outcome per op.
+    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+        Ok(self.apply_seats_at(event_id, None, ops, now_ms).await?.outcomes)
+    }
+    /// The event's current version (`None`: no such event). One read: an
+    /// actor that decided a batch without writing anything (refusals,
+    /// reads) checks with it that its memory was the store's state.
+    async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError>;
     /// An order the hot store still holds (pending, or paid and sold), for
     /// reads before the workers have persisted it.
     async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError>;
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError>;
+    /// Settles a `create_packet` whose outcome is unknown (its call failed
+    /// or timed out and may still run): either the packet exists, or it is
+    /// made impossible from now on (a tombstone the create script refuses).
+    async fn void_packet(&self, packet_id: Id) -> Result<Voided, StoreError>;
     async fn load_packet(&self, packet_id: Id) -> Result<Option<PacketSnapshot>, StoreError>;
+    /// How far the packet has gone: parts taken and status (`None`: no such
+    /// packet). Both only ever move forward, so an actor whose memory
+    /// matches them answers reads from it; a grab's refusals (already
+    /// grabbed, empty, expired) stay true once true and need no check.
+    async fn packet_progress(&self, packet_id: Id) -> Result<Option<(u32, PacketStatus)>, StoreError>;
     /// Re-checks and applies grabs in order: the user has not grabbed, the
     /// part is the next one, the packet is active.
     async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError>;

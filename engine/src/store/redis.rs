@@ -6,8 +6,10 @@
 //!
 //! Keys, under the configured prefix `P`:
 //! - `P:{pN}:ev:<id>:def` (event JSON), `:n` (seat count), `:seats`,
-//!   `:holds`, `:paid` (hashes)
-//! - `P:{pN}:pk:<id>:def` (packet JSON), `:parts` (list), `:state`, `:grabs`
+//!   `:holds`, `:paid`, `:users` (seats per user) (hashes), `:ver` (the
+//!   event's version, bumped by every script call that writes it)
+//! - `P:{pN}:pk:<id>:def` (packet JSON, or `void`: a tombstone left by
+//!   `void_packet`), `:parts` (list), `:state`, `:grabs`
 //! - `P:{pN}:due` (zset of deadlines), `P:{pN}:outbox` (stream)
 //! - `P:{pO}:ord:<order>` → event id: an index for reading an order by id,
 //!   written before the hold script (it asserts nothing on its own).
@@ -27,7 +29,7 @@ use tokio::task::JoinSet;
 
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
-    SeatOp, SeatState, StoreError,
+    SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::domain::id::PARTITION_COUNT;
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
@@ -62,6 +64,14 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 /// The placeholder the scripts replace with an amount only they know
 /// (`expire_packet.lua`: the remainder; `grab_direct.lua`: the part).
 const REMAINING_PLACEHOLDER: i64 = i64::MIN;
+
+/// The `def` of a packet whose creation was voided (see `void_packet`).
+const VOID_PACKET: &str = "void";
+
+/// The version argument of the seat scripts: empty means unchecked.
+fn version_arg(version: Option<u64>) -> String {
+    version.map(|v| v.to_string()).unwrap_or_default()
+}
 
 impl RedisStore<ConnectionManager> {
     /// Connects, with every call bounded by `timeout` so a dead Redis is an
@@ -236,13 +246,18 @@ where
             return Ok(Some(d.clone()));
         }
         let def: Option<String> = self.conn.clone().get(self.pk(packet_id, "def")).await.map_err(unavailable)?;
-        let Some(def) = def else { return Ok(None) };
+        let Some(def) = def.filter(|d| d != VOID_PACKET) else { return Ok(None) };
         let def: Arc<PacketDef> = Arc::new(serde_json::from_str(&def).map_err(corrupt)?);
         self.packets.insert(packet_id, def.clone());
         Ok(Some(def))
     }
 
-    async fn holds(&self, info: &EventInfo, group: &[SeatOp]) -> Result<Vec<OpOutcome>, StoreError> {
+    async fn holds(
+        &self,
+        info: &EventInfo,
+        version: Option<u64>,
+        group: &[SeatOp],
+    ) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
         let e = info.def.event_id;
         let mut conn = self.conn.clone();
         // The order index first: alone it asserts nothing. Each order's key
@@ -261,7 +276,11 @@ where
             .key(self.ev(e, "n"))
             .key(self.part(e.partition(), "due"))
             .key(self.part(e.partition(), "outbox"))
+            .key(self.ev(e, "ver"))
+            .key(self.ev(e, "users"))
             .arg(e.to_string())
+            .arg(version_arg(version))
+            .arg(info.def.limits.per_user)
             .arg(group.len());
         for op in group {
             let SeatOp::Hold(o) = op else { return Err(corrupt("mixed seat group")) };
@@ -280,15 +299,27 @@ where
                 .arg(csv)
                 .arg(o.expires_at_ms)
                 .arg(serde_json::to_string(o).map_err(corrupt)?)
-                .arg(env);
+                .arg(env)
+                .arg(&o.user_id);
         }
-        Ok(self.appended_if(scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())?))
+        self.versioned(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
+    }
+
+    fn versioned(&self, reply: Vec<i64>, ops: usize) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
+        let (version, outcomes) = scripts::versioned(reply, ops)?;
+        Ok((version, self.appended_if(outcomes)))
     }
 
     /// Release, confirm or refund: the orders are read first to build
     /// their events; the script re-checks that each is still held (paid,
     /// for a refund).
-    async fn settle(&self, e: Id, group: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+    async fn settle(
+        &self,
+        e: Id,
+        version: Option<u64>,
+        group: &[SeatOp],
+        now_ms: u64,
+    ) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
         let mut conn = self.conn.clone();
         let ids: Vec<Id> = group
             .iter()
@@ -311,22 +342,25 @@ where
             Some(SeatOp::Confirm { .. }) => {
                 let mut inv = self.scripts.confirm.prepare_invoke();
                 inv.key(self.ev(e, "seats")).key(self.ev(e, "holds")).key(self.ev(e, "paid"));
-                inv.key(self.part(e.partition(), "due"));
+                inv.key(self.part(e.partition(), "due")).key(self.part(e.partition(), "outbox"));
+                inv.key(self.ev(e, "ver"));
                 inv
             }
             Some(SeatOp::Refund { .. }) => {
                 let mut inv = self.scripts.refund.prepare_invoke();
-                inv.key(self.ev(e, "seats")).key(self.ev(e, "paid"));
+                inv.key(self.ev(e, "seats")).key(self.ev(e, "paid")).key(self.part(e.partition(), "outbox"));
+                inv.key(self.ev(e, "ver")).key(self.ev(e, "users"));
                 inv
             }
             _ => {
                 let mut inv = self.scripts.release.prepare_invoke();
                 inv.key(self.ev(e, "seats")).key(self.ev(e, "holds"));
-                inv.key(self.part(e.partition(), "due"));
+                inv.key(self.part(e.partition(), "due")).key(self.part(e.partition(), "outbox"));
+                inv.key(self.ev(e, "ver")).key(self.ev(e, "users"));
                 inv
             }
         };
-        inv.key(self.part(e.partition(), "outbox")).arg(e.to_string()).arg(group.len());
+        inv.arg(e.to_string()).arg(version_arg(version)).arg(group.len());
         for ((op, id), body) in group.iter().zip(&ids).zip(bodies) {
             let user_id = match body {
                 Some(b) => serde_json::from_str::<HotOrder>(&b).map_err(corrupt)?.user_id,
@@ -348,7 +382,7 @@ where
             };
             inv.arg(id.to_string()).arg(self.envelope(event)?);
         }
-        Ok(self.appended_if(scripts::outcomes(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())?))
+        self.versioned(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
     }
 }
 
@@ -388,13 +422,15 @@ where
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError> {
         let Some(info) = self.info(event_id).await? else { return Ok(None) };
         let mut conn = self.conn.clone();
-        let (seats, holds, paid): (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>) =
+        type Snapshot = (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>, Option<u64>);
+        let (seats, holds, paid, version): Snapshot =
             // MULTI: one consistent snapshot, no other client's write between.
             redis::pipe()
                 .atomic()
                 .hgetall(self.ev(event_id, "seats"))
                 .hgetall(self.ev(event_id, "holds"))
                 .hgetall(self.ev(event_id, "paid"))
+                .get(self.ev(event_id, "ver"))
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
@@ -417,28 +453,60 @@ where
             })
             .collect::<Result<HashMap<_, _>, _>>()
             .map_err(corrupt)?;
-        Ok(Some(EventSnapshot { info, seats: states, holds, paid }))
+        Ok(Some(EventSnapshot { info, seats: states, holds, paid, version: version.unwrap_or(0) }))
     }
 
-    async fn apply_seats(&self, event_id: Id, ops: &[SeatOp], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
+    async fn apply_seats_at(
+        &self,
+        event_id: Id,
+        version: Option<u64>,
+        ops: &[SeatOp],
+        now_ms: u64,
+    ) -> Result<SeatsApplied, StoreError> {
         let Some(info) = self.info(event_id).await? else {
-            return Ok(vec![OpOutcome::Rejected; ops.len()]);
+            return Ok(SeatsApplied { outcomes: vec![OpOutcome::Rejected; ops.len()], version: None });
         };
         let kind = |op: &SeatOp| std::mem::discriminant(op);
         let mut out = Vec::with_capacity(ops.len());
         // Consecutive ops of one kind go to their script in one call; the
         // calls run in order, so a release then a hold of a seat works.
+        // Each call expects the version the one before left: the batch
+        // applies as decided, or stops where another node came between.
+        let (mut at, mut latest) = (version, None);
         let mut start = 0;
         while start < ops.len() {
             let end = start + ops[start..].iter().take_while(|op| kind(op) == kind(&ops[start])).count();
             let group = &ops[start..end];
-            out.extend(match group[0] {
-                SeatOp::Hold(_) => self.holds(&info, group).await?,
-                _ => self.settle(event_id, group, now_ms).await?,
-            });
+            let (after, outcomes) = match group[0] {
+                SeatOp::Hold(_) => self.holds(&info, at, group).await?,
+                _ => self.settle(event_id, at, group, now_ms).await?,
+            };
+            out.extend(outcomes);
             start = end;
+            match after {
+                Some(v) => {
+                    at = version.map(|_| v);
+                    latest = Some(v);
+                }
+                None => {
+                    out.resize(ops.len(), OpOutcome::Rejected);
+                    return Ok(SeatsApplied { outcomes: out, version: None });
+                }
+            }
         }
-        Ok(out)
+        let version = match latest {
+            Some(v) => Some(v),
+            None => self.event_version(event_id).await?,
+        };
+        Ok(SeatsApplied { outcomes: out, version })
+    }
+
+    async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {
+        if self.info(event_id).await?.is_none() {
+            return Ok(None);
+        }
+        let v: Option<u64> = self.conn.clone().get(self.ev(event_id, "ver")).await.map_err(unavailable)?;
+        Ok(Some(v.unwrap_or(0)))
     }
 
     async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError> {
@@ -496,6 +564,27 @@ where
         }
     }
 
+    async fn void_packet(&self, packet_id: Id) -> Result<Voided, StoreError> {
+        let mut conn = self.conn.clone();
+        // SET NX first: if the create script has not run yet, it never
+        // will (it refuses an existing def); if it has, the def is there.
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.pk(packet_id, "def"))
+            .arg(VOID_PACKET)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if set.is_some() {
+            return Ok(Voided::Voided);
+        }
+        let def: Option<String> = conn.get(self.pk(packet_id, "def")).await.map_err(unavailable)?;
+        Ok(match def.as_deref() {
+            Some(VOID_PACKET) | None => Voided::Voided,
+            Some(_) => Voided::Exists,
+        })
+    }
+
     async fn load_packet(&self, packet_id: Id) -> Result<Option<PacketSnapshot>, StoreError> {
         let Some(def) = self.packet_def(packet_id).await? else { return Ok(None) };
         let mut conn = self.conn.clone();
@@ -514,6 +603,21 @@ where
             .map_err(corrupt)?;
         grabs.sort_by_key(|g| g.part);
         Ok(Some(PacketSnapshot { def, status, grabs }))
+    }
+
+    async fn packet_progress(&self, packet_id: Id) -> Result<Option<(u32, PacketStatus)>, StoreError> {
+        if self.packet_def(packet_id).await?.is_none() {
+            return Ok(None);
+        }
+        let (next, status): (Option<u32>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.pk(packet_id, "state"))
+            .arg("next")
+            .arg("status")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let status = status.as_deref().and_then(PacketStatus::parse).ok_or_else(|| corrupt("packet status"))?;
+        Ok(Some((next.unwrap_or(0), status)))
     }
 
     async fn grab_batch(&self, packet_id: Id, grabs: &[Grab], now_ms: u64) -> Result<Vec<OpOutcome>, StoreError> {
@@ -694,6 +798,19 @@ where
             .arg("finish")
             .arg(status)
             .arg(body)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), crate::EngineError> {
+        let _: i64 = self
+            .scripts
+            .idempotency
+            .key(self.idem(user_id, key))
+            .arg("forget")
+            .arg(status)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;

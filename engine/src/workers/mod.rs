@@ -4,8 +4,11 @@
 //!
 //! - persist: reads the event log and applies each batch to the durable
 //!   store in one transaction (effects and processed ids together), then
-//!   commits the log position. A failed batch is retried as it is, with
-//!   doubling backoff, so no event is skipped.
+//!   commits the log position. A batch that fails for being unreachable
+//!   is retried as it is, with doubling backoff, so no event is skipped; one
+//!   the store refuses for what it holds is split until the offending
+//!   event is alone, which is parked (`parked_events`, a metric, an error
+//!   log) while the rest is applied: no poison event stalls the projection.
 //! - relay (full mode, `relay.rs`): outbox streams → Kafka.
 //! - outbox monitor: the outbox's length for the metric, readiness and the
 //!   write bound.
@@ -60,6 +63,7 @@ pub async fn persist_loop(
     let mut lead = lead::Leadership::new(lease, PERSIST_CONSUMER, "persist");
     let failures = metrics.worker_failures.with_label_values(&["persist"]);
     let applied = metrics.worker_events.with_label_values(&["persist"]);
+    let parked_total = metrics.parked_events.clone();
     let mut lag_checked = tokio::time::Instant::now();
     loop {
         let flushing = *shutdown.borrow();
@@ -106,9 +110,13 @@ pub async fn persist_loop(
         };
         let mut backoff = cfg.retry_backoff_ms;
         loop {
-            let done = match durable.apply_events(&batch).await {
-                Ok(n) => {
+            let done = match durable.apply_or_park(&batch).await {
+                Ok((n, parked)) => {
                     applied.inc_by(n as u64);
+                    for (event_id, reason) in &parked {
+                        parked_total.inc();
+                        tracing::error!(%event_id, reason, "event parked: it cannot be applied to the durable store");
+                    }
                     log.commit(PERSIST_CONSUMER, last).await.map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e.to_string()),
