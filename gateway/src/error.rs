@@ -111,6 +111,13 @@ impl From<EngineError> for ApiError {
             EngineError::OutboxFull => ApiError::retry_later("outbox_full", message),
             EngineError::ShuttingDown => ApiError::shutting_down(),
             EngineError::ChannelUnavailable(_) => ApiError::retry_later("channel_unavailable", message),
+            EngineError::OutcomeUnknown { what, id } => {
+                let key = match what {
+                    "packet" => "packet_id",
+                    _ => "id",
+                };
+                ApiError::retry_later("outcome_unknown", message).with(key, json!(id.to_string()))
+            }
             EngineError::RiskRefused(_) => ApiError::new(S::UNPROCESSABLE_ENTITY, "risk_refused", message),
             EngineError::Conflict { code, .. } => ApiError::new(S::CONFLICT, code, message),
             EngineError::Internal(detail) => {
