@@ -296,6 +296,16 @@ async fn answer<T>(rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
 impl Engine {
     /// Redis mode when `redis.url` is set, embedded otherwise.
     pub async fn open(cfg: Config, metrics: Metrics) -> Result<Arc<Engine>, StartError> {
+        Self::open_with(cfg, metrics, |store| store).await
+    }
+
+    /// [`Engine::open`] with the hot store passed through `wrap` first: how
+    /// fault tests put a store that fails on cue in front of the real one.
+    pub async fn open_with(
+        cfg: Config,
+        metrics: Metrics,
+        wrap: impl FnOnce(Arc<dyn HotStore>) -> Arc<dyn HotStore>,
+    ) -> Result<Arc<Engine>, StartError> {
         let ids = Arc::new(IdGen::new(cfg.node_id)?);
         let pools = match &cfg.postgres.url {
             Some(url) => Pools::postgres(url, &cfg.postgres).await?,
@@ -317,6 +327,7 @@ impl Engine {
                 (Arc::new(store), Arc::new(log), Arc::new(durable.clone()), None)
             }
         };
+        let store = wrap(store);
         // Embedded, this node is the store's only writer.
         let sole_owner = cfg.redis.url.is_none();
         let actors = Actors::new(store.clone(), cfg.actors.clone(), metrics.clone(), sole_owner);
@@ -841,7 +852,8 @@ impl Engine {
     /// its view if it was created, `None` if it never will be (its money
     /// is unfrozen), still unknown while the hot store cannot say.
     pub async fn packet_outcome(&self, packet_id: Id) -> Result<Option<PacketView>, EngineError> {
-        match self.store.void_packet(packet_id).await? {
+        let unknown = |_| EngineError::OutcomeUnknown { what: "packet", id: packet_id };
+        match self.store.void_packet(packet_id).await.map_err(unknown)? {
             Voided::Exists => Ok(Some(self.packet(packet_id).await?)),
             Voided::Voided => {
                 self.durable.unfreeze_failed_packet(packet_id).await?;

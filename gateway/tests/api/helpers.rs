@@ -83,6 +83,16 @@ pub async fn spawn_with(tune: impl FnOnce(&mut Config)) -> TestApp {
 }
 
 pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_wrapped(mode, tune, |store| store).await
+}
+
+/// [`spawn_in`] with the engine's hot store passed through `wrap` (fault
+/// injection).
+pub async fn spawn_wrapped(
+    mode: Mode,
+    tune: impl FnOnce(&mut Config),
+    wrap: impl FnOnce(Arc<dyn rush_engine::store::HotStore>) -> Arc<dyn rush_engine::store::HotStore>,
+) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = test_config(dir.path());
     let mut pg = None;
@@ -104,7 +114,7 @@ pub async fn spawn_in(mode: Mode, tune: impl FnOnce(&mut Config)) -> TestApp {
     tune(&mut cfg);
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
+    let engine = Engine::open_with(cfg, Metrics::new(), wrap).await.expect("engine");
     engine.set_notify_base(&base);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     engine.start_workers(stop_rx.clone()).expect("workers");
