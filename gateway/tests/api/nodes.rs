@@ -150,6 +150,7 @@ async fn call_retrying(c: &Client, method: &str, path: &str, token: &str, body: 
         if s != StatusCode::SERVICE_UNAVAILABLE {
             return (s, v);
         }
+        eprintln!("{method} {path}: 503 {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{method} {path}: still 503");
@@ -521,7 +522,7 @@ async fn randomized(kind: Kind, default_ops: usize) {
                     StatusCode::CONFLICT => {
                         assert_eq!(code(&v), "already_grabbed", "{ctx}: {v}");
                         let had = grabs.get(&(u.clone(), p.clone()));
-                        assert_eq!(had, v["amount"].as_i64().as_ref(), "{ctx}: already_grabbed with the grab's amount");
+                        assert_eq!(had, v["error"]["amount"].as_i64().as_ref(), "{ctx}: already_grabbed with the grab's amount");
                     }
                     StatusCode::GONE => assert_eq!(code(&v), "packet_empty", "{ctx}: {v}"),
                     other => panic!("{ctx}: grab answered {other}: {v}"),
@@ -567,7 +568,7 @@ async fn randomized(kind: Kind, default_ops: usize) {
         }
         for node in &cl.nodes {
             let (_, v) = node.call("GET", &format!("/v1/events/{e}/seats"), &admin, Value::Null).await;
-            let taken: HashSet<String> = v
+            let taken: HashSet<String> = v["seats"]
                 .as_array()
                 .expect("seats")
                 .iter()
