@@ -239,6 +239,42 @@ async fn order_lifecycle(backend: &str) {
 }
 both!(order_lifecycle_frees_and_sells_seats, order_lifecycle);
 
+/// A batch the store refuses for one event is split; that event is parked
+/// with its reason, every other one applied, and a redelivery changes
+/// nothing (issue 13: no poison batch wedges the projection).
+async fn poison_event_parked(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    let event_id = ids.next(0);
+    let (o1, e1) = held(&ids, event_id, "bob", &["A-1-1"]);
+    d.apply_events(&[e1]).await.expect("held");
+    let def = funded_packet(&d, &ids, 1_000, 4).await;
+    // The seat is taken (a double sale the hot store let through), and a
+    // grab is worth more than its packet's frozen money.
+    let (o2, double) = held(&ids, event_id, "eve", &["A-1-1"]);
+    let overdrawn = grabbed(&ids, &def, "g9", 5_000);
+    let (o3, fine) = held(&ids, event_id, "dan", &["A-1-2"]);
+    let batch =
+        vec![grabbed(&ids, &def, "g1", 250), double.clone(), grabbed(&ids, &def, "g2", 250), overdrawn.clone(), fine];
+    let (applied, parked) = d.apply_or_park(&batch).await.expect("applied around the poison");
+    assert_eq!(applied, 3);
+    let parked_ids: Vec<_> = parked.iter().map(|(id, _)| *id).collect();
+    assert_eq!(parked_ids, vec![double.event_id, overdrawn.event_id], "in the log's order");
+    assert_eq!(d.parked_events(10).await.expect("list").len(), 2);
+    assert!(d.order(o2).await.expect("read").is_none());
+    assert!(d.order(o3).await.expect("read").is_some(), "the events after the poison are applied");
+    assert_eq!(d.order(o1).await.expect("read").expect("o1").user_id, "bob");
+    for u in ["g1", "g2"] {
+        assert_eq!(d.balance(u).await.expect("b").available.get(), 250, "{u}");
+    }
+    assert_eq!(d.balance("g9").await.expect("b").available.get(), 0);
+    // Delivered again: nothing applied, nothing parked twice.
+    assert_eq!(d.apply_or_park(&batch).await.expect("again"), (0, vec![]));
+    assert_eq!(d.parked_events(10).await.expect("list").len(), 2);
+    assert_conserved(&d).await;
+}
+both!(a_poison_event_is_parked_and_the_rest_applied, poison_event_parked);
+
 async fn redelivery_applies_once(backend: &str) {
     let (d, _f) = open(backend).await;
     let ids = ids();

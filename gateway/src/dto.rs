@@ -23,7 +23,7 @@ pub struct TokenResp {
 pub struct CategoryReq {
     pub id: String,
     pub name: String,
-    /// Fen.
+    /// Fen, at least 1: free tickets are refused (an order completes through a payment).
     pub price: i64,
 }
 

@@ -64,7 +64,8 @@ pub struct StageResult {
 }
 
 pub struct LoadOpts {
-    pub addr: SocketAddr,
+    /// Connection `i` goes to `addrs[i % addrs.len()]` (never empty).
+    pub addrs: Vec<SocketAddr>,
     pub concurrency: usize,
     pub model: Model,
     pub duration: Duration,
@@ -114,7 +115,7 @@ pub async fn drive(name: &str, opts: &LoadOpts, workload: Arc<dyn Workload>) -> 
         .map(|task| {
             let workload = workload.clone();
             let timeline = timeline.clone();
-            let addr = opts.addr;
+            let addr = opts.addrs[task % opts.addrs.len().max(1)];
             let concurrency = opts.concurrency;
             tokio::spawn(async move {
                 let mut conn = Conn::new(addr);

@@ -13,6 +13,12 @@ struct Cli {
     /// rush's base URL (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Another rush node on the same stores (repeatable): the load's
+    /// connections are spread over `--url` and these, so the same hot
+    /// packets and events are reached through every node. Setup and checks
+    /// go through `--url`.
+    #[arg(long)]
+    also: Vec<String>,
     #[arg(long, value_enum, default_value = "grab")]
     scenario: Scenario,
     /// Concurrent connections (closed loop: requests in flight).
@@ -64,12 +70,14 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let addr = rush_loadtest::client::parse_base(&cli.url)?;
+    let also = cli.also.iter().map(|u| rush_loadtest::client::parse_base(u)).collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(
         cli.concurrency > 0 && cli.users > 0 && cli.packets > 0 && cli.events > 0,
         "counts must be positive"
     );
     let opts = RunOpts {
         addr,
+        also,
         scenario: cli.scenario,
         model: match cli.rate {
             Some(rate_per_s) => Model::Open { rate_per_s },

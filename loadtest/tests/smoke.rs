@@ -32,6 +32,7 @@ async fn spawn_rush(dir: &std::path::Path) -> SocketAddr {
 
 fn small(addr: SocketAddr, scenario: Scenario, model: Model) -> RunOpts {
     RunOpts {
+        also: vec![],
         addr,
         scenario,
         model,

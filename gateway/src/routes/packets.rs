@@ -15,7 +15,10 @@ use crate::AppState;
 #[utoipa::path(post, path = "/v1/packets", request_body = CreatePacketReq,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     responses((status = 201, body = PacketView), (status = 400, body = ErrorResp),
-              (status = 422, description = "insufficient_funds", body = ErrorResp)))]
+              (status = 422, description = "insufficient_funds", body = ErrorResp),
+              (status = 503, description = "store_unavailable, outbox_full or shutting_down; outcome_unknown (with packet_id): \
+                the hot store could not say whether the packet was created, and its money stays frozen until it can; \
+                retry with the same Idempotency-Key to get the packet or, if it never came to be, a new try", body = ErrorResp)))]
 #[post("/v1/packets")]
 pub async fn create_packet(
     state: web::Data<AppState>,

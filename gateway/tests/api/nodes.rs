@@ -522,7 +522,11 @@ async fn randomized(kind: Kind, default_ops: usize) {
                     StatusCode::CONFLICT => {
                         assert_eq!(code(&v), "already_grabbed", "{ctx}: {v}");
                         let had = grabs.get(&(u.clone(), p.clone()));
-                        assert_eq!(had, v["error"]["amount"].as_i64().as_ref(), "{ctx}: already_grabbed with the grab's amount");
+                        assert_eq!(
+                            had,
+                            v["error"]["amount"].as_i64().as_ref(),
+                            "{ctx}: already_grabbed with the grab's amount"
+                        );
                     }
                     StatusCode::GONE => assert_eq!(code(&v), "packet_empty", "{ctx}: {v}"),
                     other => panic!("{ctx}: grab answered {other}: {v}"),

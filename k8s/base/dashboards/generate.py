@@ -52,6 +52,8 @@ panel("Worker events and failures", [
     (f'sum by (worker) (rate(rush_worker_events_total{{{sel}}}[1m]))', "applied {{worker}}"),
     (f'sum by (worker) (rate(rush_worker_failures_total{{{sel}}}[5m]))', "failed {{worker}}"),
 ], "ops", desc="Alert: failures rising for 5 min")
+panel("Parked events", [(f'sum(increase(rush_parked_events_total{{{sel}}}[1h]))', "parked")], "short",
+      desc="Alert: any. Events the durable store refused, kept in parked_events while the rest was applied")
 panel("Withdrawals by outcome", [(f'sum by (outcome) (rate(rush_withdrawals_total{{{sel}}}[5m]))', "{{outcome}}")], "ops")
 panel("Webhook attempts by outcome", [(f'sum by (outcome) (rate(rush_webhook_attempts_total{{{sel}}}[5m]))', "{{outcome}}")], "ops",
       desc="Alert: any failed or gone")

@@ -31,6 +31,8 @@ pub enum Scenario {
 #[derive(Clone, Debug)]
 pub struct RunOpts {
     pub addr: SocketAddr,
+    /// More nodes sharing `addr`'s stores; load connections go round them.
+    pub also: Vec<SocketAddr>,
     pub scenario: Scenario,
     pub model: Model,
     pub concurrency: usize,
@@ -82,7 +84,7 @@ pub struct Machine {
 impl RunOpts {
     fn load(&self) -> LoadOpts {
         LoadOpts {
-            addr: self.addr,
+            addrs: std::iter::once(self.addr).chain(self.also.iter().copied()).collect(),
             concurrency: self.concurrency,
             model: self.model,
             duration: self.duration,
