@@ -713,10 +713,11 @@ impl Engine {
         Ok(released)
     }
 
-    /// Held → sold; used by payments. Refused once the hold has expired.
-    pub async fn confirm(&self, event_id: Id, order_id: Id) -> Result<OrderView, EngineError> {
+    /// Held → sold; used by payments. Refused for money taken at or after
+    /// the hold's expiry (`paid_at_ms`, the channel's time).
+    pub async fn confirm(&self, event_id: Id, order_id: Id, paid_at_ms: u64) -> Result<OrderView, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.ask_event(event_id, EventMsg::Confirm { order_id, now_ms: now_unix_ms(), reply }, rx).await?
+        self.ask_event(event_id, EventMsg::Confirm { order_id, paid_at_ms, reply }, rx).await?
     }
 
     /// Sold → available after the order's money went back.
@@ -761,6 +762,12 @@ impl Engine {
         for item in &due {
             match *item {
                 DueItem::Hold { event_id, order_id } => {
+                    // Close the order's payments at their channels first:
+                    // money taken in time is found and buys the seats, and
+                    // none can come after. Not all settled: next round.
+                    if !self.settle_payments_before_release(order_id).await {
+                        continue;
+                    }
                     let (reply, rx) = oneshot::channel();
                     let msg = EventMsg::Release { order_id, why: ReleaseReason::Expire, now_ms, reply };
                     if self.actors.send_event(event_id, msg).await? {

@@ -47,7 +47,7 @@ async fn a_confirmed_order_is_sold_for_good_even_after_reopening() {
     let engine = open(dir.path()).await;
     let (event_id, _) = engine.create_event(event(2)).await.expect("event");
     let held = engine.hold("u", named(event_id, &["A-1-1", "A-1-2"])).await.expect("hold");
-    let paid = engine.confirm(event_id, held.order_id).await.expect("confirm");
+    let paid = engine.confirm(event_id, held.order_id, rush_engine::domain::now_unix_ms()).await.expect("confirm");
     assert_eq!(paid.status, OrderStatus::Paid);
     assert_eq!(paid.amount.get(), 1000);
 
@@ -56,7 +56,10 @@ async fn a_confirmed_order_is_sold_for_good_even_after_reopening() {
         engine.cancel(&caller, held.order_id).await,
         Err(EngineError::OrderNotPending { status: OrderStatus::PendingPayment | OrderStatus::Paid })
     ));
-    assert!(matches!(engine.confirm(event_id, held.order_id).await, Err(EngineError::OrderNotPending { .. })));
+    assert!(matches!(
+        engine.confirm(event_id, held.order_id, rush_engine::domain::now_unix_ms()).await,
+        Err(EngineError::OrderNotPending { .. })
+    ));
     assert!(engine.settle(Duration::from_secs(5)).await);
     let stored = engine.order(&caller, held.order_id).await.expect("order");
     assert_eq!(stored.status, OrderStatus::Paid);

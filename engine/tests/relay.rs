@@ -265,7 +265,7 @@ async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entrie
     }
     let log = |who: &str| Arc::new(RedisStreamLog::new(store.connection(), &prefix, who, store.appended()));
     // Relay A takes the lease, reads everything, and dies before sending.
-    let lease_a = store.lease("outbox-reader", "a", 600);
+    let lease_a = store.lease("outbox-reader", "a", 2_000);
     assert!(lease_a.hold().await.expect("lease"));
     let log_a = log("node-a");
     let mut read = 0;
@@ -278,7 +278,7 @@ async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entrie
     let log_b = log("node-b");
     let b = Relay {
         log: log_b.clone(),
-        lease: Some(Box::new(store.lease("outbox-reader", "b", 600))),
+        lease: Some(Box::new(store.lease("outbox-reader", "b", 2_000))),
         producer: kafka::producer(&cfg, &mock.bootstrap_servers()).expect("producer"),
         kafka: cfg.clone(),
         workers: WorkerConfig::default(),

@@ -238,11 +238,14 @@ impl EventState {
         }
     }
 
-    /// Decides that a live hold is paid: its seats become sold. A hold
-    /// past its expiry is refused even if the sweeper has not released it
-    /// yet: the buyer was told it ends then, and late money is refunded.
-    pub fn decide_confirm(&mut self, order_id: Id, now_ms: u64) -> Result<HotOrder, EngineError> {
-        if self.holds.get(&order_id).is_some_and(|o| now_ms >= o.expires_at_ms) {
+    /// Decides that a live hold is paid: its seats become sold. What counts
+    /// is when the channel took the money (`paid_at_ms`), not when rush
+    /// hears of it: money taken at or after the hold's expiry is refused
+    /// (the buyer was told it ends then; late money is refunded), money
+    /// taken before it buys the seats as long as the hold is still there
+    /// (the sweeper settles an order's payments before releasing it).
+    pub fn decide_confirm(&mut self, order_id: Id, paid_at_ms: u64) -> Result<HotOrder, EngineError> {
+        if self.holds.get(&order_id).is_some_and(|o| paid_at_ms >= o.expires_at_ms) {
             return Err(EngineError::OrderNotPending { status: OrderStatus::Expired });
         }
         let order = self.holds.remove(&order_id).ok_or(match self.paid.contains_key(&order_id) {
@@ -333,7 +336,8 @@ pub enum EventMsg {
     },
     Confirm {
         order_id: Id,
-        now_ms: u64,
+        /// When the channel took the money.
+        paid_at_ms: u64,
         reply: oneshot::Sender<Result<OrderView, EngineError>>,
     },
     /// A paid order's money went back: its seats go back on sale.
@@ -355,7 +359,7 @@ type Reply = oneshot::Sender<Result<OrderView, EngineError>>;
 enum Request {
     Hold(HoldRequest),
     Release { order_id: Id, why: ReleaseReason, now_ms: u64 },
-    Confirm { order_id: Id, now_ms: u64 },
+    Confirm { order_id: Id, paid_at_ms: u64 },
     Refund { order_id: Id },
 }
 
@@ -384,8 +388,8 @@ impl EventState {
                 };
                 Ok((SeatOp::Release { order_id: *order_id, status }, order, status))
             }
-            Request::Confirm { order_id, now_ms } => {
-                let order = self.decide_confirm(*order_id, *now_ms)?;
+            Request::Confirm { order_id, paid_at_ms } => {
+                let order = self.decide_confirm(*order_id, *paid_at_ms)?;
                 Ok((SeatOp::Confirm { order_id: *order_id }, order, OrderStatus::Paid))
             }
             Request::Refund { order_id } => {
@@ -419,8 +423,8 @@ pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store:
                 EventMsg::Release { order_id, why, now_ms, reply } => {
                     work.push((Request::Release { order_id, why, now_ms }, reply))
                 }
-                EventMsg::Confirm { order_id, now_ms, reply } => {
-                    work.push((Request::Confirm { order_id, now_ms }, reply))
+                EventMsg::Confirm { order_id, paid_at_ms, reply } => {
+                    work.push((Request::Confirm { order_id, paid_at_ms }, reply))
                 }
                 EventMsg::Refund { order_id, reply } => work.push((Request::Refund { order_id }, reply)),
                 other => reads.push(other),

@@ -137,6 +137,15 @@ impl Settled {
     }
 }
 
+/// The money a payment has recorded, as the channel reported it.
+fn recorded_paid(p: &PaymentRecord) -> Paid {
+    Paid {
+        txn_id: p.channel_txn.clone().unwrap_or_default(),
+        amount: p.paid_amount.unwrap_or(p.amount),
+        paid_at_ms: p.paid_at_ms.unwrap_or_else(now_unix_ms),
+    }
+}
+
 fn channel_err(kind: ChannelKind) -> impl Fn(ChannelError) -> EngineError {
     move |e| match e {
         ChannelError::Unavailable(m) => {
@@ -371,7 +380,8 @@ impl Engine {
                     // state (see `actors::event`), so its answer is the
                     // order's fate, except for "not found", which is
                     // checked below before any money moves.
-                    match self.confirm(event_id, order_id).await {
+                    let paid_at_ms = p.paid_at_ms.unwrap_or(paid.paid_at_ms);
+                    match self.confirm(event_id, order_id, paid_at_ms).await {
                         // Paid already: by this payment's earlier attempt,
                         // since only the claim holder confirms.
                         Ok(_) | Err(EngineError::OrderNotPending { status: OrderStatus::Paid }) => {
@@ -511,6 +521,34 @@ impl Engine {
         }
     }
 
+    /// Before an expired hold is released: each of its order's pending
+    /// payments is settled (money already recorded) or closed at its
+    /// channel (which finds money whose callback was lost or is still on
+    /// its way, and settles it). True when none is left pending.
+    pub(crate) async fn settle_payments_before_release(&self, order_id: Id) -> bool {
+        let payments = match self.durable.payments_of_order(order_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%order_id, error = %e, "reading an expiring order's payments; retried");
+                return false;
+            }
+        };
+        for p in payments.into_iter().filter(|p| p.status == PaymentStatus::Pending) {
+            let done = match p.money_received {
+                true => {
+                    let paid = recorded_paid(&p);
+                    self.settle_paid(p, &paid).await.map(|_| ())
+                }
+                false => self.close_or_settle(p).await,
+            };
+            if let Err(e) = done {
+                tracing::debug!(%order_id, error = %e, "settling an expiring order's payment; retried");
+                return false;
+            }
+        }
+        true
+    }
+
     /// Closes an unpaid payment at its channel; if the buyer paid first,
     /// settles that instead (which refunds it when the order is gone).
     async fn close_or_settle(&self, p: PaymentRecord) -> Result<(), EngineError> {
@@ -545,12 +583,7 @@ impl Engine {
                 return Ok(());
             }
             if p.money_received {
-                let paid = Paid {
-                    txn_id: p.channel_txn.clone().unwrap_or_default(),
-                    amount: p.paid_amount.unwrap_or(p.amount),
-                    paid_at_ms: p.paid_at_ms.unwrap_or(now),
-                };
-                return self.settle_paid(p.clone(), &paid).await.map(|_| ());
+                return self.settle_paid(p.clone(), &recorded_paid(&p)).await.map(|_| ());
             }
             let ch = self.channel(p.channel)?;
             match ch.query(p.payment_id).await {

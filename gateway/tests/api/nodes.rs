@@ -388,6 +388,42 @@ both_modes!(
     refund_through_a_stale_node
 );
 
+/// Money taken in the hold's last moment buys the seat, whether its
+/// callback is lost (the sweeper closes the trade before releasing the hold
+/// and finds the money) or arrives after the expiry (what counts is when
+/// the channel took the money).
+async fn paid_in_the_last_moment(kind: Kind) {
+    let cl = Cluster::start(kind, 2, &[("RUSH__PAYMENTS__QUERY_AFTER_MS", "600000")]).await;
+    let (a, b) = (&cl.nodes[0], &cl.nodes[1]);
+    let event = event(a, &cl.admin(), 4, json!({"hold_ttl_s": 2})).await;
+    let mut paid = Vec::new();
+    for (i, plan) in [json!({"callback": "drop"}), json!({"delay_ms": 2_500})].into_iter().enumerate() {
+        let u = user(&format!("last{i}"));
+        assert_eq!(remaining(b, &event, &u).await, 4 - i as i64);
+        let (_, v) = hold(a, &u, &event, 1).await;
+        let order = v["order_id"].as_str().expect("order").to_string();
+        let payment = open_payment(b, &u, &order, ["wechat", "ecard"][i]).await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        pay_at_sandbox(if i == 0 { a } else { b }, ["wechat", "ecard"][i], &payment, plan).await;
+        paid.push((u, order, payment));
+    }
+    for (u, order, payment) in &paid {
+        assert!(
+            eventually(15, || async { payment_status(b, u, payment).await != "pending" }).await,
+            "payment {payment} settled"
+        );
+        assert_eq!(payment_status(a, u, payment).await, "succeeded", "paid in time: never refunded");
+        assert_eq!(order_status(b, u, order).await, "paid");
+    }
+    assert_eq!(remaining(a, &event, &user("x")).await, 2);
+    assert!(eventually(20, || async { cl.reconcile().0 == 0 }).await, "{:#}", cl.reconcile().1);
+}
+both_modes!(
+    money_taken_in_the_last_moment_buys_the_seat_redis_mode,
+    money_taken_in_the_last_moment_buys_the_seat_full_mode,
+    paid_in_the_last_moment
+);
+
 /// Case 5: a hold made through a node that then dies expires through the
 /// survivor, whose actor loaded the event before the hold.
 async fn expiry_on_the_surviving_node(kind: Kind) {
