@@ -791,41 +791,30 @@ where
     }
 
     async fn finish(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), crate::EngineError> {
-        let _: i64 = self
-            .scripts
-            .idempotency
-            .key(self.idem(user_id, key))
-            .arg("finish")
-            .arg(status)
-            .arg(body)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.idem_step(user_id, key, &["finish", &status.to_string(), body]).await
     }
 
     async fn forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), crate::EngineError> {
-        let _: i64 = self
-            .scripts
-            .idempotency
-            .key(self.idem(user_id, key))
-            .arg("forget")
-            .arg(status)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.idem_step(user_id, key, &["forget", &status.to_string()]).await
     }
 
     async fn abandon(&self, user_id: &str, key: &str) -> Result<(), crate::EngineError> {
-        let _: i64 = self
-            .scripts
-            .idempotency
-            .key(self.idem(user_id, key))
-            .arg("abandon")
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        self.idem_step(user_id, key, &["abandon"]).await
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// One step of `lua/idempotency.lua` that answers 1: `args` are its ARGV.
+    async fn idem_step(&self, user_id: &str, key: &str, args: &[&str]) -> Result<(), crate::EngineError> {
+        let mut inv = self.scripts.idempotency.prepare_invoke();
+        inv.key(self.idem(user_id, key));
+        for a in args {
+            inv.arg(*a);
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
         Ok(())
     }
 }

@@ -264,6 +264,19 @@ pub fn spawn_rush(sub: &str, envs: &[(String, String)]) -> (std::process::Child,
     (child, banner)
 }
 
+/// `rush reconcile` with `envs`: (exit code, the JSON report).
+pub fn rush_reconcile(envs: &[(&str, &std::ffi::OsStr)]) -> (i32, Value) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rush"));
+    cmd.arg("reconcile").env("RUST_LOG", "error");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("rush reconcile");
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("report: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap_or(-1), report)
+}
+
 pub fn kill9(child: &mut std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();

@@ -14,7 +14,9 @@ use reqwest::StatusCode;
 use rush_engine::testkit::{test_kafka_brokers, ScratchDb};
 use serde_json::{json, Value};
 
-use super::helpers::{code, delete_prefix, eventually, signed_token, spawn_rush, test_redis_url, Client};
+use super::helpers::{
+    code, delete_prefix, eventually, rush_reconcile, signed_token, spawn_rush, test_redis_url, Client,
+};
 
 /// Tokens are signed with the default (development) secret, which every
 /// node has.
@@ -110,16 +112,10 @@ impl Cluster {
 
     /// `rush reconcile` over the shared Postgres: (exit code, report).
     pub fn reconcile(&self) -> (i32, Value) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rush"))
-            .arg("reconcile")
-            .env("RUSH__POSTGRES__URL", &self.pg.url)
-            .env("RUSH__DATA_DIR", self._dir.path())
-            .env("RUST_LOG", "error")
-            .output()
-            .expect("rush reconcile");
-        let report = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("report: {}", String::from_utf8_lossy(&out.stdout)));
-        (out.status.code().unwrap_or(-1), report)
+        rush_reconcile(&[
+            ("RUSH__POSTGRES__URL", self.pg.url.as_ref()),
+            ("RUSH__DATA_DIR", self._dir.path().as_os_str()),
+        ])
     }
 }
 

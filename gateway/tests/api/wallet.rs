@@ -131,15 +131,7 @@ async fn the_daily_limits_are_configurable() {
 }
 
 fn reconcile(app: &TestApp) -> (i32, serde_json::Value) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rush"))
-        .arg("reconcile")
-        .env("RUSH__DATA_DIR", app.dir())
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("rush reconcile");
-    let report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("report: {}", String::from_utf8_lossy(&out.stdout)));
-    (out.status.code().unwrap_or(-1), report)
+    rush_reconcile(&[("RUSH__DATA_DIR", app.dir().as_os_str())])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
