@@ -172,3 +172,50 @@ async fn rush_reconcile_passes_a_clean_ledger_and_reports_every_mismatch() {
         "{report:#}"
     );
 }
+
+/// Sold seats against the money (issue 13): a paid order whose payment is
+/// refunded, and revenue that does not match the paid orders, are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rush_reconcile_reports_paid_orders_without_their_money() {
+    let app = spawn_app().await;
+    let event = app.event(1, 4, json!({})).await;
+    let mut paid = Vec::new();
+    for user in ["ra", "rb"] {
+        let t = app.token(user, "user").await;
+        let (s, v) =
+            app.post("/v1/orders", Some(&t), json!({"event_id": event, "category": "std", "quantity": 1})).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let order = v["order_id"].as_str().expect("order").to_string();
+        let (_, v) = app.post(&format!("/v1/orders/{order}/payments"), Some(&t), json!({"channel": "ecard"})).await;
+        let payment = v["payment_id"].as_str().expect("payment").to_string();
+        app.post(&format!("/v1/sandbox/ecard/payments/{payment}/complete"), None, json!({})).await;
+        assert!(eventually(10, || succeeded(&app, &payment)).await);
+        paid.push((order, payment));
+    }
+    app.settle().await;
+    let (status, report) = reconcile(&app);
+    assert_eq!(status, 0, "{report:#}");
+    // One payment marked refunded behind the order's back; another order's
+    // record no longer paid while its money stays booked as sales.
+    let db = &app.engine.durable().db().write;
+    sqlx::query("UPDATE payments SET status = 'refunded', refund = 'done' WHERE payment_id = $1")
+        .bind(paid[0].1.parse::<i64>().expect("id"))
+        .execute(db)
+        .await
+        .expect("edit");
+    let order: i64 = paid[1].0.parse().expect("id");
+    for gene in 0..16 {
+        sqlx::query(&format!("UPDATE orders_{gene} SET status = 'expired' WHERE order_id = $1"))
+            .bind(order)
+            .execute(db)
+            .await
+            .expect("edit");
+    }
+    let (status, report) = reconcile(&app);
+    assert_eq!(status, 1, "{report:#}");
+    let mut kinds: Vec<&str> =
+        report["mismatches"].as_array().expect("mismatches").iter().map(|m| m["kind"].as_str().unwrap_or("")).collect();
+    kinds.sort();
+    // (and the bill, which has the payment as paid, disagrees with it too)
+    assert_eq!(kinds, vec!["paid_order_unpaid", "revenue_vs_sold", "status"], "{report:#}");
+}
