@@ -246,6 +246,12 @@ fn alipay_time(ms: u64) -> String {
     beijing().timestamp_millis_opt(ms as i64).single().unwrap_or_default().format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
+/// Alipay's times have whole seconds. When the money was taken decides
+/// whether it came before the hold's expiry, so `gmt_payment` is read as
+/// the last millisecond of its second: money taken in the second the hold
+/// expires counts as late (and is refunded), never as in time.
+const ALIPAY_SECOND_END_MS: u64 = 999;
+
 fn parse_alipay_time(s: &str) -> Result<u64, CallbackError> {
     let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").map_err(|_| malformed("bad time"))?;
     let t = beijing().from_local_datetime(&naive).single().ok_or_else(|| malformed("bad time"))?;
@@ -317,7 +323,7 @@ impl Wire for Alipay {
             paid: Paid {
                 txn_id: need("trade_no")?.to_string(),
                 amount: Fen::parse_yuan(need("total_amount")?).ok_or_else(|| malformed("bad total_amount"))?,
-                paid_at_ms: parse_alipay_time(need("gmt_payment")?)?,
+                paid_at_ms: parse_alipay_time(need("gmt_payment")?)? + ALIPAY_SECOND_END_MS,
             },
         })
     }
@@ -435,8 +441,28 @@ mod tests {
     fn every_channel_verifies_what_it_signed() {
         for w in wires() {
             let cb = w.callback(&note(), NOW);
-            assert_eq!(w.verify(&cb.headers, &cb.body, NOW + 1000), Ok(note()), "{:?}", w.kind());
+            let mut want = note();
+            if w.kind() == ChannelKind::Alipay {
+                // Whole seconds on the wire: read as the end of the second.
+                want.paid.paid_at_ms = (want.paid.paid_at_ms / 1000) * 1000 + 999;
+            }
+            assert_eq!(w.verify(&cb.headers, &cb.body, NOW + 1000), Ok(want), "{:?}", w.kind());
         }
+    }
+
+    #[test]
+    fn an_alipay_payment_in_the_second_of_the_expiry_counts_as_late() {
+        let w = Alipay { secret: "sandbox-secret-0123".into(), max_age_ms: 300_000 };
+        let expiry = 1_796_167_154_366u64;
+        // Taken 151 ms after the expiry; the wire says ...:14 only.
+        let mut n = note();
+        n.paid.paid_at_ms = expiry + 151;
+        let got = w.verify(&[], &w.callback(&n, NOW).body, NOW).unwrap();
+        assert!(got.paid.paid_at_ms >= expiry, "read as {} — before the expiry {expiry}", got.paid.paid_at_ms);
+        // A whole second earlier is in time.
+        n.paid.paid_at_ms = expiry - 1_000;
+        let got = w.verify(&[], &w.callback(&n, NOW).body, NOW).unwrap();
+        assert!(got.paid.paid_at_ms < expiry);
     }
 
     #[test]
