@@ -13,9 +13,14 @@ runs=${1:-5}
 export RUSH_RANDOM_OPS=${2:-2000}
 export RUSH_RANDOM_NODES=${3:-3}
 mode=${4:-redis}
+failed=0
 for i in $(seq "$runs"); do
   echo "run $i of $runs"
-  cargo test --release -p rush-gateway --test api -- \
-    "nodes::randomized_operations_through_three_nodes_keep_every_invariant_${mode}_mode" --nocapture 2>&1 |
-    grep -E "RUSH_RANDOM_SEED|panicked|seed [0-9]+|^test " || true
+  if ! out=$(cargo test --release -p rush-gateway --test api -- \
+    "nodes::randomized_operations_through_three_nodes_keep_every_invariant_${mode}_mode" --nocapture 2>&1); then
+    failed=$((failed + 1))
+  fi
+  grep -E "RUSH_RANDOM_SEED|panicked|seed [0-9]+|^test " <<<"$out" || true
 done
+echo "$((runs - failed)) passed, $failed failed"
+[ "$failed" -eq 0 ]
