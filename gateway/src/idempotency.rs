@@ -61,17 +61,22 @@ where
     let ttl = Ttl { ttl_ms: cfg.idempotency_ttl_s * 1000, stale_ms: cfg.idempotency_stale_s * 1000 };
     let mut begin = records.begin(user_id, key, &hash, now, ttl).await?;
     if let Begin::Replay { status: 503, body } = &begin {
-        // The first try's effect was unknown: find out now.
-        match resolve_unknown(state, body).await? {
-            Resolved::Done(status, text) => {
-                if let Err(err) = records.finish(user_id, key, status.as_u16(), &text).await {
-                    tracing::error!(error = %err, "recording an idempotent answer failed");
+        // The first try's effect was unknown: find out now (still unknown:
+        // the same 503 again).
+        if let Some(packet_id) = unknown_packet(body) {
+            match state.engine.packet_outcome(packet_id).await? {
+                Some(view) => {
+                    let text = serde_json::json!(view).to_string();
+                    if let Err(err) = records.finish(user_id, key, StatusCode::CREATED.as_u16(), &text).await {
+                        tracing::error!(error = %err, "recording an idempotent answer failed");
+                    }
+                    return Ok(respond(StatusCode::CREATED, text));
                 }
-                return Ok(respond(status, text));
-            }
-            Resolved::NotDone => {
-                records.forget(user_id, key, 503).await?;
-                begin = records.begin(user_id, key, &hash, now, ttl).await?;
+                // It never came to be: the request may run again.
+                None => {
+                    records.forget(user_id, key, 503).await?;
+                    begin = records.begin(user_id, key, &hash, now, ttl).await?;
+                }
             }
         }
     }
@@ -118,29 +123,12 @@ where
     }
 }
 
-/// What an `outcome_unknown` answer came to.
-enum Resolved {
-    /// It happened: this is the answer the first try should have had.
-    Done(StatusCode, String),
-    /// It did not and never will: the request may run again.
-    NotDone,
-}
-
-/// Asks the engine what became of a request stored as `outcome_unknown`
-/// (still unknown: the same 503 again).
-async fn resolve_unknown(state: &AppState, body: &str) -> Result<Resolved, ApiError> {
-    let stored: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+/// The packet of a stored `outcome_unknown` answer, if that is what it is.
+fn unknown_packet(body: &str) -> Option<rush_engine::domain::Id> {
+    let stored: Value = serde_json::from_str(body).ok()?;
     let err = &stored["error"];
     if err["code"] != "outcome_unknown" {
-        // Any other stored 503 is replayed as it was.
-        return Ok(Resolved::Done(StatusCode::SERVICE_UNAVAILABLE, body.to_string()));
+        return None;
     }
-    let packet = err["packet_id"].as_str().and_then(|s| s.parse().ok());
-    let Some(packet_id) = packet else {
-        return Ok(Resolved::Done(StatusCode::SERVICE_UNAVAILABLE, body.to_string()));
-    };
-    Ok(match state.engine.packet_outcome(packet_id).await? {
-        Some(view) => Resolved::Done(StatusCode::CREATED, serde_json::json!(view).to_string()),
-        None => Resolved::NotDone,
-    })
+    err["packet_id"].as_str()?.parse().ok()
 }

@@ -93,13 +93,7 @@ impl EventState {
                 *free_by_category.entry(map.seat(i as SeatIdx).category.clone()).or_default() += 1;
             }
         }
-        let mut user_seats: HashMap<String, u32> = HashMap::new();
-        for o in s.holds.values() {
-            *user_seats.entry(o.user_id.clone()).or_default() += o.seats.len() as u32;
-        }
-        for p in s.paid.values() {
-            *user_seats.entry(p.user_id.clone()).or_default() += p.seats.len() as u32;
-        }
+        let user_seats = crate::store::seats_per_user(&s.holds, &s.paid);
         EventState {
             info: s.info,
             seats: s.seats,
@@ -516,9 +510,9 @@ async fn decide_and_commit(
                         }
                         return true;
                     }
-                    // At the version it was decided on, the store should agree
-                    // with every decision; if it does not, its word counts.
-                    Some(_) | None => {
+                    // Stale, or (a bug) an op rejected at the version it was
+                    // decided on: either way the store's word counts.
+                    _ => {
                         if version.is_some() {
                             tracing::error!(%event_id, "the store rejected a decision made on its current version");
                         }

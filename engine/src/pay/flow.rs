@@ -534,12 +534,11 @@ impl Engine {
             }
         };
         for p in payments.into_iter().filter(|p| p.status == PaymentStatus::Pending) {
-            let done = match p.money_received {
-                true => {
-                    let paid = recorded_paid(&p);
-                    self.settle_paid(p, &paid).await.map(|_| ())
-                }
-                false => self.close_or_settle(p).await,
+            let done = if p.money_received {
+                let paid = recorded_paid(&p);
+                self.settle_paid(p, &paid).await.map(|_| ())
+            } else {
+                self.close_or_settle(p).await
             };
             if let Err(e) = done {
                 tracing::debug!(%order_id, error = %e, "settling an expiring order's payment; retried");

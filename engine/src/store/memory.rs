@@ -49,14 +49,7 @@ impl EventHot {
         holds: HashMap<Id, HotOrder>,
         paid: HashMap<Id, PaidOrder>,
     ) -> Self {
-        let mut user_seats: HashMap<String, u32> = HashMap::new();
-        for (user, n) in holds
-            .values()
-            .map(|o| (&o.user_id, o.seats.len()))
-            .chain(paid.values().map(|p| (&p.user_id, p.seats.len())))
-        {
-            *user_seats.entry(user.clone()).or_default() += n as u32;
-        }
+        let user_seats = super::seats_per_user(&holds, &paid);
         EventHot { info, seats, holds, paid, user_seats, version: 0 }
     }
 

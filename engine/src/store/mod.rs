@@ -170,6 +170,18 @@ pub enum DueItem {
     Packet { packet_id: Id },
 }
 
+/// Seats held or bought per user (the per-user limit's count), from an
+/// event's holds and paid orders.
+pub fn seats_per_user(holds: &HashMap<Id, HotOrder>, paid: &HashMap<Id, PaidOrder>) -> HashMap<String, u32> {
+    let mut per_user: HashMap<String, u32> = HashMap::new();
+    let orders =
+        holds.values().map(|o| (&o.user_id, o.seats.len())).chain(paid.values().map(|p| (&p.user_id, p.seats.len())));
+    for (user, n) in orders {
+        *per_user.entry(user.clone()).or_default() += n as u32;
+    }
+    per_user
+}
+
 /// The seats of an order as they are recorded and shown.
 pub fn order_seats(info: &EventInfo, seats: &[SeatIdx]) -> Vec<crate::events::OrderSeat> {
     seats

@@ -472,11 +472,12 @@ where
         // calls run in order, so a release then a hold of a seat works.
         // Each call expects the version the one before left: the batch
         // applies as decided, or stops where another node came between.
-        let (mut at, mut latest) = (version, None);
+        let mut latest = None;
         let mut start = 0;
         while start < ops.len() {
             let end = start + ops[start..].iter().take_while(|op| kind(op) == kind(&ops[start])).count();
             let group = &ops[start..end];
+            let at = version.map(|first| latest.unwrap_or(first));
             let (after, outcomes) = match group[0] {
                 SeatOp::Hold(_) => self.holds(&info, at, group).await?,
                 _ => self.settle(event_id, at, group, now_ms).await?,
@@ -484,10 +485,7 @@ where
             out.extend(outcomes);
             start = end;
             match after {
-                Some(v) => {
-                    at = version.map(|_| v);
-                    latest = Some(v);
-                }
+                Some(v) => latest = Some(v),
                 None => {
                     out.resize(ops.len(), OpOutcome::Rejected);
                     return Ok(SeatsApplied { outcomes: out, version: None });
@@ -496,6 +494,7 @@ where
         }
         let version = match latest {
             Some(v) => Some(v),
+            // No ops: nothing was called that could say.
             None => self.event_version(event_id).await?,
         };
         Ok(SeatsApplied { outcomes: out, version })
