@@ -1,8 +1,8 @@
 //! Prometheus metrics, one registry per engine (so tests never share one).
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub callbacks: IntCounterVec,
     pub withdrawals: IntCounterVec,
     pub webhook_deliveries: IntCounterVec,
+    /// Read from `/proc/self/stat` at each render.
+    pub process_cpu: Gauge,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -111,7 +113,12 @@ impl Metrics {
             HistogramOpts::new("store_batch_duration_seconds", "Hot store batch commit latency")
                 .buckets(must(exponential_buckets(0.000_02, 2.0, 18))),
         ));
+        let process_cpu = must(Gauge::new(
+            "process_cpu_seconds_total",
+            "CPU time of this process, user and system (for cost per request: its rate over requests' rate)",
+        ));
         for c in [
+            Box::new(process_cpu.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_latency.clone()),
             Box::new(mailbox_depth.clone()),
@@ -153,11 +160,15 @@ impl Metrics {
             callbacks,
             withdrawals,
             webhook_deliveries,
+            process_cpu,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(s) = process_cpu_seconds() {
+            self.process_cpu.set(s);
+        }
         let mut buf = Vec::new();
         let enc = prometheus::TextEncoder::new();
         if let Err(e) = prometheus::Encoder::encode(&enc, &self.registry.gather(), &mut buf) {
@@ -167,9 +178,44 @@ impl Metrics {
     }
 }
 
+/// Clock ticks per second of `/proc`'s CPU times (`USER_HZ`, 100 on every
+/// Linux architecture rush builds for).
+const USER_HZ: f64 = 100.0;
+
+/// This process's user + system CPU seconds (Linux; `None` elsewhere).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces: count from its `)`.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // After `)`: state is field 3, so utime (14) and stime (15) are the
+    // 12th and 13th.
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_cpu_is_read_and_grows() {
+        let before = super::process_cpu_seconds();
+        assert!(before.is_some(), "/proc/self/stat is readable on Linux");
+        let before = before.unwrap_or(0.0);
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(60) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let after = super::process_cpu_seconds().unwrap_or(0.0);
+        assert!(after > before, "{before} → {after}");
+        assert!(super::Metrics::new().render().contains("rush_process_cpu_seconds_total "));
     }
 }
 

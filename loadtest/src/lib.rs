@@ -13,6 +13,7 @@
 //! - [`api`]: setup and verification calls through rush's API.
 //! - [`scenarios`]: `grab`, `seats`, `mixed`, `pay`, each with its checks.
 //! - [`checks`]: the guarantee checks' record.
+//! - [`sample`]: rush's `/metrics` sampled during a run (lag, CPU).
 //! - [`report`]: JSON result, SVG chart, text summary.
 
 pub mod api;
@@ -20,5 +21,6 @@ pub mod checks;
 pub mod client;
 pub mod load;
 pub mod report;
+pub mod sample;
 pub mod scenarios;
 pub mod stats;

@@ -61,6 +61,15 @@ pub struct StageResult {
     pub latency: Latency,
     pub outcomes: std::collections::BTreeMap<String, u64>,
     pub timeline: Vec<TimelinePoint>,
+    /// How far the durable projection was behind during the stage (from
+    /// rush's `/metrics`, see `sample.rs`).
+    pub lag: Option<crate::sample::LagSummary>,
+    /// From the end of the load until nothing was behind; `None`: not
+    /// within the settle bound.
+    pub drain_s: Option<f64>,
+    /// rush's CPU (every sampled process) from the stage's start until it
+    /// drained, per successful operation: the persistence included.
+    pub cpu_us_per_ok: Option<f64>,
 }
 
 pub struct LoadOpts {
@@ -200,6 +209,9 @@ pub async fn drive(name: &str, opts: &LoadOpts, workload: Arc<dyn Workload>) -> 
             }
             points
         },
+        lag: None,
+        drain_s: None,
+        cpu_us_per_ok: None,
     }
 }
 

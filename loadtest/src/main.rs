@@ -65,7 +65,32 @@ struct Cli {
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// A sustained run: open loop at this many requests per second for
+    /// `--duration` (at least 60 s), with enough packets or events for the
+    /// whole stage; the run fails if the durable side falls behind by more
+    /// than `--lag-max` or does not catch up within `--drain-max`.
+    #[arg(long, conflicts_with = "rate")]
+    sustained: Option<f64>,
+    /// `/metrics` of `rush worker` (full mode), sampled with the nodes'.
+    #[arg(long)]
+    worker_metrics: Vec<String>,
+    /// Do not sample `/metrics` (no lag, settle or CPU figures or checks).
+    #[arg(long)]
+    no_sample: bool,
+    /// Milliseconds between `/metrics` samples.
+    #[arg(long, default_value_t = 250)]
+    sample_ms: u64,
+    /// Largest lag (p99, seconds behind) of the durable side a stage may
+    /// show.
+    #[arg(long, default_value_t = 2.0)]
+    lag_max: f64,
+    /// Seconds after a stage's load by which every event must be persisted.
+    #[arg(long, default_value_t = 10.0)]
+    drain_max: f64,
 }
+
+/// Seconds of a sustained run at the least.
+const SUSTAINED_S_MIN: u64 = 60;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -75,27 +100,49 @@ fn main() -> anyhow::Result<()> {
         cli.concurrency > 0 && cli.users > 0 && cli.packets > 0 && cli.events > 0,
         "counts must be positive"
     );
+    let mut metrics = vec![];
+    if !cli.no_sample {
+        metrics.push(addr);
+        metrics.extend(also.iter().copied());
+        for u in &cli.worker_metrics {
+            metrics.push(rush_loadtest::client::parse_base(u)?);
+        }
+    }
+    let (mut duration, mut packets, mut events) = (cli.duration, cli.packets, cli.events);
+    let model = match (cli.sustained, cli.rate) {
+        (Some(rate), _) => {
+            duration = duration.max(SUSTAINED_S_MIN);
+            // Enough for the whole stage, with a tenth to spare.
+            let ops = rate * duration as f64 * 1.1;
+            packets = packets.max((ops / f64::from(cli.parts.max(1))).ceil() as usize);
+            events = events.max((ops / (2.0 * f64::from(cli.rows) * f64::from(cli.cols)).max(1.0)).ceil() as usize);
+            Model::Open { rate_per_s: rate }
+        }
+        (None, Some(rate_per_s)) => Model::Open { rate_per_s },
+        (None, None) => Model::Closed,
+    };
     let opts = RunOpts {
         addr,
         also,
         scenario: cli.scenario,
-        model: match cli.rate {
-            Some(rate_per_s) => Model::Open { rate_per_s },
-            None => Model::Closed,
-        },
+        model,
         concurrency: cli.concurrency,
-        duration: Duration::from_secs(cli.duration),
+        duration: Duration::from_secs(duration),
         users: cli.users,
         parts: cli.parts,
-        packets: cli.packets,
+        packets,
         spread: cli.spread,
-        events: cli.events,
+        events,
         rows: cli.rows,
         cols: cli.cols,
         settle_s: cli.settle,
         ceiling: !cli.no_ceiling,
         progress: true,
         only: cli.stage,
+        metrics,
+        sample_every: Duration::from_millis(cli.sample_ms.max(10)),
+        lag_max_s: cli.lag_max,
+        drain_max_s: cli.drain_max,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
     let report = rt.block_on(run(opts))?;

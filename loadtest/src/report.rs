@@ -113,6 +113,30 @@ pub fn summary(report: &Report) -> String {
     for (name, r) in &report.ceiling_ratio {
         let _ = writeln!(s, "{name}: {:.0}% of the HTTP ceiling", r * 100.0);
     }
+    let sampled: Vec<_> = panels(report).into_iter().filter(|st| st.lag.is_some()).collect();
+    if !sampled.is_empty() {
+        let _ = writeln!(
+            s,
+            "{:<16} {:>11} {:>11} {:>11} {:>9} {:>9} {:>9} {:>10}",
+            "durable side", "applied/s", "behind p50", "behind p99", "lag p99 s", "lag max s", "drain s", "cpu µs/ok"
+        );
+        for st in sampled {
+            let Some(l) = &st.lag else { continue };
+            let drain = st.drain_s.map_or("never".to_string(), |d| format!("{d:.2}"));
+            let cpu = st.cpu_us_per_ok.map_or("-".to_string(), |c| format!("{c:.1}"));
+            let _ = writeln!(
+                s,
+                "{:<16} {:>11.0} {:>11.0} {:>11.0} {:>9.2} {:>9.2} {:>9} {:>10}",
+                st.name, l.applied_per_s, l.events_p50, l.events_p99, l.seconds_p99, l.seconds_max, drain, cpu
+            );
+        }
+    }
+    for (name, r) in &report.cpu_ratio {
+        let _ = writeln!(s, "{name}: rush's CPU per ok (persistence included) is {r:.1}× its CPU per ceiling request");
+    }
+    if let Some(w) = report.wallets_settled_s {
+        let _ = writeln!(s, "every wallet settled {w:.2} s after the load ended");
+    }
     for st in &report.stages {
         let outcomes: Vec<String> = st.outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let _ = writeln!(s, "{} outcomes: {}", st.name, outcomes.join(", "));

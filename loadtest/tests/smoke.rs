@@ -14,9 +14,16 @@ use rush_loadtest::scenarios::grab::Packets;
 use rush_loadtest::scenarios::{run, RunOpts, Scenario};
 
 async fn spawn_rush(dir: &std::path::Path) -> SocketAddr {
+    spawn_rush_with(dir, true).await
+}
+
+/// `workers: false`: rush with only its outbox monitor, no persist worker,
+/// so nothing it acknowledges reaches the durable store.
+async fn spawn_rush_with(dir: &std::path::Path, workers: bool) -> SocketAddr {
     let mut cfg = Config { data_dir: dir.to_path_buf(), ..Config::default() };
     cfg.http.addr = "127.0.0.1:0".into();
     cfg.workers.poll_wait_ms = 20;
+    cfg.outbox.check_every_ms = 50;
     // The pay scenario drops some callbacks: the active query finds them.
     cfg.payments.query_after_ms = 200;
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
@@ -24,7 +31,11 @@ async fn spawn_rush(dir: &std::path::Path) -> SocketAddr {
     let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
     engine.set_notify_base(&format!("http://{addr}"));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx).expect("workers");
+    if workers {
+        engine.start_workers(rx).expect("workers");
+    } else {
+        tokio::spawn(rush_engine::workers::outbox_monitor(engine.clone(), rx));
+    }
     std::mem::forget(tx);
     tokio::spawn(rush_gateway::serve::http_server(listener, engine).expect("server"));
     addr
@@ -49,6 +60,10 @@ fn small(addr: SocketAddr, scenario: Scenario, model: Model) -> RunOpts {
         ceiling: true,
         progress: false,
         only: None,
+        metrics: vec![addr],
+        sample_every: Duration::from_millis(50),
+        lag_max_s: 5.0,
+        drain_max_s: 15.0,
     }
 }
 
@@ -68,7 +83,13 @@ async fn every_scenario_runs_and_finds_no_violation() {
         assert!(!report.checks.is_empty());
         assert!(report.stages.iter().all(|s| s.ok > 0), "{text}");
         assert!(report.ceiling.as_ref().is_some_and(|c| c.ok > 0));
+        // rush's metrics are read by the names it exports.
+        let mut conns = vec![rush_loadtest::client::Conn::new(addr)];
+        let now = rush_loadtest::sample::scrape(&mut conns).await.expect("scrape");
+        assert!(now.applied > 0.0 && now.cpu_s > 0.0 && now.behind() == 0.0, "{now:?}");
         for st in &report.stages {
+            assert!(st.lag.is_some() && st.drain_s.is_some(), "{text}");
+            assert!(st.cpu_us_per_ok.is_some_and(|c| c > 0.0), "{text}");
             for p in &st.timeline {
                 assert_eq!(p.outcomes.values().sum::<u64>(), p.total, "{}: second {}", st.name, p.t_s);
             }
@@ -98,4 +119,22 @@ async fn the_checks_catch_a_grant_that_rush_never_made() {
     packets.check(&api, &users, &sender, &mut checks).await.expect("check");
     let failed: Vec<&str> = checks.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
     assert_eq!(failed, vec!["answered grants are exactly the recorded grabs", "every packet_empty was deserved"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_side_that_does_not_keep_up_fails_the_run() {
+    let dir = tempfile::tempdir().expect("dir");
+    let addr = spawn_rush_with(dir.path(), false).await;
+    let mut opts = small(addr, Scenario::Grab, Model::Closed);
+    opts.only = Some("grab-hot".into());
+    // Long enough for several samples of a growing outbox.
+    (opts.users, opts.parts, opts.duration) = (1500, 1000, Duration::from_secs(2));
+    opts.settle_s = 2;
+    opts.drain_max_s = 1.0;
+    let report = run(opts).await.expect("run");
+    let text = rush_loadtest::report::summary(&report);
+    let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+    assert!(failed.contains(&"grab-hot: everything persisted ≤ 1 s after the load"), "{text}");
+    assert!(failed.contains(&"grab-hot: the durable side keeps up (lag p99 ≤ 5 s)"), "{text}");
+    assert!(report.stages[0].drain_s.is_none() && report.stages[0].cpu_us_per_ok.is_none(), "{text}");
 }

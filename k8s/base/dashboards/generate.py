@@ -58,6 +58,8 @@ panel("Withdrawals by outcome", [(f'sum by (outcome) (rate(rush_withdrawals_tota
 panel("Webhook attempts by outcome", [(f'sum by (outcome) (rate(rush_webhook_attempts_total{{{sel}}}[5m]))', "{{outcome}}")], "ops",
       desc="Alert: any failed or gone")
 panel("Live actors", [(f'sum by (kind) (rush_actors_live{{{sel}}})', "{{kind}}")], "short")
+panel("CPU per pod", [(f'rate(rush_process_cpu_seconds_total{{{sel}}}[1m])', "{{pod}}")], "short",
+      desc="Cores used by each rush process; over requests/s it is the CPU cost of a request")
 
 dashboard = {
     "title": "rush",

@@ -240,7 +240,8 @@ pub struct Sender {
 }
 
 /// After the workers settle: each grabber's available is their grants and
-/// the sender's frozen is what is left in their packets.
+/// the sender's frozen is what is left in their packets. Returns how long
+/// it took until every wallet was right (`None`: not within `settle_s`).
 pub async fn check_balances(
     api: &Api,
     packets: &Packets,
@@ -249,7 +250,8 @@ pub async fn check_balances(
     sender: &Sender,
     settle_s: u64,
     checks: &mut Checks,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<f64>> {
+    let start = std::time::Instant::now();
     let (sender_token, sender_credit) = (&sender.token, sender.credit);
     let per_user = packets.granted_per_user();
     let created: i64 = packets.totals.iter().sum();
@@ -282,6 +284,7 @@ pub async fn check_balances(
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+    let settled = failures.is_empty().then(|| start.elapsed().as_secs_f64());
     checks.each("balances add up to the cent after workers settle", per_user.len() + 1, failures);
-    Ok(())
+    Ok(settled)
 }

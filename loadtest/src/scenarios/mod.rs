@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::api::Api;
 use crate::checks::{Check, Checks};
 use crate::load::{drive, Ceiling, LoadOpts, Model, StageResult, Workload};
+use crate::sample::{summarize, Sampler};
 use grab::{check_balances, GrabLoad, Packets, Sender};
 use seats::{CategoryLoad, Events, NamedLoad};
 
@@ -56,6 +57,16 @@ pub struct RunOpts {
     pub progress: bool,
     /// Run only the stage of this name (e.g. `grab-hot`); checks still run.
     pub only: Option<String>,
+    /// Where `/metrics` is sampled (rush's nodes and `rush worker`); empty:
+    /// no sampling, no lag or CPU figures.
+    pub metrics: Vec<SocketAddr>,
+    pub sample_every: Duration,
+    /// A stage whose durable projection is further behind than this (p99,
+    /// seconds) fails the run.
+    pub lag_max_s: f64,
+    /// A stage whose events are not all persisted this long after its load
+    /// ends fails the run.
+    pub drain_max_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +82,11 @@ pub struct Report {
     pub stages: Vec<StageResult>,
     /// Successful operations per second of each stage over the ceiling's requests per second.
     pub ceiling_ratio: Vec<(String, f64)>,
+    /// rush's CPU per successful operation of each stage (persistence
+    /// included) over its CPU per ceiling request.
+    pub cpu_ratio: Vec<(String, f64)>,
+    /// From the end of the load until every grabber's wallet was right.
+    pub wallets_settled_s: Option<f64>,
     pub checks: Vec<Check>,
     pub violations: usize,
 }
@@ -93,8 +109,58 @@ impl RunOpts {
     }
 }
 
-async fn stage(name: &str, opts: &RunOpts, w: Arc<dyn Workload>) -> StageResult {
-    drive(name, &opts.load(), w).await
+/// Polls for "nothing behind" this often after a stage.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+/// Runs one stage; with a sampler, also how far the durable side was
+/// behind during it, how long it took to catch up after it, and rush's CPU
+/// per successful operation until then, each checked against its bound.
+async fn stage(
+    name: &str,
+    opts: &RunOpts,
+    w: Arc<dyn Workload>,
+    sampler: Option<&Sampler>,
+    checks: &mut Checks,
+) -> StageResult {
+    let before = match sampler {
+        Some(s) => s.now().await,
+        None => None,
+    };
+    let start = std::time::Instant::now();
+    let mut r = drive(name, &opts.load(), w).await;
+    let (Some(sampler), Some(before)) = (sampler, before) else { return r };
+    let end = std::time::Instant::now();
+    let lag = summarize(&sampler.between(start, end));
+    let drained = if name == "ceiling" {
+        Some(Duration::ZERO)
+    } else {
+        sampler.drained(Duration::from_secs(opts.settle_s), DRAIN_POLL).await
+    };
+    if let Some(after) = sampler.now().await {
+        if r.ok > 0 && drained.is_some() {
+            r.cpu_us_per_ok = Some((after.cpu_s - before.cpu_s).max(0.0) * 1e6 / r.ok as f64);
+        }
+    }
+    r.drain_s = drained.map(|d| d.as_secs_f64());
+    if name != "ceiling" {
+        let keeps_up = if lag.seconds_p99 <= opts.lag_max_s {
+            vec![]
+        } else {
+            vec![format!(
+                "lag p99 {:.2} s > {} s ({:.0} events; the last quarter's backlog is {:.1}× the second's)",
+                lag.seconds_p99, opts.lag_max_s, lag.events_p99, lag.growth
+            )]
+        };
+        checks.each(&format!("{name}: the durable side keeps up (lag p99 ≤ {} s)", opts.lag_max_s), 1, keeps_up);
+        let settled = match r.drain_s {
+            Some(d) if d <= opts.drain_max_s => vec![],
+            Some(d) => vec![format!("{d:.2} s")],
+            None => vec![format!("still behind after {} s", opts.settle_s)],
+        };
+        checks.each(&format!("{name}: everything persisted ≤ {} s after the load", opts.drain_max_s), 1, settled);
+    }
+    r.lag = Some(lag);
+    r
 }
 
 impl RunOpts {
@@ -109,15 +175,18 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
     let mut api = Api::new(opts.addr, &run_id).await?;
     let users: Vec<String> = (0..opts.users).map(|i| format!("{run_id}-u{i}")).collect();
     let tokens = Arc::new(api.tokens(&users).await?);
+    let sampler = (!opts.metrics.is_empty()).then(|| Sampler::start(opts.metrics.clone(), opts.sample_every));
+    let sampler = sampler.as_ref();
+    let mut checks = Checks::default();
+    let mut wallets_settled_s = None;
 
     // The ceiling is the most the machine serves: always closed loop.
     let ceiling = if opts.ceiling {
         let closed = RunOpts { model: Model::Closed, ..opts.clone() };
-        Some(stage("ceiling", &closed, Arc::new(Ceiling::new())).await)
+        Some(stage("ceiling", &closed, Arc::new(Ceiling::new()), sampler, &mut checks).await)
     } else {
         None
     };
-    let mut checks = Checks::default();
     let mut stages = Vec::new();
     match opts.scenario {
         Scenario::Grab => {
@@ -125,25 +194,28 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             let n = opts.packets;
             let hot = GrabLoad::new(packets.clone(), tokens.clone(), 0, n, 1, opts.concurrency);
             if opts.runs("grab-hot") {
-                stages.push(stage("grab-hot", &opts, Arc::new(hot)).await);
+                stages.push(stage("grab-hot", &opts, Arc::new(hot), sampler, &mut checks).await);
             }
             let spread = GrabLoad::new(packets.clone(), tokens.clone(), n, 2 * n, opts.spread.min(n), opts.concurrency);
             if opts.runs("grab-spread") {
-                stages.push(stage("grab-spread", &opts, Arc::new(spread)).await);
+                stages.push(stage("grab-spread", &opts, Arc::new(spread), sampler, &mut checks).await);
             }
             packets.check(&api, &users, &sender.token, &mut checks).await?;
-            check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
+            let drained = stages.last().and_then(|s: &StageResult| s.drain_s).unwrap_or(0.0);
+            wallets_settled_s = check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks)
+                .await?
+                .map(|w| drained + w);
         }
         Scenario::Seats => {
             let n = opts.events;
             let events = Arc::new(Events::create(&mut api, &run_id, 2 * n, opts.rows, opts.cols).await?);
             let by_category = CategoryLoad::new(events.clone(), tokens.clone(), 0, n);
             if opts.runs("seats-category") {
-                stages.push(stage("seats-category", &opts, Arc::new(by_category)).await);
+                stages.push(stage("seats-category", &opts, Arc::new(by_category), sampler, &mut checks).await);
             }
             let named = NamedLoad::new(events.clone(), tokens.clone(), n, 2 * n);
             if opts.runs("seats-named") {
-                stages.push(stage("seats-named", &opts, Arc::new(named)).await);
+                stages.push(stage("seats-named", &opts, Arc::new(named), sampler, &mut checks).await);
             }
             events.check(&api, &users, &mut checks).await?;
         }
@@ -152,24 +224,31 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             let (packets, sender) = make_packets(&mut api, &run_id, opts.packets, opts.parts).await?;
             let mixed = mixed::MixedLoad::new(events.clone(), packets.clone(), tokens.clone());
             if opts.runs("mixed") {
-                stages.push(stage("mixed", &opts, Arc::new(mixed)).await);
+                stages.push(stage("mixed", &opts, Arc::new(mixed), sampler, &mut checks).await);
             }
             events.check(&api, &users, &mut checks).await?;
             packets.check(&api, &users, &sender.token, &mut checks).await?;
-            check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
+            let drained = stages.last().and_then(|s: &StageResult| s.drain_s).unwrap_or(0.0);
+            wallets_settled_s = check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks)
+                .await?
+                .map(|w| drained + w);
         }
         Scenario::Pay => {
             let events = pay::events(&mut api, &run_id, opts.events, opts.rows, opts.cols).await?;
             let before = pay::succeeded_count(&mut api).await?;
             let load = Arc::new(pay::PayLoad::new(events, tokens.clone()));
             if opts.runs("pay") {
-                stages.push(stage("pay", &opts, load.clone()).await);
+                stages.push(stage("pay", &opts, load.clone(), sampler, &mut checks).await);
             }
             load.check(&mut api, before, opts.settle_s, &mut checks).await?;
         }
     }
     let ceiling_ratio = match &ceiling {
         Some(c) if c.ok_per_s > 0.0 => stages.iter().map(|s| (s.name.clone(), s.ok_per_s / c.ok_per_s)).collect(),
+        _ => vec![],
+    };
+    let cpu_ratio = match ceiling.as_ref().and_then(|c| c.cpu_us_per_ok) {
+        Some(c) if c > 0.0 => stages.iter().filter_map(|s| s.cpu_us_per_ok.map(|u| (s.name.clone(), u / c))).collect(),
         _ => vec![],
     };
     Ok(Report {
@@ -185,6 +264,8 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
         ceiling,
         stages,
         ceiling_ratio,
+        cpu_ratio,
+        wallets_settled_s,
         violations: checks.violations(),
         checks: checks.checks,
     })
