@@ -494,7 +494,10 @@ pub struct OrderConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Events applied in one durable transaction.
+    /// Events applied in one durable transaction. Larger batches spread a
+    /// transaction's fixed cost (statements, commit, the outbox's trim)
+    /// over more events: 4 096 let the persist worker keep up with a hot
+    /// packet where 1 024 fell behind (BENCHMARKS.md, "Sustained").
     pub batch_len_max: usize,
     /// How long a poll of the event log waits for new events.
     pub poll_wait_ms: u64,
@@ -520,6 +523,11 @@ pub struct SqliteConfig {
     /// How often a background connection checkpoints the WAL, so that the
     /// writer's own checkpoints stay short.
     pub checkpoint_every_ms: u64,
+    /// How much of each SQLite file is memory-mapped, MiB (0: none). Pages
+    /// are then read straight from the OS page cache instead of copied in
+    /// by a `pread` each time SQLite's own cache misses them, which is most
+    /// of the time once a sale's journal and grabs outgrow that cache.
+    pub mmap_mib: u32,
 }
 
 /// `RUSH__SECTION__FIELD_FILE=<path>` sets `RUSH__SECTION__FIELD` to the
@@ -648,7 +656,7 @@ impl Default for OrderConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
-            batch_len_max: 1024,
+            batch_len_max: 4096,
             poll_wait_ms: 200,
             timeout_poll_ms: 250,
             due_batch_max: 1000,
@@ -661,7 +669,7 @@ impl Default for WorkerConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig { busy_timeout_ms: 5_000, read_pool_max: 4, checkpoint_every_ms: 200 }
+        SqliteConfig { busy_timeout_ms: 5_000, read_pool_max: 4, checkpoint_every_ms: 200, mmap_mib: 4096 }
     }
 }
 

@@ -200,6 +200,19 @@ impl Default for Metrics {
     }
 }
 
+/// Records ids on the current span (the gateway's `http` span declares
+/// `order_id`, `event_id`, `packet_id`, `payment_id`; a disabled span or
+/// none: nothing, after one lookup).
+pub fn record_ids(ids: &[(&'static str, crate::domain::Id)]) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    for (field, id) in ids {
+        span.record(*field, tracing::field::display(id));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -216,18 +229,5 @@ mod tests {
         let after = super::process_cpu_seconds().unwrap_or(0.0);
         assert!(after > before, "{before} → {after}");
         assert!(super::Metrics::new().render().contains("rush_process_cpu_seconds_total "));
-    }
-}
-
-/// Records ids on the current span (the gateway's `http` span declares
-/// `order_id`, `event_id`, `packet_id`, `payment_id`; a disabled span or
-/// none: nothing, after one lookup).
-pub fn record_ids(ids: &[(&'static str, crate::domain::Id)]) {
-    let span = tracing::Span::current();
-    if span.is_disabled() {
-        return;
-    }
-    for (field, id) in ids {
-        span.record(*field, tracing::field::display(id));
     }
 }

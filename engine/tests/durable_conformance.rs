@@ -444,7 +444,9 @@ async fn payment_transitions_once(backend: &str) {
     for _ in 0..16 {
         let (d, p) = (d.clone(), p.clone());
         tasks.push(tokio::spawn(async move {
+            // The winner gets the payment back as recorded.
             let recorded = d.record_money(p.payment_id, &paid(5_000), 1).await.expect("money");
+            let recorded = recorded.is_some_and(|r| r.money_received && r.status == PaymentStatus::Pending);
             let succeeded = d.succeed_payment(&p, 2).await.expect("succeed");
             (recorded, succeeded)
         }));
@@ -470,7 +472,8 @@ async fn payment_transitions_once(backend: &str) {
     let order_id = o.order_id.expect("order");
     assert_eq!(d.claim_order(order_id, o.payment_id).await.expect("claim"), o.payment_id);
     assert_eq!(d.claim_order(order_id, ids.next(0)).await.expect("claim"), o.payment_id, "a second payment loses");
-    assert!(d.record_money(o.payment_id, &paid(300), 1).await.expect("money"));
+    assert!(d.record_money(o.payment_id, &paid(300), 1).await.expect("money").is_some());
+    assert!(d.record_money(o.payment_id, &paid(300), 1).await.expect("money").is_none(), "recorded once");
     assert!(d.succeed_payment(&o, 2).await.expect("succeed"));
     assert!(d.refund_paid(o.payment_id, 3, 10).await.expect("due"));
     assert!(!d.refund_paid(o.payment_id, 3, 10).await.expect("due twice"), "a refund is decided once");
@@ -491,7 +494,7 @@ async fn payment_transitions_once(backend: &str) {
     let late = payment(&ids, Purpose::Order, "lena", 700);
     d.insert_payment(&late).await.expect("insert");
     assert!(d.close_payment(&late, 1).await.expect("close"));
-    assert!(d.record_money(late.payment_id, &paid(700), 2).await.expect("money"));
+    assert!(d.record_money(late.payment_id, &paid(700), 2).await.expect("money").is_some());
     let late = d.payment(late.payment_id).await.expect("read").expect("exists");
     assert!(d.refund_late_money(&late, 3).await.expect("late"));
     assert!(!d.refund_late_money(&late, 3).await.expect("late twice"));

@@ -5,7 +5,8 @@
 //! Lag is sampled as events (`rush_outbox_lag_events`, the largest over the
 //! nodes; `rush_consumer_lag_events`, the worker's) and turned into seconds
 //! by Little's law: events behind ÷ the events per second being applied
-//! over the last second. A consumer that keeps up has a lag of
+//! over the last three seconds (a consumer applies in batches; one
+//! second may see none of them). A consumer that keeps up has a lag of
 //! about one batch's latency; one that falls behind shows the time its
 //! backlog takes to drain, growing sample after sample.
 
@@ -180,7 +181,7 @@ pub struct LagSummary {
 }
 
 /// The window over which the applying rate is taken.
-const RATE_WINDOW: Duration = Duration::from_secs(1);
+const RATE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Seconds a backlog stands for when nothing is applied at all.
 const STALLED_LAG_S: f64 = 3600.0;

@@ -39,6 +39,11 @@ pub(crate) const WRITER_CHECKPOINT_PAGES: u32 = 16_000;
 /// The WAL file is truncated back to this after a checkpoint resets it.
 pub(crate) const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// `sqlite.mmap_mib` in bytes.
+pub(crate) fn mmap_bytes(cfg: &SqliteConfig) -> u64 {
+    u64::from(cfg.mmap_mib) * 1024 * 1024
+}
+
 /// The embedded hot store's file: hot state and the outbox. The durable
 /// store is another file (`pool.rs`), so the workers' writes never queue
 /// behind (or block) the hot path's commits.
@@ -63,8 +68,12 @@ impl Db {
         // checkpoint finds little left to do; the writer's still has to run,
         // because only a checkpoint between writes can finish and let the WAL
         // start over (a background one never catches a busy writer).
-        let opts = opts.pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string());
+        let opts = opts
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT_BYTES.to_string())
+            .pragma("mmap_size", mmap_bytes(cfg).to_string());
         let write = SqlitePoolOptions::new()
+            // A file in this process: no ping before each use (see `pool.rs`).
+            .test_before_acquire(false)
             .max_connections(1)
             .connect_with(opts.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()))
             .await
@@ -74,12 +83,16 @@ impl Db {
             .await
             .map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
         let checkpointer = SqlitePoolOptions::new()
+            // A file in this process: no ping before each use (see `pool.rs`).
+            .test_before_acquire(false)
             .max_connections(1)
             .connect_with(opts.clone())
             .await
             .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?;
         tokio::spawn(checkpoint(checkpointer, Duration::from_millis(cfg.checkpoint_every_ms)));
         let read = SqlitePoolOptions::new()
+            // A file in this process: no ping before each use (see `pool.rs`).
+            .test_before_acquire(false)
             .max_connections(cfg.read_pool_max.max(1))
             .connect_with(opts.read_only(true))
             .await

@@ -232,8 +232,10 @@ impl Durable {
     }
 
     pub async fn payment(&self, payment_id: Id) -> Result<Option<PaymentRecord>, DurableError> {
-        // The write pool: callers decide on what they read, and SQLite's
-        // readers may trail the writer by a checkpoint.
+        // The write pool: callers decide on what they read, and on SQLite
+        // the writer's cache is warm where a reader's is dropped after
+        // every write (measured: reads on the readers made a purchase
+        // slower, BENCHMARKS.md "Money path").
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1"))
             .bind(payment_id.raw())
             .fetch_optional(&self.db.write)
@@ -250,38 +252,42 @@ impl Durable {
         rows.iter().map(payment_from_row).collect()
     }
 
-    /// Records that the channel took the money, once. False if it was
-    /// already recorded (a duplicate callback, or the query got there first).
-    pub async fn record_money(&self, payment_id: Id, paid: &Paid, now_ms: u64) -> Result<bool, DurableError> {
-        let done = sqlx::query(
+    /// Records that the channel took the money, once, and returns the
+    /// payment as recorded. `None` if it was already recorded (a duplicate
+    /// callback, or the query got there first): read it to see by whom.
+    pub async fn record_money(
+        &self,
+        payment_id: Id,
+        paid: &Paid,
+        now_ms: u64,
+    ) -> Result<Option<PaymentRecord>, DurableError> {
+        let row = sqlx::query(&format!(
             "UPDATE payments SET money = 'received', channel_txn = $2, paid_amount = $3, paid_at_ms = $4, \
-             updated_at_ms = $5 WHERE payment_id = $1 AND money = 'none'",
-        )
+             updated_at_ms = $5 WHERE payment_id = $1 AND money = 'none' RETURNING {COLUMNS}"
+        ))
         .bind(payment_id.raw())
         .bind(&paid.txn_id)
         .bind(paid.amount.get())
         .bind(ms_i(paid.paid_at_ms))
         .bind(ms_i(now_ms))
-        .execute(&self.db.write)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
+        .fetch_optional(&self.db.write)
+        .await?;
+        row.as_ref().map(payment_from_row).transpose()
     }
 
     /// Makes `payment_id` the one payment of its order, unless another got
     /// there first; returns the payment that holds the order.
     pub async fn claim_order(&self, order_id: Id, payment_id: Id) -> Result<Id, DurableError> {
-        sqlx::query(
-            "INSERT INTO order_payments (order_id, payment_id) VALUES ($1, $2) ON CONFLICT (order_id) DO NOTHING",
+        // One statement: a claim already there is "updated" to itself, so
+        // RETURNING gives whoever holds the order, new or old.
+        let holder: i64 = sqlx::query_scalar(
+            "INSERT INTO order_payments (order_id, payment_id) VALUES ($1, $2) ON CONFLICT (order_id) \
+             DO UPDATE SET payment_id = order_payments.payment_id RETURNING payment_id",
         )
         .bind(order_id.raw())
         .bind(payment_id.raw())
-        .execute(&self.db.write)
+        .fetch_one(&self.db.write)
         .await?;
-        let holder: i64 = sqlx::query_scalar("SELECT payment_id FROM order_payments WHERE order_id = $1")
-            .bind(order_id.raw())
-            .fetch_one(&self.db.write)
-            .await?;
         Id::from_raw(holder).map_err(|_| corrupt("order claim"))
     }
 

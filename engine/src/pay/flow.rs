@@ -357,9 +357,12 @@ impl Engine {
 
     async fn settle_paid_inner(&self, p: PaymentRecord, paid: &Paid) -> Result<Settled, EngineError> {
         let now = now_unix_ms();
-        self.durable.record_money(p.payment_id, paid, now).await?;
-        // Re-read: what is recorded (and by whom) decides from here on.
-        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        // What is recorded (and by whom) decides from here on: this
+        // record, or the one an earlier caller made.
+        let p = match self.durable.record_money(p.payment_id, paid, now).await? {
+            Some(p) => p,
+            None => self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?,
+        };
         if p.refund != RefundState::None {
             if p.refund.owed() {
                 self.refund_now(&p).await?;

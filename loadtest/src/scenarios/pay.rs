@@ -5,6 +5,9 @@
 //! prefers the step furthest along, so orders do not pile up unpaid. When
 //! an event sells out the holds move to the next one.
 //!
+//! A stage's `ok` counts purchases (a payment the buyer completed); the
+//! holds and payments opened on the way are in its outcomes.
+//!
 //! Checked after: every paid payment succeeds and its order is paid; each
 //! event's sold seats are exactly its paid orders; rush counted exactly one
 //! success per paid payment (`rush_payments_total{outcome="succeeded"}`,
@@ -123,7 +126,7 @@ impl Workload for PayLoad {
                 book.orders.push((i as usize, id.to_string(), user as usize));
                 let o = book.orders.len() - 1;
                 book.to_open.push_back(o);
-                true
+                false
             }
             (HOLD, 409) => {
                 // Sold out (or the per-user limit): move to the next event.
@@ -136,7 +139,7 @@ impl Workload for PayLoad {
                 book.payments.push((i as usize, id.to_string(), channel));
                 let p = book.payments.len() - 1;
                 book.to_pay.push_back(p);
-                true
+                false
             }
             (PAY, 200) => {
                 book.paid.push(i as usize);
