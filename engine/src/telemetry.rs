@@ -119,7 +119,7 @@ impl Metrics {
         ));
         for c in [
             Box::new(process_cpu.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
             Box::new(http_latency.clone()),
             Box::new(mailbox_depth.clone()),
             Box::new(batch_len.clone()),

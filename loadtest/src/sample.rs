@@ -18,6 +18,7 @@ use hyper::Method;
 use serde::Serialize;
 
 use crate::client::Conn;
+use crate::lock;
 
 /// What one scrape of every target gave.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -41,7 +42,7 @@ impl Scrape {
 }
 
 /// Sums the samples of one metric family whose labels contain `labels`.
-fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines() {
         let Some(rest) = line.strip_prefix(name) else { continue };
@@ -101,10 +102,6 @@ pub struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
     task: tokio::task::JoinHandle<()>,
     targets: Vec<SocketAddr>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Sampler {

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::api::Api;
 use crate::checks::Checks;
 use crate::load::{Next, Req, Workload};
+use crate::lock;
 
 /// What a run saw of one packet.
 #[derive(Default)]
@@ -48,7 +49,7 @@ impl Packets {
     /// Records a grab answer; true for a grant.
     pub fn observe(&self, packet: usize, user: u32, status: u16, body: &[u8]) -> bool {
         let Some(log) = self.logs.get(packet) else { return false };
-        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = lock(log);
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match status {
             200 => {
@@ -79,7 +80,7 @@ impl Packets {
         let views = api.get_many(paths).await?;
         let (mut unique, mut exact, mut sums, mut empties, mut already) = (vec![], vec![], vec![], vec![], vec![]);
         for (p, (status, view)) in views.iter().enumerate() {
-            let log = self.logs[p].lock().unwrap_or_else(|e| e.into_inner());
+            let log = lock(&self.logs[p]);
             if *status != 200 {
                 exact.push(format!("packet {} read {status}", self.ids[p]));
                 continue;
@@ -140,7 +141,7 @@ impl Packets {
     pub fn granted_per_user(&self) -> HashMap<u32, i64> {
         let mut out = HashMap::new();
         for log in &self.logs {
-            for (u, a) in &log.lock().unwrap_or_else(|e| e.into_inner()).grants {
+            for (u, a) in &lock(log).grants {
                 *out.entry(*u).or_default() += a;
             }
         }
@@ -201,7 +202,7 @@ impl Workload for GrabLoad {
         if packet >= self.end {
             return Next::Done;
         }
-        let mut c = self.cursors[task].lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.cursors[task]);
         if c.packet != packet {
             *c = Cursor { packet, j: 0 };
         }

@@ -131,10 +131,12 @@ async fn stage(
     let (Some(sampler), Some(before)) = (sampler, before) else { return r };
     let end = std::time::Instant::now();
     let lag = summarize(&sampler.between(start, end));
-    let drained = if name == "ceiling" {
-        Some(Duration::ZERO)
-    } else {
+    // The ceiling's `/healthz` writes nothing: nothing to wait for or check.
+    let persists = name != "ceiling";
+    let drained = if persists {
         sampler.drained(Duration::from_secs(opts.settle_s), DRAIN_POLL).await
+    } else {
+        Some(Duration::ZERO)
     };
     if let Some(after) = sampler.now().await {
         if r.ok > 0 && drained.is_some() {
@@ -142,7 +144,7 @@ async fn stage(
         }
     }
     r.drain_s = drained.map(|d| d.as_secs_f64());
-    if name != "ceiling" {
+    if persists {
         let keeps_up = if lag.seconds_p99 <= opts.lag_max_s {
             vec![]
         } else {
@@ -178,7 +180,8 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
     let sampler = (!opts.metrics.is_empty()).then(|| Sampler::start(opts.metrics.clone(), opts.sample_every));
     let sampler = sampler.as_ref();
     let mut checks = Checks::default();
-    let mut wallets_settled_s = None;
+    // How long after the last stage drained every wallet was right.
+    let mut wallets = None;
 
     // The ceiling is the most the machine serves: always closed loop.
     let ceiling = if opts.ceiling {
@@ -201,10 +204,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
                 stages.push(stage("grab-spread", &opts, Arc::new(spread), sampler, &mut checks).await);
             }
             packets.check(&api, &users, &sender.token, &mut checks).await?;
-            let drained = stages.last().and_then(|s: &StageResult| s.drain_s).unwrap_or(0.0);
-            wallets_settled_s = check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks)
-                .await?
-                .map(|w| drained + w);
+            wallets = check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
         }
         Scenario::Seats => {
             let n = opts.events;
@@ -228,10 +228,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             }
             events.check(&api, &users, &mut checks).await?;
             packets.check(&api, &users, &sender.token, &mut checks).await?;
-            let drained = stages.last().and_then(|s: &StageResult| s.drain_s).unwrap_or(0.0);
-            wallets_settled_s = check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks)
-                .await?
-                .map(|w| drained + w);
+            wallets = check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
         }
         Scenario::Pay => {
             let events = pay::events(&mut api, &run_id, opts.events, opts.rows, opts.cols).await?;
@@ -247,6 +244,8 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
         Some(c) if c.ok_per_s > 0.0 => stages.iter().map(|s| (s.name.clone(), s.ok_per_s / c.ok_per_s)).collect(),
         _ => vec![],
     };
+    // The last stage's load ended `drain_s` before the wallets were checked.
+    let wallets_settled_s = wallets.map(|w| w + stages.last().and_then(|s| s.drain_s).unwrap_or(0.0));
     let cpu_ratio = match ceiling.as_ref().and_then(|c| c.cpu_us_per_ok) {
         Some(c) if c > 0.0 => stages.iter().filter_map(|s| s.cpu_us_per_ok.map(|u| (s.name.clone(), u / c))).collect(),
         _ => vec![],

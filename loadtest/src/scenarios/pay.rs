@@ -25,15 +25,12 @@ use serde_json::{json, Value};
 use crate::api::Api;
 use crate::checks::Checks;
 use crate::load::{Next, Req, Workload};
+use crate::lock;
 
 const HOLD: u32 = 0;
 const OPEN: u32 = 1;
 const PAY: u32 = 2;
 const CHANNELS: [&str; 3] = ["wechat", "alipay", "ecard"];
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 #[derive(Default)]
 struct Book {
@@ -165,12 +162,7 @@ pub async fn events(api: &mut Api, run_id: &str, count: usize, rows: u32, cols: 
 /// rush's count of succeeded payments (0 if the metric is not there yet).
 pub async fn succeeded_count(api: &mut Api) -> anyhow::Result<u64> {
     let (_, text) = api.text("/metrics").await?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with("rush_payments_total{outcome=\"succeeded\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64)
+    Ok(crate::sample::metric(&text, "rush_payments_total", "outcome=\"succeeded\"").unwrap_or(0.0) as u64)
 }
 
 impl PayLoad {

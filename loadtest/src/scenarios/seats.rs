@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::api::Api;
 use crate::checks::Checks;
 use crate::load::{Next, Req, Workload};
+use crate::lock;
 
 /// The default per-user limit of an event (the scenario relies on it).
 pub const PER_USER: usize = 6;
@@ -69,7 +70,7 @@ impl Events {
     pub fn observe(&self, event: usize, user: u32, wanted: (String, u32), status: u16, body: &[u8]) -> bool {
         let Some(log) = self.logs.get(event) else { return false };
         let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = lock(log);
         match (status, v["error"]["code"].as_str()) {
             (201, _) => {
                 let seats = v["seats"]
