@@ -528,6 +528,10 @@ pub struct SqliteConfig {
     /// by a `pread` each time SQLite's own cache misses them, which is most
     /// of the time once a sale's journal and grabs outgrow that cache.
     pub mmap_mib: u32,
+    /// Most units of work the durable store's writer commits in one
+    /// transaction (group commit, `durable/writer.rs`); 1 commits each
+    /// alone.
+    pub group_commit_max: u32,
 }
 
 /// `RUSH__SECTION__FIELD_FILE=<path>` sets `RUSH__SECTION__FIELD` to the
@@ -669,7 +673,13 @@ impl Default for WorkerConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig { busy_timeout_ms: 5_000, read_pool_max: 4, checkpoint_every_ms: 200, mmap_mib: 4096 }
+        SqliteConfig {
+            busy_timeout_ms: 5_000,
+            read_pool_max: 4,
+            checkpoint_every_ms: 200,
+            mmap_mib: 4096,
+            group_commit_max: 256,
+        }
     }
 }
 
@@ -866,6 +876,9 @@ impl Config {
         }
         if self.postgres.pool_max == 0 {
             return bad("postgres.pool_max must be at least 1");
+        }
+        if self.sqlite.group_commit_max == 0 {
+            return bad("sqlite.group_commit_max must be at least 1");
         }
         let p = &self.payments;
         if [&p.wechat_secret, &p.alipay_secret, &p.ecard_secret].iter().any(|s| s.len() < 16) {

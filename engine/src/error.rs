@@ -82,6 +82,10 @@ impl From<crate::durable::DurableError> for EngineError {
                 tracing::warn!(error = %e, "durable store failed");
                 EngineError::StoreUnavailable
             }
+            crate::durable::DurableError::GroupCommit(m) => {
+                tracing::warn!(error = %m, "durable store failed");
+                EngineError::StoreUnavailable
+            }
             crate::durable::DurableError::Invariant(m) => EngineError::Internal(m),
             crate::durable::DurableError::RiskRefused(m) => EngineError::RiskRefused(m),
             crate::durable::DurableError::Conflict(code, m) => EngineError::Conflict { code, message: m },

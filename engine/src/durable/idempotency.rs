@@ -4,7 +4,7 @@
 //! still running is told so. Server errors are not stored, so a request
 //! that failed for want of a store can be retried under the same key.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::{Durable, DurableError};
 
@@ -35,57 +35,13 @@ impl Durable {
         ttl_ms: u64,
         stale_ms: u64,
     ) -> Result<Begin, DurableError> {
-        let now = now_ms as i64;
-        let mut tx = self.db.write.begin().await?;
-        let row = sqlx::query(
-            "SELECT request_hash, status, response, created_at_ms FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2",
-        )
-        .bind(user_id)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(r) = row {
-            let created: i64 = r.try_get("created_at_ms")?;
-            let status: i64 = r.try_get("status")?;
-            let age = now.saturating_sub(created);
-            let expired = age > ttl_ms as i64;
-            let stale = status == 0 && age > stale_ms as i64;
-            if !expired && !stale {
-                let stored_hash: String = r.try_get("request_hash")?;
-                let answer = if stored_hash != hash {
-                    Begin::Mismatch
-                } else if status == 0 {
-                    Begin::InProgress
-                } else {
-                    Begin::Replay { status: status as u16, body: r.try_get("response")? }
-                };
-                return Ok(answer);
-            }
-            sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2")
-                .bind(user_id)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, status, response, created_at_ms) \
-             VALUES ($1, $2, $3, 0, '', $4)",
-        )
-        .bind(user_id)
-        .bind(key)
-        .bind(hash)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            // Postgres: a concurrent request claimed the key between our
-            // read and insert (SQLite's single writer serialises them).
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(Begin::InProgress),
-            Err(e) => return Err(e.into()),
-        }
-        tx.commit().await?;
-        Ok(Begin::New)
+        let (user_id, key, hash) = (user_id.to_string(), key.to_string(), hash.to_string());
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move { idempotency_begin(c, &user_id, &key, &hash, now_ms, ttl_ms, stale_ms).await })
+            })
+            .await
     }
 
     pub async fn idempotency_finish(
@@ -95,42 +51,137 @@ impl Durable {
         status: u16,
         body: &str,
     ) -> Result<(), DurableError> {
-        sqlx::query("UPDATE idempotency_keys SET status = $1, response = $2 WHERE user_id = $3 AND idem_key = $4")
-            .bind(i64::from(status))
-            .bind(body)
-            .bind(user_id)
-            .bind(key)
-            .execute(&self.db.write)
-            .await?;
-        Ok(())
+        let (user_id, key, body) = (user_id.to_string(), key.to_string(), body.to_string());
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE idempotency_keys SET status = $1, response = $2 WHERE user_id = $3 AND idem_key = $4",
+                    )
+                    .bind(i64::from(status))
+                    .bind(body)
+                    .bind(user_id)
+                    .bind(key)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn idempotency_abandon(&self, user_id: &str, key: &str) -> Result<(), DurableError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = 0")
-            .bind(user_id)
-            .bind(key)
-            .execute(&self.db.write)
-            .await?;
-        Ok(())
+        let (user_id, key) = (user_id.to_string(), key.to_string());
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = 0")
+                        .bind(user_id)
+                        .bind(key)
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Deletes a finished record that holds `status`.
     pub async fn idempotency_forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), DurableError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = $3")
-            .bind(user_id)
-            .bind(key)
-            .bind(i64::from(status))
-            .execute(&self.db.write)
-            .await?;
-        Ok(())
+        let (user_id, key) = (user_id.to_string(), key.to_string());
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = $3")
+                        .bind(user_id)
+                        .bind(key)
+                        .bind(i64::from(status))
+                        .execute(&mut *c)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Forgets records older than `before_ms`.
     pub async fn idempotency_purge(&self, before_ms: u64) -> Result<u64, DurableError> {
-        Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")
-            .bind(before_ms as i64)
-            .execute(&self.db.write)
-            .await?
-            .rows_affected())
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")
+                        .bind(before_ms as i64)
+                        .execute(&mut *c)
+                        .await?
+                        .rows_affected())
+                })
+            })
+            .await
     }
+}
+
+async fn idempotency_begin(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    key: &str,
+    hash: &str,
+    now_ms: u64,
+    ttl_ms: u64,
+    stale_ms: u64,
+) -> Result<Begin, DurableError> {
+    let now = now_ms as i64;
+    let mut tx = conn.begin().await?;
+    let row = sqlx::query(
+        "SELECT request_hash, status, response, created_at_ms FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2",
+    )
+    .bind(user_id)
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(r) = row {
+        let created: i64 = r.try_get("created_at_ms")?;
+        let status: i64 = r.try_get("status")?;
+        let age = now.saturating_sub(created);
+        let expired = age > ttl_ms as i64;
+        let stale = status == 0 && age > stale_ms as i64;
+        if !expired && !stale {
+            let stored_hash: String = r.try_get("request_hash")?;
+            let answer = if stored_hash != hash {
+                Begin::Mismatch
+            } else if status == 0 {
+                Begin::InProgress
+            } else {
+                Begin::Replay { status: status as u16, body: r.try_get("response")? }
+            };
+            return Ok(answer);
+        }
+        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2")
+            .bind(user_id)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, status, response, created_at_ms) \
+         VALUES ($1, $2, $3, 0, '', $4)",
+    )
+    .bind(user_id)
+    .bind(key)
+    .bind(hash)
+    .bind(now)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        // Postgres: a concurrent request claimed the key between our
+        // read and insert (SQLite's single writer serialises them).
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(Begin::InProgress),
+        Err(e) => return Err(e.into()),
+    }
+    tx.commit().await?;
+    Ok(Begin::New)
 }

@@ -9,12 +9,13 @@ pub mod payments;
 pub mod pool;
 pub mod wallet;
 pub mod webhooks;
+pub mod writer;
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Connection, Row};
 
 pub use db::{Db, DbOpenError};
 pub use pool::{Backend, Pools};
@@ -38,6 +39,10 @@ pub enum DurableError {
     /// The row is not in the state the change needs (code, message).
     #[error("{1}")]
     Conflict(&'static str, String),
+    /// The group commit this write was part of did not commit (see
+    /// `writer.rs`): nothing of the write was kept.
+    #[error("durable store: group commit failed: {0}")]
+    GroupCommit(String),
 }
 
 impl DurableError {
@@ -55,7 +60,7 @@ impl DurableError {
                     || code.starts_with("57")
                     || code.starts_with("53")
             }
-            DurableError::Db(_) => true,
+            DurableError::Db(_) | DurableError::GroupCommit(_) => true,
             _ => false,
         }
     }
@@ -208,7 +213,8 @@ pub async fn transfer(conn: &mut AnyConnection, t: &Transfer<'_>) -> Result<(), 
 /// Applies many transfers with a handful of statements: the net change of
 /// each account bucket is computed first, debits are checked (a user's
 /// bucket never goes below zero) and applied, credits are upserted, and
-/// every leg is journalled. One round trip per statement, not per transfer,
+/// every leg is journalled (before the balances change: see below). One
+/// round trip per statement, not per transfer,
 /// is what lets the workers keep up with a flash sale.
 pub async fn transfer_all(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Result<(), DurableError> {
     let mut net: BTreeMap<(&str, Bucket), i64> = BTreeMap::new();
@@ -222,6 +228,36 @@ pub async fn transfer_all(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Resu
         *from = from.checked_sub(amount).ok_or_else(overflow)?;
         let to = net.entry(t.to).or_default();
         *to = to.checked_add(amount).ok_or_else(overflow)?;
+    }
+    // The journal first, the balances last: on Postgres an account row
+    // stays locked from its update until the commit, and the system
+    // accounts (`@world`, `@sales`) are in nearly every transfer.
+    let legs: Vec<_> =
+        ts.iter().flat_map(|t| [(t, 0i64, t.from, -t.amount.get()), (t, 1, t.to, t.amount.get())]).collect();
+    for chunk in legs.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms){}",
+            values(is_sqlite(conn), chunk.len(), 9)
+        );
+        let mut q = sqlx::query(&sql);
+        for (t, leg, (user, bucket), delta) in chunk {
+            q = q
+                .bind(&t.transfer_id)
+                .bind(*leg)
+                .bind(*user)
+                .bind(bucket.column())
+                .bind(*delta)
+                .bind(t.kind)
+                .bind(&t.ref_id)
+                .bind(t.memo)
+                .bind(ms_i(t.at_ms));
+        }
+        q.execute(&mut *conn).await.map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                DurableError::Invariant("a transfer was applied twice".to_string())
+            }
+            e => DurableError::Db(e),
+        })?;
     }
     // Checked debits: a user's bucket may not go negative.
     let mut upserts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
@@ -261,33 +297,6 @@ pub async fn transfer_all(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Resu
         }
         q.execute(&mut *conn).await?;
     }
-    let legs: Vec<_> =
-        ts.iter().flat_map(|t| [(t, 0i64, t.from, -t.amount.get()), (t, 1, t.to, t.amount.get())]).collect();
-    for chunk in legs.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO journal (transfer_id, leg, user_id, bucket, amount, kind, ref_id, memo, at_ms){}",
-            values(is_sqlite(conn), chunk.len(), 9)
-        );
-        let mut q = sqlx::query(&sql);
-        for (t, leg, (user, bucket), delta) in chunk {
-            q = q
-                .bind(&t.transfer_id)
-                .bind(*leg)
-                .bind(*user)
-                .bind(bucket.column())
-                .bind(*delta)
-                .bind(t.kind)
-                .bind(&t.ref_id)
-                .bind(t.memo)
-                .bind(ms_i(t.at_ms));
-        }
-        q.execute(&mut *conn).await.map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                DurableError::Invariant("a transfer was applied twice".to_string())
-            }
-            e => DurableError::Db(e),
-        })?;
-    }
     Ok(())
 }
 
@@ -303,40 +312,8 @@ impl Durable {
     /// Freezes a packet's total in the sender's wallet and records the packet,
     /// in one transaction; refused when the sender's available is short.
     pub async fn freeze_for_packet(&self, def: &PacketDef) -> Result<(), DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        transfer(
-            &mut tx,
-            &Transfer {
-                transfer_id: format!("packet-freeze-{}", def.packet_id),
-                from: (&def.sender, Bucket::Available),
-                to: (&def.sender, Bucket::Frozen),
-                amount: def.total,
-                kind: "packet_freeze",
-                ref_id: def.packet_id.to_string(),
-                memo: "red packet created",
-                at_ms: def.created_at_ms,
-            },
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO packets (packet_id, sender, kind, total, count, greeting, status, \
-             created_at_ms, expires_at_ms, refunded) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, 0)",
-        )
-        .bind(def.packet_id.raw())
-        .bind(&def.sender)
-        .bind(match def.kind {
-            crate::domain::PacketKind::Normal => "normal",
-            crate::domain::PacketKind::Lucky => "lucky",
-        })
-        .bind(def.total.get())
-        .bind(i64::from(def.count))
-        .bind(&def.greeting)
-        .bind(ms_i(def.created_at_ms))
-        .bind(ms_i(def.expires_at_ms))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let def = def.clone();
+        self.db.writer.run(move |c| Box::pin(async move { freeze_for_packet(c, &def).await })).await
     }
 
     /// Undoes [`Durable::freeze_for_packet`] when the hot store did not
@@ -344,55 +321,16 @@ impl Durable {
     /// no money stays frozen for a packet nobody can grab. Once per packet:
     /// the row leaves `active` in the same transaction.
     pub async fn unfreeze_failed_packet(&self, packet_id: Id) -> Result<(), DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        let row = sqlx::query(
-            "UPDATE packets SET status = 'failed' WHERE packet_id = $1 AND status = 'active' RETURNING sender, total",
-        )
-        .bind(packet_id.raw())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(());
-        };
-        let sender: String = row.try_get("sender")?;
-        let total = Fen::new(row.try_get("total")?);
-        transfer(
-            &mut tx,
-            &Transfer {
-                transfer_id: format!("packet-unfreeze-{packet_id}"),
-                from: (&sender, Bucket::Frozen),
-                to: (&sender, Bucket::Available),
-                amount: total,
-                kind: "packet_create_failed",
-                ref_id: packet_id.to_string(),
-                memo: "red packet could not be created",
-                at_ms: crate::domain::now_unix_ms(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.db.writer.run(move |c| Box::pin(async move { unfreeze_failed_packet(c, packet_id).await })).await
     }
 
     /// Admin credit: money enters rush from the world account.
     pub async fn credit(&self, user_id: &str, amount: Fen, reason: &str, transfer_id: Id) -> Result<(), DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        transfer(
-            &mut tx,
-            &Transfer {
-                transfer_id: format!("credit-{transfer_id}"),
-                from: (WORLD_ACCOUNT, Bucket::Available),
-                to: (user_id, Bucket::Available),
-                amount,
-                kind: "admin_credit",
-                ref_id: transfer_id.to_string(),
-                memo: reason,
-                at_ms: crate::domain::now_unix_ms(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let (user_id, reason) = (user_id.to_string(), reason.to_string());
+        self.db
+            .writer
+            .run(move |c| Box::pin(async move { credit(c, &user_id, amount, &reason, transfer_id).await }))
+            .await
     }
 
     pub async fn balance(&self, user_id: &str) -> Result<Balance, DurableError> {
@@ -546,27 +484,8 @@ impl Durable {
     /// Parks an event that cannot be applied (see `parked_events`): kept
     /// with its reason and marked processed, in one transaction.
     pub async fn park_event(&self, env: &Envelope, reason: &str) -> Result<(), DurableError> {
-        let now = ms_i(crate::domain::now_unix_ms());
-        let body = serde_json::to_string(env).map_err(|e| DurableError::Invariant(e.to_string()))?;
-        let mut tx = self.db.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO parked_events (event_id, position, body, reason, parked_at_ms) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(env.event_id.raw())
-        .bind(i64::try_from(env.position).unwrap_or(i64::MAX))
-        .bind(body)
-        .bind(reason)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO processed_events (event_id, at_ms) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING")
-            .bind(env.event_id.raw())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (env, reason) = (env.clone(), reason.to_string());
+        self.db.writer.run(move |c| Box::pin(async move { park_event(c, &env, &reason).await })).await
     }
 
     /// Parked events, oldest first: (event id, reason).
@@ -613,99 +532,8 @@ impl Durable {
     }
 
     pub async fn apply_events(&self, batch: &[Envelope]) -> Result<usize, DurableError> {
-        let now = ms_i(crate::domain::now_unix_ms());
-        let mut tx = self.db.write.begin().await?;
-        let mut fresh: HashSet<i64> = HashSet::with_capacity(batch.len());
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO processed_events (event_id, at_ms){} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                values(is_sqlite(&tx), chunk.len(), 2)
-            );
-            let mut q = sqlx::query_scalar::<_, i64>(&sql);
-            for env in chunk {
-                q = q.bind(env.event_id.raw()).bind(now);
-            }
-            let ids: Vec<i64> = q.fetch_all(&mut *tx).await?;
-            fresh.extend(ids);
-        }
-        let applied = fresh.len();
-        // Webhook subscribers, read once per batch; none (the usual case)
-        // costs nothing more.
-        let subscribers = webhooks::Subscribers::load(&mut tx).await?;
-        let mut grabs = Vec::new();
-        let mut transfers = Vec::new();
-        for env in batch {
-            // `remove`: an event delivered twice in one batch applies once.
-            if !fresh.remove(&env.event_id.raw()) {
-                continue;
-            }
-            if !subscribers.is_empty() {
-                if let Some((event_type, data)) = webhook_of(&env.event) {
-                    subscribers
-                        .enqueue(&mut tx, &env.event_id.to_string(), event_type, data, env.event.at_ms())
-                        .await?;
-                }
-            }
-            match &env.event {
-                DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
-                    grabs.push((grab_id, packet_id, user_id, amount, at_ms));
-                    transfers.push(Transfer {
-                        transfer_id: format!("grab-{grab_id}"),
-                        from: (sender, Bucket::Frozen),
-                        to: (user_id, Bucket::Available),
-                        amount: *amount,
-                        kind: "packet_grab",
-                        ref_id: packet_id.to_string(),
-                        memo: "red packet",
-                        at_ms: *at_ms,
-                    });
-                }
-                DomainEvent::PacketExpired { packet_id, sender, remaining, at_ms } => {
-                    sqlx::query("UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2")
-                        .bind(remaining.get())
-                        .bind(packet_id.raw())
-                        .execute(&mut *tx)
-                        .await?;
-                    if remaining.get() > 0 {
-                        transfers.push(Transfer {
-                            transfer_id: format!("packet-expire-{packet_id}"),
-                            from: (sender, Bucket::Frozen),
-                            to: (sender, Bucket::Available),
-                            amount: *remaining,
-                            kind: "packet_expired",
-                            ref_id: packet_id.to_string(),
-                            memo: "red packet expired: remainder returned",
-                            at_ms: *at_ms,
-                        });
-                    }
-                }
-                other => apply_one(&mut tx, other).await?,
-            }
-        }
-        for chunk in grabs.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms){}",
-                values(is_sqlite(&tx), chunk.len(), 5)
-            );
-            let mut q = sqlx::query(&sql);
-            for (grab_id, packet_id, user_id, amount, at_ms) in chunk {
-                q = q
-                    .bind(grab_id.raw())
-                    .bind(packet_id.raw())
-                    .bind(user_id.as_str())
-                    .bind(amount.get())
-                    .bind(ms_i(**at_ms));
-            }
-            q.execute(&mut *tx).await.map_err(unique_to_invariant("a user grabbed a packet twice".into()))?;
-        }
-        transfer_all(&mut tx, &transfers).await.map_err(|e| match e {
-            DurableError::InsufficientFunds => {
-                DurableError::Invariant("a sender's frozen funds do not cover their packets' grabs".into())
-            }
-            e => e,
-        })?;
-        tx.commit().await?;
-        Ok(applied)
+        let batch = batch.to_vec();
+        self.db.writer.run(move |c| Box::pin(async move { apply_events(c, &batch).await })).await
     }
 }
 
@@ -858,4 +686,216 @@ async fn apply_one(conn: &mut AnyConnection, event: &DomainEvent) -> Result<(), 
         DomainEvent::PacketGrabbed { .. } | DomainEvent::PacketExpired { .. } => {}
     }
     Ok(())
+}
+
+async fn freeze_for_packet(conn: &mut AnyConnection, def: &PacketDef) -> Result<(), DurableError> {
+    let mut tx = conn.begin().await?;
+    transfer(
+        &mut tx,
+        &Transfer {
+            transfer_id: format!("packet-freeze-{}", def.packet_id),
+            from: (&def.sender, Bucket::Available),
+            to: (&def.sender, Bucket::Frozen),
+            amount: def.total,
+            kind: "packet_freeze",
+            ref_id: def.packet_id.to_string(),
+            memo: "red packet created",
+            at_ms: def.created_at_ms,
+        },
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO packets (packet_id, sender, kind, total, count, greeting, status, \
+         created_at_ms, expires_at_ms, refunded) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, 0)",
+    )
+    .bind(def.packet_id.raw())
+    .bind(&def.sender)
+    .bind(match def.kind {
+        crate::domain::PacketKind::Normal => "normal",
+        crate::domain::PacketKind::Lucky => "lucky",
+    })
+    .bind(def.total.get())
+    .bind(i64::from(def.count))
+    .bind(&def.greeting)
+    .bind(ms_i(def.created_at_ms))
+    .bind(ms_i(def.expires_at_ms))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn unfreeze_failed_packet(conn: &mut AnyConnection, packet_id: Id) -> Result<(), DurableError> {
+    let mut tx = conn.begin().await?;
+    let row = sqlx::query(
+        "UPDATE packets SET status = 'failed' WHERE packet_id = $1 AND status = 'active' RETURNING sender, total",
+    )
+    .bind(packet_id.raw())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let sender: String = row.try_get("sender")?;
+    let total = Fen::new(row.try_get("total")?);
+    transfer(
+        &mut tx,
+        &Transfer {
+            transfer_id: format!("packet-unfreeze-{packet_id}"),
+            from: (&sender, Bucket::Frozen),
+            to: (&sender, Bucket::Available),
+            amount: total,
+            kind: "packet_create_failed",
+            ref_id: packet_id.to_string(),
+            memo: "red packet could not be created",
+            at_ms: crate::domain::now_unix_ms(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn credit(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    amount: Fen,
+    reason: &str,
+    transfer_id: Id,
+) -> Result<(), DurableError> {
+    let mut tx = conn.begin().await?;
+    transfer(
+        &mut tx,
+        &Transfer {
+            transfer_id: format!("credit-{transfer_id}"),
+            from: (WORLD_ACCOUNT, Bucket::Available),
+            to: (user_id, Bucket::Available),
+            amount,
+            kind: "admin_credit",
+            ref_id: transfer_id.to_string(),
+            memo: reason,
+            at_ms: crate::domain::now_unix_ms(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn park_event(conn: &mut AnyConnection, env: &Envelope, reason: &str) -> Result<(), DurableError> {
+    let now = ms_i(crate::domain::now_unix_ms());
+    let body = serde_json::to_string(env).map_err(|e| DurableError::Invariant(e.to_string()))?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO parked_events (event_id, position, body, reason, parked_at_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(env.event_id.raw())
+    .bind(i64::try_from(env.position).unwrap_or(i64::MAX))
+    .bind(body)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO processed_events (event_id, at_ms) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING")
+        .bind(env.event_id.raw())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn apply_events(conn: &mut AnyConnection, batch: &[Envelope]) -> Result<usize, DurableError> {
+    let now = ms_i(crate::domain::now_unix_ms());
+    let mut tx = conn.begin().await?;
+    let mut fresh: HashSet<i64> = HashSet::with_capacity(batch.len());
+    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO processed_events (event_id, at_ms){} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            values(is_sqlite(&tx), chunk.len(), 2)
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        for env in chunk {
+            q = q.bind(env.event_id.raw()).bind(now);
+        }
+        let ids: Vec<i64> = q.fetch_all(&mut *tx).await?;
+        fresh.extend(ids);
+    }
+    let applied = fresh.len();
+    // Webhook subscribers, read once per batch; none (the usual case)
+    // costs nothing more.
+    let subscribers = webhooks::Subscribers::load(&mut tx).await?;
+    let mut grabs = Vec::new();
+    let mut transfers = Vec::new();
+    for env in batch {
+        // `remove`: an event delivered twice in one batch applies once.
+        if !fresh.remove(&env.event_id.raw()) {
+            continue;
+        }
+        if !subscribers.is_empty() {
+            if let Some((event_type, data)) = webhook_of(&env.event) {
+                subscribers.enqueue(&mut tx, &env.event_id.to_string(), event_type, data, env.event.at_ms()).await?;
+            }
+        }
+        match &env.event {
+            DomainEvent::PacketGrabbed { grab_id, packet_id, sender, user_id, amount, at_ms } => {
+                grabs.push((grab_id, packet_id, user_id, amount, at_ms));
+                transfers.push(Transfer {
+                    transfer_id: format!("grab-{grab_id}"),
+                    from: (sender, Bucket::Frozen),
+                    to: (user_id, Bucket::Available),
+                    amount: *amount,
+                    kind: "packet_grab",
+                    ref_id: packet_id.to_string(),
+                    memo: "red packet",
+                    at_ms: *at_ms,
+                });
+            }
+            DomainEvent::PacketExpired { packet_id, sender, remaining, at_ms } => {
+                sqlx::query("UPDATE packets SET status = 'expired', refunded = $1 WHERE packet_id = $2")
+                    .bind(remaining.get())
+                    .bind(packet_id.raw())
+                    .execute(&mut *tx)
+                    .await?;
+                if remaining.get() > 0 {
+                    transfers.push(Transfer {
+                        transfer_id: format!("packet-expire-{packet_id}"),
+                        from: (sender, Bucket::Frozen),
+                        to: (sender, Bucket::Available),
+                        amount: *remaining,
+                        kind: "packet_expired",
+                        ref_id: packet_id.to_string(),
+                        memo: "red packet expired: remainder returned",
+                        at_ms: *at_ms,
+                    });
+                }
+            }
+            other => apply_one(&mut tx, other).await?,
+        }
+    }
+    for chunk in grabs.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms){}",
+            values(is_sqlite(&tx), chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for (grab_id, packet_id, user_id, amount, at_ms) in chunk {
+            q = q
+                .bind(grab_id.raw())
+                .bind(packet_id.raw())
+                .bind(user_id.as_str())
+                .bind(amount.get())
+                .bind(ms_i(**at_ms));
+        }
+        q.execute(&mut *tx).await.map_err(unique_to_invariant("a user grabbed a packet twice".into()))?;
+    }
+    transfer_all(&mut tx, &transfers).await.map_err(|e| match e {
+        DurableError::InsufficientFunds => {
+            DurableError::Invariant("a sender's frozen funds do not cover their packets' grabs".into())
+        }
+        e => e,
+    })?;
+    tx.commit().await?;
+    Ok(applied)
 }

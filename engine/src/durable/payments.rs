@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::webhooks::{announce, Subscribers};
 use super::{ms, ms_i, transfer, Bucket, Durable, DurableError, Transfer};
@@ -207,49 +207,188 @@ async fn set_status(
     Ok(done == 1)
 }
 
+async fn succeed_payment(conn: &mut AnyConnection, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
+    let mut tx = conn.begin().await?;
+    let set = format!("status = 'succeeded', next_check_at_ms = {NEVER_MS}");
+    if !set_status(&mut tx, &set, p.payment_id, "status = 'pending' AND money = 'received' AND refund = 'none'", now_ms)
+        .await?
+    {
+        return Ok(false);
+    }
+    let (to, kind, memo, id) = match p.purpose {
+        Purpose::Order => (SALES_ACCOUNT, "order_payment", "ticket order paid", format!("pay-{}", p.payment_id)),
+        Purpose::Recharge => (p.user_id.as_str(), "recharge", "wallet recharge", format!("recharge-{}", p.payment_id)),
+    };
+    let key = format!("payment-{}", p.payment_id);
+    let subscribers = Subscribers::load(&mut tx).await?;
+    subscribers.enqueue(&mut tx, &format!("{key}-succeeded"), "payment.succeeded", payment_data(p), now_ms).await?;
+    if p.purpose == Purpose::Recharge {
+        subscribers.enqueue(&mut tx, &format!("{key}-recharged"), "wallet.recharged", payment_data(p), now_ms).await?;
+    }
+    // Last: the system accounts' rows stay locked until the commit.
+    transfer(
+        &mut tx,
+        &Transfer {
+            transfer_id: id,
+            from: (WORLD_ACCOUNT, Bucket::Available),
+            to: (to, Bucket::Available),
+            amount: p.amount,
+            kind,
+            ref_id: p.payment_id.to_string(),
+            memo,
+            at_ms: now_ms,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn refund_late_money(conn: &mut AnyConnection, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
+    let mut tx = conn.begin().await?;
+    if !set_status(
+        &mut tx,
+        "refund = 'due', next_check_at_ms = $2",
+        p.payment_id,
+        "money = 'received' AND refund = 'none' AND status <> 'succeeded'",
+        now_ms,
+    )
+    .await?
+    {
+        return Ok(false);
+    }
+    let amount = p.refund_amount();
+    if amount.get() > 0 {
+        transfer(
+            &mut tx,
+            &Transfer {
+                transfer_id: format!("late-in-{}", p.payment_id),
+                from: (WORLD_ACCOUNT, Bucket::Available),
+                to: (SUSPENSE_ACCOUNT, Bucket::Available),
+                amount,
+                kind: "late_payment",
+                ref_id: p.payment_id.to_string(),
+                memo: "paid after the order closed: to be refunded",
+                at_ms: now_ms,
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn finish_refund(conn: &mut AnyConnection, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
+    let mut tx = conn.begin().await?;
+    let set = format!("refund = 'done', status = 'refunded', next_check_at_ms = {NEVER_MS}");
+    if !set_status(&mut tx, &set, p.payment_id, "refund IN ('due', 'returned')", now_ms).await? {
+        return Ok(false);
+    }
+    let (from, kind, memo, id) = if p.status == PaymentStatus::Succeeded {
+        (SALES_ACCOUNT, "order_refund", "ticket order refunded", format!("refund-{}", p.payment_id))
+    } else {
+        (SUSPENSE_ACCOUNT, "late_refund", "late payment refunded", format!("late-out-{}", p.payment_id))
+    };
+    let amount = p.refund_amount();
+    if amount.get() > 0 {
+        transfer(
+            &mut tx,
+            &Transfer {
+                transfer_id: id,
+                from: (from, Bucket::Available),
+                to: (WORLD_ACCOUNT, Bucket::Available),
+                amount,
+                kind,
+                ref_id: p.payment_id.to_string(),
+                memo,
+                at_ms: now_ms,
+            },
+        )
+        .await?;
+    }
+    announce(&mut tx, &format!("payment-{}-refunded", p.payment_id), "payment.refunded", payment_data(p), now_ms)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+async fn close_payment(conn: &mut AnyConnection, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
+    let mut tx = conn.begin().await?;
+    let set = format!("status = 'closed', next_check_at_ms = {NEVER_MS}");
+    if !set_status(&mut tx, &set, p.payment_id, "status = 'pending' AND money = 'none'", now_ms).await? {
+        return Ok(false);
+    }
+    announce(&mut tx, &format!("payment-{}-closed", p.payment_id), "payment.closed", payment_data(p), now_ms).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 impl Durable {
     pub async fn insert_payment(&self, p: &PaymentRecord) -> Result<(), DurableError> {
-        sqlx::query(&format!(
-            "INSERT INTO payments ({COLUMNS}, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 'none', \
-             'none', NULL, NULL, $8, $9, NULL, 0, $10, $8)"
-        ))
-        .bind(p.payment_id.raw())
-        .bind(match p.purpose {
-            Purpose::Order => "order",
-            Purpose::Recharge => "recharge",
-        })
-        .bind(p.order_id.map(Id::raw))
-        .bind(p.event_id.map(Id::raw))
-        .bind(&p.user_id)
-        .bind(p.channel.as_str())
-        .bind(p.amount.get())
-        .bind(ms_i(p.created_at_ms))
-        .bind(ms_i(p.expires_at_ms))
-        .bind(ms_i(p.next_check_at_ms))
-        .execute(&self.db.write)
-        .await?;
-        Ok(())
+        let p = p.clone();
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(&format!(
+                        "INSERT INTO payments ({COLUMNS}, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', \
+                         'none', 'none', NULL, NULL, $8, $9, NULL, 0, $10, $8)"
+                    ))
+                    .bind(p.payment_id.raw())
+                    .bind(match p.purpose {
+                        Purpose::Order => "order",
+                        Purpose::Recharge => "recharge",
+                    })
+                    .bind(p.order_id.map(Id::raw))
+                    .bind(p.event_id.map(Id::raw))
+                    .bind(&p.user_id)
+                    .bind(p.channel.as_str())
+                    .bind(p.amount.get())
+                    .bind(ms_i(p.created_at_ms))
+                    .bind(ms_i(p.expires_at_ms))
+                    .bind(ms_i(p.next_check_at_ms))
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn payment(&self, payment_id: Id) -> Result<Option<PaymentRecord>, DurableError> {
-        // The write pool: callers decide on what they read, and on SQLite
-        // the writer's cache is warm where a reader's is dropped after
-        // every write (measured: reads on the readers made a purchase
-        // slower, BENCHMARKS.md "Money path").
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1"))
-            .bind(payment_id.raw())
-            .fetch_optional(&self.db.write)
-            .await?;
-        row.as_ref().map(payment_from_row).transpose()
+        // On the writer: callers decide on what they read, which must
+        // include every write answered before (on SQLite a reader's cache
+        // is also dropped after every write: reads on the readers made a
+        // purchase slower, BENCHMARKS.md "Money path").
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM payments WHERE payment_id = $1"))
+                        .bind(payment_id.raw())
+                        .fetch_optional(&mut *c)
+                        .await?;
+                    row.as_ref().map(payment_from_row).transpose()
+                })
+            })
+            .await
     }
 
     /// The payments of an order, oldest first.
     pub async fn payments_of_order(&self, order_id: Id) -> Result<Vec<PaymentRecord>, DurableError> {
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM payments WHERE order_id = $1 ORDER BY payment_id"))
-            .bind(order_id.raw())
-            .fetch_all(&self.db.write)
-            .await?;
-        rows.iter().map(payment_from_row).collect()
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    let rows =
+                        sqlx::query(&format!("SELECT {COLUMNS} FROM payments WHERE order_id = $1 ORDER BY payment_id"))
+                            .bind(order_id.raw())
+                            .fetch_all(&mut *c)
+                            .await?;
+                    rows.iter().map(payment_from_row).collect()
+                })
+            })
+            .await
     }
 
     /// Records that the channel took the money, once, and returns the
@@ -261,201 +400,124 @@ impl Durable {
         paid: &Paid,
         now_ms: u64,
     ) -> Result<Option<PaymentRecord>, DurableError> {
-        let row = sqlx::query(&format!(
-            "UPDATE payments SET money = 'received', channel_txn = $2, paid_amount = $3, paid_at_ms = $4, \
-             updated_at_ms = $5 WHERE payment_id = $1 AND money = 'none' RETURNING {COLUMNS}"
-        ))
-        .bind(payment_id.raw())
-        .bind(&paid.txn_id)
-        .bind(paid.amount.get())
-        .bind(ms_i(paid.paid_at_ms))
-        .bind(ms_i(now_ms))
-        .fetch_optional(&self.db.write)
-        .await?;
-        row.as_ref().map(payment_from_row).transpose()
+        let paid = paid.clone();
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    let row = sqlx::query(&format!(
+                        "UPDATE payments SET money = 'received', channel_txn = $2, paid_amount = $3, paid_at_ms = $4, \
+                         updated_at_ms = $5 WHERE payment_id = $1 AND money = 'none' RETURNING {COLUMNS}"
+                    ))
+                    .bind(payment_id.raw())
+                    .bind(&paid.txn_id)
+                    .bind(paid.amount.get())
+                    .bind(ms_i(paid.paid_at_ms))
+                    .bind(ms_i(now_ms))
+                    .fetch_optional(&mut *c)
+                    .await?;
+                    row.as_ref().map(payment_from_row).transpose()
+                })
+            })
+            .await
     }
 
     /// Makes `payment_id` the one payment of its order, unless another got
     /// there first; returns the payment that holds the order.
     pub async fn claim_order(&self, order_id: Id, payment_id: Id) -> Result<Id, DurableError> {
-        // One statement: a claim already there is "updated" to itself, so
-        // RETURNING gives whoever holds the order, new or old.
-        let holder: i64 = sqlx::query_scalar(
-            "INSERT INTO order_payments (order_id, payment_id) VALUES ($1, $2) ON CONFLICT (order_id) \
-             DO UPDATE SET payment_id = order_payments.payment_id RETURNING payment_id",
-        )
-        .bind(order_id.raw())
-        .bind(payment_id.raw())
-        .fetch_one(&self.db.write)
-        .await?;
-        Id::from_raw(holder).map_err(|_| corrupt("order claim"))
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    // One statement: a claim already there is "updated" to
+                    // itself, so RETURNING gives whoever holds the order.
+                    let holder: i64 = sqlx::query_scalar(
+                        "INSERT INTO order_payments (order_id, payment_id) VALUES ($1, $2) ON CONFLICT (order_id) \
+                         DO UPDATE SET payment_id = order_payments.payment_id RETURNING payment_id",
+                    )
+                    .bind(order_id.raw())
+                    .bind(payment_id.raw())
+                    .fetch_one(&mut *c)
+                    .await?;
+                    Id::from_raw(holder).map_err(|_| corrupt("order claim"))
+                })
+            })
+            .await
     }
 
     /// The payment holding an order's claim, if any.
     pub async fn order_payer(&self, order_id: Id) -> Result<Option<Id>, DurableError> {
-        let holder: Option<i64> = sqlx::query_scalar("SELECT payment_id FROM order_payments WHERE order_id = $1")
-            .bind(order_id.raw())
-            .fetch_optional(&self.db.write)
-            .await?;
-        holder.map(|h| Id::from_raw(h).map_err(|_| corrupt("order claim"))).transpose()
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    let holder: Option<i64> =
+                        sqlx::query_scalar("SELECT payment_id FROM order_payments WHERE order_id = $1")
+                            .bind(order_id.raw())
+                            .fetch_optional(&mut *c)
+                            .await?;
+                    holder.map(|h| Id::from_raw(h).map_err(|_| corrupt("order claim"))).transpose()
+                })
+            })
+            .await
     }
 
     /// pending → succeeded, with the money's ledger entry: order payments
     /// are revenue (world → sales), recharges credit the wallet (world →
     /// user). False if another caller made the transition.
     pub async fn succeed_payment(&self, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        let set = format!("status = 'succeeded', next_check_at_ms = {NEVER_MS}");
-        if !set_status(
-            &mut tx,
-            &set,
-            p.payment_id,
-            "status = 'pending' AND money = 'received' AND refund = 'none'",
-            now_ms,
-        )
-        .await?
-        {
-            return Ok(false);
-        }
-        let (to, kind, memo, id) = match p.purpose {
-            Purpose::Order => (SALES_ACCOUNT, "order_payment", "ticket order paid", format!("pay-{}", p.payment_id)),
-            Purpose::Recharge => {
-                (p.user_id.as_str(), "recharge", "wallet recharge", format!("recharge-{}", p.payment_id))
-            }
-        };
-        transfer(
-            &mut tx,
-            &Transfer {
-                transfer_id: id,
-                from: (WORLD_ACCOUNT, Bucket::Available),
-                to: (to, Bucket::Available),
-                amount: p.amount,
-                kind,
-                ref_id: p.payment_id.to_string(),
-                memo,
-                at_ms: now_ms,
-            },
-        )
-        .await?;
-        let key = format!("payment-{}", p.payment_id);
-        let subscribers = Subscribers::load(&mut tx).await?;
-        subscribers.enqueue(&mut tx, &format!("{key}-succeeded"), "payment.succeeded", payment_data(p), now_ms).await?;
-        if p.purpose == Purpose::Recharge {
-            subscribers
-                .enqueue(&mut tx, &format!("{key}-recharged"), "wallet.recharged", payment_data(p), now_ms)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let p = p.clone();
+        self.db.writer.run(move |c| Box::pin(async move { succeed_payment(c, &p, now_ms).await })).await
     }
 
     /// Money arrived that must go back (the order closed, another payment
     /// paid it, the payment was closed): the refund becomes due and the
     /// money is booked into suspense until the channel confirms the refund.
     pub async fn refund_late_money(&self, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        if !set_status(
-            &mut tx,
-            "refund = 'due', next_check_at_ms = $2",
-            p.payment_id,
-            "money = 'received' AND refund = 'none' AND status <> 'succeeded'",
-            now_ms,
-        )
-        .await?
-        {
-            return Ok(false);
-        }
-        let amount = p.refund_amount();
-        if amount.get() > 0 {
-            transfer(
-                &mut tx,
-                &Transfer {
-                    transfer_id: format!("late-in-{}", p.payment_id),
-                    from: (WORLD_ACCOUNT, Bucket::Available),
-                    to: (SUSPENSE_ACCOUNT, Bucket::Available),
-                    amount,
-                    kind: "late_payment",
-                    ref_id: p.payment_id.to_string(),
-                    memo: "paid after the order closed: to be refunded",
-                    at_ms: now_ms,
-                },
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let p = p.clone();
+        self.db.writer.run(move |c| Box::pin(async move { refund_late_money(c, &p, now_ms).await })).await
     }
 
     /// A paid order's refund is decided: succeeded → refund due. False if
     /// the payment is not succeeded or its refund is already under way.
     pub async fn refund_paid(&self, payment_id: Id, now_ms: u64, check_after_ms: u64) -> Result<bool, DurableError> {
-        let mut conn = self.db.write.acquire().await?;
         // Scheduled: if the caller's own attempt fails half-way, the
         // payments worker carries it on.
-        set_status(
-            &mut conn,
-            &format!("refund = 'due', next_check_at_ms = {}", ms_i(now_ms.saturating_add(check_after_ms))),
-            payment_id,
-            "status = 'succeeded' AND refund = 'none'",
-            now_ms,
-        )
-        .await
+        let set = format!("refund = 'due', next_check_at_ms = {}", ms_i(now_ms.saturating_add(check_after_ms)));
+        self.transition(set, payment_id, "status = 'succeeded' AND refund = 'none'", now_ms).await
     }
 
     /// The channel has refunded: due → returned (see [`RefundState::Returned`]).
     pub async fn refund_returned(&self, payment_id: Id, now_ms: u64) -> Result<bool, DurableError> {
-        let mut conn = self.db.write.acquire().await?;
-        set_status(&mut conn, "refund = 'returned'", payment_id, "refund = 'due'", now_ms).await
+        self.transition("refund = 'returned'".into(), payment_id, "refund = 'due'", now_ms).await
+    }
+
+    /// One compare-and-set of a payment's state, alone.
+    async fn transition(
+        &self,
+        set: String,
+        payment_id: Id,
+        sql_where: &'static str,
+        now_ms: u64,
+    ) -> Result<bool, DurableError> {
+        self.db
+            .writer
+            .run(move |c| Box::pin(async move { set_status(c, &set, payment_id, sql_where, now_ms).await }))
+            .await
     }
 
     /// The channel confirmed the refund: due → done, status refunded, and
     /// the money leaves (sales → world for a paid order, suspense → world
     /// for late money).
     pub async fn finish_refund(&self, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        let set = format!("refund = 'done', status = 'refunded', next_check_at_ms = {NEVER_MS}");
-        if !set_status(&mut tx, &set, p.payment_id, "refund IN ('due', 'returned')", now_ms).await? {
-            return Ok(false);
-        }
-        let (from, kind, memo, id) = if p.status == PaymentStatus::Succeeded {
-            (SALES_ACCOUNT, "order_refund", "ticket order refunded", format!("refund-{}", p.payment_id))
-        } else {
-            (SUSPENSE_ACCOUNT, "late_refund", "late payment refunded", format!("late-out-{}", p.payment_id))
-        };
-        let amount = p.refund_amount();
-        if amount.get() > 0 {
-            transfer(
-                &mut tx,
-                &Transfer {
-                    transfer_id: id,
-                    from: (from, Bucket::Available),
-                    to: (WORLD_ACCOUNT, Bucket::Available),
-                    amount,
-                    kind,
-                    ref_id: p.payment_id.to_string(),
-                    memo,
-                    at_ms: now_ms,
-                },
-            )
-            .await?;
-        }
-        announce(&mut tx, &format!("payment-{}-refunded", p.payment_id), "payment.refunded", payment_data(p), now_ms)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        let p = p.clone();
+        self.db.writer.run(move |c| Box::pin(async move { finish_refund(c, &p, now_ms).await })).await
     }
 
     /// pending (no money) → closed.
     pub async fn close_payment(&self, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        let set = format!("status = 'closed', next_check_at_ms = {NEVER_MS}");
-        if !set_status(&mut tx, &set, p.payment_id, "status = 'pending' AND money = 'none'", now_ms).await? {
-            return Ok(false);
-        }
-        announce(&mut tx, &format!("payment-{}-closed", p.payment_id), "payment.closed", payment_data(p), now_ms)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        let p = p.clone();
+        self.db.writer.run(move |c| Box::pin(async move { close_payment(c, &p, now_ms).await })).await
     }
 
     /// Payments whose next check is due, soonest first.
@@ -473,48 +535,71 @@ impl Durable {
     /// Takes a due payment until `until_ms` (compare-and-set on the check
     /// time seen), so one node checks it at a time.
     pub async fn claim_check(&self, p: &PaymentRecord, until_ms: u64) -> Result<bool, DurableError> {
-        let done = sqlx::query(
-            "UPDATE payments SET next_check_at_ms = $1, checks = checks + 1 \
-             WHERE payment_id = $2 AND next_check_at_ms = $3",
-        )
-        .bind(ms_i(until_ms))
-        .bind(p.payment_id.raw())
-        .bind(ms_i(p.next_check_at_ms))
-        .execute(&self.db.write)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
+        let (payment_id, seen) = (p.payment_id, p.next_check_at_ms);
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE payments SET next_check_at_ms = $1, checks = checks + 1 \
+                         WHERE payment_id = $2 AND next_check_at_ms = $3",
+                    )
+                    .bind(ms_i(until_ms))
+                    .bind(payment_id.raw())
+                    .bind(ms_i(seen))
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    Ok(done == 1)
+                })
+            })
+            .await
     }
 
     /// When to look at a payment next (unless a transition set it to never).
     pub async fn set_next_check(&self, payment_id: Id, at_ms: u64) -> Result<(), DurableError> {
-        sqlx::query(&format!(
-            "UPDATE payments SET next_check_at_ms = $1 WHERE payment_id = $2 AND next_check_at_ms <> {NEVER_MS}"
-        ))
-        .bind(ms_i(at_ms))
-        .bind(payment_id.raw())
-        .execute(&self.db.write)
-        .await?;
-        Ok(())
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(&format!(
+                        "UPDATE payments SET next_check_at_ms = $1 WHERE payment_id = $2 AND next_check_at_ms <> {NEVER_MS}"
+                    ))
+                    .bind(ms_i(at_ms))
+                    .bind(payment_id.raw())
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Stores a raw callback before anything is done with it.
     pub async fn log_callback(&self, c: &CallbackRecord) -> Result<(), DurableError> {
-        sqlx::query(
-            "INSERT INTO callback_log (callback_id, channel, received_at_ms, headers, body, payment_id, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(c.callback_id.raw())
-        .bind(&c.channel)
-        .bind(ms_i(c.received_at_ms))
-        .bind(&c.headers)
-        .bind(&c.body)
-        .bind(c.payment_id.map(Id::raw))
-        .bind(&c.outcome)
-        .bind(&c.detail)
-        .execute(&self.db.write)
-        .await?;
-        Ok(())
+        let r = c.clone();
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO callback_log (callback_id, channel, received_at_ms, headers, body, payment_id, \
+                         outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(r.callback_id.raw())
+                    .bind(&r.channel)
+                    .bind(ms_i(r.received_at_ms))
+                    .bind(&r.headers)
+                    .bind(&r.body)
+                    .bind(r.payment_id.map(Id::raw))
+                    .bind(&r.outcome)
+                    .bind(&r.detail)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn set_callback_outcome(
@@ -524,14 +609,24 @@ impl Durable {
         outcome: &str,
         detail: &str,
     ) -> Result<(), DurableError> {
-        sqlx::query("UPDATE callback_log SET payment_id = $1, outcome = $2, detail = $3 WHERE callback_id = $4")
-            .bind(payment_id.map(Id::raw))
-            .bind(outcome)
-            .bind(detail)
-            .bind(callback_id.raw())
-            .execute(&self.db.write)
-            .await?;
-        Ok(())
+        let (outcome, detail) = (outcome.to_string(), detail.to_string());
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE callback_log SET payment_id = $1, outcome = $2, detail = $3 WHERE callback_id = $4",
+                    )
+                    .bind(payment_id.map(Id::raw))
+                    .bind(outcome)
+                    .bind(detail)
+                    .bind(callback_id.raw())
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// The callback log, newest first, optionally of one channel.

@@ -14,6 +14,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Executor};
 
 use super::db::{checkpoint, mmap_bytes, DbOpenError, WAL_SIZE_LIMIT_BYTES, WRITER_CHECKPOINT_PAGES};
+use super::writer::Writer;
 use crate::config::{PostgresConfig, SqliteConfig};
 
 /// The durable store's file in the data dir.
@@ -25,10 +26,12 @@ pub enum Backend {
     Postgres,
 }
 
-/// Writes go to `write`, reads to `read`: for SQLite one writer connection
-/// and read-only readers (WAL); for Postgres one pool for both.
+/// Writes go to `writer` (over `write`), reads to `read`: for SQLite one
+/// writer connection whose units are committed in groups, and read-only
+/// readers (WAL); for Postgres one pool for all three.
 #[derive(Clone, Debug)]
 pub struct Pools {
+    pub writer: Writer,
     pub write: AnyPool,
     pub read: AnyPool,
     pub backend: Backend,
@@ -111,7 +114,8 @@ impl Pools {
         tokio::spawn(checkpoint(checkpointer, Duration::from_millis(cfg.checkpoint_every_ms)));
         let read =
             any_pool(&format!("{url}?mode=ro"), cfg.read_pool_max, Some(sqlite_pragmas(cfg, false)), &shown).await?;
-        Ok(Pools { write, read, backend: Backend::Sqlite })
+        let writer = Writer::grouped(write.clone(), cfg.group_commit_max);
+        Ok(Pools { writer, write, read, backend: Backend::Sqlite })
     }
 
     /// The Postgres database at `cfg.url`, migrated.
@@ -130,7 +134,7 @@ impl Pools {
             .run(&pool)
             .await
             .map_err(|source| DbOpenError::Migrate { path: shown, source })?;
-        Ok(Pools { write: pool.clone(), read: pool, backend: Backend::Postgres })
+        Ok(Pools { writer: Writer::pooled(pool.clone()), write: pool.clone(), read: pool, backend: Backend::Postgres })
     }
 
     pub async fn ping(&self) -> bool {

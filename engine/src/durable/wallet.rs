@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use serde_json::json;
-use sqlx::Row;
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::webhooks::announce;
 use super::{ms, ms_i, transfer, Bucket, Durable, DurableError, Transfer};
@@ -60,72 +60,8 @@ impl Durable {
         day: i64,
         rules: RiskRules,
     ) -> Result<(), DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        let locked = sqlx::query("UPDATE accounts SET version = version + 1 WHERE user_id = $1")
-            .bind(&w.user_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if locked == 0 {
-            return Err(DurableError::InsufficientFunds);
-        }
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM withdrawals \
-             WHERE user_id = $1 AND day = $2 AND status <> 'rejected'",
-        )
-        .bind(&w.user_id)
-        .bind(day)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (count, total): (i64, i64) = (row.try_get("n")?, row.try_get("total")?);
-        if count >= i64::from(rules.count_per_day_max) {
-            return Err(DurableError::RiskRefused(format!(
-                "at most {} withdrawals a day; {count} already today",
-                rules.count_per_day_max
-            )));
-        }
-        if total.saturating_add(w.amount.get()) > rules.fen_per_day_max {
-            return Err(DurableError::RiskRefused(format!(
-                "at most {} a day may be withdrawn; {} already today",
-                Fen::new(rules.fen_per_day_max),
-                Fen::new(total)
-            )));
-        }
-        transfer(
-            &mut tx,
-            &Transfer {
-                transfer_id: format!("withdraw-freeze-{}", w.withdrawal_id),
-                from: (&w.user_id, Bucket::Available),
-                to: (&w.user_id, Bucket::Frozen),
-                amount: w.amount,
-                kind: "withdraw_freeze",
-                ref_id: w.withdrawal_id.to_string(),
-                memo: "withdrawal requested: frozen until approved",
-                at_ms: w.created_at_ms,
-            },
-        )
-        .await?;
-        sqlx::query(
-            "INSERT INTO withdrawals (withdrawal_id, user_id, amount, status, day, created_at_ms) \
-             VALUES ($1, $2, $3, 'pending', $4, $5)",
-        )
-        .bind(w.withdrawal_id.raw())
-        .bind(&w.user_id)
-        .bind(w.amount.get())
-        .bind(day)
-        .bind(ms_i(w.created_at_ms))
-        .execute(&mut *tx)
-        .await?;
-        announce(
-            &mut tx,
-            &format!("withdrawal-{}-requested", w.withdrawal_id),
-            "withdrawal.requested",
-            data(w),
-            w.created_at_ms,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let w = w.clone();
+        self.db.writer.run(move |c| Box::pin(async move { request_withdrawal(c, &w, day, rules).await })).await
     }
 
     /// pending → approved (frozen → world: the money leaves rush) or
@@ -138,73 +74,15 @@ impl Durable {
         reason: Option<&str>,
         now_ms: u64,
     ) -> Result<Option<WithdrawalRecord>, DurableError> {
-        let mut tx = self.db.write.begin().await?;
-        let status = if approve { "approved" } else { "rejected" };
-        let changed = sqlx::query(
-            "UPDATE withdrawals SET status = $1, decided_at_ms = $2, decided_by = $3, reason = $4 \
-             WHERE withdrawal_id = $5 AND status = 'pending'",
-        )
-        .bind(status)
-        .bind(ms_i(now_ms))
-        .bind(admin)
-        .bind(reason)
-        .bind(withdrawal_id.raw())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM withdrawals WHERE withdrawal_id = $1"))
-            .bind(withdrawal_id.raw())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(w) = row.as_ref().map(from_row).transpose()? else {
-            return Ok(None);
-        };
-        if changed == 0 {
-            return Err(DurableError::Conflict(
-                "withdrawal_not_pending",
-                format!("withdrawal is {} and cannot change", w.status),
-            ));
-        }
-        let user = w.user_id.as_str();
-        let (to, id, kind, memo) = if approve {
-            (
-                (WORLD_ACCOUNT, Bucket::Available),
-                format!("withdraw-{withdrawal_id}"),
-                "withdrawal",
-                "withdrawal paid out",
-            )
-        } else {
-            (
-                (user, Bucket::Available),
-                format!("withdraw-reject-{withdrawal_id}"),
-                "withdraw_rejected",
-                "withdrawal rejected",
-            )
-        };
-        transfer(
-            &mut tx,
-            &Transfer {
-                transfer_id: id,
-                from: (user, Bucket::Frozen),
-                to,
-                amount: w.amount,
-                kind,
-                ref_id: withdrawal_id.to_string(),
-                memo,
-                at_ms: now_ms,
-            },
-        )
-        .await?;
-        announce(
-            &mut tx,
-            &format!("withdrawal-{withdrawal_id}-{status}"),
-            &format!("withdrawal.{status}"),
-            data(&w),
-            now_ms,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Some(w))
+        let (admin, reason) = (admin.to_string(), reason.map(str::to_string));
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    decide_withdrawal(c, withdrawal_id, approve, &admin, reason.as_deref(), now_ms).await
+                })
+            })
+            .await
     }
 
     pub async fn withdrawal(&self, withdrawal_id: Id) -> Result<Option<WithdrawalRecord>, DurableError> {
@@ -226,4 +104,150 @@ impl Durable {
         .await?;
         rows.iter().map(from_row).collect()
     }
+}
+
+async fn request_withdrawal(
+    conn: &mut AnyConnection,
+    w: &WithdrawalRecord,
+    day: i64,
+    rules: RiskRules,
+) -> Result<(), DurableError> {
+    let mut tx = conn.begin().await?;
+    let locked = sqlx::query("UPDATE accounts SET version = version + 1 WHERE user_id = $1")
+        .bind(&w.user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if locked == 0 {
+        return Err(DurableError::InsufficientFunds);
+    }
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM withdrawals \
+         WHERE user_id = $1 AND day = $2 AND status <> 'rejected'",
+    )
+    .bind(&w.user_id)
+    .bind(day)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (count, total): (i64, i64) = (row.try_get("n")?, row.try_get("total")?);
+    if count >= i64::from(rules.count_per_day_max) {
+        return Err(DurableError::RiskRefused(format!(
+            "at most {} withdrawals a day; {count} already today",
+            rules.count_per_day_max
+        )));
+    }
+    if total.saturating_add(w.amount.get()) > rules.fen_per_day_max {
+        return Err(DurableError::RiskRefused(format!(
+            "at most {} a day may be withdrawn; {} already today",
+            Fen::new(rules.fen_per_day_max),
+            Fen::new(total)
+        )));
+    }
+    transfer(
+        &mut tx,
+        &Transfer {
+            transfer_id: format!("withdraw-freeze-{}", w.withdrawal_id),
+            from: (&w.user_id, Bucket::Available),
+            to: (&w.user_id, Bucket::Frozen),
+            amount: w.amount,
+            kind: "withdraw_freeze",
+            ref_id: w.withdrawal_id.to_string(),
+            memo: "withdrawal requested: frozen until approved",
+            at_ms: w.created_at_ms,
+        },
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO withdrawals (withdrawal_id, user_id, amount, status, day, created_at_ms) \
+         VALUES ($1, $2, $3, 'pending', $4, $5)",
+    )
+    .bind(w.withdrawal_id.raw())
+    .bind(&w.user_id)
+    .bind(w.amount.get())
+    .bind(day)
+    .bind(ms_i(w.created_at_ms))
+    .execute(&mut *tx)
+    .await?;
+    announce(
+        &mut tx,
+        &format!("withdrawal-{}-requested", w.withdrawal_id),
+        "withdrawal.requested",
+        data(w),
+        w.created_at_ms,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn decide_withdrawal(
+    conn: &mut AnyConnection,
+    withdrawal_id: Id,
+    approve: bool,
+    admin: &str,
+    reason: Option<&str>,
+    now_ms: u64,
+) -> Result<Option<WithdrawalRecord>, DurableError> {
+    let mut tx = conn.begin().await?;
+    let status = if approve { "approved" } else { "rejected" };
+    let changed = sqlx::query(
+        "UPDATE withdrawals SET status = $1, decided_at_ms = $2, decided_by = $3, reason = $4 \
+         WHERE withdrawal_id = $5 AND status = 'pending'",
+    )
+    .bind(status)
+    .bind(ms_i(now_ms))
+    .bind(admin)
+    .bind(reason)
+    .bind(withdrawal_id.raw())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM withdrawals WHERE withdrawal_id = $1"))
+        .bind(withdrawal_id.raw())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(w) = row.as_ref().map(from_row).transpose()? else {
+        return Ok(None);
+    };
+    if changed == 0 {
+        return Err(DurableError::Conflict(
+            "withdrawal_not_pending",
+            format!("withdrawal is {} and cannot change", w.status),
+        ));
+    }
+    let user = w.user_id.as_str();
+    let (to, id, kind, memo) = if approve {
+        ((WORLD_ACCOUNT, Bucket::Available), format!("withdraw-{withdrawal_id}"), "withdrawal", "withdrawal paid out")
+    } else {
+        (
+            (user, Bucket::Available),
+            format!("withdraw-reject-{withdrawal_id}"),
+            "withdraw_rejected",
+            "withdrawal rejected",
+        )
+    };
+    transfer(
+        &mut tx,
+        &Transfer {
+            transfer_id: id,
+            from: (user, Bucket::Frozen),
+            to,
+            amount: w.amount,
+            kind,
+            ref_id: withdrawal_id.to_string(),
+            memo,
+            at_ms: now_ms,
+        },
+    )
+    .await?;
+    announce(
+        &mut tx,
+        &format!("withdrawal-{withdrawal_id}-{status}"),
+        &format!("withdrawal.{status}"),
+        data(&w),
+        now_ms,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(w))
 }

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::{ms, ms_i, Durable, DurableError};
 use crate::domain::Id;
@@ -201,17 +201,26 @@ impl Durable {
         secret: &str,
         at_ms: u64,
     ) -> Result<(), DurableError> {
-        sqlx::query(
-            "INSERT INTO webhooks (webhook_id, url, events, secret, enabled, created_at_ms) VALUES ($1, $2, $3, $4, 1, $5)",
-        )
-        .bind(webhook_id.raw())
-        .bind(url)
-        .bind(events.join(","))
-        .bind(secret)
-        .bind(ms_i(at_ms))
-        .execute(&self.db.write)
-        .await?;
-        Ok(())
+        let (url, events, secret) = (url.to_string(), events.join(","), secret.to_string());
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO webhooks (webhook_id, url, events, secret, enabled, created_at_ms) \
+                         VALUES ($1, $2, $3, $4, 1, $5)",
+                    )
+                    .bind(webhook_id.raw())
+                    .bind(url)
+                    .bind(events)
+                    .bind(secret)
+                    .bind(ms_i(at_ms))
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     pub async fn webhook_count(&self) -> Result<u64, DurableError> {
@@ -289,21 +298,28 @@ impl Durable {
     /// Takes a due delivery for `until_ms` (compare-and-set on the time it
     /// was seen due), so two nodes never send one delivery at once.
     pub async fn claim_delivery(&self, d: &DeliveryRecord, until_ms: u64) -> Result<bool, DurableError> {
-        let done = sqlx::query(
-            "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
-             WHERE delivery_id = $2 AND status = 'pending' AND next_attempt_at_ms = $3",
-        )
-        .bind(ms_i(until_ms))
-        .bind(&d.delivery_id)
-        .bind(ms_i(d.next_attempt_at_ms))
-        .execute(&self.db.write)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
+        let (delivery_id, seen) = (d.delivery_id.clone(), d.next_attempt_at_ms);
+        self.db
+            .writer
+            .run(move |c| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
+                         WHERE delivery_id = $2 AND status = 'pending' AND next_attempt_at_ms = $3",
+                    )
+                    .bind(ms_i(until_ms))
+                    .bind(delivery_id)
+                    .bind(ms_i(seen))
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    Ok(done == 1)
+                })
+            })
+            .await
     }
 
     /// Logs an attempt and moves the delivery on.
-    #[allow(clippy::too_many_arguments)]
     pub async fn record_attempt(
         &self,
         d: &DeliveryRecord,
@@ -313,51 +329,67 @@ impl Durable {
         duration_ms: u64,
         outcome: &AttemptOutcome,
     ) -> Result<(), DurableError> {
-        let attempt = i64::from(d.attempts) + 1;
-        let mut tx = self.db.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, at_ms, status_code, error, duration_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING",
-        )
-        .bind(&d.delivery_id)
-        .bind(attempt)
-        .bind(ms_i(at_ms))
-        .bind(status_code.map(i64::from))
-        .bind(error)
-        .bind(ms_i(duration_ms))
-        .execute(&mut *tx)
-        .await?;
-        let (status, next, delivered) = match outcome {
-            AttemptOutcome::Delivered => ("delivered", d.next_attempt_at_ms, Some(ms_i(at_ms))),
-            AttemptOutcome::RetryAt(t) => ("pending", *t, None),
-            AttemptOutcome::Failed => ("failed", d.next_attempt_at_ms, None),
-            AttemptOutcome::Gone => ("disabled", d.next_attempt_at_ms, None),
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at_ms = $3, delivered_at_ms = $4 \
-             WHERE delivery_id = $5",
-        )
-        .bind(status)
-        .bind(attempt)
-        .bind(ms_i(next))
-        .bind(delivered)
-        .bind(&d.delivery_id)
-        .execute(&mut *tx)
-        .await?;
-        if *outcome == AttemptOutcome::Gone {
-            sqlx::query("UPDATE webhooks SET enabled = 0, disabled_reason = $1 WHERE webhook_id = $2")
-                .bind("the endpoint answered 410 Gone")
-                .bind(d.webhook_id.raw())
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE webhook_deliveries SET status = 'disabled' WHERE webhook_id = $1 AND status = 'pending'",
-            )
+        let attempt =
+            Attempt { at_ms, status_code, error: error.map(str::to_string), duration_ms, outcome: outcome.clone() };
+        let d = d.clone();
+        self.db.writer.run(move |c| Box::pin(async move { record_attempt(c, &d, &attempt).await })).await
+    }
+}
+
+/// One attempt at a delivery, as [`Durable::record_attempt`] logs it.
+struct Attempt {
+    at_ms: u64,
+    status_code: Option<u16>,
+    error: Option<String>,
+    duration_ms: u64,
+    outcome: AttemptOutcome,
+}
+
+async fn record_attempt(conn: &mut AnyConnection, d: &DeliveryRecord, a: &Attempt) -> Result<(), DurableError> {
+    let Attempt { at_ms, status_code, error, duration_ms, outcome } = a;
+    let (at_ms, status_code, duration_ms) = (*at_ms, *status_code, *duration_ms);
+    let attempt = i64::from(d.attempts) + 1;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, at_ms, status_code, error, duration_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id, attempt) DO NOTHING",
+    )
+    .bind(&d.delivery_id)
+    .bind(attempt)
+    .bind(ms_i(at_ms))
+    .bind(status_code.map(i64::from))
+    .bind(error.as_deref())
+    .bind(ms_i(duration_ms))
+    .execute(&mut *tx)
+    .await?;
+    let (status, next, delivered) = match outcome {
+        AttemptOutcome::Delivered => ("delivered", d.next_attempt_at_ms, Some(ms_i(at_ms))),
+        AttemptOutcome::RetryAt(t) => ("pending", *t, None),
+        AttemptOutcome::Failed => ("failed", d.next_attempt_at_ms, None),
+        AttemptOutcome::Gone => ("disabled", d.next_attempt_at_ms, None),
+    };
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at_ms = $3, delivered_at_ms = $4 \
+         WHERE delivery_id = $5",
+    )
+    .bind(status)
+    .bind(attempt)
+    .bind(ms_i(next))
+    .bind(delivered)
+    .bind(&d.delivery_id)
+    .execute(&mut *tx)
+    .await?;
+    if *outcome == AttemptOutcome::Gone {
+        sqlx::query("UPDATE webhooks SET enabled = 0, disabled_reason = $1 WHERE webhook_id = $2")
+            .bind("the endpoint answered 410 Gone")
             .bind(d.webhook_id.raw())
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        sqlx::query("UPDATE webhook_deliveries SET status = 'disabled' WHERE webhook_id = $1 AND status = 'pending'")
+            .bind(d.webhook_id.raw())
+            .execute(&mut *tx)
+            .await?;
     }
+    tx.commit().await?;
+    Ok(())
 }

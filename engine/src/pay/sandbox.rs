@@ -17,6 +17,7 @@ use super::{
 };
 use crate::config::SandboxConfig;
 use crate::domain::{now_unix_ms, Fen, Id};
+use crate::durable::writer::Writer;
 
 /// How the sandbox calls back after a buyer pays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +70,7 @@ pub enum PayOutcome {
 
 pub struct SandboxChannel {
     wire: Arc<dyn Wire>,
-    db: AnyPool,
+    db: Writer,
     read: AnyPool,
     /// Where callbacks go: `<base>/v1/channels/<channel>/notify`; set once
     /// the node knows its address.
@@ -94,7 +95,7 @@ impl SandboxChannel {
     ) -> Self {
         SandboxChannel {
             wire,
-            db: pools.write.clone(),
+            db: pools.writer.clone(),
             read: pools.read.clone(),
             notify_base,
             http,
@@ -108,17 +109,25 @@ impl SandboxChannel {
     pub async fn pay(&self, payment_id: Id, plan: CallbackPlan) -> Result<PayOutcome, ChannelError> {
         let now = now_unix_ms();
         let txn_id = format!("{}{}{:06}", self.kind().as_str().to_uppercase(), now, fastrand::u32(..1_000_000));
-        let amount: Option<i64> = sqlx::query_scalar(
-            "UPDATE sandbox_trades SET status = 'SUCCESS', txn_id = $1, paid_at_ms = $2 \
-             WHERE channel = $3 AND payment_id = $4 AND status = 'NOTPAY' RETURNING amount",
-        )
-        .bind(&txn_id)
-        .bind(now as i64)
-        .bind(self.kind().as_str())
-        .bind(payment_id.raw())
-        .fetch_optional(&self.db)
-        .await
-        .map_err(unavailable)?;
+        let (channel, txn) = (self.kind().as_str(), txn_id.clone());
+        let amount: Option<i64> = self
+            .db
+            .run(move |c| {
+                Box::pin(async move {
+                    Ok(sqlx::query_scalar(
+                        "UPDATE sandbox_trades SET status = 'SUCCESS', txn_id = $1, paid_at_ms = $2 \
+                         WHERE channel = $3 AND payment_id = $4 AND status = 'NOTPAY' RETURNING amount",
+                    )
+                    .bind(txn)
+                    .bind(now as i64)
+                    .bind(channel)
+                    .bind(payment_id.raw())
+                    .fetch_optional(&mut *c)
+                    .await?)
+                })
+            })
+            .await
+            .map_err(unavailable)?;
         let Some(amount) = amount else {
             return Ok(match self.query(payment_id).await {
                 Ok(TradeState::Paid(_)) => PayOutcome::NotPayable("already paid"),
@@ -207,30 +216,49 @@ impl PaymentChannel for SandboxChannel {
     }
 
     async fn create(&self, payment_id: Id, amount: Fen, expires_at_ms: u64) -> Result<String, ChannelError> {
-        sqlx::query(
-            "INSERT INTO sandbox_trades (channel, payment_id, amount, status, txn_id, created_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, 'NOTPAY', '', $4, $5) ON CONFLICT (channel, payment_id) DO NOTHING",
-        )
-        .bind(self.kind().as_str())
-        .bind(payment_id.raw())
-        .bind(amount.get())
-        .bind(now_unix_ms() as i64)
-        .bind(expires_at_ms as i64)
-        .execute(&self.db)
-        .await
-        .map_err(unavailable)?;
+        let channel = self.kind().as_str();
+        let now = now_unix_ms() as i64;
+        self.db
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO sandbox_trades (channel, payment_id, amount, status, txn_id, created_at_ms, \
+                         expires_at_ms) VALUES ($1, $2, $3, 'NOTPAY', '', $4, $5) ON CONFLICT (channel, payment_id) \
+                         DO NOTHING",
+                    )
+                    .bind(channel)
+                    .bind(payment_id.raw())
+                    .bind(amount.get())
+                    .bind(now)
+                    .bind(expires_at_ms as i64)
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(unavailable)?;
         Ok(pay_url(self.kind(), payment_id))
     }
 
     async fn query(&self, payment_id: Id) -> Result<TradeState, ChannelError> {
-        let row = sqlx::query(
-            "SELECT status, txn_id, amount, paid_at_ms FROM sandbox_trades WHERE channel = $1 AND payment_id = $2",
-        )
-        .bind(self.kind().as_str())
-        .bind(payment_id.raw())
-        .fetch_optional(&self.db)
-        .await
-        .map_err(unavailable)?;
+        let channel = self.kind().as_str();
+        let row = self
+            .db
+            .run(move |c| {
+                Box::pin(async move {
+                    Ok(sqlx::query(
+                        "SELECT status, txn_id, amount, paid_at_ms FROM sandbox_trades WHERE channel = $1 \
+                         AND payment_id = $2",
+                    )
+                    .bind(channel)
+                    .bind(payment_id.raw())
+                    .fetch_optional(&mut *c)
+                    .await?)
+                })
+            })
+            .await
+            .map_err(unavailable)?;
         match row {
             Some(r) => trade_state(&r),
             None => Err(ChannelError::UnknownTrade),
@@ -238,29 +266,47 @@ impl PaymentChannel for SandboxChannel {
     }
 
     async fn close(&self, payment_id: Id) -> Result<TradeState, ChannelError> {
-        sqlx::query(
-            "UPDATE sandbox_trades SET status = 'CLOSED' WHERE channel = $1 AND payment_id = $2 AND status = 'NOTPAY'",
-        )
-        .bind(self.kind().as_str())
-        .bind(payment_id.raw())
-        .execute(&self.db)
-        .await
-        .map_err(unavailable)?;
+        let channel = self.kind().as_str();
+        self.db
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE sandbox_trades SET status = 'CLOSED' WHERE channel = $1 AND payment_id = $2 \
+                         AND status = 'NOTPAY'",
+                    )
+                    .bind(channel)
+                    .bind(payment_id.raw())
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(unavailable)?;
         self.query(payment_id).await
     }
 
     async fn refund(&self, payment_id: Id, amount: Fen) -> Result<(), ChannelError> {
-        sqlx::query(
-            "UPDATE sandbox_trades SET status = 'REFUND', refunded_at_ms = $1 \
-             WHERE channel = $2 AND payment_id = $3 AND status = 'SUCCESS' AND amount = $4",
-        )
-        .bind(now_unix_ms() as i64)
-        .bind(self.kind().as_str())
-        .bind(payment_id.raw())
-        .bind(amount.get())
-        .execute(&self.db)
-        .await
-        .map_err(unavailable)?;
+        let channel = self.kind().as_str();
+        let now = now_unix_ms() as i64;
+        self.db
+            .run(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE sandbox_trades SET status = 'REFUND', refunded_at_ms = $1 \
+                         WHERE channel = $2 AND payment_id = $3 AND status = 'SUCCESS' AND amount = $4",
+                    )
+                    .bind(now)
+                    .bind(channel)
+                    .bind(payment_id.raw())
+                    .bind(amount.get())
+                    .execute(&mut *c)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(unavailable)?;
         match self.query(payment_id).await? {
             TradeState::Refunded(p) if p.amount == amount => Ok(()),
             TradeState::Paid(p) => {
