@@ -28,6 +28,10 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     /// Read from `/proc/self/stat` at each render.
     pub process_cpu: Gauge,
+    /// The durable store's group commit (`durable/writer.rs`), set from
+    /// the writer's counts at each scrape of a node that has one.
+    pub writer_units: IntGauge,
+    pub writer_commits: IntGauge,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -117,8 +121,19 @@ impl Metrics {
             "process_cpu_seconds_total",
             "CPU time of this process, user and system (for cost per request: its rate over requests' rate)",
         ));
+        let writer_units = must(IntGauge::new(
+            "durable_writer_units_total",
+            "Units of work run by the durable store's writer on SQLite (statements or small transactions)",
+        ));
+        let writer_commits = must(IntGauge::new(
+            "durable_writer_commits_total",
+            "Transactions the SQLite writer committed them in; units ÷ commits is the group size, and a writer \
+             whose units keep rising while requests queue is saturated",
+        ));
         for c in [
             Box::new(process_cpu.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(writer_units.clone()),
+            Box::new(writer_commits.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_latency.clone()),
             Box::new(mailbox_depth.clone()),
@@ -161,7 +176,15 @@ impl Metrics {
             withdrawals,
             webhook_deliveries,
             process_cpu,
+            writer_units,
+            writer_commits,
         }
+    }
+
+    /// The durable writer's counts (see [`crate::durable::writer::Writer::stats`]).
+    pub fn set_writer(&self, (units, commits): (u64, u64)) {
+        self.writer_units.set(i64::try_from(units).unwrap_or(i64::MAX));
+        self.writer_commits.set(i64::try_from(commits).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.

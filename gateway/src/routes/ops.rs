@@ -33,6 +33,7 @@ pub fn readiness(failing: &[&str]) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text")))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.engine.metrics.set_writer(state.engine.durable().db().writer.stats());
     metrics_body(&state.engine.metrics)
 }
 

@@ -27,6 +27,16 @@ async fn health_readiness_metrics_and_openapi_answer() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
+    // The hold reached rush.db through the writer's group commit.
+    app.settle().await;
+    let text =
+        app.client.get(format!("{}/metrics", app.base)).send().await.expect("metrics").text().await.expect("text");
+    let value = |name: &str| -> i64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default();
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(-1)
+    };
+    let (units, commits) = (value("rush_durable_writer_units_total"), value("rush_durable_writer_commits_total"));
+    assert!(units > 0 && commits > 0 && commits <= units, "writer units {units}, commits {commits}:\n{text}");
 
     let (s, v) = app.get("/openapi.json", None).await;
     assert_eq!(s, StatusCode::OK);
