@@ -207,6 +207,62 @@ async fn set_status(
     Ok(done == 1)
 }
 
+async fn insert_payment(conn: &mut AnyConnection, p: &PaymentRecord) -> Result<(), DurableError> {
+    sqlx::query(&format!(
+        "INSERT INTO payments ({COLUMNS}, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 'none', \
+         'none', NULL, NULL, $8, $9, NULL, 0, $10, $8)"
+    ))
+    .bind(p.payment_id.raw())
+    .bind(match p.purpose {
+        Purpose::Order => "order",
+        Purpose::Recharge => "recharge",
+    })
+    .bind(p.order_id.map(Id::raw))
+    .bind(p.event_id.map(Id::raw))
+    .bind(&p.user_id)
+    .bind(p.channel.as_str())
+    .bind(p.amount.get())
+    .bind(ms_i(p.created_at_ms))
+    .bind(ms_i(p.expires_at_ms))
+    .bind(ms_i(p.next_check_at_ms))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn open_order_payment(
+    conn: &mut AnyConnection,
+    p: &PaymentRecord,
+) -> Result<Option<PaymentRecord>, DurableError> {
+    let Some(order_id) = p.order_id else {
+        return Err(DurableError::Invariant("an order payment without its order".into()));
+    };
+    let sqlite = super::is_sqlite(conn);
+    let mut tx = conn.begin().await?;
+    if !sqlite {
+        // SQLite has one writer; on Postgres, requests for one order wait
+        // for each other here until the first one commits.
+        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
+            .bind(order_id.raw())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let open = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE order_id = $1 AND channel = $2 AND status = 'pending' \
+         AND money = 'none' ORDER BY payment_id LIMIT 1"
+    ))
+    .bind(order_id.raw())
+    .bind(p.channel.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = open {
+        return payment_from_row(&row).map(Some);
+    }
+    insert_payment(&mut tx, p).await?;
+    tx.commit().await?;
+    Ok(None)
+}
+
 async fn succeed_payment(conn: &mut AnyConnection, p: &PaymentRecord, now_ms: u64) -> Result<bool, DurableError> {
     let mut tx = conn.begin().await?;
     let set = format!("status = 'succeeded', next_check_at_ms = {NEVER_MS}");
@@ -326,33 +382,16 @@ async fn close_payment(conn: &mut AnyConnection, p: &PaymentRecord, now_ms: u64)
 impl Durable {
     pub async fn insert_payment(&self, p: &PaymentRecord) -> Result<(), DurableError> {
         let p = p.clone();
-        self.db
-            .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(&format!(
-                        "INSERT INTO payments ({COLUMNS}, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', \
-                         'none', 'none', NULL, NULL, $8, $9, NULL, 0, $10, $8)"
-                    ))
-                    .bind(p.payment_id.raw())
-                    .bind(match p.purpose {
-                        Purpose::Order => "order",
-                        Purpose::Recharge => "recharge",
-                    })
-                    .bind(p.order_id.map(Id::raw))
-                    .bind(p.event_id.map(Id::raw))
-                    .bind(&p.user_id)
-                    .bind(p.channel.as_str())
-                    .bind(p.amount.get())
-                    .bind(ms_i(p.created_at_ms))
-                    .bind(ms_i(p.expires_at_ms))
-                    .bind(ms_i(p.next_check_at_ms))
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+        self.db.writer.run(move |c| Box::pin(async move { insert_payment(c, &p).await })).await
+    }
+
+    /// Opens `p` for its order unless the order already has an open
+    /// payment on the same channel (pending, no money yet), which is then
+    /// returned instead: one check-and-insert, so concurrent requests for
+    /// one order and channel open one payment.
+    pub async fn open_order_payment(&self, p: &PaymentRecord) -> Result<Option<PaymentRecord>, DurableError> {
+        let p = p.clone();
+        self.db.writer.run(move |c| Box::pin(async move { open_order_payment(c, &p).await })).await
     }
 
     pub async fn payment(&self, payment_id: Id) -> Result<Option<PaymentRecord>, DurableError> {

@@ -194,14 +194,14 @@ impl Engine {
             return Err(EngineError::OrderNotPending { status });
         }
         self.channel(channel)?;
-        for p in self.durable.payments_of_order(order_id).await? {
-            if p.channel == channel && p.status == PaymentStatus::Pending && !p.money_received {
-                return Ok((PaymentView::of(&p), false));
-            }
-        }
         let order_ref = Some((order_id, order.event_id));
-        let p =
-            self.open_payment(Purpose::Order, order_ref, &caller.user_id, channel, order.amount, expires_at_ms).await?;
+        let p = self.new_payment(Purpose::Order, order_ref, &caller.user_id, channel, order.amount, expires_at_ms);
+        // Asked again (or concurrently) on the same channel while unpaid:
+        // the payment already open.
+        if let Some(open) = self.durable.open_order_payment(&p).await? {
+            return Ok((PaymentView::of(&open), false));
+        }
+        let p = self.open_trade(p).await?;
         Ok((PaymentView::of(&p), true))
     }
 
@@ -218,9 +218,23 @@ impl Engine {
         amount: Fen,
         expires_at_ms: u64,
     ) -> Result<PaymentRecord, EngineError> {
-        let ch = self.channel(channel)?;
+        let p = self.new_payment(purpose, order, user_id, channel, amount, expires_at_ms);
+        self.durable.insert_payment(&p).await?;
+        self.open_trade(p).await
+    }
+
+    /// A payment as it starts: pending, no money, first check scheduled.
+    fn new_payment(
+        &self,
+        purpose: Purpose,
+        order: Option<(Id, Id)>,
+        user_id: &str,
+        channel: ChannelKind,
+        amount: Fen,
+        expires_at_ms: u64,
+    ) -> PaymentRecord {
         let now = now_unix_ms();
-        let p = PaymentRecord {
+        PaymentRecord {
             payment_id: self.ids.next(gene_of_user(user_id)),
             purpose,
             order_id: order.map(|o| o.0),
@@ -238,8 +252,15 @@ impl Engine {
             paid_at_ms: None,
             checks: 0,
             next_check_at_ms: self.first_check_ms(now, expires_at_ms),
-        };
-        self.durable.insert_payment(&p).await?;
+        }
+    }
+
+    /// The channel's trade for a payment already recorded (so that a
+    /// callback always finds its payment). If the channel fails the
+    /// payment stays pending with no trade behind it, and the worker
+    /// closes it at expiry.
+    async fn open_trade(&self, p: PaymentRecord) -> Result<PaymentRecord, EngineError> {
+        let ch = self.channel(p.channel)?;
         // The channel lets the buyer pay until rush closes the trade, a
         // little after the order's expiry.
         let channel_expiry = p.expires_at_ms + self.cfg.payments.close_grace_ms;

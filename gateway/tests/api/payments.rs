@@ -2,6 +2,8 @@
 //! late, dropped, forged and concurrent; closing at expiry; late money;
 //! refunds.
 
+use std::sync::Arc;
+
 use reqwest::StatusCode;
 use rush_engine::config::Config;
 use rush_engine::domain::{Fen, Id};
@@ -242,6 +244,47 @@ async fn late_callbacks_after_the_query_settled_change_nothing() {
     assert_eq!(outcomes(&app, &payment).await, vec!["duplicate", "duplicate"]);
     assert_eq!(journal_rows(&app, "order_payment").await, 2, "one transfer, two legs");
     assert_eq!(balance(&app, "@sales").await, 100);
+}
+
+/// Many concurrent requests to pay one order, on two channels: one
+/// payment per channel is opened (201) and every other request gets it
+/// back (200), so nobody is sent to pay twice.
+async fn concurrent_pay_requests_open_one_payment_per_channel(mode: Mode) {
+    let app = Arc::new(spawn_in(mode, |_| {}).await);
+    let (_, order, u) = held_order(&app, "eager", 1, json!({})).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (app, order, u) = (app.clone(), order.clone(), u.clone());
+        let channel = if i % 2 == 0 { "wechat" } else { "alipay" };
+        tasks.push(tokio::spawn(async move {
+            let (s, v) = app.post(&format!("/v1/orders/{order}/payments"), Some(&u), json!({"channel": channel})).await;
+            (channel, s, v["payment_id"].as_str().unwrap_or_default().to_string())
+        }));
+    }
+    let mut by_channel: std::collections::BTreeMap<&str, (Vec<String>, usize)> = Default::default();
+    for t in tasks {
+        let (channel, s, id) = t.await.expect("task");
+        assert!(s == StatusCode::CREATED || s == StatusCode::OK, "{channel}: {s}");
+        let e = by_channel.entry(channel).or_default();
+        e.0.push(id);
+        e.1 += usize::from(s == StatusCode::CREATED);
+    }
+    for (channel, (mut ids, created)) in by_channel {
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "{channel}: one payment, not {ids:?}");
+        assert_eq!(created, 1, "{channel}: opened once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pay_requests_open_one_payment_per_channel_embedded() {
+    concurrent_pay_requests_open_one_payment_per_channel(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mode_concurrent_pay_requests_open_one_payment_per_channel() {
+    concurrent_pay_requests_open_one_payment_per_channel(Mode::Full).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
