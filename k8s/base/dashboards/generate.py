@@ -60,6 +60,10 @@ panel("Webhook attempts by outcome", [(f'sum by (outcome) (rate(rush_webhook_att
 panel("Live actors", [(f'sum by (kind) (rush_actors_live{{{sel}}})', "{{kind}}")], "short")
 panel("CPU per pod", [(f'rate(rush_process_cpu_seconds_total{{{sel}}}[1m])', "{{pod}}")], "short",
       desc="Cores used by each rush process; over requests/s it is the CPU cost of a request")
+panel("Durable writer (SQLite): units and group size", [
+    (f'rate(rush_durable_writer_units_total{{{sel}}}[1m])', "units/s {{pod}}"),
+    (f'rate(rush_durable_writer_units_total{{{sel}}}[1m]) / rate(rush_durable_writer_commits_total{{{sel}}}[1m])', "units per commit {{pod}}"),
+], "short", desc="rush.db's group commit (embedded and single-node modes); units flat while money-route latency climbs: the writer is saturated")
 
 dashboard = {
     "title": "rush",
