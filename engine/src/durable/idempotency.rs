@@ -52,75 +52,30 @@ impl Durable {
         body: &str,
     ) -> Result<(), DurableError> {
         let (user_id, key, body) = (user_id.to_string(), key.to_string(), body.to_string());
-        self.db
-            .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE idempotency_keys SET status = $1, response = $2 WHERE user_id = $3 AND idem_key = $4",
-                    )
-                    .bind(i64::from(status))
-                    .bind(body)
-                    .bind(user_id)
-                    .bind(key)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+        let sql = "UPDATE idempotency_keys SET status = $1, response = $2 WHERE user_id = $3 AND idem_key = $4";
+        self.db.writer.execute(sql, move |q| q.bind(i64::from(status)).bind(body).bind(user_id).bind(key)).await?;
+        Ok(())
     }
 
     pub async fn idempotency_abandon(&self, user_id: &str, key: &str) -> Result<(), DurableError> {
         let (user_id, key) = (user_id.to_string(), key.to_string());
-        self.db
-            .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = 0")
-                        .bind(user_id)
-                        .bind(key)
-                        .execute(&mut *c)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .await
+        let sql = "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = 0";
+        self.db.writer.execute(sql, move |q| q.bind(user_id).bind(key)).await?;
+        Ok(())
     }
 
     /// Deletes a finished record that holds `status`.
     pub async fn idempotency_forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), DurableError> {
         let (user_id, key) = (user_id.to_string(), key.to_string());
-        self.db
-            .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = $3")
-                        .bind(user_id)
-                        .bind(key)
-                        .bind(i64::from(status))
-                        .execute(&mut *c)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .await
+        let sql = "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND status = $3";
+        self.db.writer.execute(sql, move |q| q.bind(user_id).bind(key).bind(i64::from(status))).await?;
+        Ok(())
     }
 
     /// Forgets records older than `before_ms`.
     pub async fn idempotency_purge(&self, before_ms: u64) -> Result<u64, DurableError> {
-        self.db
-            .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")
-                        .bind(before_ms as i64)
-                        .execute(&mut *c)
-                        .await?
-                        .rows_affected())
-                })
-            })
-            .await
+        let sql = "DELETE FROM idempotency_keys WHERE created_at_ms < $1";
+        self.db.writer.execute(sql, move |q| q.bind(before_ms as i64)).await
     }
 }
 

@@ -575,70 +575,45 @@ impl Durable {
     /// time seen), so one node checks it at a time.
     pub async fn claim_check(&self, p: &PaymentRecord, until_ms: u64) -> Result<bool, DurableError> {
         let (payment_id, seen) = (p.payment_id, p.next_check_at_ms);
-        self.db
+        let sql = "UPDATE payments SET next_check_at_ms = $1, checks = checks + 1 \
+                   WHERE payment_id = $2 AND next_check_at_ms = $3";
+        let done = self
+            .db
             .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE payments SET next_check_at_ms = $1, checks = checks + 1 \
-                         WHERE payment_id = $2 AND next_check_at_ms = $3",
-                    )
-                    .bind(ms_i(until_ms))
-                    .bind(payment_id.raw())
-                    .bind(ms_i(seen))
-                    .execute(&mut *c)
-                    .await?
-                    .rows_affected();
-                    Ok(done == 1)
-                })
-            })
-            .await
+            .execute(sql, move |q| q.bind(ms_i(until_ms)).bind(payment_id.raw()).bind(ms_i(seen)))
+            .await?;
+        Ok(done == 1)
     }
 
     /// When to look at a payment next (unless a transition set it to never).
     pub async fn set_next_check(&self, payment_id: Id, at_ms: u64) -> Result<(), DurableError> {
-        self.db
-            .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(&format!(
-                        "UPDATE payments SET next_check_at_ms = $1 WHERE payment_id = $2 AND next_check_at_ms <> {NEVER_MS}"
-                    ))
-                    .bind(ms_i(at_ms))
-                    .bind(payment_id.raw())
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+        let sql = format!(
+            "UPDATE payments SET next_check_at_ms = $1 WHERE payment_id = $2 AND next_check_at_ms <> {NEVER_MS}"
+        );
+        self.db.writer.execute(sql, move |q| q.bind(ms_i(at_ms)).bind(payment_id.raw())).await?;
+        Ok(())
     }
 
     /// Stores a raw callback before anything is done with it.
     pub async fn log_callback(&self, c: &CallbackRecord) -> Result<(), DurableError> {
-        let r = c.clone();
+        let c = c.clone();
+        let sql =
+            "INSERT INTO callback_log (callback_id, channel, received_at_ms, headers, body, payment_id, outcome, \
+                   detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         self.db
             .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO callback_log (callback_id, channel, received_at_ms, headers, body, payment_id, \
-                         outcome, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    )
-                    .bind(r.callback_id.raw())
-                    .bind(&r.channel)
-                    .bind(ms_i(r.received_at_ms))
-                    .bind(&r.headers)
-                    .bind(&r.body)
-                    .bind(r.payment_id.map(Id::raw))
-                    .bind(&r.outcome)
-                    .bind(&r.detail)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
+            .execute(sql, move |q| {
+                q.bind(c.callback_id.raw())
+                    .bind(c.channel)
+                    .bind(ms_i(c.received_at_ms))
+                    .bind(c.headers)
+                    .bind(c.body)
+                    .bind(c.payment_id.map(Id::raw))
+                    .bind(c.outcome)
+                    .bind(c.detail)
             })
-            .await
+            .await?;
+        Ok(())
     }
 
     pub async fn set_callback_outcome(
@@ -649,23 +624,12 @@ impl Durable {
         detail: &str,
     ) -> Result<(), DurableError> {
         let (outcome, detail) = (outcome.to_string(), detail.to_string());
+        let sql = "UPDATE callback_log SET payment_id = $1, outcome = $2, detail = $3 WHERE callback_id = $4";
         self.db
             .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE callback_log SET payment_id = $1, outcome = $2, detail = $3 WHERE callback_id = $4",
-                    )
-                    .bind(payment_id.map(Id::raw))
-                    .bind(outcome)
-                    .bind(detail)
-                    .bind(callback_id.raw())
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+            .execute(sql, move |q| q.bind(payment_id.map(Id::raw)).bind(outcome).bind(detail).bind(callback_id.raw()))
+            .await?;
+        Ok(())
     }
 
     /// The callback log, newest first, optionally of one channel.

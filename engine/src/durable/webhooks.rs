@@ -202,25 +202,13 @@ impl Durable {
         at_ms: u64,
     ) -> Result<(), DurableError> {
         let (url, events, secret) = (url.to_string(), events.join(","), secret.to_string());
+        let sql = "INSERT INTO webhooks (webhook_id, url, events, secret, enabled, created_at_ms) \
+                   VALUES ($1, $2, $3, $4, 1, $5)";
         self.db
             .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO webhooks (webhook_id, url, events, secret, enabled, created_at_ms) \
-                         VALUES ($1, $2, $3, $4, 1, $5)",
-                    )
-                    .bind(webhook_id.raw())
-                    .bind(url)
-                    .bind(events)
-                    .bind(secret)
-                    .bind(ms_i(at_ms))
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
+            .execute(sql, move |q| q.bind(webhook_id.raw()).bind(url).bind(events).bind(secret).bind(ms_i(at_ms)))
+            .await?;
+        Ok(())
     }
 
     pub async fn webhook_count(&self) -> Result<u64, DurableError> {
@@ -299,24 +287,11 @@ impl Durable {
     /// was seen due), so two nodes never send one delivery at once.
     pub async fn claim_delivery(&self, d: &DeliveryRecord, until_ms: u64) -> Result<bool, DurableError> {
         let (delivery_id, seen) = (d.delivery_id.clone(), d.next_attempt_at_ms);
-        self.db
-            .writer
-            .run(move |c| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
-                         WHERE delivery_id = $2 AND status = 'pending' AND next_attempt_at_ms = $3",
-                    )
-                    .bind(ms_i(until_ms))
-                    .bind(delivery_id)
-                    .bind(ms_i(seen))
-                    .execute(&mut *c)
-                    .await?
-                    .rows_affected();
-                    Ok(done == 1)
-                })
-            })
-            .await
+        let sql = "UPDATE webhook_deliveries SET next_attempt_at_ms = $1 \
+                   WHERE delivery_id = $2 AND status = 'pending' AND next_attempt_at_ms = $3";
+        let done =
+            self.db.writer.execute(sql, move |q| q.bind(ms_i(until_ms)).bind(delivery_id).bind(ms_i(seen))).await?;
+        Ok(done == 1)
     }
 
     /// Logs an attempt and moves the delivery on.

@@ -34,7 +34,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::DurableError;
@@ -184,6 +186,17 @@ impl Writer {
         let gone = || DurableError::GroupCommit("the durable store's writer has stopped".into());
         queue.send(Box::new(Unit { f, reply })).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// One statement as a unit: `sql` with the binds `bind` adds; the rows
+    /// it changed.
+    pub async fn execute<F>(&self, sql: impl Into<String>, bind: F) -> Result<u64, DurableError>
+    where
+        F: for<'q> FnOnce(Query<'q, Any, AnyArguments<'q>>) -> Query<'q, Any, AnyArguments<'q>> + Send + 'static,
+    {
+        let sql = sql.into();
+        self.run(move |c| Box::pin(async move { Ok(bind(sqlx::query(&sql)).execute(&mut *c).await?.rows_affected()) }))
+            .await
     }
 }
 

@@ -205,24 +205,6 @@ impl Engine {
         Ok((PaymentView::of(&p), true))
     }
 
-    /// Opens a payment: our record first, so that a callback always finds
-    /// its payment; then the channel's trade. If the channel fails the
-    /// payment stays pending with no trade behind it, and the worker closes
-    /// it at expiry.
-    async fn open_payment(
-        &self,
-        purpose: Purpose,
-        order: Option<(Id, Id)>,
-        user_id: &str,
-        channel: ChannelKind,
-        amount: Fen,
-        expires_at_ms: u64,
-    ) -> Result<PaymentRecord, EngineError> {
-        let p = self.new_payment(purpose, order, user_id, channel, amount, expires_at_ms);
-        self.durable.insert_payment(&p).await?;
-        self.open_trade(p).await
-    }
-
     /// A payment as it starts: pending, no money, first check scheduled.
     fn new_payment(
         &self,
@@ -278,7 +260,9 @@ impl Engine {
             return Err(invalid(format!("amount must be at most {max}")));
         }
         let expires_at_ms = now_unix_ms() + self.cfg.payments.recharge_ttl_s * 1000;
-        let p = self.open_payment(Purpose::Recharge, None, user_id, channel, amount, expires_at_ms).await?;
+        let p = self.new_payment(Purpose::Recharge, None, user_id, channel, amount, expires_at_ms);
+        self.durable.insert_payment(&p).await?;
+        let p = self.open_trade(p).await?;
         Ok(PaymentView::of(&p))
     }
 

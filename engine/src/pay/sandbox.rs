@@ -216,25 +216,13 @@ impl PaymentChannel for SandboxChannel {
     }
 
     async fn create(&self, payment_id: Id, amount: Fen, expires_at_ms: u64) -> Result<String, ChannelError> {
-        let channel = self.kind().as_str();
-        let now = now_unix_ms() as i64;
+        let (channel, now) = (self.kind().as_str(), now_unix_ms() as i64);
+        let sql =
+            "INSERT INTO sandbox_trades (channel, payment_id, amount, status, txn_id, created_at_ms, expires_at_ms) \
+                   VALUES ($1, $2, $3, 'NOTPAY', '', $4, $5) ON CONFLICT (channel, payment_id) DO NOTHING";
         self.db
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO sandbox_trades (channel, payment_id, amount, status, txn_id, created_at_ms, \
-                         expires_at_ms) VALUES ($1, $2, $3, 'NOTPAY', '', $4, $5) ON CONFLICT (channel, payment_id) \
-                         DO NOTHING",
-                    )
-                    .bind(channel)
-                    .bind(payment_id.raw())
-                    .bind(amount.get())
-                    .bind(now)
-                    .bind(expires_at_ms as i64)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
+            .execute(sql, move |q| {
+                q.bind(channel).bind(payment_id.raw()).bind(amount.get()).bind(now).bind(expires_at_ms as i64)
             })
             .await
             .map_err(unavailable)?;
@@ -267,44 +255,18 @@ impl PaymentChannel for SandboxChannel {
 
     async fn close(&self, payment_id: Id) -> Result<TradeState, ChannelError> {
         let channel = self.kind().as_str();
-        self.db
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE sandbox_trades SET status = 'CLOSED' WHERE channel = $1 AND payment_id = $2 \
-                         AND status = 'NOTPAY'",
-                    )
-                    .bind(channel)
-                    .bind(payment_id.raw())
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            })
-            .await
-            .map_err(unavailable)?;
+        let sql =
+            "UPDATE sandbox_trades SET status = 'CLOSED' WHERE channel = $1 AND payment_id = $2 AND status = 'NOTPAY'";
+        self.db.execute(sql, move |q| q.bind(channel).bind(payment_id.raw())).await.map_err(unavailable)?;
         self.query(payment_id).await
     }
 
     async fn refund(&self, payment_id: Id, amount: Fen) -> Result<(), ChannelError> {
-        let channel = self.kind().as_str();
-        let now = now_unix_ms() as i64;
+        let (channel, now) = (self.kind().as_str(), now_unix_ms() as i64);
+        let sql = "UPDATE sandbox_trades SET status = 'REFUND', refunded_at_ms = $1 \
+                   WHERE channel = $2 AND payment_id = $3 AND status = 'SUCCESS' AND amount = $4";
         self.db
-            .run(move |c| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "UPDATE sandbox_trades SET status = 'REFUND', refunded_at_ms = $1 \
-                         WHERE channel = $2 AND payment_id = $3 AND status = 'SUCCESS' AND amount = $4",
-                    )
-                    .bind(now)
-                    .bind(channel)
-                    .bind(payment_id.raw())
-                    .bind(amount.get())
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(())
-                })
-            })
+            .execute(sql, move |q| q.bind(now).bind(channel).bind(payment_id.raw()).bind(amount.get()))
             .await
             .map_err(unavailable)?;
         match self.query(payment_id).await? {
