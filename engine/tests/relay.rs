@@ -198,7 +198,7 @@ async fn a_round_kafka_refuses_is_not_acknowledged_and_is_sent_again() {
     // The broker goes away: the round times out and acknowledges nothing.
     mock.broker_down(1).expect("down");
     let err = r.round().await.expect_err("Kafka is down");
-    assert!(err.contains("refused"), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
     assert_eq!(log.lag("relay").await.expect("lag"), committed, "nothing acknowledged while Kafka is down");
 
     // Back: the same entries go again and the rest follow.

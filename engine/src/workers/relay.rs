@@ -9,7 +9,12 @@
 //! entries and sends them again after a backoff. Kafka may thus see an event
 //! twice (never out of order within an entity: librdkafka's idempotent
 //! producer fails a partition's queue from the first failure on); the
-//! workers apply each event id once.
+//! workers apply each event id once. After a round Kafka failed, the relay
+//! waits until nothing it handed over is still in flight and starts a new
+//! producer: an idempotent producer whose messages timed out must bump its
+//! epoch with the broker, and a broker that was frozen meanwhile can leave it
+//! failing every later message (tansu answers `MessageTimedOut`, then
+//! `ProducerFenced`, for minutes). A new producer id starts clean.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,15 +51,43 @@ pub struct InFlight {
     refused: Option<String>,
 }
 
+impl InFlight {
+    /// Waits for every delivery report (each comes within
+    /// `kafka.delivery_timeout_ms`), whatever it says.
+    async fn settle(self) {
+        for (d, _) in self.deliveries {
+            let _ = d.await;
+        }
+    }
+}
+
+/// Why a round failed.
+#[derive(Debug)]
+pub enum RoundError {
+    /// Kafka refused or timed out a message: the producer is replaced.
+    Kafka(String),
+    /// The outbox could not be read, or the batch acknowledged.
+    Outbox(String),
+}
+
+impl std::fmt::Display for RoundError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundError::Kafka(e) => write!(f, "kafka refused a relay batch: {e}"),
+            RoundError::Outbox(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl Relay {
     /// One round: read, produce, await every delivery, acknowledge.
     /// Returns how many events went to Kafka (0 when the outbox was empty).
-    pub async fn round(&self) -> Result<usize, String> {
+    pub async fn round(&self) -> Result<usize, RoundError> {
         self.round_waiting(self.poll_wait).await
     }
 
     /// [`Relay::round`], waiting up to `wait` for entries.
-    async fn round_waiting(&self, wait: Duration) -> Result<usize, String> {
+    async fn round_waiting(&self, wait: Duration) -> Result<usize, RoundError> {
         match self.send(wait).await? {
             Some(batch) => self.finish(batch).await,
             None => Ok(0),
@@ -63,16 +96,19 @@ impl Relay {
 
     /// Reads a batch (waiting up to `wait` for one) and hands it to the
     /// producer without waiting for Kafka.
-    async fn send(&self, wait: Duration) -> Result<Option<InFlight>, String> {
-        let batch =
-            self.log.poll(RELAY_CONSUMER, self.kafka.relay_batch_len_max, wait).await.map_err(|e| e.to_string())?;
+    async fn send(&self, wait: Duration) -> Result<Option<InFlight>, RoundError> {
+        let batch = self
+            .log
+            .poll(RELAY_CONSUMER, self.kafka.relay_batch_len_max, wait)
+            .await
+            .map_err(|e| RoundError::Outbox(e.to_string()))?;
         let Some(last) = batch.last().map(|e| e.position) else {
             return Ok(None);
         };
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut refused = None;
         for env in &batch {
-            let payload = serde_json::to_vec(env).map_err(|e| e.to_string())?;
+            let payload = serde_json::to_vec(env).map_err(|e| RoundError::Outbox(e.to_string()))?;
             let topic = kafka::topic(&self.kafka.topic_prefix, &env.event);
             let key = env.event.entity_id().to_string();
             let partition = i32::from(env.partition) % self.kafka.partitions;
@@ -91,7 +127,7 @@ impl Relay {
     /// Awaits every delivery report of a batch (even after a refusal, so
     /// nothing of it is still in flight when it is sent again), then
     /// acknowledges it; on any failure rewinds to the pending entries.
-    async fn finish(&self, batch: InFlight) -> Result<usize, String> {
+    async fn finish(&self, batch: InFlight) -> Result<usize, RoundError> {
         let n = batch.deliveries.len();
         let mut failed = batch.refused;
         for (d, at_ms) in batch.deliveries {
@@ -106,11 +142,11 @@ impl Relay {
         }
         if let Some(e) = failed {
             self.log.rewind(RELAY_CONSUMER).await;
-            return Err(format!("kafka refused a relay batch: {e}"));
+            return Err(RoundError::Kafka(e));
         }
         if let Err(e) = self.log.commit(RELAY_CONSUMER, batch.last).await {
             self.log.rewind(RELAY_CONSUMER).await;
-            return Err(format!("acknowledging relayed entries: {e}"));
+            return Err(RoundError::Outbox(format!("acknowledging relayed entries: {e}")));
         }
         self.metrics.worker_events.with_label_values(&["relay"]).inc_by(n as u64);
         Ok(n)
@@ -125,7 +161,7 @@ impl Relay {
         &self,
         in_flight: &mut std::collections::VecDeque<InFlight>,
         idle_wait: &mut Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), RoundError> {
         while in_flight.len() < self.kafka.relay_batches_in_flight {
             // Wait for new entries only when nothing else is pending.
             let wait = if in_flight.is_empty() { *idle_wait } else { Duration::ZERO };
@@ -147,21 +183,29 @@ impl Relay {
         }
         if let Some(oldest) = in_flight.pop_front() {
             if let Err(e) = self.finish(oldest).await {
-                // The rewind re-delivers the later batches' entries too.
-                in_flight.clear();
+                // The rewind re-delivers the later batches' entries too;
+                // they go again only once none of them is still in flight.
+                for b in in_flight.drain(..) {
+                    b.settle().await;
+                }
                 return Err(e);
             }
         }
         Ok(())
     }
 
-    /// An idempotent producer that hit a fatal error (for instance messages
-    /// that timed out in flight on a broker that cannot bump the producer
-    /// epoch) refuses everything after; the relay starts a new one, whose
-    /// new producer id makes its sequence numbers start over.
-    fn replace_producer_if_fatal(&mut self) {
-        let Some((code, reason)) = self.producer.client().fatal_error() else { return };
-        tracing::warn!(?code, %reason, "the Kafka producer failed fatally; starting a new one");
+    /// After Kafka failed a round (nothing of it is in flight any more):
+    /// a new producer, whose new producer id makes its sequence numbers
+    /// start over. An idempotent producer that hit a fatal error refuses
+    /// everything after; one whose messages timed out may keep failing
+    /// after the broker is back (see the module's header).
+    fn replace_producer(&mut self) {
+        match self.producer.client().fatal_error() {
+            Some((code, reason)) => {
+                tracing::warn!(?code, %reason, "the Kafka producer failed fatally; starting a new one")
+            }
+            None => tracing::info!("Kafka failed a relay batch; starting a new producer"),
+        }
         let brokers = self.kafka.brokers.clone().unwrap_or_default();
         match kafka::producer(&self.kafka, &brokers) {
             Ok(p) => self.producer = p,
@@ -199,7 +243,9 @@ impl Relay {
                 Err(e) => {
                     failures.inc();
                     tracing::warn!(error = %e, "relay round failed; retrying");
-                    self.replace_producer_if_fatal();
+                    if matches!(e, RoundError::Kafka(_)) {
+                        self.replace_producer();
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(backoff)) => {},
                         _ = shutdown.changed() => {},
