@@ -14,7 +14,9 @@
 # Needs scripts/stack.sh start for every mode but embedded. Fresh data dir,
 # key prefix, topics and database per run; rush on 127.0.0.1:18080, the
 # worker's metrics on 127.0.0.1:19464; everything stops when the run ends.
-# BIN and LT choose the binaries (default: target/release/…).
+# BIN and LT choose the binaries (default: target/release/…); PG_OPTS is
+# appended to the Postgres URL (e.g. '?options=-c%20synchronous_commit%3Doff'
+# for a diagnosis); KEEP_LOG=FILE copies rush's log there during the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: loadtest/bench-mode.sh embedded|redis|redis-pg|full [rush-loadtest args]}
@@ -42,13 +44,14 @@ case $mode in
   redis-pg|full)
     psql "$pg_admin" -qc "CREATE DATABASE $tag" >/dev/null
     env+=(RUSH__REDIS__URL=redis://127.0.0.1:6379/12 RUSH__REDIS__KEY_PREFIX="$tag"
-          RUSH__POSTGRES__URL="${pg_admin%/*}/$tag") ;;
+          RUSH__POSTGRES__URL="${pg_admin%/*}/$tag${PG_OPTS:-}") ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
 [ "$mode" = full ] && env+=(RUSH__KAFKA__BROKERS=127.0.0.1:9092 RUSH__KAFKA__TOPIC_PREFIX="$tag"
                             RUSH__KAFKA__GROUP="$tag-persist")
 env "${env[@]}" "$bin" serve >"$data/rush.log" 2>&1 &
 pids+=($!)
+[ -n "${KEEP_LOG:-}" ] && (sleep 2; timeout 120 tail -f "$data/rush.log" > "$KEEP_LOG" &)
 for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && break; sleep 0.1; done
 extra=()
 if [ "$mode" = full ]; then

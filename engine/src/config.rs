@@ -265,11 +265,14 @@ pub struct PostgresConfig {
     /// Bound on reaching the server at start: past it rush exits with an
     /// error naming Postgres.
     pub connect_timeout_ms: u64,
+    /// A pooled connection idle at least this long is pinged before use
+    /// (one that was busy moments ago is not: the ping is a round trip).
+    pub ping_idle_ms: u64,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: None, pool_max: 16, connect_timeout_ms: 5_000 }
+        PostgresConfig { url: None, pool_max: 16, connect_timeout_ms: 5_000, ping_idle_ms: 1_000 }
     }
 }
 
