@@ -195,7 +195,7 @@ if rush and cfg:
         "RUSH__POSTGRES__URL": "postgres://rush:pw@postgres:5432/rush",
         "RUSH__REDIS__URL": "redis://:pw@redis:6379",
     })
-    r = subprocess.run([rush, "serve", "--check-config"], env=env, capture_output=True, text=True)
+    r = subprocess.run([rush, "serve", "--check-config", "--offline"], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         fail(f"rush serve --check-config refuses the ConfigMap: {(r.stderr.strip().splitlines() or [''])[0]}")
     else:

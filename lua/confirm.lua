@@ -8,10 +8,17 @@
 -- KEYS[4]  {p}:due            zset
 -- KEYS[5]  {p}:outbox         stream
 -- KEYS[6]  {p}:ev:<id>:ver    string
+-- KEYS[7]  {p}:marker         string  the Redis data set's identity (absent: lost, see below)
 -- ARGV[1]  event id
 -- ARGV[2]  the version the batch was decided on ("" = unchecked)
 -- ARGV[3]  n, then 2 per order: order id, envelope JSON
 -- Reply:   {-1} stale, or {version after, then n integers: 1 confirmed, 0 rejected (not held)}
+-- A partition without its marker lost its data (a Redis restarted empty,
+-- a failover to a replica that had not seen it): write nothing, so
+-- nothing is acknowledged that cannot be persisted; rush rebuilds it.
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('RUSHLOST the hot store lost its data')
+end
 local ver = tonumber(redis.call('GET', KEYS[6]) or '0')
 if ARGV[2] ~= '' and ver ~= tonumber(ARGV[2]) then
   return {-1}

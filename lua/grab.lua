@@ -6,9 +6,16 @@
 -- KEYS[2]  {p}:pk:<id>:state  hash  status, next, count, expires
 -- KEYS[3]  {p}:pk:<id>:grabs  hash  user id -> grab JSON
 -- KEYS[4]  {p}:outbox         stream
+-- KEYS[5]  {p}:marker         string  the Redis data set's identity (absent: lost, see below)
 -- ARGV[1]  now ms
 -- ARGV[2]  n, then 5 per grab: user id, part index, amount, grab JSON, envelope JSON
 -- Reply:   array of n integers: 1 granted, 0 rejected
+-- A partition without its marker lost its data (a Redis restarted empty,
+-- a failover to a replica that had not seen it): write nothing, so
+-- nothing is acknowledged that cannot be persisted; rush rebuilds it.
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('RUSHLOST the hot store lost its data')
+end
 local st = redis.call('HMGET', KEYS[2], 'status', 'next', 'count', 'expires')
 local status, nxt, count, expires = st[1], tonumber(st[2] or '0'), tonumber(st[3] or '0'), tonumber(st[4] or '0')
 local now = tonumber(ARGV[1])

@@ -6,11 +6,18 @@
 -- KEYS[2]  {p}:pk:<id>:state  hash  status, next, count, expires
 -- KEYS[3]  {p}:pk:<id>:grabs  hash  user id -> grab JSON
 -- KEYS[4]  {p}:outbox         stream
+-- KEYS[5]  {p}:marker         string  the Redis data set's identity (absent: lost, see below)
 -- ARGV[1]  now ms   ARGV[2] user id (letters, digits, _ - . @: no JSON escaping)
 -- ARGV[3]  grab id
 -- ARGV[4]  envelope JSON whose "amount" is -9223372036854775808, replaced here
 -- Reply:   {1, amount, part} granted; {2, amount} already grabbed;
 --          {3} empty; {4} expired; {0} unknown packet
+-- A partition without its marker lost its data (a Redis restarted empty,
+-- a failover to a replica that had not seen it): write nothing, so
+-- nothing is acknowledged that cannot be persisted; rush rebuilds it.
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('RUSHLOST the hot store lost its data')
+end
 local st = redis.call('HMGET', KEYS[2], 'status', 'next', 'count', 'expires')
 if not st[1] then
   return {0}

@@ -15,6 +15,7 @@
 -- KEYS[5]  {p}:outbox         stream  entries {body = envelope JSON}
 -- KEYS[6]  {p}:ev:<id>:ver    string  the event's version (absent = 0)
 -- KEYS[7]  {p}:ev:<id>:users  hash  user id -> seats held or bought (the per-user limit)
+-- KEYS[8]  {p}:marker         string  the Redis data set's identity (absent: lost, see below)
 -- ARGV[1]  event id
 -- ARGV[2]  the version the batch was decided on ("" = unchecked)
 -- ARGV[3]  seats per user at most
@@ -23,6 +24,12 @@
 -- Reply:   {-1} stale, or {version after, then n integers: 1 held, 0
 --          rejected (unknown event, order exists, a seat out of range or
 --          not available, over the user's limit)}
+-- A partition without its marker lost its data (a Redis restarted empty,
+-- a failover to a replica that had not seen it): write nothing, so
+-- nothing is acknowledged that cannot be persisted; rush rebuilds it.
+if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+  return redis.error_reply('RUSHLOST the hot store lost its data')
+end
 local ver = tonumber(redis.call('GET', KEYS[6]) or '0')
 if ARGV[2] ~= '' and ver ~= tonumber(ARGV[2]) then
   return {-1}

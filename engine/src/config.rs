@@ -389,11 +389,59 @@ pub struct RedisConfig {
     /// third of it; a node restarted after a crash waits up to this long
     /// for its old lease to run out.
     pub node_lease_ms: u64,
+    /// What "acknowledged" promises when Redis fails (see [`Durability`]).
+    /// The production profile refuses `none`.
+    pub durability: Durability,
+    /// `replicas` durability: replicas that must have each write.
+    pub replicas_min: u32,
+    /// `replicas` durability: how long a write waits for them (`WAIT`);
+    /// past it the request answers 503 instead of an acknowledgement.
+    pub wait_timeout_ms: u64,
+    /// How often each node checks the identity markers and Redis's
+    /// replication id (a lost or failed-over Redis is found within this,
+    /// and at once by the first write the scripts refuse).
+    pub marker_check_ms: u64,
+    /// A rebuild puts back events whose show starts, and packets that
+    /// expire, no longer than this ago (older ones stay in the durable
+    /// store, readable as orders and ledger entries).
+    pub rebuild_history_s: u64,
+    /// The one-rebuilder-at-a-time lease (renewed while it works).
+    pub rebuild_lease_ms: u64,
+}
+
+/// What an acknowledged hold, grab or packet survives (issue 15).
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Redis must run with `appendonly yes` and `appendfsync always`
+    /// (checked at start): a write is on Redis's disk before anyone is
+    /// answered, so a restart loses nothing. Costs an fsync per write call.
+    Fsync,
+    /// Every script call is followed by `WAIT replicas_min wait_timeout_ms`
+    /// before anyone is answered: a failover to a replica loses nothing
+    /// acknowledged. One round trip per actor batch.
+    Replicas,
+    /// Development only: a lost Redis is found, reported and rebuilt from
+    /// the durable store, but what it had not handed on is lost, and the
+    /// durable store's constraints reject any double sale that allows.
+    None,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: None, cluster: false, key_prefix: "rush".into(), timeout_ms: 1_000, node_lease_ms: 3_000 }
+        RedisConfig {
+            url: None,
+            cluster: false,
+            key_prefix: "rush".into(),
+            timeout_ms: 1_000,
+            node_lease_ms: 3_000,
+            durability: Durability::None,
+            replicas_min: 1,
+            wait_timeout_ms: 500,
+            marker_check_ms: 500,
+            rebuild_history_s: 7 * 24 * 3600,
+            rebuild_lease_ms: 10_000,
+        }
     }
 }
 
@@ -786,6 +834,7 @@ impl Config {
             "sandbox": self.sandbox(),
             "postgres": self.postgres.url.as_deref().map(crate::durable::pool::redact_url),
             "redis": self.redis.url.as_deref().map(crate::durable::pool::redact_url),
+            "redis_durability": self.redis.url.as_ref().map(|_| self.redis.durability),
             "kafka": self.kafka.brokers,
             "log_format": self.log_format(),
             "shutdown_timeout_ms": self.shutdown.timeout_ms,
@@ -795,6 +844,9 @@ impl Config {
     /// Production's rules (see [`Config::profile`]).
     fn validate_production(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.redis.url.is_some() && self.redis.durability == Durability::None {
+            return bad("production needs redis.durability = \"fsync\" or \"replicas\": with \"none\" a lost or failed-over Redis loses acknowledged holds and grabs".into());
+        }
         if self.auth.dev_tokens == Some(true) || self.payments.sandbox.enabled == Some(true) {
             return bad(
                 "production serves no development routes: unset auth.dev_tokens and payments.sandbox.enabled".into()
@@ -854,6 +906,15 @@ impl Config {
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return bad("redis.key_prefix must be non-empty, without braces (they are hash tags)");
+        }
+        if self.redis.replicas_min == 0 || self.redis.wait_timeout_ms == 0 {
+            return bad("redis.replicas_min and redis.wait_timeout_ms must be at least 1 (WAIT 0 would wait forever)");
+        }
+        if self.redis.marker_check_ms < 50 || self.redis.rebuild_lease_ms < 1_000 {
+            return bad("redis.marker_check_ms must be at least 50 and redis.rebuild_lease_ms at least 1000");
+        }
+        if self.redis.durability == Durability::Replicas && self.redis.cluster {
+            return bad("redis.durability = \"replicas\" is not supported on Redis Cluster yet: use fsync");
         }
         if self.redis.node_lease_ms < 300 {
             return bad("redis.node_lease_ms must be at least 300");
@@ -1001,6 +1062,20 @@ mod tests {
         for (_, secret) in real_secrets() {
             assert!(!summary.contains(secret), "the summary shows no secret");
         }
+    }
+
+    #[test]
+    fn production_refuses_a_redis_durability_of_none() {
+        let mut vars = real_secrets();
+        vars.extend([("RUSH__PROFILE", "production"), ("RUSH__REDIS__URL", "redis://127.0.0.1")]);
+        let err = Config::load_from(None, env(&vars)).unwrap_err().to_string();
+        assert!(err.contains("redis.durability"), "{err}");
+        vars.push(("RUSH__REDIS__DURABILITY", "replicas"));
+        let cfg = Config::load_from(None, env(&vars)).unwrap();
+        assert_eq!(cfg.redis.durability, Durability::Replicas);
+        vars.push(("RUSH__REDIS__CLUSTER", "true"));
+        let err = Config::load_from(None, env(&vars)).unwrap_err().to_string();
+        assert!(err.contains("Redis Cluster"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub enum StartError {
     NoFreeNodeId,
     #[error("{0}")]
     Kafka(String),
+    /// Redis cannot keep the promise `redis.durability` makes.
+    #[error("Redis at {0} cannot keep redis.durability: {1}")]
+    Durability(String, String),
 }
 
 /// Who opens Redis: a serving node (leases its node id so no other live
@@ -174,9 +177,45 @@ where
     };
     let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
     let lease = relay_lease(&store, cfg, &consumer);
-    // One store, two roles: hot state and Idempotency-Key records.
+    let mut store = store;
+    if role == RedisRole::Node {
+        let r = &cfg.redis;
+        store
+            .check_durability(r.durability, r.replicas_min)
+            .await
+            .map_err(|e| StartError::Durability(url.to_string(), e))?;
+        let wait = (r.durability == crate::config::Durability::Replicas)
+            .then_some(crate::store::redis::Replication { replicas: r.replicas_min, timeout_ms: r.wait_timeout_ms });
+        store = store.with_replication(wait);
+    }
+    // One store, three roles: hot state, Idempotency-Key records, recovery.
     let store = Arc::new(store);
-    Ok((store.clone(), Arc::new(log), store, Some(lease)))
+    Ok(Roles {
+        store: store.clone(),
+        log: Arc::new(log),
+        idempotency: store.clone(),
+        lease: Some(lease),
+        recovery: Some(store),
+    })
+}
+
+/// `rush serve --check-config`: whether the configured Redis keeps the
+/// promise `redis.durability` makes (a sentence saying how), or why not.
+pub async fn check_redis_durability(cfg: &Config) -> Result<Option<String>, StartError> {
+    let Some(url) = cfg.redis.url.as_deref() else { return Ok(None) };
+    let timeout = Duration::from_millis(cfg.redis.timeout_ms);
+    let ids = Arc::new(IdGen::new(cfg.node_id)?);
+    let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
+    let redis_err = |e| StartError::Redis(crate::durable::pool::redact_url(url), e);
+    let r = &cfg.redis;
+    let checked = if r.cluster {
+        let store = RedisStore::connect_cluster(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        store.check_durability(r.durability, r.replicas_min).await
+    } else {
+        let store = RedisStore::connect(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        store.check_durability(r.durability, r.replicas_min).await
+    };
+    checked.map(Some).map_err(|e| StartError::Durability(crate::durable::pool::redact_url(url), e))
 }
 
 /// `node_id_auto`: the first id free in Redis, from a hash of the host name
@@ -226,10 +265,10 @@ async fn kafka_ready(cfg: &Config) -> Result<&str, StartError> {
 pub async fn standalone_relay(cfg: &Config, metrics: Metrics) -> Result<crate::workers::relay::Relay, StartError> {
     let url = cfg.redis.url.as_deref().ok_or_else(|| StartError::Kafka("the relay needs redis.url".into()))?;
     let brokers = kafka_ready(cfg).await?;
-    let (_, log, _, lease) = redis_roles(cfg, url, Arc::new(IdGen::new(cfg.node_id)?), RedisRole::Relay).await?;
+    let roles = redis_roles(cfg, url, Arc::new(IdGen::new(cfg.node_id)?), RedisRole::Relay).await?;
     Ok(crate::workers::relay::Relay {
-        log,
-        lease,
+        log: roles.log,
+        lease: roles.lease,
         producer: crate::events::kafka::producer(&cfg.kafka, brokers).map_err(kafka_err)?,
         kafka: cfg.kafka.clone(),
         workers: cfg.workers.clone(),
@@ -241,18 +280,21 @@ pub async fn standalone_relay(cfg: &Config, metrics: Metrics) -> Result<crate::w
 /// `rush worker`: the durable store and the Kafka log it applies.
 pub async fn kafka_worker(cfg: &Config) -> Result<(Durable, Arc<dyn EventLog>), StartError> {
     let brokers = kafka_ready(cfg).await?;
-    let pools = match &cfg.postgres.url {
-        Some(url) => Pools::postgres(url, &cfg.postgres).await?,
-        None => Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?,
-    };
+    let pools = Pools::of_config(cfg).await?;
     let log = crate::events::kafka::KafkaLog::new(&cfg.kafka, brokers).map_err(kafka_err)?;
     Ok((Durable::new(pools), Arc::new(log)))
 }
 
-/// The hot store, the event log, where Idempotency-Key records live, and
-/// (Redis) the relay's lease.
-type Roles =
-    (Arc<dyn HotStore>, Arc<dyn EventLog>, Arc<dyn IdempotencyStore>, Option<Box<dyn crate::workers::lead::Lease>>);
+/// What a mode's stores are: the hot store, the event log, where
+/// Idempotency-Key records live, and (Redis) the outbox reader's lease and
+/// the recovery handle.
+struct Roles {
+    store: Arc<dyn HotStore>,
+    log: Arc<dyn EventLog>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    lease: Option<Box<dyn crate::workers::lead::Lease>>,
+    recovery: Option<Arc<dyn crate::store::restore::HotRecovery>>,
+}
 
 pub struct Engine {
     pub(crate) cfg: Arc<Config>,
@@ -274,6 +316,8 @@ pub struct Engine {
     pub metrics: Metrics,
     /// Shutdown has begun: readiness fails (see [`Engine::begin_drain`]).
     draining: std::sync::atomic::AtomicBool,
+    /// Redis mode: knows when Redis lost its data, and rebuilds it.
+    guard: Option<Arc<crate::recovery::HotGuard>>,
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> EngineError {
@@ -307,15 +351,12 @@ impl Engine {
         wrap: impl FnOnce(Arc<dyn HotStore>) -> Arc<dyn HotStore>,
     ) -> Result<Arc<Engine>, StartError> {
         let ids = Arc::new(IdGen::new(cfg.node_id)?);
-        let pools = match &cfg.postgres.url {
-            Some(url) => Pools::postgres(url, &cfg.postgres).await?,
-            None => Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?,
-        };
+        let pools = Pools::of_config(&cfg).await?;
         let durable = Durable::new(pools);
         if cfg.kafka.brokers.is_some() {
             kafka_ready(&cfg).await?;
         }
-        let (store, log, idempotency, relay_lease): Roles = match &cfg.redis.url {
+        let roles = match &cfg.redis.url {
             // Redis: hot state, scripts and outbox streams in Redis.
             Some(url) => redis_roles(&cfg, url, ids.clone(), RedisRole::Node).await?,
             // Embedded: in-memory hot store persisted to hot.db, whose
@@ -324,9 +365,26 @@ impl Engine {
                 let hot_db = Db::open(&cfg.data_dir, &cfg.sqlite).await?;
                 let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
                 let log = OutboxLog::new(hot_db, store.appended());
-                (Arc::new(store), Arc::new(log), Arc::new(durable.clone()), None)
+                Roles {
+                    store: Arc::new(store),
+                    log: Arc::new(log),
+                    idempotency: Arc::new(durable.clone()),
+                    lease: None,
+                    recovery: None,
+                }
             }
         };
+        let Roles { store, log, idempotency, lease: relay_lease, recovery } = roles;
+        let guard = recovery.map(|hot| {
+            Arc::new(crate::recovery::HotGuard::new(hot, durable.clone(), cfg.redis.clone(), metrics.clone()))
+        });
+        if let Some(g) = &guard {
+            // Before serving: a first start marks the data set; a lost
+            // Redis is rebuilt now (or by the node already at it).
+            if let Err(e) = g.check().await {
+                tracing::warn!(error = %e, "checking the hot store's identity failed; retrying in the background");
+            }
+        }
         let store = wrap(store);
         // Embedded, this node is the store's only writer.
         let sole_owner = cfg.redis.url.is_none();
@@ -346,6 +404,7 @@ impl Engine {
             pay,
             metrics,
             draining: std::sync::atomic::AtomicBool::new(false),
+            guard,
         }))
     }
 
@@ -387,6 +446,11 @@ impl Engine {
             tokio::spawn(crate::workers::payments::payments(self.clone(), shutdown.clone())),
             tokio::spawn(crate::workers::webhooks::webhooks(self.clone(), shutdown.clone())),
         ];
+        if let Some(guard) = &self.guard {
+            let engine = self.clone();
+            let reset = move || engine.actors.reset();
+            tasks.push(tokio::spawn(crate::recovery::watch_hot_store(guard.clone(), reset, shutdown.clone())));
+        }
         match &self.cfg.kafka.brokers {
             None => tasks.push(tokio::spawn(crate::workers::persist(self.clone(), shutdown))),
             Some(brokers) if self.cfg.kafka.relay_in_serve => {
@@ -422,6 +486,19 @@ impl Engine {
 
     pub fn set_outbox_len(&self, len: u64) {
         self.outbox_len.store(len, Ordering::Relaxed);
+    }
+
+    /// False while Redis is lost and not yet rebuilt.
+    pub fn hot_intact(&self) -> bool {
+        self.guard.as_ref().is_none_or(|g| g.intact())
+    }
+
+    /// Nothing reaches the hot store while it is being rebuilt.
+    fn check_hot(&self) -> Result<(), EngineError> {
+        if !self.hot_intact() {
+            return Err(EngineError::HotStoreRecovering);
+        }
+        Ok(())
     }
 
     /// New holds, packets and grabs are refused while the outbox is full,
@@ -484,6 +561,9 @@ impl Engine {
         }
         if !self.store.ready().await {
             failing.push("hot_store");
+        }
+        if !self.hot_intact() {
+            failing.push("hot_store_lost");
         }
         failing
     }
@@ -576,6 +656,9 @@ impl Engine {
             seats: map.seats().to_vec(),
         };
         let count = map.len();
+        self.check_hot()?;
+        // The durable store first: a rebuild knows every event Redis had.
+        self.durable.save_event(&def).await?;
         self.store.create_event(&def).await?;
         let id = def.event_id;
         self.infos.insert(id, Arc::new(EventInfo { def, map }));
@@ -593,6 +676,7 @@ impl Engine {
     }
 
     async fn ask_event<T>(&self, event_id: Id, msg: EventMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
+        self.check_hot()?;
         if !self.actors.send_event(event_id, msg).await? {
             return Err(EngineError::NotFound("event"));
         }
@@ -600,6 +684,7 @@ impl Engine {
     }
 
     async fn ask_packet<T>(&self, packet_id: Id, msg: PacketMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
+        self.check_hot()?;
         if !self.actors.send_packet(packet_id, msg).await? {
             return Err(EngineError::NotFound("packet"));
         }
@@ -730,6 +815,8 @@ impl Engine {
     /// orders before the workers persist them; released ones are read from
     /// the durable store. No owner check.
     pub(crate) async fn live_order(&self, order_id: Id) -> Result<OrderView, EngineError> {
+        // A lost Redis holds nothing: the guess below would be wrong.
+        self.check_hot()?;
         if let Some((hot, status)) = self.store.order(order_id).await? {
             let info = self.info(hot.event_id).await?;
             return Ok(OrderView::from_hot(&hot, &info, status));
@@ -753,6 +840,9 @@ impl Engine {
 
     /// Settles up to `limit` due holds and packets through their actors.
     pub async fn settle_due(&self, limit: usize) -> Result<usize, EngineError> {
+        if !self.hot_intact() {
+            return Ok(0);
+        }
         let now_ms = now_unix_ms();
         let lease_ms = self.cfg.workers.due_lease_ms;
         let due = self.store.claim_due(now_ms, limit, lease_ms).await?;
@@ -830,6 +920,7 @@ impl Engine {
         };
         crate::telemetry::record_ids(&[("packet_id", def.packet_id)]);
         self.check_outbox()?;
+        self.check_hot()?;
         // Money first: the packet exists only once its total is frozen.
         self.durable.freeze_for_packet(&def).await?;
         if let Err(e) = self.store.create_packet(&def).await {
@@ -871,6 +962,7 @@ impl Engine {
 
     pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
         self.check_outbox()?;
+        self.check_hot()?;
         let grab_id = self.ids.next(gene_of_user(user_id));
         let result = match self.cfg.actors.mode {
             EngineMode::Actor => {

@@ -31,6 +31,10 @@ pub enum EngineError {
     Overloaded(&'static str),
     #[error("the store is unavailable; retry shortly")]
     StoreUnavailable,
+    /// Redis lost its data and is being rebuilt from the durable store:
+    /// nothing is taken until it is (503 `hot_store_recovering`).
+    #[error("the hot store lost its data and is being rebuilt; retry shortly")]
+    HotStoreRecovering,
     #[error("the outbox is full: events are not reaching the workers; retry shortly")]
     OutboxFull,
     /// This node is shutting down and takes no new work; another node
@@ -57,6 +61,15 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// What a client is told when a hot-store call failed under an
+    /// actor: the store is being rebuilt, or simply unavailable.
+    pub fn store_failed(e: &crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Lost => EngineError::HotStoreRecovering,
+            _ => EngineError::StoreUnavailable,
+        }
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         EngineError::Conflict { code, message: message.into() }
     }
@@ -70,6 +83,7 @@ impl From<crate::store::StoreError> for EngineError {
                 EngineError::StoreUnavailable
             }
             crate::store::StoreError::Corrupt(m) => EngineError::Internal(m),
+            crate::store::StoreError::Lost => EngineError::HotStoreRecovering,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`workers`]: persist events, expire holds and packets, check payments, deliver webhooks.
 //! - [`pay`]: payment channels (trait, sandboxes, callback wire formats) and the payment flow.
 //! - [`reconcile`]: the ledger against itself and the channels' bills.
+//! - [`recovery`]: finding a lost or failed-over Redis and rebuilding it from the durable store.
 //! - [`engine`]: the facade the gateway calls.
 //! - [`idempotency`]: Idempotency-Key records (durable store or Redis).
 //! - [`views`]: read models shaped as the API answers, with masking.
@@ -34,6 +35,7 @@ pub mod events;
 pub mod idempotency;
 pub mod pay;
 pub mod reconcile;
+pub mod recovery;
 pub mod redis_io;
 pub mod scripts;
 pub mod store;

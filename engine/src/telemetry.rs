@@ -18,6 +18,13 @@ pub struct Metrics {
     pub worker_events: IntCounterVec,
     pub worker_failures: IntCounterVec,
     pub parked_events: IntCounter,
+    /// Redis lost or rolled back its data (issue 15), per detection.
+    pub hot_store_losses: IntCounter,
+    /// 1 while this node finds the hot store lost and not yet rebuilt.
+    pub hot_store_lost: IntGauge,
+    /// Orders or grabs a rebuild could not put back (their seats were
+    /// taken since) or that matched nothing.
+    pub hot_store_conflicts: IntCounter,
     pub outbox_lag: IntGauge,
     pub store_batch_latency: Histogram,
     pub relay_lag: Histogram,
@@ -74,6 +81,20 @@ impl Metrics {
             "parked_events_total",
             "Events the durable store refused (a constraint or invariant): parked in parked_events, the rest \
              applied; alert on any",
+        ));
+        let hot_store_losses = must(IntCounter::new(
+            "hot_store_losses_total",
+            "Times this node found Redis lost or rolled back (a partition's identity marker gone, or its \
+             replication id changed); the hot state is rebuilt from the durable store; alert on any",
+        ));
+        let hot_store_lost = must(IntGauge::new(
+            "hot_store_lost",
+            "1 while the hot store is lost and not yet rebuilt: intake answers 503 hot_store_recovering",
+        ));
+        let hot_store_conflicts = must(IntCounter::new(
+            "hot_store_rebuild_conflicts_total",
+            "Orders or grabs a rebuild could not put back into Redis (their seats were taken since the loss); \
+             alert on any",
         ));
         let outbox_lag = must(IntGauge::new(
             "outbox_lag_events",
@@ -144,6 +165,9 @@ impl Metrics {
             Box::new(worker_events.clone()),
             Box::new(worker_failures.clone()),
             Box::new(parked_events.clone()),
+            Box::new(hot_store_losses.clone()),
+            Box::new(hot_store_lost.clone()),
+            Box::new(hot_store_conflicts.clone()),
             Box::new(outbox_lag.clone()),
             Box::new(store_batch_latency.clone()),
             Box::new(relay_lag.clone()),
@@ -167,6 +191,9 @@ impl Metrics {
             worker_events,
             worker_failures,
             parked_events,
+            hot_store_losses,
+            hot_store_lost,
+            hot_store_conflicts,
             outbox_lag,
             store_batch_latency,
             relay_lag,

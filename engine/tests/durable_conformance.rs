@@ -560,3 +560,114 @@ async fn withdrawals_limits(backend: &str) {
     ));
     assert_conserved(&d).await;
 }
+
+/// An operator replays parked events: one whose cause was fixed applies
+/// and leaves the table; one still refused stays with the new reason.
+async fn parked_events_replay(backend: &str) {
+    use rush_engine::durable::Replayed;
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    let event_id = ids.next(0);
+    let (o1, e1) = held(&ids, event_id, "bob", &["A-1-1"]);
+    d.apply_events(&[e1]).await.expect("held");
+    let (o2, double) = held(&ids, event_id, "eve", &["A-1-1"]);
+    let (_, still) = held(&ids, event_id, "eve", &["A-1-1"]);
+    let (_, parked) = d.apply_or_park(&[double.clone(), still.clone()]).await.expect("parked");
+    assert_eq!(parked.len(), 2);
+    let listed = d.parked(None, 10).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].event["event"]["type"], "order_held", "the event itself, as JSON");
+    // The operator releases bob's order (say: it was the lost one).
+    let released = env(
+        &ids,
+        DomainEvent::OrderReleased {
+            order_id: o1,
+            event_id,
+            user_id: "bob".into(),
+            status: OrderStatus::Cancelled,
+            at_ms: 2_000,
+        },
+    );
+    d.apply_events(&[released]).await.expect("released");
+    assert_eq!(d.replay_parked(double.event_id).await.expect("replay"), Replayed::Applied);
+    assert_eq!(d.order(o2).await.expect("read").expect("o2 applied").status, OrderStatus::PendingPayment);
+    // The other one now collides with eve's own order: still refused.
+    match d.replay_parked(still.event_id).await.expect("replay") {
+        Replayed::StillRefused(reason) => assert!(reason.contains("two live orders"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.replay_parked(double.event_id).await.expect("again"), Replayed::NotParked);
+    let left = d.parked(None, 10).await.expect("list");
+    assert_eq!(left.iter().map(|p| p.event_id).collect::<Vec<_>>(), vec![still.event_id]);
+    // Replayed events stay applied once: a redelivery does nothing.
+    assert_eq!(d.apply_events(&[double]).await.expect("redelivered"), 0);
+}
+both!(parked_events_can_be_listed_and_replayed, parked_events_replay);
+
+/// What a lost Redis is rebuilt from: event definitions, each event's
+/// applied orders with their seats, packets with their definitions and
+/// grabs, and the epoch of the data set.
+async fn rebuild_sources(backend: &str) {
+    let (d, _f) = open(backend).await;
+    let ids = ids();
+    assert_eq!(d.hot_epoch().await.expect("epoch"), None);
+    assert_eq!(d.adopt_hot_epoch("e1").await.expect("adopt"), "e1");
+    assert_eq!(d.adopt_hot_epoch("e2").await.expect("adopt"), "e1", "the first recorded wins");
+    d.set_hot_epoch("e3").await.expect("set");
+    assert_eq!(d.hot_epoch().await.expect("epoch").as_deref(), Some("e3"));
+
+    let def = rush_engine::domain::EventDef {
+        event_id: ids.next(0),
+        name: "show".into(),
+        venue: "hall".into(),
+        starts_at: chrono::Utc::now(),
+        hold_ttl_s: 60,
+        limits: rush_engine::domain::Limits { per_order: 4, per_user: 4 },
+        categories: vec![rush_engine::domain::Category { id: "std".into(), name: "S".into(), price: Fen::new(100) }],
+        seats: vec![],
+    };
+    d.save_event(&def).await.expect("save");
+    d.save_event(&def).await.expect("saving twice is a no-op");
+    let old = rush_engine::domain::EventDef {
+        event_id: ids.next(0),
+        starts_at: chrono::Utc::now() - chrono::Duration::days(30),
+        ..def.clone()
+    };
+    d.save_event(&old).await.expect("save old");
+    let since = rush_engine::domain::now_unix_ms() - 86_400_000;
+    let listed = d.events_since(since, None).await.expect("list");
+    assert_eq!(listed.iter().map(|e| e.event_id).collect::<Vec<_>>(), vec![def.event_id], "the old show is left");
+    assert!(d.events_since(since, Some(def.event_id)).await.expect("next page").is_empty());
+
+    let (o1, e1) = held(&ids, def.event_id, "bob", &["A-1-1", "A-1-22"]);
+    let (o2, e2) = held(&ids, def.event_id, "amy", &["A-1-333"]);
+    let confirmed = env(
+        &ids,
+        DomainEvent::OrderConfirmed { order_id: o2, event_id: def.event_id, user_id: "amy".into(), at_ms: 1_500 },
+    );
+    d.apply_events(&[e1, e2, confirmed]).await.expect("orders");
+    let orders = d.applied_orders(def.event_id).await.expect("orders");
+    assert_eq!(orders.len(), 2);
+    let bob = orders.iter().find(|o| o.order_id == o1).expect("bob");
+    assert_eq!(bob.status, OrderStatus::PendingPayment);
+    let mut labels = bob.seat_labels.clone();
+    labels.sort();
+    assert_eq!(labels, vec!["A-1-1", "A-1-22"]);
+    assert_eq!(bob.attendees.len(), 1);
+    assert_eq!(orders.iter().find(|o| o.order_id == o2).expect("amy").status, OrderStatus::Paid);
+
+    let mut pk = funded_packet(&d, &ids, 1_000, 4).await;
+    pk.expires_at_ms = rush_engine::domain::now_unix_ms() + 60_000;
+    // funded_packet froze it with its own expiry; a live one for the list:
+    let live = PacketDef { packet_id: ids.next(gene_of_user("sender")), ..pk.clone() };
+    d.credit("sender", Fen::new(1_000), "t", ids.next(0)).await.expect("credit");
+    d.freeze_for_packet(&live).await.expect("freeze");
+    d.apply_events(&[grabbed(&ids, &live, "g1", 250)]).await.expect("grab");
+    let packets = d.packets_since(since, None).await.expect("packets");
+    assert_eq!(packets.len(), 1, "only the packet still live in the window");
+    assert_eq!(packets[0].def, live, "the definition with its parts");
+    assert_eq!(packets[0].grabs.len(), 1);
+    assert_eq!(packets[0].grabs[0].user_id, "g1");
+    assert!(!packets[0].expired);
+}
+both!(the_durable_store_keeps_what_a_rebuild_needs, rebuild_sources);

@@ -15,8 +15,11 @@ use rush_engine::domain::{
 };
 use rush_engine::durable::Db;
 use rush_engine::store::memory::MemoryStore;
-use rush_engine::store::{DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, SeatOp, SeatState};
+use rush_engine::store::redis::RedisStore;
+use rush_engine::store::restore::{AppliedGrab, AppliedOrder, AppliedPacket, HotRecovery};
+use rush_engine::store::{DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, SeatOp, SeatState, StoreError};
 use rush_engine::Config;
+use std::time::Duration;
 
 /// Opens a store; called again on the same fixture, it must see what the
 /// previous store committed (a restart).
@@ -84,20 +87,21 @@ fn fastrand_u64() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-impl Fixture for Redis {
-    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>> {
-        Box::pin(async move {
-            let store = rush_engine::store::redis::RedisStore::connect(
-                &self.url,
-                &self.prefix,
-                self.ids.clone(),
-                1000,
-                std::time::Duration::from_secs(2),
-            )
+impl Redis {
+    /// The store, with the data set's identity marked (as a node's first
+    /// start does): without the markers every writing script refuses.
+    async fn open_redis(&self) -> Arc<RedisStore> {
+        let store = RedisStore::connect(&self.url, &self.prefix, self.ids.clone(), 1000, Duration::from_secs(2))
             .await
             .unwrap_or_else(|e| panic!("Redis at {} is needed for this test (see .ci/run): {e}", self.url));
-            Arc::new(store) as Arc<dyn HotStore>
-        })
+        store.set_markers("conformance").await.expect("markers");
+        Arc::new(store)
+    }
+}
+
+impl Fixture for Redis {
+    fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>> {
+        Box::pin(async move { self.open_redis().await as Arc<dyn HotStore> })
     }
 
     fn ids(&self) -> Arc<IdGen> {
@@ -196,6 +200,7 @@ impl Fixture for Cluster {
                 rush_engine::store::redis::RedisStore::with_connection(conn, &self.prefix, self.ids.clone(), 1000)
                     .await
                     .expect("scripts load on the cluster");
+            store.set_markers("conformance").await.expect("markers on every master");
             Arc::new(store) as Arc<dyn HotStore>
         })
     }
@@ -708,5 +713,110 @@ async fn the_redis_store_reloads_its_scripts_after_a_script_flush() {
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("flush");
     let out = store.grab_batch(def.packet_id, &[grab(&ids, "u1", 0, 10)], 5).await.expect("grab after NOSCRIPT");
     assert_eq!(out, vec![OpOutcome::Applied]);
+    f.cleanup().await;
+}
+
+/// Deletes every key of the fixture's prefix: Redis restarted empty.
+async fn wipe(f: &Redis) {
+    f.cleanup().await;
+}
+
+fn applied_order(o: &HotOrder, info: &rush_engine::domain::EventInfo, status: OrderStatus) -> AppliedOrder {
+    AppliedOrder {
+        order_id: o.order_id,
+        user_id: o.user_id.clone(),
+        status,
+        amount: o.amount,
+        created_at_ms: o.created_at_ms,
+        expires_at_ms: o.expires_at_ms,
+        seat_labels: o.seats.iter().map(|s| info.map.seat(*s).label()).collect(),
+        attendees: vec![],
+    }
+}
+
+/// Issue 15: a Redis that lost its data writes nothing (every script checks
+/// its partition's marker), and a restore merges the durable store's
+/// orders and grabs back: exactly what was applied, nothing sold twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_redis_refuses_writes_and_a_restore_puts_back_what_was_applied() {
+    let f = Redis::new();
+    let store = f.open_redis().await;
+    let ids = f.ids();
+    let def = event_def(&ids, 5);
+    let info = rush_engine::domain::EventInfo::build(def.clone(), 1000).expect("info");
+    store.create_event(&def).await.expect("event");
+    let e = def.event_id;
+    let a = hold(&ids, e, "a", vec![0, 1], FAR);
+    let b = hold(&ids, e, "b", vec![2], FAR);
+    let out = store.apply_seats(e, &[SeatOp::Hold(a.clone()), SeatOp::Hold(b.clone())], 5).await.expect("holds");
+    assert_eq!(out, vec![OpOutcome::Applied; 2]);
+    store.apply_seats(e, &[SeatOp::Confirm { order_id: b.order_id }], 6).await.expect("confirm");
+    let pk = packet_def(&ids, &[10, 20, 30], FAR);
+    store.create_packet(&pk).await.expect("packet");
+    let g1 = grab(&ids, "u1", 0, 10);
+    assert_eq!(
+        store.grab_batch(pk.packet_id, std::slice::from_ref(&g1), 7).await.expect("grab"),
+        vec![OpOutcome::Applied]
+    );
+
+    wipe(&f).await;
+    let c = hold(&ids, e, "c", vec![4], FAR);
+    assert!(matches!(store.apply_seats(e, &[SeatOp::Hold(c.clone())], 8).await, Err(StoreError::Lost)));
+    assert!(matches!(store.load_event(e).await, Err(StoreError::Lost)), "a reload says lost, not 'no such event'");
+    assert!(matches!(store.create_event(&event_def(&ids, 2)).await, Err(StoreError::Lost)));
+    assert!(matches!(store.grab_batch(pk.packet_id, &[grab(&ids, "u9", 1, 20)], 9).await, Err(StoreError::Lost)));
+
+    // What the durable store had applied: a pending, b paid, and d (held
+    // on seat 3 and lost by Redis before it was read back).
+    let d = hold(&ids, e, "d", vec![3], 1_000);
+    let applied = vec![
+        applied_order(&a, &info, OrderStatus::PendingPayment),
+        applied_order(&b, &info, OrderStatus::Paid),
+        applied_order(&d, &info, OrderStatus::PendingPayment),
+    ];
+    let now = rush_engine::domain::now_unix_ms();
+    let r = store.restore_event(&def, &applied, now).await.expect("restore");
+    assert_eq!((r.restored, r.conflicts.len()), (3, 0), "{r:?}");
+    let g = |g: &Grab| AppliedGrab { grab_id: g.grab_id, user_id: g.user_id.clone(), amount: g.amount, at_ms: g.at_ms };
+    let u2 = grab(&ids, "u2", 1, 30);
+    let p = AppliedPacket { def: pk.clone(), expired: false, grabs: vec![g(&g1), g(&u2)] };
+    assert_eq!(store.restore_packet(&p, now).await.expect("restore packet").restored, 2);
+    store.set_markers("rebuilt").await.expect("markers");
+
+    let snap = store.load_event(e).await.expect("load").expect("event is back");
+    assert_eq!(snap.seats[0], SeatState::Held(a.order_id));
+    assert_eq!(snap.seats[2], SeatState::Sold(b.order_id));
+    assert_eq!(snap.seats[3], SeatState::Held(d.order_id));
+    assert_eq!(snap.seats[4], SeatState::Available);
+    assert!(snap.version >= now, "the version jumps past any an actor remembers");
+    // The per-user counts came back with the orders.
+    let client = redis::Client::open(f.url.as_str()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let users: std::collections::HashMap<String, u32> = redis::cmd("HGETALL")
+        .arg(format!("{}:{{p{}}}:ev:{e}:users", f.prefix, e.partition()))
+        .query_async(&mut conn)
+        .await
+        .expect("users");
+    assert_eq!(users, [("a".to_string(), 2), ("b".to_string(), 1), ("d".to_string(), 1)].into_iter().collect());
+    let taken = hold(&ids, e, "x", vec![3], FAR);
+    let free = hold(&ids, e, "a", vec![4], FAR);
+    let out = store
+        .apply_seats(e, &[SeatOp::Hold(taken), SeatOp::Hold(free.clone())], 10)
+        .await
+        .expect("holds after the restore");
+    assert_eq!(out, vec![OpOutcome::Rejected, OpOutcome::Applied]);
+    assert_eq!(store.order(d.order_id).await.expect("order").map(|(o, _)| o.order_id), Some(d.order_id));
+    // Due entries came back: the restored holds expire through the sweeper.
+    let due = store.claim_due(2_000, 100, 1_000).await.expect("due");
+    assert!(due.contains(&DueItem::Hold { event_id: e, order_id: d.order_id }), "{due:?}");
+
+    let snap = store.load_packet(pk.packet_id).await.expect("load").expect("packet is back");
+    assert_eq!(snap.grabs.len(), 2);
+    assert_eq!(snap.remaining(), Fen::new(20));
+    let again = store.grab_batch(pk.packet_id, &[grab(&ids, "u1", 2, 20)], 11).await.expect("grab");
+    assert_eq!(again, vec![OpOutcome::Rejected], "u1 grabbed before the loss");
+    let last = store.grab_batch(pk.packet_id, &[grab(&ids, "u3", 2, 20)], 11).await.expect("grab");
+    assert_eq!(last, vec![OpOutcome::Applied], "the one part left");
+    assert_eq!(store.load_packet(pk.packet_id).await.expect("load").expect("p").status, PacketStatus::Empty);
     f.cleanup().await;
 }

@@ -108,6 +108,7 @@ impl From<EngineError> for ApiError {
             EngineError::InsufficientFunds => ApiError::new(S::UNPROCESSABLE_ENTITY, "insufficient_funds", message),
             EngineError::Overloaded(_) => ApiError::retry_later("overloaded", message),
             EngineError::StoreUnavailable => ApiError::retry_later("store_unavailable", message),
+            EngineError::HotStoreRecovering => ApiError::retry_later("hot_store_recovering", message),
             EngineError::OutboxFull => ApiError::retry_later("outbox_full", message),
             EngineError::ShuttingDown => ApiError::shutting_down(),
             EngineError::ChannelUnavailable(_) => ApiError::retry_later("channel_unavailable", message),

@@ -27,6 +27,10 @@ enum Command {
         /// secrets) as JSON, and exit: 0 if valid, 1 with the reason if not.
         #[arg(long)]
         check_config: bool,
+        /// With --check-config: the settings only, without connecting to
+        /// Redis to check that it keeps `redis.durability`'s promise.
+        #[arg(long, requires = "check_config")]
+        offline: bool,
     },
     /// Full mode: apply the Kafka topics to the durable store (Postgres).
     Worker,
@@ -44,13 +48,31 @@ enum Command {
         #[arg(long = "date")]
         dates: Vec<chrono::NaiveDate>,
     },
+    /// List the events the durable store refused (parked, JSON), or apply
+    /// them again after fixing what they broke on.
+    Parked {
+        /// Event ids to replay; each is applied and unparked, or stays
+        /// parked with the new reason.
+        #[arg(long)]
+        replay: Vec<String>,
+        /// Replay every parked event.
+        #[arg(long, conflicts_with = "replay")]
+        all: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref())?;
-    if let Command::Serve { check_config: true } = cli.command {
-        println!("{}", cfg.summary());
+    if let Command::Serve { check_config: true, offline } = cli.command {
+        let mut summary = cfg.summary();
+        if !offline {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if let Some(how) = rt.block_on(rush_engine::engine::check_redis_durability(&cfg))? {
+                summary["redis_durability_check"] = how.into();
+            }
+        }
+        println!("{summary}");
         return Ok(());
     }
     let role = match cli.command {
@@ -59,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Command::Relay => "relay",
         Command::Migrate => "migrate",
         Command::Reconcile { .. } => "reconcile",
+        Command::Parked { .. } => "parked",
     };
     // Declared before the runtime, so dropped (traces flushed) after it.
     let _telemetry = rush_gateway::telemetry::init(&cfg, role)?;
@@ -69,15 +92,13 @@ fn main() -> anyhow::Result<()> {
             Command::Worker => worker(cfg).await,
             Command::Relay => relay(cfg).await,
             Command::Reconcile { dates } => reconcile(cfg, dates).await,
+            Command::Parked { replay, all } => parked(cfg, replay, all).await,
             Command::Migrate => {
-                use rush_engine::durable::{pool::redact_url, Db, Pools};
+                use rush_engine::durable::{pool::redact_url, Db};
+                durable_pools(&cfg).await?;
                 match &cfg.postgres.url {
-                    Some(url) => {
-                        Pools::postgres(url, &cfg.postgres).await?;
-                        println!("migrated {}", redact_url(url));
-                    }
+                    Some(url) => println!("migrated {}", redact_url(url)),
                     None => {
-                        Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?;
                         Db::open(&cfg.data_dir, &cfg.sqlite).await?;
                         println!("migrated {}", cfg.data_dir.display());
                     }
@@ -147,12 +168,63 @@ async fn relay(cfg: Config) -> anyhow::Result<()> {
     run_until_terminated(&cfg, metrics, banner, |stop| relay.run(stop)).await
 }
 
+async fn durable_pools(cfg: &Config) -> anyhow::Result<rush_engine::durable::Pools> {
+    Ok(rush_engine::durable::Pools::of_config(cfg).await?)
+}
+
+/// Parked events read (and replayed) per page.
+const PARKED_PAGE: u32 = 500;
+
+async fn parked(cfg: Config, replay: Vec<String>, all: bool) -> anyhow::Result<()> {
+    use rush_engine::domain::Id;
+    let durable = rush_engine::durable::Durable::new(durable_pools(&cfg).await?);
+    let mut ids: Vec<Id> = replay
+        .iter()
+        .map(|r| r.parse::<Id>().map_err(|e| anyhow::anyhow!("event id {r}: {e}")))
+        .collect::<Result<_, _>>()?;
+    if !all && ids.is_empty() {
+        let (mut listed, mut after) = (Vec::new(), None);
+        loop {
+            let page = durable.parked(after, PARKED_PAGE).await?;
+            after = page.last().map(|p| p.event_id);
+            let done = page.len() < PARKED_PAGE as usize;
+            listed.extend(page);
+            if done {
+                break;
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "parked": listed }))?);
+        return Ok(());
+    }
+    if all {
+        let mut after = None;
+        loop {
+            let page = durable.parked(after, PARKED_PAGE).await?;
+            after = page.last().map(|p| p.event_id);
+            let done = page.len() < PARKED_PAGE as usize;
+            ids.extend(page.into_iter().map(|p| p.event_id));
+            if done {
+                break;
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(ids.len());
+    let mut refused = false;
+    for id in ids {
+        let outcome = durable.replay_parked(id).await?;
+        refused |= outcome != rush_engine::durable::Replayed::Applied;
+        results.push(serde_json::json!({ "event_id": id, "result": outcome }));
+    }
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "replayed": results }))?);
+    if refused {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 async fn reconcile(cfg: Config, dates: Vec<chrono::NaiveDate>) -> anyhow::Result<()> {
-    use rush_engine::durable::{Durable, Pools};
-    let pools = match &cfg.postgres.url {
-        Some(url) => Pools::postgres(url, &cfg.postgres).await?,
-        None => Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await?,
-    };
+    use rush_engine::durable::Durable;
+    let pools = durable_pools(&cfg).await?;
     let offset = cfg.wallet.day_offset_min;
     let days: Vec<i64> = if dates.is_empty() {
         let today = rush_engine::pay::day_of(rush_engine::domain::now_unix_ms(), offset);

@@ -530,11 +530,11 @@ async fn decide_and_commit(
             Err(e) => {
                 tracing::warn!(%event_id, error = %e, "seat batch failed");
                 for p in pending {
-                    let _ = p.reply.send(Err(EngineError::StoreUnavailable));
+                    let _ = p.reply.send(Err(EngineError::store_failed(&e)));
                 }
                 // Without the store's word, even a refusal may be stale.
                 for (_, reply, _) in refused {
-                    let _ = reply.send(Err(EngineError::StoreUnavailable));
+                    let _ = reply.send(Err(EngineError::store_failed(&e)));
                 }
             }
         }

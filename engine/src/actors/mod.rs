@@ -108,6 +108,14 @@ impl Actors {
         self.packets.clear();
     }
 
+    /// Forgets every actor (after the hot store was rebuilt: their memory
+    /// predates it). Each ends once the messages already sent to it are
+    /// answered; the next message starts a new one from the store.
+    pub fn reset(&self) {
+        self.events.clear();
+        self.packets.clear();
+    }
+
     /// Waits until every actor task has ended; false if `timeout` passed first.
     pub async fn drained(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

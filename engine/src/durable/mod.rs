@@ -7,6 +7,7 @@ pub mod db;
 pub mod idempotency;
 pub mod payments;
 pub mod pool;
+pub mod rebuild;
 pub mod wallet;
 pub mod webhooks;
 pub mod writer;
@@ -502,6 +503,43 @@ impl Durable {
             .collect()
     }
 
+    /// Parked events in full, oldest first, after `after` (an event id).
+    pub async fn parked(&self, after: Option<Id>, limit: u32) -> Result<Vec<ParkedEvent>, DurableError> {
+        let rows = sqlx::query(
+            "SELECT event_id, body, reason, parked_at_ms FROM parked_events WHERE event_id > $1 \
+             ORDER BY event_id LIMIT $2",
+        )
+        .bind(after.map(|a| a.raw()).unwrap_or(i64::MIN))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id = Id::from_raw(r.try_get("event_id")?).map_err(|e| DurableError::Invariant(e.to_string()))?;
+                let body: String = r.try_get("body")?;
+                Ok(ParkedEvent {
+                    event_id: id,
+                    event: serde_json::from_str::<serde_json::Value>(&body).unwrap_or(serde_json::Value::String(body)),
+                    reason: r.try_get("reason")?,
+                    parked_at_ms: ms(r.try_get("parked_at_ms")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Applies a parked event again (after an operator fixed what it
+    /// broke on): applied and unparked in one transaction, or left parked
+    /// with the new reason.
+    pub async fn replay_parked(&self, event_id: Id) -> Result<Replayed, DurableError> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM parked_events WHERE event_id = $1")
+            .bind(event_id.raw())
+            .fetch_optional(&self.db.read)
+            .await?;
+        let Some(body) = body else { return Ok(Replayed::NotParked) };
+        let env: Envelope = serde_json::from_str(&body).map_err(|e| DurableError::Invariant(e.to_string()))?;
+        self.db.writer.run(move |c| Box::pin(async move { replay_parked(c, &env).await })).await
+    }
+
     /// Applies a batch; a batch the store refuses for what it holds (not
     /// for being unreachable) is split in halves until the offending
     /// events are alone, which are parked. Returns (applied, parked); a
@@ -706,7 +744,7 @@ async fn freeze_for_packet(conn: &mut AnyConnection, def: &PacketDef) -> Result<
     .await?;
     sqlx::query(
         "INSERT INTO packets (packet_id, sender, kind, total, count, greeting, status, \
-         created_at_ms, expires_at_ms, refunded) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, 0)",
+         created_at_ms, expires_at_ms, refunded, def) VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, 0, $9)",
     )
     .bind(def.packet_id.raw())
     .bind(&def.sender)
@@ -719,6 +757,7 @@ async fn freeze_for_packet(conn: &mut AnyConnection, def: &PacketDef) -> Result<
     .bind(&def.greeting)
     .bind(ms_i(def.created_at_ms))
     .bind(ms_i(def.expires_at_ms))
+    .bind(serde_json::to_string(def).map_err(|e| DurableError::Invariant(e.to_string()))?)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -804,6 +843,53 @@ async fn park_event(conn: &mut AnyConnection, env: &Envelope, reason: &str) -> R
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+async fn replay_parked(conn: &mut AnyConnection, env: &Envelope) -> Result<Replayed, DurableError> {
+    let id = env.event_id.raw();
+    let mut tx = conn.begin().await?;
+    sqlx::query("DELETE FROM processed_events WHERE event_id = $1").bind(id).execute(&mut *tx).await?;
+    let gone = sqlx::query("DELETE FROM parked_events WHERE event_id = $1").bind(id).execute(&mut *tx).await?;
+    if gone.rows_affected() == 0 {
+        return Ok(Replayed::NotParked);
+    }
+    // A savepoint inside the transaction: a refusal undoes only the replay.
+    match apply_events(&mut tx, std::slice::from_ref(env)).await {
+        Ok(_) => {
+            tx.commit().await?;
+            Ok(Replayed::Applied)
+        }
+        Err(e) if e.is_transient() => Err(e),
+        Err(e) => {
+            tx.rollback().await?;
+            let reason = e.to_string();
+            sqlx::query("UPDATE parked_events SET reason = $1, parked_at_ms = $2 WHERE event_id = $3")
+                .bind(&reason)
+                .bind(ms_i(crate::domain::now_unix_ms()))
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(Replayed::StillRefused(reason))
+        }
+    }
+}
+
+/// A parked event as an operator sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParkedEvent {
+    pub event_id: Id,
+    pub event: serde_json::Value,
+    pub reason: String,
+    pub parked_at_ms: u64,
+}
+
+/// What replaying a parked event did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
+pub enum Replayed {
+    Applied,
+    StillRefused(String),
+    NotParked,
 }
 
 async fn apply_events(conn: &mut AnyConnection, batch: &[Envelope]) -> Result<usize, DurableError> {

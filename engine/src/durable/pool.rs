@@ -105,6 +105,15 @@ async fn any_pool(
 }
 
 impl Pools {
+    /// The configured durable store: Postgres when `postgres.url` is set,
+    /// else `rush.db` in `data_dir`; migrated.
+    pub async fn of_config(cfg: &crate::config::Config) -> Result<Pools, DbOpenError> {
+        match &cfg.postgres.url {
+            Some(url) => Pools::postgres(url, &cfg.postgres).await,
+            None => Pools::sqlite(&cfg.data_dir, &cfg.sqlite).await,
+        }
+    }
+
     /// `rush.db` in `dir`, created and migrated if need be.
     pub async fn sqlite(dir: &Path, cfg: &SqliteConfig) -> Result<Pools, DbOpenError> {
         sqlx::any::install_default_drivers();

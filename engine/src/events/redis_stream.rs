@@ -47,6 +47,10 @@ fn unavailable(e: redis::RedisError) -> LogError {
     LogError::Unavailable(e.to_string())
 }
 
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -97,6 +101,21 @@ where
         Ok(())
     }
 
+    /// A failed read or acknowledgement. `NOGROUP`: Redis lost the group
+    /// (it restarted empty, or failed over to a replica without it): it is
+    /// forgotten here so the next poll creates it again from the start of
+    /// each stream (`XGROUP CREATE … 0 MKSTREAM`), where everything not yet
+    /// applied is; never a silent stall.
+    fn failed(&self, group: &str, e: redis::RedisError) -> LogError {
+        if is_nogroup(&e) {
+            tracing::warn!(group, "the outbox's consumer group is gone (Redis lost its data): creating it again");
+            lock(&self.ready).remove(group);
+            lock(&self.recovered).remove(group);
+            lock(&self.pending).retain(|_, (g, _, _)| g != group);
+        }
+        unavailable(e)
+    }
+
     async fn read(&self, group: &str, max: usize) -> Result<Vec<Envelope>, LogError> {
         let recovering = !lock(&self.recovered).contains(group);
         // "0": this consumer's delivered-but-uncommitted entries; ">": new ones.
@@ -115,8 +134,10 @@ where
                 cmd
             })
             .collect();
-        let replies: Vec<Option<StreamReadReply>> =
-            crate::redis_io::concurrently(&self.conn, cmds).await.map_err(unavailable)?;
+        let replies: Vec<Option<StreamReadReply>> = match crate::redis_io::concurrently(&self.conn, cmds).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.failed(group, e)),
+        };
         let mut out = Vec::new();
         let mut now_hot = HashSet::new();
         let mut pending = lock(&self.pending);
@@ -192,7 +213,15 @@ where
             });
         }
         while let Some(joined) = set.join_next().await {
-            joined.map_err(|e| LogError::Unavailable(e.to_string()))?.map_err(unavailable)?;
+            match joined.map_err(|e| LogError::Unavailable(e.to_string()))? {
+                Ok(()) => {}
+                // The group went with Redis's data: so did these entries,
+                // whose effects are durable already. Nothing to acknowledge.
+                Err(e) if is_nogroup(&e) => {
+                    self.failed(consumer, e);
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
         }
         Ok(())
     }

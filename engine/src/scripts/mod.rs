@@ -22,6 +22,9 @@ pub struct Scripts {
     pub claim_due: Script,
     pub idempotency: Script,
     pub lease_node: Script,
+    pub create_event: Script,
+    pub restore_event: Script,
+    pub restore_packet: Script,
 }
 
 impl Default for Scripts {
@@ -44,6 +47,9 @@ impl Scripts {
             claim_due: Script::new(include_str!("../../../lua/claim_due.lua")),
             idempotency: Script::new(include_str!("../../../lua/idempotency.lua")),
             lease_node: Script::new(include_str!("../../../lua/lease_node.lua")),
+            create_event: Script::new(include_str!("../../../lua/create_event.lua")),
+            restore_event: Script::new(include_str!("../../../lua/restore_event.lua")),
+            restore_packet: Script::new(include_str!("../../../lua/restore_packet.lua")),
         }
     }
 
@@ -57,6 +63,9 @@ impl Scripts {
             &self.grab,
             &self.expire_packet,
             &self.grab_direct,
+            &self.create_event,
+            &self.restore_event,
+            &self.restore_packet,
         ] {
             s.load_async(conn).await.map_err(|e| StoreError::Unavailable(format!("loading a script: {e}")))?;
         }

@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod memory;
 pub mod redis;
+pub mod restore;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("hot store data is corrupt: {0}")]
     Corrupt(String),
+    /// Redis lost (or rolled back) its data: the partition's identity
+    /// marker is gone, and the script wrote nothing. Recovery rebuilds it.
+    #[error("the hot store lost its data and is being rebuilt")]
+    Lost,
 }
 
 /// The state of one seat.

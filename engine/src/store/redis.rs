@@ -27,6 +27,7 @@ use redis::AsyncCommands;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::restore::{self, AppliedOrder, AppliedPacket, HotRecovery, Markers, Restored};
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
     SeatOp, SeatState, SeatsApplied, StoreError, Voided,
@@ -51,10 +52,29 @@ pub struct RedisStore<C = ConnectionManager> {
     packets: DashMap<Id, Arc<PacketDef>>,
     /// Woken after every script that appended to an outbox.
     appended: Arc<Notify>,
+    /// `replicas` durability: every write waits for its replicas.
+    replication: Option<Replication>,
+    /// A Redis Cluster (no single replication id to watch).
+    cluster: bool,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
+    if e.code() == Some(LOST_CODE) {
+        return StoreError::Lost;
+    }
     StoreError::Unavailable(e.to_string())
+}
+
+/// The error code a writing script answers when its partition's marker is
+/// gone (`lua/*.lua`: `RUSHLOST`).
+const LOST_CODE: &str = "RUSHLOST";
+
+/// After every write, in `replicas` durability: how many replicas must
+/// have it, and how long to wait for them (`WAIT n timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replication {
+    pub replicas: u32,
+    pub timeout_ms: u64,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -110,7 +130,9 @@ impl RedisStore<ClusterConnection> {
             .build()
             .map_err(|e| StoreError::Unavailable(format!("redis cluster url: {e}")))?;
         let conn = client.get_async_connection().await.map_err(unavailable)?;
-        Self::with_connection(conn, prefix, ids, seats_max).await
+        let mut store = Self::with_connection(conn, prefix, ids, seats_max).await?;
+        store.cluster = true;
+        Ok(store)
     }
 }
 
@@ -136,7 +158,100 @@ where
             events: DashMap::new(),
             packets: DashMap::new(),
             appended: Arc::new(Notify::new()),
+            replication: None,
+            cluster: false,
         })
+    }
+
+    /// `replicas` durability: from now on every write is followed by
+    /// `WAIT replicas timeout`, and one that too few replicas acknowledged
+    /// in time answers an error, not an acknowledgement. One server only
+    /// (`WAIT` covers the writes of its own connection, which every call
+    /// shares here).
+    pub fn with_replication(mut self, replication: Option<Replication>) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// Runs a writing script with its partition's marker as its last key
+    /// (the script refuses to write without it: `StoreError::Lost`), then,
+    /// with `replicas` durability, waits until the replicas have the write.
+    async fn run_write<T: redis::FromRedisValue>(
+        &self,
+        mut inv: redis::ScriptInvocation<'_>,
+        partition: u16,
+    ) -> Result<T, StoreError> {
+        inv.key(self.part(partition, "marker"));
+        let mut conn = self.conn.clone();
+        let reply = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        self.replicated(&mut conn).await?;
+        Ok(reply)
+    }
+
+    async fn replicated(&self, conn: &mut C) -> Result<(), StoreError> {
+        let Some(r) = self.replication else { return Ok(()) };
+        let acked: u32 =
+            redis::cmd("WAIT").arg(r.replicas).arg(r.timeout_ms).query_async(conn).await.map_err(unavailable)?;
+        if acked < r.replicas {
+            return Err(StoreError::Unavailable(format!(
+                "a write reached {acked} of the {} replicas durability requires within {} ms: not acknowledged",
+                r.replicas, r.timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this Redis keeps the promise `durability` makes: `fsync`
+    /// needs `appendonly yes` and `appendfsync always` on every primary,
+    /// `replicas` needs that many connected replicas. The reason when not.
+    pub async fn check_durability(
+        &self,
+        durability: crate::config::Durability,
+        replicas: u32,
+    ) -> Result<String, String> {
+        use crate::config::Durability;
+        let mut conn = self.conn.clone();
+        match durability {
+            Durability::None => Ok("none: a lost or failed-over Redis loses what it had not handed on".into()),
+            Durability::Fsync => {
+                let get = |name: &'static str| redis::cmd("CONFIG").arg("GET").arg(name).clone();
+                let aof: HashMap<String, String> = get("appendonly")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| format!("CONFIG GET appendonly: {e}"))?;
+                let fsync: HashMap<String, String> = get("appendfsync")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| format!("CONFIG GET appendfsync: {e}"))?;
+                let (aof, fsync) = (
+                    aof.get("appendonly").cloned().unwrap_or_default(),
+                    fsync.get("appendfsync").cloned().unwrap_or_default(),
+                );
+                if aof != "yes" || fsync != "always" {
+                    return Err(format!(
+                        "redis.durability = \"fsync\" needs appendonly yes and appendfsync always; this Redis has appendonly {aof}, appendfsync {fsync}"
+                    ));
+                }
+                Ok("fsync: every write is on disk before it is acknowledged".into())
+            }
+            Durability::Replicas => {
+                if self.cluster {
+                    return Err("redis.durability = \"replicas\" is not supported on Redis Cluster yet (WAIT would have to follow each slot's primary): use fsync".into());
+                }
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| format!("INFO replication: {e}"))?;
+                let connected = info_field(&info, "connected_slaves").and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+                if connected < replicas {
+                    return Err(format!(
+                        "redis.durability = \"replicas\" needs {replicas} connected replica(s); this Redis has {connected}"
+                    ));
+                }
+                Ok(format!("replicas: every write is on {replicas} replica(s) before it is acknowledged ({connected} connected)"))
+            }
+        }
     }
 
     /// Takes this node's id for `lease_ms`, waiting up to `wait` for a
@@ -234,7 +349,7 @@ where
             return Ok(Some(i.clone()));
         }
         let def: Option<String> = self.conn.clone().get(self.ev(event_id, "def")).await.map_err(unavailable)?;
-        let Some(def) = def else { return Ok(None) };
+        let Some(def) = def else { return self.absent(event_id.partition()).await };
         let def: EventDef = serde_json::from_str(&def).map_err(corrupt)?;
         let info = EventInfo::build(def, self.seats_max).map_err(corrupt)?;
         self.events.insert(event_id, info.clone());
@@ -246,10 +361,24 @@ where
             return Ok(Some(d.clone()));
         }
         let def: Option<String> = self.conn.clone().get(self.pk(packet_id, "def")).await.map_err(unavailable)?;
-        let Some(def) = def.filter(|d| d != VOID_PACKET) else { return Ok(None) };
+        let Some(def) = def else { return self.absent(packet_id.partition()).await };
+        if def == VOID_PACKET {
+            return Ok(None);
+        }
         let def: Arc<PacketDef> = Arc::new(serde_json::from_str(&def).map_err(corrupt)?);
         self.packets.insert(packet_id, def.clone());
         Ok(Some(def))
+    }
+
+    /// Something asked for is not in Redis: `Ok(None)`, unless its
+    /// partition lost its marker (then Redis lost it: `StoreError::Lost`).
+    async fn absent<T>(&self, partition: u16) -> Result<Option<T>, StoreError> {
+        let marked: bool = self.conn.clone().exists(self.part(partition, "marker")).await.map_err(unavailable)?;
+        if marked {
+            Ok(None)
+        } else {
+            Err(StoreError::Lost)
+        }
     }
 
     async fn holds(
@@ -259,7 +388,6 @@ where
         group: &[SeatOp],
     ) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
         let e = info.def.event_id;
-        let mut conn = self.conn.clone();
         // The order index first: alone it asserts nothing. Each order's key
         // is in its own slot, so one command each.
         let index = group
@@ -302,7 +430,7 @@ where
                 .arg(env)
                 .arg(&o.user_id);
         }
-        self.versioned(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
+        self.versioned(self.run_write(inv, e.partition()).await?, group.len())
     }
 
     fn versioned(&self, reply: Vec<i64>, ops: usize) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
@@ -382,8 +510,13 @@ where
             };
             inv.arg(id.to_string()).arg(self.envelope(event)?);
         }
-        self.versioned(inv.invoke_async(&mut conn).await.map_err(unavailable)?, group.len())
+        self.versioned(self.run_write(inv, e.partition()).await?, group.len())
     }
+}
+
+/// A field of an `INFO` reply (`name:value` lines).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
 }
 
 fn seat_state(v: &str) -> Result<SeatState, StoreError> {
@@ -405,16 +538,9 @@ where
         let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
         let body = serde_json::to_string(def).map_err(corrupt)?;
         let e = def.event_id;
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .set_nx(self.ev(e, "def"), body)
-            .ignore()
-            .set_nx(self.ev(e, "n"), info.map.len())
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let mut inv = self.scripts.create_event.prepare_invoke();
+        inv.key(self.ev(e, "def")).key(self.ev(e, "n")).arg(body).arg(info.map.len());
+        let _: i64 = self.run_write(inv, e.partition()).await?;
         self.events.insert(e, info);
         Ok(())
     }
@@ -422,8 +548,8 @@ where
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError> {
         let Some(info) = self.info(event_id).await? else { return Ok(None) };
         let mut conn = self.conn.clone();
-        type Snapshot = (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>, Option<u64>);
-        let (seats, holds, paid, version): Snapshot =
+        type Snapshot = (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>, Option<u64>, bool);
+        let (seats, holds, paid, version, marked): Snapshot =
             // MULTI: one consistent snapshot, no other client's write between.
             redis::pipe()
                 .atomic()
@@ -431,9 +557,14 @@ where
                 .hgetall(self.ev(event_id, "holds"))
                 .hgetall(self.ev(event_id, "paid"))
                 .get(self.ev(event_id, "ver"))
+                .exists(self.part(event_id.partition(), "marker"))
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
+        if !marked {
+            // The definition is cached here, but Redis lost the state.
+            return Err(StoreError::Lost);
+        }
         let mut states = vec![SeatState::Available; info.map.len()];
         for (k, v) in seats {
             let idx: usize = k.parse().map_err(corrupt)?;
@@ -511,7 +642,7 @@ where
     async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError> {
         let mut conn = self.conn.clone();
         let event: Option<String> = conn.get(self.ord(order_id)).await.map_err(unavailable)?;
-        let Some(event) = event else { return Ok(None) };
+        let Some(event) = event else { return self.absent(order_id.partition()).await };
         let e: Id = event.parse().map_err(corrupt)?;
         let (held, paid): (Option<String>, Option<String>) = redis::pipe()
             .atomic()
@@ -552,7 +683,7 @@ where
         for part in &def.parts {
             inv.arg(part.get());
         }
-        let reply: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let reply: i64 = self.run_write(inv, p.partition()).await?;
         match scripts::created(reply)? {
             scripts::Created::Created => {
                 self.packets.insert(p, Arc::new(def.clone()));
@@ -594,7 +725,11 @@ where
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let status = status.as_deref().and_then(PacketStatus::parse).ok_or_else(|| corrupt("packet status"))?;
+        let Some(status) = status.as_deref().and_then(PacketStatus::parse) else {
+            // Known here (its definition is cached) but gone from Redis.
+            self.absent::<()>(packet_id.partition()).await?;
+            return Err(corrupt("packet status"));
+        };
         let mut grabs = grabs
             .into_values()
             .map(|b| serde_json::from_str::<Grab>(&b))
@@ -615,7 +750,10 @@ where
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        let status = status.as_deref().and_then(PacketStatus::parse).ok_or_else(|| corrupt("packet status"))?;
+        let Some(status) = status.as_deref().and_then(PacketStatus::parse) else {
+            self.absent::<()>(packet_id.partition()).await?;
+            return Err(corrupt("packet status"));
+        };
         Ok(Some((next.unwrap_or(0), status)))
     }
 
@@ -645,10 +783,7 @@ where
                 .arg(serde_json::to_string(g).map_err(corrupt)?)
                 .arg(env);
         }
-        Ok(self.appended_if(scripts::outcomes(
-            inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?,
-            grabs.len(),
-        )?))
+        Ok(self.appended_if(scripts::outcomes(self.run_write(inv, packet_id.partition()).await?, grabs.len())?))
     }
 
     async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError> {
@@ -667,7 +802,7 @@ where
             .arg(now_ms)
             .arg(packet_id.to_string())
             .arg(env);
-        let remaining = scripts::expired(inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?)?;
+        let remaining = scripts::expired(self.run_write(inv, packet_id.partition()).await?)?;
         if remaining.is_some() {
             self.appended.notify_one();
         }
@@ -699,7 +834,7 @@ where
             .arg(user_id)
             .arg(grab_id.to_string())
             .arg(env);
-        let reply: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let reply: Vec<i64> = self.run_write(inv, packet_id.partition()).await?;
         let verdict = scripts::direct_grab(&reply, grab_id, user_id, now_ms)?;
         if matches!(verdict, DirectGrab::Granted(_)) {
             self.appended.notify_one();
@@ -849,3 +984,187 @@ where
         self.lease_ms
     }
 }
+
+#[async_trait]
+impl<C> HotRecovery for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn markers(&self) -> Result<Markers, StoreError> {
+        let cmds = (0..PARTITION_COUNT).map(|p| redis::Cmd::get(self.part(p, "marker"))).collect();
+        let found: Vec<Option<String>> = crate::redis_io::concurrently(&self.conn, cmds).await.map_err(unavailable)?;
+        let missing = found.iter().filter(|m| m.is_none()).count();
+        let epochs: std::collections::HashSet<&String> = found.iter().flatten().collect();
+        Ok(match (missing, epochs.len()) {
+            (0, 1) => Markers::Intact(epochs.into_iter().next().cloned().unwrap_or_default()),
+            (m, 0) if m == found.len() => Markers::None,
+            (missing, epochs) => Markers::Broken { missing, epochs },
+        })
+    }
+
+    async fn set_markers(&self, epoch: &str) -> Result<(), StoreError> {
+        let cmds = (0..PARTITION_COUNT).map(|p| redis::Cmd::set(self.part(p, "marker"), epoch)).collect();
+        crate::redis_io::concurrently::<_, ()>(&self.conn, cmds).await.map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        self.replicated(&mut conn).await
+    }
+
+    async fn clear_markers(&self) -> Result<(), StoreError> {
+        let cmds = (0..PARTITION_COUNT).map(|p| redis::Cmd::del(self.part(p, "marker"))).collect();
+        crate::redis_io::concurrently::<_, ()>(&self.conn, cmds).await.map(|_| ()).map_err(unavailable)
+    }
+
+    async fn replication_id(&self) -> Result<Option<String>, StoreError> {
+        if self.cluster {
+            return Ok(None);
+        }
+        let info: String =
+            redis::cmd("INFO").arg("replication").query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        Ok(info_field(&info, "master_replid").map(str::to_string))
+    }
+
+    async fn recorded_replication_id(&self) -> Result<Option<String>, StoreError> {
+        self.conn.clone().get(format!("{}:replid", self.prefix)).await.map_err(unavailable)
+    }
+
+    async fn record_replication_id(&self, id: &str) -> Result<(), StoreError> {
+        self.conn.clone().set(format!("{}:replid", self.prefix), id).await.map_err(unavailable)
+    }
+
+    async fn rebuild_lease(&self, token: &str, lease_ms: u64) -> Result<bool, StoreError> {
+        self.lease("rebuild", token, lease_ms).take().await.map_err(unavailable)
+    }
+
+    async fn restore_event(
+        &self,
+        def: &EventDef,
+        applied: &[AppliedOrder],
+        now_ms: u64,
+    ) -> Result<Restored, StoreError> {
+        let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
+        let e = def.event_id;
+        let parse = |m: HashMap<String, String>| {
+            m.into_values()
+                .map(|b| serde_json::from_str::<HotOrder>(&b).map(|o| (o.order_id, o)))
+                .collect::<Result<HashMap<_, _>, _>>()
+                .map_err(corrupt)
+        };
+        for _ in 0..RESTORE_TRIES_MAX {
+            let mut conn = self.conn.clone();
+            let (holds, paid, ver): (HashMap<String, String>, HashMap<String, String>, Option<String>) = redis::pipe()
+                .atomic()
+                .hgetall(self.ev(e, "holds"))
+                .hgetall(self.ev(e, "paid"))
+                .get(self.ev(e, "ver"))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let merged = restore::merge_event(&info, parse(holds)?, parse(paid)?, applied);
+            // Above any version an actor can remember (versions count
+            // writes; this is the clock in ms), so none mistakes the
+            // rebuilt state for the one it knew.
+            let old: u64 = ver.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let new_ver = (old + 1).max(now_ms);
+            let mut inv = self.scripts.restore_event.prepare_invoke();
+            for what in ["def", "n", "seats", "holds", "paid", "users", "ver"] {
+                inv.key(self.ev(e, what));
+            }
+            inv.key(self.part(e.partition(), "due"));
+            inv.arg(e.to_string())
+                .arg(ver.unwrap_or_default())
+                .arg(new_ver)
+                .arg(serde_json::to_string(def).map_err(corrupt)?)
+                .arg(info.map.len());
+            inv.arg(merged.holds.len());
+            for o in merged.holds.values() {
+                inv.arg(o.order_id.to_string())
+                    .arg(serde_json::to_string(o).map_err(corrupt)?)
+                    .arg(o.expires_at_ms)
+                    .arg(&o.user_id);
+            }
+            inv.arg(merged.paid.len());
+            for o in merged.paid.values() {
+                inv.arg(o.order_id.to_string()).arg(serde_json::to_string(o).map_err(corrupt)?).arg(&o.user_id);
+            }
+            let seats = merged.seats();
+            inv.arg(seats.len());
+            for (idx, v) in &seats {
+                inv.arg(*idx).arg(v);
+            }
+            inv.arg(merged.closed.len());
+            for id in &merged.closed {
+                inv.arg(id.to_string());
+            }
+            let users = merged.users();
+            inv.arg(users.len());
+            for (u, n) in &users {
+                inv.arg(u).arg(*n);
+            }
+            let done: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            if done != 1 {
+                continue;
+            }
+            // The order index (each key in its own slot), then the replicas.
+            let index = merged
+                .holds
+                .keys()
+                .chain(merged.paid.keys())
+                .map(|o| redis::Cmd::set(self.ord(*o), e.to_string()))
+                .collect();
+            crate::redis_io::concurrently::<_, ()>(&self.conn, index).await.map_err(unavailable)?;
+            self.replicated(&mut conn).await?;
+            self.events.insert(e, info);
+            return Ok(Restored { restored: merged.restored, conflicts: merged.conflicts });
+        }
+        Err(StoreError::Unavailable(format!("event {e} kept changing while it was restored")))
+    }
+
+    async fn restore_packet(&self, applied: &AppliedPacket, _now_ms: u64) -> Result<Restored, StoreError> {
+        let def = &applied.def;
+        let p = def.packet_id;
+        let mut conn = self.conn.clone();
+        let (status, grabs): (Option<String>, HashMap<String, String>) = redis::pipe()
+            .atomic()
+            .hget(self.pk(p, "state"), "status")
+            .hgetall(self.pk(p, "grabs"))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let hot_grabs = grabs
+            .into_values()
+            .map(|b| serde_json::from_str::<Grab>(&b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let merged = restore::merge_packet(hot_grabs, status.as_deref() == Some("expired"), applied);
+        // Parts are taken by index: the definition lists them in the order
+        // the merge put them (grabbed ones first).
+        let def = &PacketDef { parts: merged.parts.clone(), ..def.clone() };
+        let mut inv = self.scripts.restore_packet.prepare_invoke();
+        for what in ["def", "parts", "state", "grabs"] {
+            inv.key(self.pk(p, what));
+        }
+        inv.key(self.part(p.partition(), "due"));
+        inv.arg(p.to_string())
+            .arg(serde_json::to_string(def).map_err(corrupt)?)
+            .arg(def.expires_at_ms)
+            .arg(merged.status.as_str())
+            .arg(merged.grabs.len())
+            .arg(def.count);
+        inv.arg(merged.parts.len());
+        for part in &merged.parts {
+            inv.arg(part.get());
+        }
+        inv.arg(merged.grabs.len());
+        for g in &merged.grabs {
+            inv.arg(&g.user_id).arg(serde_json::to_string(g).map_err(corrupt)?);
+        }
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        self.replicated(&mut conn).await?;
+        self.packets.insert(p, Arc::new(def.clone()));
+        Ok(Restored { restored: merged.restored, conflicts: merged.conflicts })
+    }
+}
+
+/// Attempts of one event's restore when its version moves meanwhile (a
+/// second rebuilder): past them the recovery round fails and is retried.
+const RESTORE_TRIES_MAX: usize = 5;

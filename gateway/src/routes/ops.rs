@@ -15,7 +15,7 @@ pub async fn healthz_body() -> HttpResponse {
 }
 
 /// Readiness: the stores answer.
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "not ready; `failing` lists shutting_down, outbox, durable_store, hot_store")))]
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "not ready; `failing` lists shutting_down, outbox, durable_store, hot_store, hot_store_lost")))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     readiness(&state.engine.not_ready().await)

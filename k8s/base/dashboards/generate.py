@@ -54,6 +54,11 @@ panel("Worker events and failures", [
 ], "ops", desc="Alert: failures rising for 5 min")
 panel("Parked events", [(f'sum(increase(rush_parked_events_total{{{sel}}}[1h]))', "parked")], "short",
       desc="Alert: any. Events the durable store refused, kept in parked_events while the rest was applied")
+panel("Hot store lost and rebuilt", [
+    (f'max(rush_hot_store_lost{{{sel}}})', "lost now"),
+    (f'sum(increase(rush_hot_store_losses_total{{{sel}}}[1h]))', "losses"),
+    (f'sum(increase(rush_hot_store_rebuild_conflicts_total{{{sel}}}[1h]))', "rebuild conflicts"),
+], "short", desc="Alert: any. Redis lost or rolled back its data; rebuilt from the durable store (intake 503 meanwhile)")
 panel("Withdrawals by outcome", [(f'sum by (outcome) (rate(rush_withdrawals_total{{{sel}}}[5m]))', "{{outcome}}")], "ops")
 panel("Webhook attempts by outcome", [(f'sum by (outcome) (rate(rush_webhook_attempts_total{{{sel}}}[5m]))', "{{outcome}}")], "ops",
       desc="Alert: any failed or gone")
