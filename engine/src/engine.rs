@@ -962,7 +962,6 @@ impl Engine {
 
     pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
         self.check_outbox()?;
-        self.check_hot()?;
         let grab_id = self.ids.next(gene_of_user(user_id));
         let result = match self.cfg.actors.mode {
             EngineMode::Actor => {
@@ -970,13 +969,17 @@ impl Engine {
                 let msg = PacketMsg::Grab { user_id: user_id.to_string(), grab_id, reply };
                 self.ask_packet(packet_id, msg, rx).await.and_then(|r| r)
             }
-            EngineMode::Direct => match self.store.grab_direct(packet_id, user_id, grab_id, now_unix_ms()).await? {
-                DirectGrab::Granted(g) => Ok(g),
-                DirectGrab::Already(amount) => Err(EngineError::AlreadyGrabbed { amount }),
-                DirectGrab::Empty => Err(EngineError::PacketEmpty),
-                DirectGrab::Expired => Err(EngineError::PacketExpired),
-                DirectGrab::Unknown => Err(EngineError::NotFound("packet")),
-            },
+            // The actor path checks the hot store in `ask_packet`.
+            EngineMode::Direct => {
+                self.check_hot()?;
+                match self.store.grab_direct(packet_id, user_id, grab_id, now_unix_ms()).await? {
+                    DirectGrab::Granted(g) => Ok(g),
+                    DirectGrab::Already(amount) => Err(EngineError::AlreadyGrabbed { amount }),
+                    DirectGrab::Empty => Err(EngineError::PacketEmpty),
+                    DirectGrab::Expired => Err(EngineError::PacketExpired),
+                    DirectGrab::Unknown => Err(EngineError::NotFound("packet")),
+                }
+            }
         };
         let outcome = match &result {
             Ok(_) => "granted",

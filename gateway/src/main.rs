@@ -175,6 +175,20 @@ async fn durable_pools(cfg: &Config) -> anyhow::Result<rush_engine::durable::Poo
 /// Parked events read (and replayed) per page.
 const PARKED_PAGE: u32 = 500;
 
+/// Every parked event, page by page.
+async fn all_parked(durable: &rush_engine::durable::Durable) -> anyhow::Result<Vec<rush_engine::durable::ParkedEvent>> {
+    let (mut listed, mut after) = (Vec::new(), None);
+    loop {
+        let page = durable.parked(after, PARKED_PAGE).await?;
+        after = page.last().map(|p| p.event_id);
+        let done = page.len() < PARKED_PAGE as usize;
+        listed.extend(page);
+        if done {
+            return Ok(listed);
+        }
+    }
+}
+
 async fn parked(cfg: Config, replay: Vec<String>, all: bool) -> anyhow::Result<()> {
     use rush_engine::domain::Id;
     let durable = rush_engine::durable::Durable::new(durable_pools(&cfg).await?);
@@ -183,30 +197,12 @@ async fn parked(cfg: Config, replay: Vec<String>, all: bool) -> anyhow::Result<(
         .map(|r| r.parse::<Id>().map_err(|e| anyhow::anyhow!("event id {r}: {e}")))
         .collect::<Result<_, _>>()?;
     if !all && ids.is_empty() {
-        let (mut listed, mut after) = (Vec::new(), None);
-        loop {
-            let page = durable.parked(after, PARKED_PAGE).await?;
-            after = page.last().map(|p| p.event_id);
-            let done = page.len() < PARKED_PAGE as usize;
-            listed.extend(page);
-            if done {
-                break;
-            }
-        }
+        let listed = all_parked(&durable).await?;
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "parked": listed }))?);
         return Ok(());
     }
     if all {
-        let mut after = None;
-        loop {
-            let page = durable.parked(after, PARKED_PAGE).await?;
-            after = page.last().map(|p| p.event_id);
-            let done = page.len() < PARKED_PAGE as usize;
-            ids.extend(page.into_iter().map(|p| p.event_id));
-            if done {
-                break;
-            }
-        }
+        ids.extend(all_parked(&durable).await?.into_iter().map(|p| p.event_id));
     }
     let mut results = Vec::with_capacity(ids.len());
     let mut refused = false;

@@ -489,21 +489,12 @@ impl Durable {
         self.db.writer.run(move |c| Box::pin(async move { park_event(c, &env, &reason).await })).await
     }
 
-    /// Parked events, oldest first: (event id, reason).
+    /// Parked events by id: (event id, reason).
     pub async fn parked_events(&self, limit: u32) -> Result<Vec<(Id, String)>, DurableError> {
-        let rows = sqlx::query("SELECT event_id, reason FROM parked_events ORDER BY parked_at_ms, event_id LIMIT $1")
-            .bind(i64::from(limit))
-            .fetch_all(&self.db.read)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let id = Id::from_raw(r.try_get("event_id")?).map_err(|e| DurableError::Invariant(e.to_string()))?;
-                Ok((id, r.try_get("reason")?))
-            })
-            .collect()
+        Ok(self.parked(None, limit).await?.into_iter().map(|p| (p.event_id, p.reason)).collect())
     }
 
-    /// Parked events in full, oldest first, after `after` (an event id).
+    /// Parked events in full, by id, after `after` (an event id).
     pub async fn parked(&self, after: Option<Id>, limit: u32) -> Result<Vec<ParkedEvent>, DurableError> {
         let rows = sqlx::query(
             "SELECT event_id, body, reason, parked_at_ms FROM parked_events WHERE event_id > $1 \
