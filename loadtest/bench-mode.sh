@@ -16,7 +16,9 @@
 # worker's metrics on 127.0.0.1:19464; everything stops when the run ends.
 # BIN and LT choose the binaries (default: target/release/…); PG_OPTS is
 # appended to the Postgres URL (e.g. '?options=-c%20synchronous_commit%3Doff'
-# for a diagnosis); KEEP_LOG=FILE copies rush's log there during the run.
+# for a diagnosis); KEEP_LOG=FILE copies rush's log there during the run;
+# REDIS_URL points at another Redis (default redis://127.0.0.1:6379/12),
+# e.g. one with appendfsync always for RUSH__REDIS__DURABILITY=fsync.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: loadtest/bench-mode.sh embedded|redis|redis-pg|full [rush-loadtest args]}
@@ -24,6 +26,7 @@ shift
 bin=${BIN:-target/release/rush}
 lt=${LT:-target/release/rush-loadtest}
 pg_admin=${RUSH_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1/postgres}
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379/12}
 tag=bm$$_$(date +%s)
 data=$(mktemp -d)
 pids=()
@@ -31,7 +34,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ "$mode" != embedded ]; then
-    redis-cli -n 12 --scan --pattern "$tag:*" | xargs -r -n 1000 redis-cli -n 12 DEL >/dev/null || true
+    redis-cli -u "$redis_url" --scan --pattern "$tag:*" | xargs -r -n 1000 redis-cli -u "$redis_url" DEL >/dev/null || true
   fi
   case $mode in redis-pg|full) psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $tag WITH (FORCE)" >/dev/null 2>&1 || true ;; esac
   rm -rf "$data"
@@ -40,10 +43,10 @@ trap cleanup EXIT
 env=(RUSH__HTTP__ADDR=127.0.0.1:18080 RUSH__DATA_DIR="$data/rush" RUST_LOG=warn)
 case $mode in
   embedded) ;;
-  redis) env+=(RUSH__REDIS__URL=redis://127.0.0.1:6379/12 RUSH__REDIS__KEY_PREFIX="$tag") ;;
+  redis) env+=(RUSH__REDIS__URL="$redis_url" RUSH__REDIS__KEY_PREFIX="$tag") ;;
   redis-pg|full)
     psql "$pg_admin" -qc "CREATE DATABASE $tag" >/dev/null
-    env+=(RUSH__REDIS__URL=redis://127.0.0.1:6379/12 RUSH__REDIS__KEY_PREFIX="$tag"
+    env+=(RUSH__REDIS__URL="$redis_url" RUSH__REDIS__KEY_PREFIX="$tag"
           RUSH__POSTGRES__URL="${pg_admin%/*}/$tag${PG_OPTS:-}") ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac

@@ -409,6 +409,14 @@ pub struct RedisConfig {
     pub rebuild_lease_ms: u64,
 }
 
+/// After every write, in `replicas` durability: how many replicas must
+/// have it, and how long to wait for them (`WAIT n timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replication {
+    pub replicas: u32,
+    pub timeout_ms: u64,
+}
+
 /// What an acknowledged hold, grab or packet survives (issue 15).
 #[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

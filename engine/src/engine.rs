@@ -175,17 +175,18 @@ where
         RedisRole::Node => format!("node-{}", ids.node()),
         RedisRole::Relay => format!("relay-{}", cfg.node_id),
     };
-    let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended());
+    let r = &cfg.redis;
+    let wait = (r.durability == crate::config::Durability::Replicas)
+        .then_some(crate::config::Replication { replicas: r.replicas_min, timeout_ms: r.wait_timeout_ms });
+    let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended())
+        .with_replication(wait);
     let lease = relay_lease(&store, cfg, &consumer);
     let mut store = store;
     if role == RedisRole::Node {
-        let r = &cfg.redis;
         store
             .check_durability(r.durability, r.replicas_min)
             .await
             .map_err(|e| StartError::Durability(url.to_string(), e))?;
-        let wait = (r.durability == crate::config::Durability::Replicas)
-            .then_some(crate::store::redis::Replication { replicas: r.replicas_min, timeout_ms: r.wait_timeout_ms });
         store = store.with_replication(wait);
     }
     // One store, three roles: hot state, Idempotency-Key records, recovery.

@@ -687,6 +687,133 @@ async fn engine_in_cluster_mode() {
     let _ = tx.send(true);
 }
 
+/// Issue 15: every master hands over to its replica (`CLUSTER FAILOVER`,
+/// no data lost) and the engine goes on granting and persisting.
+///
+/// Ignored: with redis 1.8.1's cluster client, every request after the
+/// failover times out for minutes, and MONITOR on all six nodes shows not
+/// one command arriving (only the client's pings to the demoted masters).
+/// Run with `cargo test -p rush-engine --test hot_store_conformance -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redis 1.8.1's cluster client sends nothing after CLUSTER FAILOVER (see the doc comment)"]
+async fn the_engine_follows_a_cluster_failover() {
+    use rush_engine::engine::NewPacket;
+    use rush_engine::telemetry::Metrics;
+    let _nodes = ClusterNodes::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    cfg.redis.url = Some("redis://127.0.0.1:7000".into());
+    cfg.redis.cluster = true;
+    cfg.redis.key_prefix = "failover".into();
+    cfg.workers.poll_wait_ms = 20;
+    let engine = rush_engine::Engine::open(cfg, Metrics::new()).await.expect("engine on the cluster");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    engine.start_workers(rx).expect("workers");
+    engine.credit("sender", 1_000, "test").await.expect("credit");
+    let packet = engine
+        .create_packet(
+            "sender",
+            NewPacket { kind: PacketKind::Normal, total_amount: 500, count: 5, greeting: None, expires_in_s: None },
+        )
+        .await
+        .expect("packet");
+    for i in 0..5 {
+        engine.grab(&format!("g{i}"), packet.packet_id).await.expect("grab");
+    }
+    // Every master hands over to its replica (`CLUSTER FAILOVER`): the
+    // engine follows the slots and keeps granting, persisting and holding.
+    fail_over_every_master();
+    // The client learns the new masters from the first answers after the
+    // failover (MOVED, a closed connection): until then a request may fail
+    // as unavailable, never with a wrong answer.
+    let mut followed = false;
+    for _ in 0..100 {
+        match engine.grab("late", packet.packet_id).await {
+            Err(rush_engine::EngineError::PacketEmpty) => {
+                followed = true;
+                break;
+            }
+            Err(e) if e.to_string().contains("unavailable") || e.to_string().contains("not known") => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => panic!("a grab of the empty packet after the failover: {other:?}"),
+        }
+    }
+    assert!(followed, "the engine did not follow the new masters");
+    engine.credit("sender", 500, "test").await.expect("credit");
+    // A master's first answer after the failover can outlast
+    // `redis.timeout_ms` (the client refreshes its slots): the creation is
+    // then `outcome_unknown`, and asking again (what a client's retry with
+    // its Idempotency-Key does) resolves it, with the money moved once.
+    let mut created = None;
+    for _ in 0..100 {
+        let input =
+            NewPacket { kind: PacketKind::Normal, total_amount: 500, count: 5, greeting: None, expires_in_s: None };
+        match engine.create_packet("sender", input).await {
+            Ok(p) => created = Some(p),
+            Err(rush_engine::EngineError::OutcomeUnknown { id, .. }) => {
+                for _ in 0..100 {
+                    match engine.packet_outcome(id).await {
+                        Ok(Some(p)) => {
+                            created = Some(p);
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    }
+                }
+            }
+            Err(e) => panic!("packet after the failover: {e}"),
+        }
+        if created.is_some() {
+            break;
+        }
+    }
+    let packet = created.expect("a packet created after the failover");
+    for i in 0..5 {
+        let g = engine.grab(&format!("g{i}"), packet.packet_id).await.expect("grab after the failover");
+        assert_eq!(g.amount, Fen::new(100));
+    }
+    assert!(engine.settle(std::time::Duration::from_secs(10)).await, "the streams drain on the new masters");
+    for i in 0..5 {
+        assert_eq!(engine.wallet(&format!("g{i}")).await.expect("wallet").available, Fen::new(200));
+    }
+    let _ = tx.send(true);
+}
+
+/// `CLUSTER FAILOVER` on every replica, one at a time, each waited for
+/// until the replica is a master and the cluster is whole again.
+fn fail_over_every_master() {
+    use std::process::Command;
+    let cli = |port: u16, args: &[&str]| {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let replicas: Vec<u16> =
+        CLUSTER_PORTS.filter(|p| cli(*p, &["INFO", "replication"]).contains("role:slave")).collect();
+    assert_eq!(replicas.len(), 3, "three replicas");
+    for port in replicas {
+        // A manual failover gives up when the master does not answer in
+        // time (a loaded machine): asked again, up to three times.
+        let promoted = (0..3).any(|_| {
+            let asked = cli(port, &["CLUSTER", "FAILOVER"]);
+            (0..100).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                cli(port, &["INFO", "replication"]).contains("role:master")
+            }) || {
+                eprintln!("CLUSTER FAILOVER on {port} answered {asked:?}; not promoted yet");
+                false
+            }
+        });
+        assert!(promoted, "the replica on {port} did not take over: {}", cli(port, &["INFO", "replication"]));
+        let whole = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            CLUSTER_PORTS.clone().all(|p| cli(p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        });
+        assert!(whole, "the cluster is not whole after {port} took over");
+    }
+}
+
 fn event_input() -> rush_engine::engine::NewEvent {
     rush_engine::engine::NewEvent {
         name: "cluster".into(),

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::{Envelope, EventLog, LogError};
+use crate::config::Replication;
 use crate::domain::id::PARTITION_COUNT;
 
 /// Entries asked of one partition per poll: the hot partition of a flash
@@ -41,6 +42,9 @@ pub struct RedisStreamLog<C = ConnectionManager> {
     /// Partitions whose last read filled its count: they are asked for the
     /// bulk of the next batch (a flash sale's hot packet sits in one stream).
     hot: Mutex<HashSet<u16>>,
+    /// `replicas` durability: what is read is on the replicas before it is
+    /// handed on (see [`RedisStreamLog::replicated`]).
+    replication: Option<Replication>,
 }
 
 fn unavailable(e: redis::RedisError) -> LogError {
@@ -70,7 +74,42 @@ where
             next_position: AtomicU64::new(1),
             pending: Mutex::new(BTreeMap::new()),
             hot: Mutex::new(HashSet::new()),
+            replication: None,
         }
+    }
+
+    pub fn with_replication(mut self, replication: Option<Replication>) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// With `replicas` durability, entries just read reach the replicas
+    /// before anyone applies or relays them, so the durable store never
+    /// holds an effect that a failover to a replica takes back (a script
+    /// whose WAIT timed out was answered 503, yet its entry is in the
+    /// primary's stream). A write first (a re-read of pending entries is
+    /// none), then WAIT for its offset, which is past every entry read. Not
+    /// there in time: the entries are read again on the next poll.
+    async fn replicated(&self, group: &str) -> Result<(), LogError> {
+        let Some(r) = self.replication else { return Ok(()) };
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCR").arg(format!("{}:log-sync", self.prefix)).ignore();
+        pipe.cmd("WAIT").arg(r.replicas).arg(r.timeout_ms);
+        let acked: Result<(u32,), _> = pipe.query_async(&mut self.conn.clone()).await;
+        let why = match acked {
+            Ok((n,)) if n >= r.replicas => return Ok(()),
+            Ok((n,)) => format!("outbox entries reached {n} of {} replicas within {} ms", r.replicas, r.timeout_ms),
+            Err(e) => e.to_string(),
+        };
+        self.forget_delivered(group);
+        Err(LogError::Unavailable(why))
+    }
+
+    /// Drops what was delivered to `group` and not committed: the next read
+    /// starts again from its pending entries.
+    fn forget_delivered(&self, group: &str) {
+        lock(&self.pending).retain(|_, (g, _, _)| g != group);
+        lock(&self.recovered).remove(group);
     }
 
     fn stream(&self, partition: u16) -> String {
@@ -187,6 +226,9 @@ where
             let _ = tokio::time::timeout(wait, notified).await;
             batch = self.read(consumer, max).await?;
         }
+        if !batch.is_empty() {
+            self.replicated(consumer).await?;
+        }
         Ok(batch)
     }
 
@@ -227,9 +269,7 @@ where
     }
 
     async fn rewind(&self, consumer: &str) {
-        lock(&self.pending).retain(|_, (g, _, _)| g != consumer);
-        // Re-read this consumer's pending entries from the start.
-        lock(&self.recovered).remove(consumer);
+        self.forget_delivered(consumer);
     }
 
     async fn take_over(&self, consumer: &str) -> Result<(), LogError> {

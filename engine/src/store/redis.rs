@@ -69,13 +69,7 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 /// gone (`lua/*.lua`: `RUSHLOST`).
 const LOST_CODE: &str = "RUSHLOST";
 
-/// After every write, in `replicas` durability: how many replicas must
-/// have it, and how long to wait for them (`WAIT n timeout`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Replication {
-    pub replicas: u32,
-    pub timeout_ms: u64,
-}
+pub use crate::config::Replication;
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())

@@ -50,7 +50,8 @@ pub async fn persist(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) {
 /// transaction, then the log position. `lag` (the Kafka worker's consumer
 /// lag) is refreshed at most once a second. After `shutdown` it flushes:
 /// it applies what the log still holds, without waiting for more, until an
-/// empty poll (the caller bounds how long by dropping it).
+/// empty poll, retrying what fails (the caller bounds how long by dropping
+/// it).
 pub async fn persist_loop(
     log: Arc<dyn EventLog>,
     durable: Durable,
@@ -92,11 +93,10 @@ pub async fn persist_loop(
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
+                // Flushing too: what is acknowledged is in the log, and the
+                // caller's deadline bounds the retries.
                 failures.inc();
-                tracing::warn!(error = %e, "event log poll failed");
-                if flushing {
-                    break;
-                }
+                tracing::warn!(error = %e, flushing, "event log poll failed");
                 tokio::time::sleep(Duration::from_millis(cfg.retry_backoff_ms)).await;
                 continue;
             }
@@ -126,14 +126,10 @@ pub async fn persist_loop(
                 Err(e) => {
                     failures.inc();
                     tracing::error!(error = %e, position = last, "persist batch failed; retrying");
-                    if flushing {
-                        // Left in the log for the next reader.
-                        return;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(backoff)) => {},
-                        _ = shutdown.changed() => return,
-                    }
+                    // Until it is applied or, stopping, the caller's
+                    // deadline drops this task (the batch stays in the log
+                    // for the next reader).
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
                     backoff = (backoff * 2).min(cfg.retry_backoff_max_ms);
                 }
             }

@@ -40,9 +40,12 @@ async fn redis_down_answers_503_fast_and_service_resumes_when_it_is_back() {
     let data = tempfile::tempdir().expect("dir");
     let mut server = redis_server(port, data.path());
     wait_for_port(port);
+    // The server fsyncs every write, and rush is told so: a restart gives
+    // Redis a new replication id but loses nothing, so no rebuild follows.
     let app = spawn_in(Mode::Redis, |c| {
         c.redis.url = Some(format!("redis://127.0.0.1:{port}"));
         c.redis.timeout_ms = 300;
+        c.redis.durability = rush_engine::config::Durability::Fsync;
     })
     .await;
     let event = app.event(1, 4, json!({})).await;

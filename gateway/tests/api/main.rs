@@ -4,6 +4,7 @@
 mod bad_input;
 mod crash;
 mod expiry;
+mod failover;
 mod faults;
 mod full;
 mod helpers;
