@@ -43,15 +43,17 @@ fn redis_server(port: u16, primary: Option<u16>) -> Child {
     if let Some(p) = primary {
         cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
     }
-    let child =
+    let mut child =
         cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server must be installed (see .ci/run)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
-        }
+    let up = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if !up {
+        kill9(&mut child);
+        panic!("redis-server did not listen on {port}");
     }
-    panic!("redis-server did not listen on {port}");
+    child
 }
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
