@@ -638,21 +638,30 @@ async fn the_redis_store_keeps_the_contract_on_a_three_master_cluster() {
     engine_in_cluster_mode().await;
 }
 
+/// An engine on the test cluster with its workers running; the sender
+/// stops them.
+async fn engine_on_the_cluster(
+    prefix: &str,
+) -> (std::sync::Arc<rush_engine::Engine>, tokio::sync::watch::Sender<bool>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    cfg.redis.url = Some("redis://127.0.0.1:7000".into());
+    cfg.redis.cluster = true;
+    cfg.redis.key_prefix = prefix.into();
+    cfg.workers.poll_wait_ms = 20;
+    let engine =
+        rush_engine::Engine::open(cfg, rush_engine::telemetry::Metrics::new()).await.expect("engine on the cluster");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    engine.start_workers(rx).expect("workers");
+    (engine, tx, dir)
+}
+
 /// The whole engine on the cluster: scripts, the stream event log and the
 /// workers, from a grab to the ledger.
 async fn engine_in_cluster_mode() {
     use rush_engine::actors::event::Selection;
     use rush_engine::engine::{NewHold, NewPacket};
-    use rush_engine::telemetry::Metrics;
-    let dir = tempfile::tempdir().expect("dir");
-    let mut cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
-    cfg.redis.url = Some("redis://127.0.0.1:7000".into());
-    cfg.redis.cluster = true;
-    cfg.redis.key_prefix = "engine".into();
-    cfg.workers.poll_wait_ms = 20;
-    let engine = rush_engine::Engine::open(cfg, Metrics::new()).await.expect("engine on the cluster");
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx).expect("workers");
+    let (engine, tx, _dir) = engine_on_the_cluster("engine").await;
     engine.credit("sender", 1_000, "test").await.expect("credit");
     let packet = engine
         .create_packet(
@@ -698,17 +707,8 @@ async fn engine_in_cluster_mode() {
 #[ignore = "redis 1.8.1's cluster client sends nothing after CLUSTER FAILOVER (see the doc comment)"]
 async fn the_engine_follows_a_cluster_failover() {
     use rush_engine::engine::NewPacket;
-    use rush_engine::telemetry::Metrics;
     let _nodes = ClusterNodes::start();
-    let dir = tempfile::tempdir().expect("dir");
-    let mut cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
-    cfg.redis.url = Some("redis://127.0.0.1:7000".into());
-    cfg.redis.cluster = true;
-    cfg.redis.key_prefix = "failover".into();
-    cfg.workers.poll_wait_ms = 20;
-    let engine = rush_engine::Engine::open(cfg, Metrics::new()).await.expect("engine on the cluster");
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx).expect("workers");
+    let (engine, tx, _dir) = engine_on_the_cluster("failover").await;
     engine.credit("sender", 1_000, "test").await.expect("credit");
     let packet = engine
         .create_packet(
