@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;
 pub mod restore;
 
 use std::collections::HashMap;

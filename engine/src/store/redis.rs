@@ -22,7 +22,6 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -107,7 +106,7 @@ impl RedisStore<ConnectionManager> {
     }
 }
 
-impl RedisStore<ClusterConnection> {
+impl RedisStore<super::redis_cluster::ReopeningCluster> {
     /// Connects to a Redis Cluster through one of its nodes, every call
     /// bounded by `timeout`, and loads the scripts on every node.
     pub async fn connect_cluster(
@@ -123,7 +122,7 @@ impl RedisStore<ClusterConnection> {
             .retries(1)
             .build()
             .map_err(|e| StoreError::Unavailable(format!("redis cluster url: {e}")))?;
-        let conn = client.get_async_connection().await.map_err(unavailable)?;
+        let conn = super::redis_cluster::ReopeningCluster::open(client).await.map_err(unavailable)?;
         let mut store = Self::with_connection(conn, prefix, ids, seats_max).await?;
         store.cluster = true;
         Ok(store)
