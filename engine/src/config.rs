@@ -417,6 +417,14 @@ pub struct Replication {
     pub timeout_ms: u64,
 }
 
+impl RedisConfig {
+    /// What each write waits for: `Some` in `replicas` durability only.
+    pub fn replication(&self) -> Option<Replication> {
+        (self.durability == Durability::Replicas)
+            .then_some(Replication { replicas: self.replicas_min, timeout_ms: self.wait_timeout_ms })
+    }
+}
+
 /// What an acknowledged hold, grab or packet survives (issue 15).
 #[derive(Clone, Copy, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

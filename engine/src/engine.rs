@@ -176,10 +176,8 @@ where
         RedisRole::Relay => format!("relay-{}", cfg.node_id),
     };
     let r = &cfg.redis;
-    let wait = (r.durability == crate::config::Durability::Replicas)
-        .then_some(crate::config::Replication { replicas: r.replicas_min, timeout_ms: r.wait_timeout_ms });
-    let log = RedisStreamLog::new(store.connection(), &cfg.redis.key_prefix, &consumer, store.appended())
-        .with_replication(wait);
+    let log = RedisStreamLog::new(store.connection(), &r.key_prefix, &consumer, store.appended())
+        .with_replication(r.replication());
     let lease = relay_lease(&store, cfg, &consumer);
     let mut store = store;
     if role == RedisRole::Node {
@@ -187,7 +185,7 @@ where
             .check_durability(r.durability, r.replicas_min)
             .await
             .map_err(|e| StartError::Durability(url.to_string(), e))?;
-        store = store.with_replication(wait);
+        store = store.with_replication(r.replication());
     }
     // One store, three roles: hot state, Idempotency-Key records, recovery.
     let store = Arc::new(store);

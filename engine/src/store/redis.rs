@@ -31,6 +31,7 @@ use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
     SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
+use crate::config::Replication;
 use crate::domain::id::PARTITION_COUNT;
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
 use crate::events::{DomainEvent, Envelope};
@@ -67,8 +68,6 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 /// The error code a writing script answers when its partition's marker is
 /// gone (`lua/*.lua`: `RUSHLOST`).
 const LOST_CODE: &str = "RUSHLOST";
-
-pub use crate::config::Replication;
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())

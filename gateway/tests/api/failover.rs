@@ -28,7 +28,7 @@ use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::helpers::{code, eventually, kill9, Client};
-use super::nodes::{event, user, Cluster, Kind};
+use super::nodes::{event, taken_seats, user, Cluster, Kind};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
@@ -128,16 +128,21 @@ impl Drop for Proxy {
     }
 }
 
-/// The sum of every sample of `name` in a node's `/metrics`.
-async fn metric(c: &Client, name: &str) -> f64 {
-    let text = match c.http.get(format!("{}/metrics", c.base)).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of every sample of `name` in the `/metrics` of every node.
+async fn metric(nodes: &[Arc<Client>], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for c in nodes {
+        let text = match c.http.get(format!("{}/metrics", c.base)).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        sum += text
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    sum
 }
 
 /// What a client was told: acknowledged holds (user → order id) and grabs
@@ -331,10 +336,7 @@ async fn failover(kind: Kind, durability: &str) {
             eventually(30, || async { c.call("GET", "/readyz", "", Value::Null).await.0 == StatusCode::OK }).await;
         assert!(ready, "{} is not ready after the failover", c.base);
     }
-    let mut losses = 0.0;
-    for c in &cl.nodes {
-        losses += metric(c, "rush_hot_store_losses_total").await;
-    }
+    let losses = metric(&cl.nodes, "rush_hot_store_losses_total").await;
     assert!(losses >= 1.0, "no node counted the failover as a possible loss");
 
     // The projection goes on: a hold made now reaches the durable store.
@@ -368,10 +370,7 @@ async fn failover(kind: Kind, durability: &str) {
     let granted: i64 = grabs.values().flatten().sum();
     let (_, pv) = cl.nodes[0].call("GET", &format!("/v1/packets/{packet}"), &admin, Value::Null).await;
     let parked = parked_rows(&pg).await;
-    let mut parked_metric = 0.0;
-    for c in &cl.nodes {
-        parked_metric += metric(c, "rush_parked_events_total").await;
-    }
+    let parked_metric = metric(&cl.nodes, "rush_parked_events_total").await;
     if kind == Kind::Redis {
         // (In full mode the worker, its own process, does the parking.)
         assert_eq!(parked as f64, parked_metric, "every parked event is counted");
@@ -389,17 +388,9 @@ async fn failover(kind: Kind, durability: &str) {
         assert_eq!(parked, 0, "nothing acknowledged conflicts with anything else acknowledged");
         assert_eq!(pv["remaining_amount"].as_i64(), Some(4_000 - granted), "{pv}");
         // Each node's seat map is the durable store's live orders.
+        let live: HashSet<String> = owner.keys().map(|s| s.to_string()).collect();
         for c in &cl.nodes {
-            let (_, v) = c.call("GET", &format!("/v1/events/{ev}/seats"), &admin, Value::Null).await;
-            let taken: HashSet<String> = v["seats"]
-                .as_array()
-                .expect("seats")
-                .iter()
-                .filter(|s| s["status"] != "available")
-                .filter_map(|s| s["seat_id"].as_str().map(str::to_string))
-                .collect();
-            let live: HashSet<String> = owner.keys().map(|s| s.to_string()).collect();
-            assert_eq!(taken, live, "{}'s seat map differs from the durable store", c.base);
+            assert_eq!(taken_seats(c, &ev, &admin).await, live, "{}'s seat map differs from the durable store", c.base);
         }
     } else {
         let lost_holds = acks.holds.values().filter(|o| !orders.contains_key(*o)).count();

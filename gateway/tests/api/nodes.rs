@@ -152,6 +152,18 @@ async fn call_retrying(c: &Client, method: &str, path: &str, token: &str, body: 
     panic!("{method} {path}: still 503");
 }
 
+/// The seats of `event` a node does not show as available.
+pub async fn taken_seats(c: &Client, event: &str, admin: &str) -> HashSet<String> {
+    let (_, v) = c.call("GET", &format!("/v1/events/{event}/seats"), admin, Value::Null).await;
+    v["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .filter(|s| s["status"] != "available")
+        .filter_map(|s| s["seat_id"].as_str().map(str::to_string))
+        .collect()
+}
+
 async fn remaining(c: &Client, event: &str, token: &str) -> i64 {
     let (s, v) = c.call("GET", &format!("/v1/events/{event}"), token, Value::Null).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -616,17 +628,13 @@ async fn randomized(kind: Kind, default_ops: usize) {
         for (u, seats) in &live {
             assert!(*seats <= per_user, "seed {seed}: {u} has {seats} seats on event {e}");
         }
+        let owned: HashSet<String> = owner.keys().cloned().collect();
         for node in &cl.nodes {
-            let (_, v) = node.call("GET", &format!("/v1/events/{e}/seats"), &admin, Value::Null).await;
-            let taken: HashSet<String> = v["seats"]
-                .as_array()
-                .expect("seats")
-                .iter()
-                .filter(|s| s["status"] != "available")
-                .map(|s| s["seat_id"].as_str().unwrap_or_default().to_string())
-                .collect();
-            let owned: HashSet<String> = owner.keys().cloned().collect();
-            assert_eq!(taken, owned, "seed {seed}: a node's seat map differs from the orders");
+            assert_eq!(
+                taken_seats(node, e, &admin).await,
+                owned,
+                "seed {seed}: a node's seat map differs from the orders"
+            );
         }
     }
     // One grab per user, and the money of every grab reaches the wallets.
