@@ -63,7 +63,22 @@ pub const SECRET_KEYS: &[&str] =
 const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
 
 fn url_has_password(url: &str) -> bool {
-    crate::durable::pool::redact_url(url) != url
+    redact_url(url) != url
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for
+/// messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Graceful shutdown (see the protocol in `gateway/src/serve.rs` and the
@@ -848,8 +863,8 @@ impl Config {
             "node_id": self.node_id,
             "dev_tokens": self.dev_tokens(),
             "sandbox": self.sandbox(),
-            "postgres": self.postgres.url.as_deref().map(crate::durable::pool::redact_url),
-            "redis": self.redis.url.as_deref().map(crate::durable::pool::redact_url),
+            "postgres": self.postgres.url.as_deref().map(redact_url),
+            "redis": self.redis.url.as_deref().map(redact_url),
             "redis_durability": self.redis.url.as_ref().map(|_| self.redis.durability),
             "kafka": self.kafka.brokers,
             "log_format": self.log_format(),
@@ -999,6 +1014,14 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_never_reach_messages() {
+        use super::redact_url;
+        assert_eq!(redact_url("postgres://rush:s3cret@db:5432/rush"), "postgres://rush:***@db:5432/rush");
+        assert_eq!(redact_url("postgres://rush@db/rush"), "postgres://rush@db/rush");
+        assert_eq!(redact_url("postgres://db/rush"), "postgres://db/rush");
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

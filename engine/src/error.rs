@@ -61,48 +61,7 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    /// What a client is told when a hot-store call failed under an
-    /// actor: the store is being rebuilt, or simply unavailable.
-    pub fn store_failed(e: &crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Lost => EngineError::HotStoreRecovering,
-            _ => EngineError::StoreUnavailable,
-        }
-    }
-
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         EngineError::Conflict { code, message: message.into() }
-    }
-}
-
-impl From<crate::store::StoreError> for EngineError {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Unavailable(m) => {
-                tracing::warn!(error = %m, "hot store unavailable");
-                EngineError::StoreUnavailable
-            }
-            crate::store::StoreError::Corrupt(m) => EngineError::Internal(m),
-            crate::store::StoreError::Lost => EngineError::HotStoreRecovering,
-        }
-    }
-}
-
-impl From<crate::durable::DurableError> for EngineError {
-    fn from(e: crate::durable::DurableError) -> Self {
-        match e {
-            crate::durable::DurableError::InsufficientFunds => EngineError::InsufficientFunds,
-            crate::durable::DurableError::Db(e) => {
-                tracing::warn!(error = %e, "durable store failed");
-                EngineError::StoreUnavailable
-            }
-            crate::durable::DurableError::GroupCommit(m) => {
-                tracing::warn!(error = %m, "durable store failed");
-                EngineError::StoreUnavailable
-            }
-            crate::durable::DurableError::Invariant(m) => EngineError::Internal(m),
-            crate::durable::DurableError::RiskRefused(m) => EngineError::RiskRefused(m),
-            crate::durable::DurableError::Conflict(code, m) => EngineError::Conflict { code, message: m },
-        }
     }
 }

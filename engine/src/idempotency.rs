@@ -4,8 +4,21 @@
 
 use async_trait::async_trait;
 
-pub use crate::durable::idempotency::Begin;
 use crate::error::EngineError;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// First time: run the request, then `finish` or `abandon`.
+    New,
+    Replay {
+        status: u16,
+        body: String,
+    },
+    /// Same key, different request.
+    Mismatch,
+    /// The first request with this key has not finished.
+    InProgress,
+}
 
 /// Timing of a record: how long the first answer is replayed, and after how
 /// long an unfinished claim is presumed dead.
@@ -23,23 +36,4 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Deletes a finished record that holds `status` (an `outcome_unknown`
     /// answer found not to have happened), so the request may run again.
     async fn forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), EngineError>;
-}
-
-#[async_trait]
-impl IdempotencyStore for crate::durable::Durable {
-    async fn begin(&self, user_id: &str, key: &str, hash: &str, now_ms: u64, ttl: Ttl) -> Result<Begin, EngineError> {
-        Ok(self.idempotency_begin(user_id, key, hash, now_ms, ttl.ttl_ms, ttl.stale_ms).await?)
-    }
-
-    async fn finish(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), EngineError> {
-        Ok(self.idempotency_finish(user_id, key, status, body).await?)
-    }
-
-    async fn abandon(&self, user_id: &str, key: &str) -> Result<(), EngineError> {
-        Ok(self.idempotency_abandon(user_id, key).await?)
-    }
-
-    async fn forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), EngineError> {
-        Ok(self.idempotency_forget(user_id, key, status).await?)
-    }
 }

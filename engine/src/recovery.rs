@@ -26,8 +26,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
-
 use crate::config::{Durability, RedisConfig};
 use crate::domain::now_unix_ms;
 use crate::durable::Durable;
@@ -78,6 +76,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl HotGuard {
+    /// How often [`HotGuard::check`] should run (`redis.marker_check_ms`).
+    pub fn check_every_ms(&self) -> u64 {
+        self.cfg.marker_check_ms
+    }
+
     pub fn new(hot: Arc<dyn HotRecovery>, durable: Durable, cfg: RedisConfig, metrics: Metrics) -> Self {
         HotGuard {
             hot,
@@ -241,29 +244,5 @@ impl HotGuard {
             tracing::error!(conflict = %c, "rebuild could not put an order or grab back");
         }
         conflicts.len()
-    }
-}
-
-/// Checks every `redis.marker_check_ms` until `shutdown`; `reset` drops
-/// this node's actors after a rebuild (here or elsewhere).
-pub async fn watch_hot_store(
-    guard: Arc<HotGuard>,
-    reset: impl Fn() + Send + 'static,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = crate::workers::ticker(guard.cfg.marker_check_ms);
-    while crate::workers::next_tick(&mut tick, &mut shutdown).await {
-        match guard.check().await {
-            Ok(Checked::Rebuilt | Checked::RebuiltElsewhere) => reset(),
-            Ok(_) => {}
-            Err(e) => {
-                // Redis or the durable store unreachable: readiness says
-                // so already; a lost one stays lost until a check succeeds.
-                tracing::debug!(error = %e, "hot store check failed");
-                if !guard.intact() {
-                    tracing::warn!(error = %e, "rebuilding the hot store failed; retrying");
-                }
-            }
-        }
     }
 }

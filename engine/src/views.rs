@@ -1,18 +1,16 @@
 //! Read models the engine answers with, shaped as the API's JSON. Personal
 //! data is masked here, so no caller can forget to.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::{EventInfo, Fen, Id, OrderStatus, PacketKind, PacketStatus};
+use crate::domain::{
+    time_of, Attendee, ChannelKind, EventInfo, Fen, Id, OrderSeat, OrderStatus, PacketKind, PacketStatus,
+};
+use crate::durable::payments::{PaymentRecord, PaymentStatus, Purpose};
 use crate::durable::OrderRecord;
-use crate::events::OrderSeat;
-use crate::store::{Attendee, HotOrder, PacketSnapshot};
-
-pub fn time_of(ms: u64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(i64::try_from(ms).unwrap_or(i64::MAX)).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
+use crate::store::{HotOrder, PacketSnapshot};
 
 /// Keeps the first character of a name.
 pub fn mask_name(name: &str) -> String {
@@ -174,5 +172,41 @@ mod tests {
         assert_eq!(mask_name(""), "");
         assert_eq!(mask_id_number("110101199003071234"), "**************1234");
         assert_eq!(mask_id_number("12345"), "*****");
+    }
+}
+
+/// A payment as the API shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    #[schema(value_type = String)]
+    pub payment_id: Id,
+    #[schema(value_type = Option<String>)]
+    pub order_id: Option<Id>,
+    pub channel: ChannelKind,
+    #[schema(value_type = i64)]
+    pub amount: Fen,
+    pub status: PaymentStatus,
+    /// `order` or `recharge`.
+    #[schema(value_type = String)]
+    pub purpose: Purpose,
+    /// Where the buyer pays (the sandbox's complete URL in development).
+    pub pay_url: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl PaymentView {
+    pub fn of(p: &PaymentRecord) -> Self {
+        PaymentView {
+            payment_id: p.payment_id,
+            order_id: p.order_id,
+            channel: p.channel,
+            amount: p.amount,
+            status: p.status,
+            purpose: p.purpose,
+            pay_url: crate::pay::sandbox::pay_url(p.channel, p.payment_id),
+            created_at: crate::domain::time_of(p.created_at_ms),
+            expires_at: crate::domain::time_of(p.expires_at_ms),
+        }
     }
 }

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use rush_engine::config::{PostgresConfig, SqliteConfig};
 use rush_engine::domain::{gene_of_user, Fen, Id, IdGen, OrderStatus, PacketKind, WORLD_ACCOUNT};
-use rush_engine::durable::idempotency::Begin;
+use rush_engine::domain::{Attendee, OrderSeat};
 use rush_engine::durable::payments::{PaymentRecord, PaymentStatus, Purpose, RefundState};
 use rush_engine::durable::wallet::{RiskRules, WithdrawalRecord};
 use rush_engine::durable::{Durable, DurableError, Pools};
-use rush_engine::events::{DomainEvent, Envelope, OrderSeat};
+use rush_engine::events::{DomainEvent, Envelope};
+use rush_engine::idempotency::Begin;
 use rush_engine::pay::{ChannelKind, Paid};
-use rush_engine::store::{Attendee, PacketDef};
+use rush_engine::store::PacketDef;
 use rush_engine::testkit::ScratchDb;
 
 enum Fixture {

@@ -17,11 +17,11 @@ fn config(dir: &std::path::Path) -> Config {
 }
 
 async fn open(dir: &std::path::Path) -> std::sync::Arc<Engine> {
-    let engine = Engine::open(config(dir), Metrics::new()).await.expect("open");
+    let node = rush_engine::Node::open(config(dir), Metrics::new()).await.expect("open");
     let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx).expect("workers");
+    node.start_workers(rx).expect("workers");
     std::mem::forget(tx);
-    engine
+    node.engine()
 }
 
 fn event(per_user: u32) -> NewEvent {
@@ -85,7 +85,7 @@ async fn a_confirmed_order_is_sold_for_good_even_after_reopening() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_in_one_batch_reach_the_file_in_order() {
     use rush_engine::domain::{EventDef, Fen, Id, IdGen, Limits};
-    use rush_engine::durable::Db;
+    use rush_engine::store::db::Db;
     use rush_engine::store::memory::MemoryStore;
     use rush_engine::store::{HotOrder, HotStore, OpOutcome, SeatOp, SeatState};
     use std::sync::Arc;

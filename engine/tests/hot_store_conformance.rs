@@ -13,7 +13,7 @@ use chrono::Utc;
 use rush_engine::domain::{
     Category, EventDef, Fen, Id, IdGen, Limits, OrderStatus, PacketKind, PacketStatus, SeatMap, SectionLayout,
 };
-use rush_engine::durable::Db;
+use rush_engine::store::db::Db;
 use rush_engine::store::memory::MemoryStore;
 use rush_engine::store::redis::RedisStore;
 use rush_engine::store::restore::{AppliedGrab, AppliedOrder, AppliedPacket, HotRecovery};
@@ -650,11 +650,11 @@ async fn engine_on_the_cluster(
     cfg.redis.cluster = true;
     cfg.redis.key_prefix = prefix.into();
     cfg.workers.poll_wait_ms = 20;
-    let engine =
-        rush_engine::Engine::open(cfg, rush_engine::telemetry::Metrics::new()).await.expect("engine on the cluster");
+    let node =
+        rush_engine::Node::open(cfg, rush_engine::telemetry::Metrics::new()).await.expect("engine on the cluster");
     let (tx, rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(rx).expect("workers");
-    (engine, tx, dir)
+    node.start_workers(rx).expect("workers");
+    (node.engine(), tx, dir)
 }
 
 /// The whole engine on the cluster: scripts, the stream event log and the

@@ -249,7 +249,7 @@ async fn transient_produce_errors_are_retried_by_the_idempotent_producer_without
 async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entries() {
     use rush_engine::events::redis_stream::RedisStreamLog;
     use rush_engine::store::redis::RedisStore;
-    use rush_engine::workers::lead::Lease;
+    use rush_engine::store::Lease;
 
     let url = std::env::var("RUSH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".into());
     let prefix = format!("rushtest-relay-{}", std::process::id());

@@ -268,7 +268,7 @@ pub struct WithdrawalResp {
 
 impl From<rush_engine::durable::wallet::WithdrawalRecord> for WithdrawalResp {
     fn from(w: rush_engine::durable::wallet::WithdrawalRecord) -> Self {
-        use rush_engine::views::time_of;
+        use rush_engine::domain::time_of;
         WithdrawalResp {
             withdrawal_id: w.withdrawal_id.to_string(),
             user_id: w.user_id,

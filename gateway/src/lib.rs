@@ -9,25 +9,25 @@
 //! - [`error`]: `ApiError`, the one mapping of failures to HTTP.
 //! - [`routes`]: handlers by resource.
 //! - [`idempotency`]: `Idempotency-Key` replay for POSTs that create or move money.
-//! - [`openapi`]: the generated contract.
-//! - [`serve`]: builds the app, binds, runs workers, shuts down.
+//! - [`openapi`]: the generated contract, and the route that serves it.
+//! - [`state`]: what every handler shares; connections and requests in flight.
+//! - [`middleware`]: what every request passes through (intake, span, metrics).
+//! - [`app`]: the API's app with its routes, and the ops server of the background roles.
+//! - [`serve`]: runs a node's server and workers; the shutdown protocol.
+//! - [`commands`]: the other subcommands (worker, relay, migrate, reconcile, parked).
+//! - [`telemetry`]: logs and traces.
 
+pub mod app;
 pub mod auth;
+pub mod commands;
 pub mod dto;
 pub mod error;
 pub mod idempotency;
+pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod serve;
+pub mod state;
 pub mod telemetry;
 
-use std::sync::Arc;
-
-use rush_engine::Engine;
-
-/// Shared by every handler.
-pub struct AppState {
-    pub engine: Arc<Engine>,
-    /// Connections and requests in flight, for shutdown.
-    pub traffic: serve::Connections,
-}
+pub use state::AppState;

@@ -1,5 +1,6 @@
 //! `/openapi.json`, generated from the handlers' annotations and the DTOs.
 
+use actix_web::{get, HttpResponse};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -19,7 +20,7 @@ use crate::routes;
         routes::payments::pay_order, routes::payments::refund_order, routes::payments::get_payment,
         routes::payments::notify, routes::payments::sandbox_complete, routes::payments::list_callbacks,
         routes::webhooks::create_webhook, routes::webhooks::deliveries,
-        routes::ops::healthz, routes::ops::readyz, routes::ops::metrics, routes::ops::openapi,
+        routes::ops::healthz, routes::ops::readyz, routes::ops::metrics, get_openapi,
     ),
     modifiers(&Bearer),
     security(("bearer" = []))
@@ -37,4 +38,11 @@ impl Modify for Bearer {
 
 pub fn spec() -> utoipa::openapi::OpenApi {
     Doc::openapi()
+}
+
+/// The contract itself.
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", responses((status = 200)))]
+#[get("/openapi.json")]
+pub async fn get_openapi() -> HttpResponse {
+    HttpResponse::Ok().json(spec())
 }

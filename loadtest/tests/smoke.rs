@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rush_engine::telemetry::Metrics;
-use rush_engine::{Config, Engine};
+use rush_engine::Config;
 use rush_loadtest::api::Api;
 use rush_loadtest::checks::Checks;
 use rush_loadtest::load::Model;
@@ -28,16 +28,17 @@ async fn spawn_rush_with(dir: &std::path::Path, workers: bool) -> SocketAddr {
     cfg.payments.query_after_ms = 200;
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let engine = Engine::open(cfg, Metrics::new()).await.expect("engine");
+    let node = rush_engine::Node::open(cfg, Metrics::new()).await.expect("engine");
+    let engine = node.engine();
     engine.set_notify_base(&format!("http://{addr}"));
     let (tx, rx) = tokio::sync::watch::channel(false);
     if workers {
-        engine.start_workers(rx).expect("workers");
+        node.start_workers(rx).expect("workers");
     } else {
-        tokio::spawn(rush_engine::workers::outbox_monitor(engine.clone(), rx));
+        node.outbox_monitor(rx);
     }
     std::mem::forget(tx);
-    tokio::spawn(rush_gateway::serve::http_server(listener, engine).expect("server"));
+    tokio::spawn(rush_gateway::app::http_server(listener, engine).expect("server"));
     addr
 }
 

@@ -9,11 +9,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Mailbox, STALE_ROUNDS_MAX};
-use crate::domain::{EventInfo, Fen, Id, OrderStatus, SeatIdx};
+use crate::domain::{Attendee, EventInfo, Fen, Id, OrderStatus, SeatIdx};
 use crate::error::EngineError;
-use crate::store::{
-    Attendee, EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState, SeatsApplied,
-};
+use crate::store::{EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState, SeatsApplied};
 use crate::views::OrderView;
 
 /// In-memory state of one event.
@@ -530,11 +528,11 @@ async fn decide_and_commit(
             Err(e) => {
                 tracing::warn!(%event_id, error = %e, "seat batch failed");
                 for p in pending {
-                    let _ = p.reply.send(Err(EngineError::store_failed(&e)));
+                    let _ = p.reply.send(Err(e.answer()));
                 }
                 // Without the store's word, even a refusal may be stale.
                 for (_, reply, _) in refused {
-                    let _ = reply.send(Err(EngineError::store_failed(&e)));
+                    let _ = reply.send(Err(e.answer()));
                 }
             }
         }

@@ -148,7 +148,7 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!(%packet_id, error = %e, "grab batch failed");
                     for (_, _, reply) in waiting {
-                        let _ = reply.send(Err(EngineError::store_failed(&e)));
+                        let _ = reply.send(Err(e.answer()));
                     }
                 }
             }

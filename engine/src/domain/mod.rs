@@ -1,18 +1,24 @@
 //! Domain types: plain data and pure rules, no I/O.
 
+pub mod change;
 pub mod event;
 pub mod id;
 pub mod money;
 pub mod order;
 pub mod packet;
+pub mod payment;
 pub mod seatmap;
+pub mod time;
 
+pub use change::{DomainEvent, Envelope};
 pub use event::{Category, EventDef, EventInfo, Limits};
 pub use id::{gene_of_user, now_unix_ms, Id, IdGen};
 pub use money::Fen;
-pub use order::OrderStatus;
+pub use order::{Attendee, OrderSeat, OrderStatus};
 pub use packet::{PacketKind, PacketStatus};
+pub use payment::{ChannelKind, Paid};
 pub use seatmap::{SeatDef, SeatIdx, SeatMap, SectionLayout};
+pub use time::time_of;
 
 /// A user id: 1-64 ASCII letters, digits, `_`, `-`, `.`, `@`. Ids starting
 /// with `@` are reserved for system accounts (the outside world in the

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Fen;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
@@ -77,4 +79,22 @@ mod tests {
         }
         assert_eq!(OrderStatus::parse("shipped"), None);
     }
+}
+
+/// An attendee named on an order (stored in full, shown masked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attendee {
+    pub name: String,
+    pub id_number: String,
+}
+
+/// A seat as recorded on an order: enough to persist it without the map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSeat {
+    pub seat_id: String,
+    pub section: String,
+    pub row: u32,
+    pub col: u32,
+    pub category: String,
+    pub price: Fen,
 }

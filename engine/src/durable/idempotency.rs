@@ -7,20 +7,8 @@
 use sqlx::{AnyConnection, Connection, Row};
 
 use super::{Durable, DurableError};
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Begin {
-    /// First time: run the request, then `finish` or `abandon`.
-    New,
-    Replay {
-        status: u16,
-        body: String,
-    },
-    /// Same key, different request.
-    Mismatch,
-    /// The first request with this key has not finished.
-    InProgress,
-}
+use crate::error::EngineError;
+use crate::idempotency::{Begin, IdempotencyStore, Ttl};
 
 impl Durable {
     /// Claims `(user_id, key)` for a request with hash `hash`. Records older
@@ -139,4 +127,23 @@ async fn idempotency_begin(
     }
     tx.commit().await?;
     Ok(Begin::New)
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for Durable {
+    async fn begin(&self, user_id: &str, key: &str, hash: &str, now_ms: u64, ttl: Ttl) -> Result<Begin, EngineError> {
+        Ok(self.idempotency_begin(user_id, key, hash, now_ms, ttl.ttl_ms, ttl.stale_ms).await?)
+    }
+
+    async fn finish(&self, user_id: &str, key: &str, status: u16, body: &str) -> Result<(), EngineError> {
+        Ok(self.idempotency_finish(user_id, key, status, body).await?)
+    }
+
+    async fn abandon(&self, user_id: &str, key: &str) -> Result<(), EngineError> {
+        Ok(self.idempotency_abandon(user_id, key).await?)
+    }
+
+    async fn forget(&self, user_id: &str, key: &str, status: u16) -> Result<(), EngineError> {
+        Ok(self.idempotency_forget(user_id, key, status).await?)
+    }
 }

@@ -3,7 +3,6 @@
 //! application of events. One body of SQL runs on SQLite and Postgres
 //! (`pool.rs`); only the migrations are per dialect.
 
-pub mod db;
 pub mod idempotency;
 pub mod payments;
 pub mod pool;
@@ -18,12 +17,14 @@ use std::collections::{BTreeMap, HashSet};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Connection, Row};
 
-pub use db::{Db, DbOpenError};
+pub use crate::store::db::DbOpenError;
 pub use pool::{Backend, Pools};
 
+use crate::domain::{Attendee, OrderSeat};
+use crate::domain::{DomainEvent, Envelope};
 use crate::domain::{Fen, Id, OrderStatus, WORLD_ACCOUNT};
-use crate::events::{DomainEvent, Envelope, OrderSeat};
-use crate::store::{Attendee, PacketDef};
+use crate::error::EngineError;
+use crate::store::PacketDef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DurableError {
@@ -151,6 +152,26 @@ fn ms(v: i64) -> u64 {
 /// Amounts and times bind as i64 (SQLite's integer; Postgres BIGINT).
 fn ms_i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A durable-store failure as the client sees it.
+impl From<DurableError> for EngineError {
+    fn from(e: DurableError) -> Self {
+        match e {
+            DurableError::InsufficientFunds => EngineError::InsufficientFunds,
+            DurableError::Db(e) => {
+                tracing::warn!(error = %e, "durable store failed");
+                EngineError::StoreUnavailable
+            }
+            DurableError::GroupCommit(m) => {
+                tracing::warn!(error = %m, "durable store failed");
+                EngineError::StoreUnavailable
+            }
+            DurableError::Invariant(m) => EngineError::Internal(m),
+            DurableError::RiskRefused(m) => EngineError::RiskRefused(m),
+            DurableError::Conflict(code, m) => EngineError::Conflict { code, message: m },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -573,7 +594,7 @@ fn webhook_of(event: &DomainEvent) -> Option<(&'static str, serde_json::Value)> 
         DomainEvent::OrderHeld { order_id, event_id, user_id, amount, expires_at_ms, .. } => (
             "order.created",
             json!({"order_id": order_id.to_string(), "event_id": event_id.to_string(), "user_id": user_id,
-                   "amount": amount.get(), "expires_at": crate::views::time_of(*expires_at_ms)}),
+                   "amount": amount.get(), "expires_at": crate::domain::time_of(*expires_at_ms)}),
         ),
         DomainEvent::OrderReleased { order_id, event_id, user_id, status, .. } => (
             match status {

@@ -9,8 +9,7 @@ use sqlx::{AnyConnection, Connection, Row};
 
 use super::webhooks::{announce, Subscribers};
 use super::{ms, ms_i, transfer, Bucket, Durable, DurableError, Transfer};
-use crate::domain::{Fen, Id, SALES_ACCOUNT, SUSPENSE_ACCOUNT, WORLD_ACCOUNT};
-use crate::pay::{ChannelKind, Paid};
+use crate::domain::{ChannelKind, Fen, Id, Paid, SALES_ACCOUNT, SUSPENSE_ACCOUNT, WORLD_ACCOUNT};
 
 /// `next_check_at_ms` of a payment nobody needs to look at again.
 pub const NEVER_MS: u64 = 9_000_000_000_000_000_000;

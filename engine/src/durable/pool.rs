@@ -13,9 +13,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Executor};
 
-use super::db::{checkpoint, mmap_bytes, DbOpenError, WAL_SIZE_LIMIT_BYTES, WRITER_CHECKPOINT_PAGES};
 use super::writer::Writer;
-use crate::config::{PostgresConfig, SqliteConfig};
+use crate::config::{redact_url, PostgresConfig, SqliteConfig};
+use crate::store::db::{checkpoint, mmap_bytes, DbOpenError, WAL_SIZE_LIMIT_BYTES, WRITER_CHECKPOINT_PAGES};
 
 /// The durable store's file in the data dir.
 pub const DB_FILE: &str = "rush.db";
@@ -35,21 +35,6 @@ pub struct Pools {
     pub write: AnyPool,
     pub read: AnyPool,
     pub backend: Backend,
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for
-/// messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 fn sqlite_pragmas(cfg: &SqliteConfig, writer: bool) -> String {
@@ -163,17 +148,5 @@ impl Pools {
 
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(redact_url("postgres://rush:s3cret@db:5432/rush"), "postgres://rush:***@db:5432/rush");
-        assert_eq!(redact_url("postgres://rush@db/rush"), "postgres://rush@db/rush");
-        assert_eq!(redact_url("postgres://db/rush"), "postgres://db/rush");
     }
 }

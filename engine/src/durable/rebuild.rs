@@ -6,9 +6,10 @@
 use sqlx::Row;
 
 use super::{ms, ms_i, Durable, DurableError};
+use crate::domain::Attendee;
 use crate::domain::{EventDef, Fen, Id, OrderStatus};
 use crate::store::restore::{AppliedGrab, AppliedOrder, AppliedPacket};
-use crate::store::{Attendee, PacketDef};
+use crate::store::PacketDef;
 
 fn bad(what: impl std::fmt::Display) -> DurableError {
     DurableError::Invariant(format!("rebuild: {what}"))

@@ -126,7 +126,7 @@ impl Subscribers {
         let body = json!({
             "id": key,
             "type": event_type,
-            "created_at": crate::views::time_of(at_ms),
+            "created_at": crate::domain::time_of(at_ms),
             "data": data,
         })
         .to_string();

@@ -12,7 +12,7 @@ use sqlx::Row;
 use tokio::sync::Notify;
 
 use super::{Envelope, EventLog, LogError};
-use crate::durable::Db;
+use crate::store::db::Db;
 
 pub struct OutboxLog {
     db: Db,

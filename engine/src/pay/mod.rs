@@ -8,10 +8,12 @@
 //!   how rush verifies it and what rush answers.
 //! - [`sandbox`]: the sandbox channels' books (their own table) and the
 //!   callback sender that can drop, delay or duplicate callbacks.
-//! - [`flow`]: what rush does with payments: create, settle a callback or a
-//!   query answer exactly once, close at expiry, refund.
+//! - [`registry`]: the channels rush pays through, and outbound HTTP.
+//!
+//! What rush does with payments (create, settle exactly once, refund) is
+//! the engine's `payments` use case; this module knows nothing of it.
 
-pub mod flow;
+pub mod registry;
 pub mod sandbox;
 pub mod wire;
 
@@ -19,33 +21,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::domain::{ChannelKind, Paid};
 use crate::domain::{Fen, Id};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelKind {
-    Wechat,
-    Alipay,
-    Ecard,
-}
-
-impl ChannelKind {
-    pub const ALL: [ChannelKind; 3] = [ChannelKind::Wechat, ChannelKind::Alipay, ChannelKind::Ecard];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelKind::Wechat => "wechat",
-            ChannelKind::Alipay => "alipay",
-            ChannelKind::Ecard => "ecard",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ChannelKind> {
-        ChannelKind::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
+pub use registry::Payments;
 
 /// What the channel says about a payment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,15 +38,6 @@ pub enum TradeState {
     Closed,
     /// Paid, then refunded.
     Refunded(Paid),
-}
-
-/// A payment the channel took.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Paid {
-    /// The channel's own transaction id.
-    pub txn_id: String,
-    pub amount: Fen,
-    pub paid_at_ms: u64,
 }
 
 /// A verified callback: the channel says this payment was paid.

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use sqlx::{Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::db::Db;
 use super::StoreError;
 use crate::domain::IdGen;
-use crate::durable::Db;
-use crate::events::{DomainEvent, Envelope};
+use crate::domain::{DomainEvent, Envelope};
 
 /// Rows per multi-row statement, well under SQLite's bound variables.
 pub const ROWS_PER_STATEMENT: usize = 500;

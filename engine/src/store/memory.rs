@@ -16,14 +16,14 @@ use sqlx::Row;
 use tokio::sync::{Mutex, Notify};
 
 use super::commit::{insert_rows, stmt, Committer, WriteSet};
+use super::db::Db;
 use super::order_seats;
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
     SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
+use crate::domain::DomainEvent;
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
-use crate::durable::Db;
-use crate::events::DomainEvent;
 
 /// Attempts of a direct-mode grab that keeps losing races.
 const DIRECT_ROUNDS_MAX: usize = 16;

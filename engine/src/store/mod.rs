@@ -6,10 +6,12 @@
 //! outbox in the same step. `memory.rs` is the embedded implementation.
 
 pub mod commit;
+pub mod db;
 pub mod memory;
 pub mod redis;
 pub mod redis_cluster;
 pub mod restore;
+pub mod scripts;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +19,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{EventDef, EventInfo, Fen, Id, OrderStatus, PacketKind, PacketStatus, SeatIdx};
+use crate::domain::{Attendee, EventDef, EventInfo, Fen, Id, OrderStatus, PacketKind, PacketStatus, SeatIdx};
+use crate::error::EngineError;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,19 +34,46 @@ pub enum StoreError {
     Lost,
 }
 
+impl StoreError {
+    /// What a client is told when a hot-store call failed under an
+    /// actor: the store is being rebuilt, or simply unavailable.
+    pub fn answer(&self) -> EngineError {
+        match self {
+            StoreError::Lost => EngineError::HotStoreRecovering,
+            _ => EngineError::StoreUnavailable,
+        }
+    }
+}
+
+/// A hot-store failure as the client sees it.
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "hot store unavailable");
+                EngineError::StoreUnavailable
+            }
+            StoreError::Corrupt(m) => EngineError::Internal(m),
+            StoreError::Lost => EngineError::HotStoreRecovering,
+        }
+    }
+}
+
+/// A lease held in the hot store: one holder at a time of a role (the
+/// outbox reader, see `workers::lead`), renewed while it works.
+#[async_trait::async_trait]
+pub trait Lease: Send + Sync {
+    /// Takes the lease if free, renews it if ours; false if another holds it.
+    async fn hold(&self) -> Result<bool, String>;
+    fn lease_ms(&self) -> u64;
+}
+
 /// The state of one seat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SeatState {
     Available,
     Held(Id),
     Sold(Id),
-}
-
-/// An attendee named on an order (stored in full, shown masked).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attendee {
-    pub name: String,
-    pub id_number: String,
 }
 
 /// A hold: an order in `pending_payment` and its seats.
@@ -189,12 +219,12 @@ pub fn seats_per_user(holds: &HashMap<Id, HotOrder>, paid: &HashMap<Id, PaidOrde
 }
 
 /// The seats of an order as they are recorded and shown.
-pub fn order_seats(info: &EventInfo, seats: &[SeatIdx]) -> Vec<crate::events::OrderSeat> {
+pub fn order_seats(info: &EventInfo, seats: &[SeatIdx]) -> Vec<crate::domain::OrderSeat> {
     seats
         .iter()
         .map(|s| {
             let d = info.map.seat(*s);
-            crate::events::OrderSeat {
+            crate::domain::OrderSeat {
                 seat_id: d.label(),
                 section: d.section.clone(),
                 row: d.row,

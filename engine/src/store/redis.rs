@@ -33,9 +33,9 @@ use super::{
 };
 use crate::config::Replication;
 use crate::domain::id::PARTITION_COUNT;
+use crate::domain::{DomainEvent, Envelope};
 use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
-use crate::events::{DomainEvent, Envelope};
-use crate::scripts::{self, Scripts};
+use crate::store::scripts::{self, Scripts};
 
 /// Generic over the connection: a `ConnectionManager` for one server, a
 /// cluster connection for Redis Cluster. No call spans two slots: every
@@ -964,7 +964,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> RedisLease<C> {
 }
 
 #[async_trait::async_trait]
-impl<C> crate::workers::lead::Lease for RedisLease<C>
+impl<C> crate::store::Lease for RedisLease<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {

@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 
-use super::{Attendee, Grab, HotOrder, PacketDef, StoreError};
+use super::{Grab, HotOrder, PacketDef, StoreError};
+use crate::domain::Attendee;
 use crate::domain::{EventDef, EventInfo, Fen, Id, OrderStatus, PacketStatus, SeatIdx};
 
 /// An order as the durable store has applied it, with its seats' labels.

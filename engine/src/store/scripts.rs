@@ -7,8 +7,8 @@
 use redis::aio::ConnectionLike;
 use redis::Script;
 
+use super::{DirectGrab, Grab, OpOutcome, StoreError};
 use crate::domain::{Fen, Id};
-use crate::store::{DirectGrab, Grab, OpOutcome, StoreError};
 
 pub struct Scripts {
     pub hold: Script,

@@ -15,13 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::events::EventLog;
-
-#[async_trait::async_trait]
-pub trait Lease: Send + Sync {
-    /// Takes the lease if free, renews it if ours; false if another holds it.
-    async fn hold(&self) -> Result<bool, String>;
-    fn lease_ms(&self) -> u64;
-}
+use crate::store::Lease;
 
 pub struct Leadership {
     lease: Option<Box<dyn Lease>>,

@@ -28,9 +28,11 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::sync::watch;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::config::WorkerConfig;
 use crate::durable::Durable;
-use crate::engine::Engine;
+use crate::error::EngineError;
 use crate::events::EventLog;
 use crate::telemetry::Metrics;
 
@@ -39,12 +41,6 @@ pub const PERSIST_CONSUMER: &str = "persist";
 /// Old Idempotency-Key records are deleted this often: rarely enough to
 /// cost nothing, often enough that the table stays about a day long.
 const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(60);
-
-pub async fn persist(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) {
-    let cfg = engine.config().workers.clone();
-    let lease = engine.take_outbox_lease();
-    persist_loop(engine.log(), engine.durable().clone(), cfg, engine.metrics.clone(), None, lease, shutdown).await
-}
 
 /// Applies the log to the durable store until `shutdown`: each batch in one
 /// transaction, then the log position. `lag` (the Kafka worker's consumer
@@ -58,7 +54,7 @@ pub async fn persist_loop(
     cfg: WorkerConfig,
     metrics: Metrics,
     lag: Option<IntGauge>,
-    lease: Option<Box<dyn lead::Lease>>,
+    lease: Option<Box<dyn crate::store::Lease>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut lead = lead::Leadership::new(lease, PERSIST_CONSUMER, "persist");
@@ -152,42 +148,90 @@ pub(crate) async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &mut w
     !*shutdown.borrow()
 }
 
-/// Measures the outbox every `outbox.check_every_ms` for the metric, the
-/// readiness signal and the write bound (see [`crate::config::OutboxConfig`]).
-pub async fn outbox_monitor(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = ticker(engine.config().outbox.check_every_ms);
+/// Measures the outbox every `every_ms` for the metric, the readiness
+/// signal and the write bound (see [`crate::config::OutboxConfig`]), into
+/// `len`, which the engine reads.
+pub async fn outbox_monitor(
+    log: Arc<dyn EventLog>,
+    consumer: &'static str,
+    len: Arc<AtomicU64>,
+    metrics: Metrics,
+    every_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = ticker(every_ms);
     while next_tick(&mut tick, &mut shutdown).await {
-        match engine.log().lag(engine.outbox_consumer()).await {
-            Ok(len) => {
-                engine.metrics.outbox_lag.set(i64::try_from(len).unwrap_or(i64::MAX));
-                engine.set_outbox_len(len);
+        match log.lag(consumer).await {
+            Ok(n) => {
+                metrics.outbox_lag.set(i64::try_from(n).unwrap_or(i64::MAX));
+                len.store(n, Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(error = %e, "measuring the outbox failed"),
         }
     }
 }
 
-pub async fn timeouts(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
-    let cfg = engine.config().workers.clone();
-    let ttl_ms = engine.config().orders.idempotency_ttl_s * 1000;
+/// What the timeout sweep needs of the use cases.
+#[async_trait::async_trait]
+pub trait Sweep: Send + Sync + 'static {
+    /// False once shutdown has closed the actors' intake.
+    fn intake_open(&self) -> bool;
+    /// Settles up to `limit` due holds and packets; how many were due.
+    async fn settle_due(&self, limit: usize) -> Result<usize, EngineError>;
+}
+
+/// Settles due holds and packets every `workers.timeout_poll_ms`, and
+/// purges Idempotency-Key records older than `idempotency_ttl_ms`.
+pub async fn timeouts(
+    sweep: Arc<dyn Sweep>,
+    durable: Durable,
+    cfg: WorkerConfig,
+    idempotency_ttl_ms: u64,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = ticker(cfg.timeout_poll_ms);
     let mut last_purge = tokio::time::Instant::now();
     while next_tick(&mut tick, &mut shutdown).await {
-        if !engine.intake_open() {
+        if !sweep.intake_open() {
             // Shutting down: the actors take no more messages; the next
             // node's sweep settles what is due.
             continue;
         }
         if last_purge.elapsed() >= IDEMPOTENCY_PURGE_EVERY {
             last_purge = tokio::time::Instant::now();
-            let before = crate::domain::now_unix_ms().saturating_sub(ttl_ms);
-            if let Err(e) = engine.durable().idempotency_purge(before).await {
+            let before = crate::domain::now_unix_ms().saturating_sub(idempotency_ttl_ms);
+            if let Err(e) = durable.idempotency_purge(before).await {
                 tracing::warn!(error = %e, "purging idempotency keys failed");
             }
         }
-        if let Err(e) = engine.settle_due(cfg.due_batch_max).await {
-            engine.metrics.worker_failures.with_label_values(&["timeouts"]).inc();
+        if let Err(e) = sweep.settle_due(cfg.due_batch_max).await {
+            metrics.worker_failures.with_label_values(&["timeouts"]).inc();
             tracing::warn!(error = %e, "timeout sweep failed");
+        }
+    }
+}
+
+/// Checks every `redis.marker_check_ms` until `shutdown`; `reset` drops
+/// this node's actors after a rebuild (here or elsewhere).
+pub async fn watch_hot_store(
+    guard: Arc<crate::recovery::HotGuard>,
+    reset: impl Fn() + Send + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = ticker(guard.check_every_ms());
+    while next_tick(&mut tick, &mut shutdown).await {
+        match guard.check().await {
+            Ok(crate::recovery::Checked::Rebuilt | crate::recovery::Checked::RebuiltElsewhere) => reset(),
+            Ok(_) => {}
+            Err(e) => {
+                // Redis or the durable store unreachable: readiness says
+                // so already; a lost one stays lost until a check succeeds.
+                tracing::debug!(error = %e, "hot store check failed");
+                if !guard.intact() {
+                    tracing::warn!(error = %e, "rebuilding the hot store failed; retrying");
+                }
+            }
         }
     }
 }

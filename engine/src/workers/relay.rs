@@ -22,10 +22,11 @@ use std::time::Duration;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
-use super::lead::{Leadership, Lease};
+use super::lead::Leadership;
 use crate::config::{KafkaConfig, WorkerConfig};
 use crate::domain::now_unix_ms;
 use crate::events::{kafka, EventLog};
+use crate::store::Lease;
 use crate::telemetry::Metrics;
 
 /// The relay's consumer group on the outbox streams.

@@ -17,8 +17,10 @@ use super::{next_tick, ticker};
 use crate::config::WebhookConfig;
 use crate::domain::{now_unix_ms, Id};
 use crate::durable::webhooks::{AttemptOutcome, DueDelivery};
-use crate::engine::Engine;
+use crate::durable::Durable;
+use crate::error::EngineError;
 use crate::pay::wire::{hex, hmac};
+use crate::telemetry::Metrics;
 
 pub const SIGNATURE_HEADER: &str = "Rush-Signature";
 
@@ -41,91 +43,104 @@ pub fn next_attempt_ms(cfg: &WebhookConfig, created_at_ms: u64, attempts: u32, n
     Some((now_ms + backoff).min(window_end))
 }
 
-pub async fn webhooks(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
-    let cfg = engine.config().webhooks.clone();
-    let mut tick = ticker(cfg.poll_ms);
-    while next_tick(&mut tick, &mut shutdown).await {
-        if let Err(e) = round(&engine).await {
-            engine.metrics.worker_failures.with_label_values(&["webhooks"]).inc();
-            tracing::warn!(error = %e, "webhook round failed");
-        }
-    }
+/// The deliverer's handles: where deliveries are, how they are sent.
+#[derive(Clone)]
+pub struct Webhooks {
+    pub durable: Durable,
+    /// Outbound HTTP, bounded per call.
+    pub http: reqwest::Client,
+    pub cfg: WebhookConfig,
+    pub metrics: Metrics,
 }
 
-/// One round: sends every due delivery it can claim; returns how many.
-pub async fn round(engine: &Arc<Engine>) -> Result<usize, crate::EngineError> {
-    let cfg = engine.config().webhooks.clone();
-    let now = now_unix_ms();
-    let due = engine.durable().due_deliveries(now, cfg.batch_max).await?;
-    // One task per webhook, its deliveries in order: an endpoint sees its
-    // events in the order they were written, and a 410 stops the rest.
-    let mut by_hook: BTreeMap<Id, Vec<DueDelivery>> = BTreeMap::new();
-    for d in due {
-        if engine.durable().claim_delivery(&d.delivery, now + cfg.claim_ms).await? {
-            by_hook.entry(d.delivery.webhook_id).or_default().push(d);
-        }
-    }
-    let n = by_hook.values().map(Vec::len).sum();
-    let mut sends = JoinSet::new();
-    for (_, list) in by_hook {
-        let engine = engine.clone();
-        let cfg = cfg.clone();
-        sends.spawn(async move {
-            for d in list {
-                if deliver(&engine, &cfg, d).await == AttemptOutcome::Gone {
-                    break; // the rest were disabled with the webhook
-                }
+impl Webhooks {
+    /// Sends due deliveries every `webhooks.poll_ms` until `shutdown`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = ticker(self.cfg.poll_ms);
+        let this = Arc::new(self);
+        while next_tick(&mut tick, &mut shutdown).await {
+            if let Err(e) = this.round().await {
+                this.metrics.worker_failures.with_label_values(&["webhooks"]).inc();
+                tracing::warn!(error = %e, "webhook round failed");
             }
-        });
+        }
     }
-    while sends.join_next().await.is_some() {}
-    Ok(n)
-}
 
-async fn deliver(engine: &Engine, cfg: &WebhookConfig, due: DueDelivery) -> AttemptOutcome {
-    let d = &due.delivery;
-    let started = Instant::now();
-    let now = now_unix_ms();
-    let sig = signature(&due.secret, now / 1000, &d.body);
-    let sent = engine
-        .http()
-        .post(&due.url)
-        .timeout(Duration::from_millis(cfg.timeout_ms))
-        .header("content-type", "application/json")
-        .header(SIGNATURE_HEADER, sig)
-        .header("Rush-Delivery", &d.delivery_id)
-        .body(d.body.clone())
-        .send()
-        .await;
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let (code, error) = match &sent {
-        Ok(r) => (Some(r.status().as_u16()), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let attempts = d.attempts + 1;
-    let outcome = match code {
-        Some(c) if (200..300).contains(&c) => AttemptOutcome::Delivered,
-        Some(410) => AttemptOutcome::Gone,
-        _ => match next_attempt_ms(cfg, d.created_at_ms, attempts, now_unix_ms()) {
-            Some(at) => AttemptOutcome::RetryAt(at),
-            None => AttemptOutcome::Failed,
-        },
-    };
-    let label = match outcome {
-        AttemptOutcome::Delivered => "delivered",
-        AttemptOutcome::Gone => "gone",
-        AttemptOutcome::RetryAt(_) => "retry",
-        AttemptOutcome::Failed => "failed",
-    };
-    engine.metrics.webhook_deliveries.with_label_values(&[label]).inc();
-    if outcome == AttemptOutcome::Gone {
-        tracing::warn!(webhook_id = %d.webhook_id, url = %due.url, "webhook answered 410 Gone: disabled");
+    /// One round: sends every due delivery it can claim; returns how many.
+    pub async fn round(self: &Arc<Self>) -> Result<usize, EngineError> {
+        let cfg = &self.cfg;
+        let now = now_unix_ms();
+        let due = self.durable.due_deliveries(now, cfg.batch_max).await?;
+        // One task per webhook, its deliveries in order: an endpoint sees its
+        // events in the order they were written, and a 410 stops the rest.
+        let mut by_hook: BTreeMap<Id, Vec<DueDelivery>> = BTreeMap::new();
+        for d in due {
+            if self.durable.claim_delivery(&d.delivery, now + cfg.claim_ms).await? {
+                by_hook.entry(d.delivery.webhook_id).or_default().push(d);
+            }
+        }
+        let n = by_hook.values().map(Vec::len).sum();
+        let mut sends = JoinSet::new();
+        for (_, list) in by_hook {
+            let this = self.clone();
+            sends.spawn(async move {
+                for d in list {
+                    if this.deliver(d).await == AttemptOutcome::Gone {
+                        break; // the rest were disabled with the webhook
+                    }
+                }
+            });
+        }
+        while sends.join_next().await.is_some() {}
+        Ok(n)
     }
-    if let Err(e) = engine.durable().record_attempt(d, now, code, error.as_deref(), duration_ms, &outcome).await {
-        // The claim runs out and the delivery is sent again: at least once.
-        tracing::warn!(delivery_id = %d.delivery_id, error = %e, "recording a webhook attempt failed");
+
+    async fn deliver(&self, due: DueDelivery) -> AttemptOutcome {
+        let cfg = &self.cfg;
+        let d = &due.delivery;
+        let started = Instant::now();
+        let now = now_unix_ms();
+        let sig = signature(&due.secret, now / 1000, &d.body);
+        let sent = self
+            .http
+            .post(&due.url)
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .header("content-type", "application/json")
+            .header(SIGNATURE_HEADER, sig)
+            .header("Rush-Delivery", &d.delivery_id)
+            .body(d.body.clone())
+            .send()
+            .await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (code, error) = match &sent {
+            Ok(r) => (Some(r.status().as_u16()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let attempts = d.attempts + 1;
+        let outcome = match code {
+            Some(c) if (200..300).contains(&c) => AttemptOutcome::Delivered,
+            Some(410) => AttemptOutcome::Gone,
+            _ => match next_attempt_ms(cfg, d.created_at_ms, attempts, now_unix_ms()) {
+                Some(at) => AttemptOutcome::RetryAt(at),
+                None => AttemptOutcome::Failed,
+            },
+        };
+        let label = match outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Gone => "gone",
+            AttemptOutcome::RetryAt(_) => "retry",
+            AttemptOutcome::Failed => "failed",
+        };
+        self.metrics.webhook_deliveries.with_label_values(&[label]).inc();
+        if outcome == AttemptOutcome::Gone {
+            tracing::warn!(webhook_id = %d.webhook_id, url = %due.url, "webhook answered 410 Gone: disabled");
+        }
+        if let Err(e) = self.durable.record_attempt(d, now, code, error.as_deref(), duration_ms, &outcome).await {
+            // The claim runs out and the delivery is sent again: at least once.
+            tracing::warn!(delivery_id = %d.delivery_id, error = %e, "recording a webhook attempt failed");
+        }
+        outcome
     }
-    outcome
 }
 
 #[cfg(test)]

@@ -40,9 +40,3 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 pub fn metrics_body(m: &rush_engine::telemetry::Metrics) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(m.render())
 }
-
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200)))]
-#[get("/openapi.json")]
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::spec())
-}

@@ -1,9 +1,9 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use rush_engine::pay::flow::PaymentView;
+use rush_engine::domain::time_of;
 use rush_engine::pay::sandbox::PayOutcome;
 use rush_engine::pay::ChannelKind;
-use rush_engine::views::time_of;
+use rush_engine::views::PaymentView;
 use serde_json::json;
 
 use super::path_id;

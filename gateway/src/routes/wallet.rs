@@ -1,6 +1,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use rush_engine::views::time_of;
+use rush_engine::domain::time_of;
 use serde_json::json;
 
 use super::path_id;
@@ -72,7 +72,7 @@ pub async fn credit(
 
 #[utoipa::path(post, path = "/v1/wallet/recharge", request_body = RechargeReq,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
-    responses((status = 201, description = "a payment; the wallet is credited once it succeeds", body = rush_engine::pay::flow::PaymentView),
+    responses((status = 201, description = "a payment; the wallet is credited once it succeeds", body = rush_engine::views::PaymentView),
               (status = 400, body = ErrorResp), (status = 503, description = "channel_unavailable", body = ErrorResp)))]
 #[post("/v1/wallet/recharge")]
 pub async fn recharge(

@@ -1,6 +1,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use rush_engine::views::time_of;
+use rush_engine::domain::time_of;
 use serde_json::json;
 
 use super::path_id;

@@ -309,7 +309,7 @@ async fn unreachable_postgres_or_kafka_at_start_is_a_clear_error() {
     let mut cfg = test_config(dir.path());
     cfg.postgres.url = Some("postgres://rush:secret@127.0.0.1:1/rush".into());
     cfg.postgres.connect_timeout_ms = 2_000;
-    let err = rush_engine::Engine::open(cfg, rush_engine::telemetry::Metrics::new()).await.err().expect("refused");
+    let err = rush_engine::Node::open(cfg, rush_engine::telemetry::Metrics::new()).await.err().expect("refused");
     let msg = err.to_string();
     assert!(msg.contains("Postgres at postgres://rush:***@127.0.0.1:1/rush is unreachable"), "{msg}");
     assert!(!msg.contains("secret"), "the password stays out of messages: {msg}");
@@ -319,6 +319,6 @@ async fn unreachable_postgres_or_kafka_at_start_is_a_clear_error() {
     cfg.redis.key_prefix = format!("rushtest-nokafka-{}", std::process::id());
     cfg.kafka.brokers = Some("127.0.0.1:1".into());
     cfg.kafka.request_timeout_ms = 1_000;
-    let err = rush_engine::Engine::open(cfg, rush_engine::telemetry::Metrics::new()).await.err().expect("refused");
+    let err = rush_engine::Node::open(cfg, rush_engine::telemetry::Metrics::new()).await.err().expect("refused");
     assert!(err.to_string().contains("Kafka at 127.0.0.1:1 is unreachable"), "{err}");
 }

@@ -114,13 +114,14 @@ pub async fn spawn_wrapped(
     tune(&mut cfg);
     let listener = TcpListener::bind(&cfg.http.addr).expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let engine = Engine::open_with(cfg, Metrics::new(), wrap).await.expect("engine");
+    let node = rush_engine::Node::open_with(cfg, Metrics::new(), wrap).await.expect("engine");
+    let engine = node.engine();
     engine.set_notify_base(&base);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    engine.start_workers(stop_rx.clone()).expect("workers");
+    node.start_workers(stop_rx.clone()).expect("workers");
     if let Mode::Full = mode {
         let cfg = engine.config().clone();
-        let (durable, log) = rush_engine::engine::kafka_worker(&cfg).await.expect("kafka worker");
+        let (durable, log) = rush_engine::node::kafka_worker(&cfg).await.expect("kafka worker");
         let metrics = engine.metrics.clone();
         tokio::spawn(rush_engine::workers::persist_loop(
             log,
@@ -134,7 +135,7 @@ pub async fn spawn_wrapped(
     }
     // Workers run until the test's runtime ends.
     std::mem::forget(stop_tx);
-    let server = rush_gateway::serve::http_server(listener, engine.clone()).expect("server");
+    let server = rush_gateway::app::http_server(listener, engine.clone()).expect("server");
     tokio::spawn(server);
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().expect("client");
     let mut app = TestApp { base, client, engine, admin: String::new(), _dir: dir, redis, _pg: pg };

@@ -158,7 +158,7 @@ async fn an_idempotency_key_is_honoured_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_live_node_with_the_same_node_id_is_refused() {
-    use rush_engine::engine::StartError;
+    use rush_engine::node::StartError;
     let a = spawn_in(Mode::Redis, |c| {
         c.node_id = 7;
         c.redis.node_lease_ms = 600;
@@ -169,14 +169,14 @@ async fn a_second_live_node_with_the_same_node_id_is_refused() {
     cfg.redis = a.engine.config().redis.clone();
     cfg.node_id = 7;
     let started = std::time::Instant::now();
-    match rush_engine::Engine::open(cfg.clone(), rush_engine::telemetry::Metrics::new()).await {
+    match rush_engine::Node::open(cfg.clone(), rush_engine::telemetry::Metrics::new()).await {
         Err(StartError::NodeIdTaken(7)) => {}
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("two live nodes share node id 7"),
     }
     assert!(started.elapsed() >= std::time::Duration::from_millis(600), "it waited for a lease that could be stale");
     cfg.node_id = 8;
-    assert!(rush_engine::Engine::open(cfg, rush_engine::telemetry::Metrics::new()).await.is_ok());
+    assert!(rush_engine::Node::open(cfg, rush_engine::telemetry::Metrics::new()).await.is_ok());
     // The first node is still serving.
     let (s, _) = a.get("/healthz", None).await;
     assert_eq!(s, StatusCode::OK);

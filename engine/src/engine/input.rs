@@ -1,0 +1,65 @@
+//! What the engine's use cases take: inputs validated into domain types,
+//! and the limits that are not configuration.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::actors::event::Selection;
+use crate::domain::{Attendee, Id, PacketKind, SeatDef, SectionLayout};
+
+/// A category id: short, it is repeated on every seat and order line.
+pub const CATEGORY_ID_LEN_MAX: usize = 32;
+/// An attendee's identity-document number: the longest national format
+/// with room to spare.
+pub const ID_NUMBER_LEN_MAX: usize = 64;
+/// Free-text reasons (credits, withdrawal decisions): a sentence, not a
+/// document.
+pub const REASON_LEN_MAX: usize = 200;
+
+/// Who is asking.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: String,
+    pub admin: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewCategory {
+    pub id: String,
+    pub name: String,
+    pub price: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NewLimits {
+    pub per_order: Option<u32>,
+    pub per_user: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub name: String,
+    pub venue: String,
+    pub starts_at: DateTime<Utc>,
+    pub hold_ttl_s: Option<u32>,
+    pub limits: Option<NewLimits>,
+    pub categories: Vec<NewCategory>,
+    pub layout: Option<Vec<SectionLayout>>,
+    pub seats: Option<Vec<SeatDef>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewHold {
+    pub event_id: Id,
+    pub selection: Selection,
+    pub attendees: Vec<Attendee>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewPacket {
+    pub kind: PacketKind,
+    pub total_amount: i64,
+    pub count: u32,
+    pub greeting: Option<String>,
+    pub expires_in_s: Option<u64>,
+}

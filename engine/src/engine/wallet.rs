@@ -1,0 +1,104 @@
+//! Wallets: balances, the ledger, credits, withdrawals and the audit.
+
+use super::input::{Caller, REASON_LEN_MAX};
+use super::{check_text, invalid, Engine};
+use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id};
+use crate::durable::wallet::{RiskRules, WithdrawalRecord};
+use crate::durable::{Audit, Balance, JournalEntry};
+use crate::error::EngineError;
+
+impl Engine {
+    pub async fn wallet(&self, user_id: &str) -> Result<Balance, EngineError> {
+        Ok(self.durable.balance(user_id).await?)
+    }
+
+    pub async fn ledger(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<JournalEntry>, Option<i64>), EngineError> {
+        let limit = self.page_limit(limit)?;
+        let entries = self.durable.ledger(user_id, before, limit).await?;
+        let next = if entries.len() as u32 == limit { entries.last().map(|e| e.entry_id) } else { None };
+        Ok((entries, next))
+    }
+
+    pub async fn credit(&self, user_id: &str, amount: i64, reason: &str) -> Result<Balance, EngineError> {
+        if !valid_user_id(user_id) {
+            return Err(invalid("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
+        }
+        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
+        if amount.get() > self.cfg.orders.credit_max_fen {
+            return Err(invalid(format!("amount must be at most {}", self.cfg.orders.credit_max_fen)));
+        }
+        check_text("reason", reason, REASON_LEN_MAX)?;
+        self.durable.credit(user_id, amount, reason, self.ids.next(gene_of_user(user_id))).await?;
+        self.wallet(user_id).await
+    }
+
+    pub async fn audit(&self) -> Result<Audit, EngineError> {
+        Ok(self.durable.audit().await?)
+    }
+
+    /// `POST /v1/wallet/withdraw`: frozen until an admin decides; refused
+    /// past the day's count or amount.
+    pub async fn withdraw(&self, user_id: &str, amount: i64) -> Result<WithdrawalRecord, EngineError> {
+        let wc = &self.cfg.wallet;
+        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
+        if amount.get() < wc.withdraw_min_fen {
+            return Err(invalid(format!("amount must be at least {}", wc.withdraw_min_fen)));
+        }
+        let now = now_unix_ms();
+        let w = WithdrawalRecord {
+            withdrawal_id: self.ids.next(gene_of_user(user_id)),
+            user_id: user_id.to_string(),
+            amount,
+            status: "pending".into(),
+            created_at_ms: now,
+            decided_at_ms: None,
+            decided_by: None,
+            reason: None,
+        };
+        let rules = RiskRules {
+            count_per_day_max: wc.withdraw_count_per_day_max,
+            fen_per_day_max: wc.withdraw_fen_per_day_max,
+        };
+        let result = self.durable.request_withdrawal(&w, crate::pay::day_of(now, wc.day_offset_min), rules).await;
+        let outcome = match &result {
+            Ok(()) => "requested",
+            Err(crate::durable::DurableError::RiskRefused(_)) => "risk_refused",
+            Err(crate::durable::DurableError::InsufficientFunds) => "insufficient_funds",
+            Err(_) => "failed",
+        };
+        self.metrics.withdrawals.with_label_values(&[outcome]).inc();
+        result?;
+        Ok(w)
+    }
+
+    pub async fn decide_withdrawal(
+        &self,
+        admin: &Caller,
+        withdrawal_id: Id,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<WithdrawalRecord, EngineError> {
+        if let Some(r) = &reason {
+            check_text("reason", r, REASON_LEN_MAX)?;
+        }
+        let w = self
+            .durable
+            .decide_withdrawal(withdrawal_id, approve, &admin.user_id, reason.as_deref(), now_unix_ms())
+            .await?
+            .ok_or(EngineError::NotFound("withdrawal"))?;
+        self.metrics.withdrawals.with_label_values(&[if approve { "approved" } else { "rejected" }]).inc();
+        Ok(w)
+    }
+
+    pub async fn withdrawals(&self, status: &str, limit: Option<u32>) -> Result<Vec<WithdrawalRecord>, EngineError> {
+        if !matches!(status, "pending" | "approved" | "rejected") {
+            return Err(invalid("status must be pending, approved or rejected"));
+        }
+        Ok(self.durable.withdrawals(status, self.page_limit(limit)?).await?)
+    }
+}
