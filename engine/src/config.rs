@@ -141,7 +141,7 @@ pub struct PaymentsConfig {
     /// expires (the order's hold is released at expiry by the sweeper).
     pub close_grace_ms: u64,
     /// A callback signed longer ago than this is refused as a replay.
-    pub callback_max_age_s: u64,
+    pub callback_age_s_max: u64,
     /// How often the payments worker looks for payments due a check.
     pub worker_poll_ms: u64,
     /// Payments checked per round.
@@ -224,7 +224,7 @@ impl Default for PaymentsConfig {
             query_after_ms: 10_000,
             query_backoff_max_ms: 120_000,
             close_grace_ms: 2_000,
-            callback_max_age_s: 300,
+            callback_age_s_max: 300,
             worker_poll_ms: 500,
             worker_batch_max: 100,
             claim_ms: 30_000,

@@ -3,12 +3,61 @@
 
 use crate::domain::{Fen, OrderStatus};
 
+/// What a request named that does not exist (or that the caller may not
+/// see: the same answer, so ids cannot be probed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entity {
+    Event,
+    Order,
+    Packet,
+    Seat,
+    Payment,
+    Channel,
+    Withdrawal,
+    Webhook,
+}
+
+impl Entity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Event => "event",
+            Entity::Order => "order",
+            Entity::Packet => "packet",
+            Entity::Seat => "seat",
+            Entity::Payment => "payment",
+            Entity::Channel => "channel",
+            Entity::Withdrawal => "withdrawal",
+            Entity::Webhook => "webhook",
+        }
+    }
+
+    /// The API's error code: `order_not_found`, …
+    pub fn code(self) -> &'static str {
+        match self {
+            Entity::Event => "event_not_found",
+            Entity::Order => "order_not_found",
+            Entity::Packet => "packet_not_found",
+            Entity::Seat => "seat_not_found",
+            Entity::Payment => "payment_not_found",
+            Entity::Channel => "channel_not_found",
+            Entity::Withdrawal => "withdrawal_not_found",
+            Entity::Webhook => "webhook_not_found",
+        }
+    }
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
     #[error("{0} not found")]
-    NotFound(&'static str),
+    NotFound(Entity),
     #[error("seats are not available: {}", .0.join(", "))]
     SeatUnavailable(Vec<String>),
     #[error("category {category} is sold out ({remaining} left)")]

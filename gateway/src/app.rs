@@ -74,7 +74,7 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
             .service(routes::ops::readyz)
             .service(routes::ops::metrics)
             .service(crate::openapi::get_openapi)
-            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("route")) }))
+            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::no_route()) }))
     })
     .on_connect(move |_, ext| {
         ext.insert(counter.opened());
@@ -116,7 +116,7 @@ pub fn ops_server(
                 web::get()
                     .to(|m: web::Data<rush_engine::telemetry::Metrics>| async move { routes::ops::metrics_body(&m) }),
             )
-            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::not_found("route")) }))
+            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::no_route()) }))
     })
     .workers(1)
     .disable_signals()

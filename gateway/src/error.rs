@@ -4,6 +4,7 @@
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use rush_engine::error::Entity;
 use rush_engine::EngineError;
 use serde_json::{json, Map, Value};
 
@@ -59,19 +60,13 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "this route needs the admin role")
     }
 
-    pub fn not_found(what: &'static str) -> Self {
-        let code = match what {
-            "event" => "event_not_found",
-            "order" => "order_not_found",
-            "packet" => "packet_not_found",
-            "seat" => "seat_not_found",
-            "payment" => "payment_not_found",
-            "channel" => "channel_not_found",
-            "withdrawal" => "withdrawal_not_found",
-            "webhook" => "webhook_not_found",
-            _ => "not_found",
-        };
-        Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
+    pub fn not_found(what: Entity) -> Self {
+        Self::new(StatusCode::NOT_FOUND, what.code(), format!("{what} not found"))
+    }
+
+    /// No route answers this method and path.
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "route not found")
     }
 }
 

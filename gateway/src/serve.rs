@@ -34,6 +34,10 @@ use crate::state::Connections;
 /// idle: the listener stops without waiting for its keep-alive to run out.
 const QUIET_MS: u64 = 250;
 
+/// How often shutdown looks at the connections again while it waits for
+/// them to finish or go quiet: well under [`QUIET_MS`].
+const CONNECTIONS_POLL: Duration = Duration::from_millis(10);
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn terminated() {
     #[cfg(unix)]
@@ -143,7 +147,7 @@ pub async fn shutdown(
             if c.in_flight() == 0 && (c.open() == 0 || c.quiet_for() >= quiet) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(CONNECTIONS_POLL).await;
         }
         http.handle.stop(true).await;
         tokio::time::timeout_at(deadline, server_task).await.is_ok()

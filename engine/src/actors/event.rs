@@ -2,6 +2,7 @@
 //! memory, decides a batch of requests, and commits the batch to the hot
 //! store with one call. Decisions are plain methods on [`EventState`].
 
+use crate::error::Entity;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -203,19 +204,19 @@ impl EventState {
         let Some(order) = self.holds.get(&order_id) else {
             return Err(match self.paid.get(&order_id) {
                 Some(_) => EngineError::OrderNotPending { status: OrderStatus::Paid },
-                None => EngineError::NotFound("order"),
+                None => EngineError::NotFound(Entity::Order),
             });
         };
         match why {
             ReleaseReason::Cancel { user_id: Some(u) } if *u != order.user_id => {
-                return Err(EngineError::NotFound("order"))
+                return Err(EngineError::NotFound(Entity::Order))
             }
             ReleaseReason::Expire if now_ms < order.expires_at_ms => {
                 return Err(EngineError::Invalid("hold is not due to expire yet".into()))
             }
             _ => {}
         }
-        let order = self.holds.remove(&order_id).ok_or(EngineError::NotFound("order"))?;
+        let order = self.holds.remove(&order_id).ok_or(EngineError::NotFound(Entity::Order))?;
         self.give_back(&order.user_id, &order.seats);
         Ok(order)
     }
@@ -242,7 +243,7 @@ impl EventState {
         }
         let order = self.holds.remove(&order_id).ok_or(match self.paid.contains_key(&order_id) {
             true => EngineError::OrderNotPending { status: OrderStatus::Paid },
-            false => EngineError::NotFound("order"),
+            false => EngineError::NotFound(Entity::Order),
         })?;
         for s in &order.seats {
             self.set(*s, SeatState::Sold(order.order_id));
@@ -255,7 +256,7 @@ impl EventState {
     pub fn decide_refund(&mut self, order_id: Id) -> Result<HotOrder, EngineError> {
         let paid = self.paid.remove(&order_id).ok_or(match self.holds.contains_key(&order_id) {
             true => EngineError::OrderNotPending { status: OrderStatus::PendingPayment },
-            false => EngineError::NotFound("order"),
+            false => EngineError::NotFound(Entity::Order),
         })?;
         self.give_back(&paid.user_id, &paid.seats);
         let amount =
@@ -653,7 +654,7 @@ mod tests {
         let o = s.decide_hold(&req(1, "a", cat(1))).unwrap();
         assert!(matches!(
             s.decide_release(o.order_id, &ReleaseReason::Cancel { user_id: Some("b".into()) }, 1000),
-            Err(EngineError::NotFound("order"))
+            Err(EngineError::NotFound(Entity::Order))
         ));
         assert!(s.decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms - 1).is_err());
         s.decide_release(o.order_id, &ReleaseReason::Expire, o.expires_at_ms).unwrap();
@@ -695,7 +696,7 @@ mod tests {
         let refunded = s.decide_refund(o.order_id).unwrap();
         assert_eq!((refunded.user_id.as_str(), refunded.seats.len()), ("a", 2));
         assert_eq!(s.categories()[0].remaining, 4);
-        assert!(matches!(s.decide_refund(o.order_id), Err(EngineError::NotFound("order"))));
+        assert!(matches!(s.decide_refund(o.order_id), Err(EngineError::NotFound(Entity::Order))));
         s.decide_hold(&req(2, "a", cat(2))).unwrap();
         s.check_invariants();
     }

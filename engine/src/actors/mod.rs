@@ -159,64 +159,67 @@ impl Actors {
 
     /// Sends to the event's actor, spawning it (from the hot store) if it
     /// is not running. `Ok(false)` when the event does not exist.
-    pub async fn send_event(&self, event_id: Id, mut msg: EventMsg) -> Result<bool, EngineError> {
-        self.check_open()?;
-        for _ in 0..RESPAWN_TRIES_MAX {
-            let tx = match self.events.get(&event_id) {
-                Some(h) => h.tx.clone(),
-                None => {
-                    let Some(snapshot) = self.store.load_event(event_id).await? else {
-                        return Ok(false);
-                    };
-                    let state = EventState::from_snapshot(snapshot);
-                    self.spawn(&self.events, event_id, "event", |rx, store, mailbox| {
-                        event::run(state, rx, store, mailbox)
-                    })
-                }
-            };
-            match tx.try_send(msg) {
-                Ok(()) => {
-                    self.metrics.mailbox_depth.with_label_values(&["event"]).inc();
-                    return Ok(true);
-                }
-                Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("event")),
-                Err(TrySendError::Closed(m)) => {
-                    self.events.remove_if(&event_id, |_, h| h.tx.same_channel(&tx));
-                    msg = m;
-                }
-            }
-        }
-        Err(EngineError::Overloaded("event"))
+    pub async fn send_event(&self, event_id: Id, msg: EventMsg) -> Result<bool, EngineError> {
+        self.send(&self.events, event_id, "event", msg, || async {
+            let Some(snapshot) = self.store.load_event(event_id).await? else { return Ok(None) };
+            let state = EventState::from_snapshot(snapshot);
+            Ok(Some(
+                self.spawn(&self.events, event_id, "event", |rx, store, mailbox| event::run(state, rx, store, mailbox)),
+            ))
+        })
+        .await
     }
 
-    pub async fn send_packet(&self, packet_id: Id, mut msg: PacketMsg) -> Result<bool, EngineError> {
+    /// The same for a packet's actor.
+    pub async fn send_packet(&self, packet_id: Id, msg: PacketMsg) -> Result<bool, EngineError> {
+        self.send(&self.packets, packet_id, "packet", msg, || async {
+            let Some(snapshot) = self.store.load_packet(packet_id).await? else { return Ok(None) };
+            let state = PacketState::from_snapshot(snapshot);
+            Ok(Some(self.spawn(&self.packets, packet_id, "packet", |rx, store, mailbox| {
+                packet::run(state, rx, store, mailbox)
+            })))
+        })
+        .await
+    }
+
+    /// Sends `msg` to actor `id` of `map`, started by `start` (which loads
+    /// it from the hot store; `None` when it does not exist) if none is
+    /// running. A full mailbox is [`EngineError::Overloaded`]; one that
+    /// closed under us (its actor ended) is replaced, a few times at most.
+    async fn send<M, S, Fut>(
+        &self,
+        map: &DashMap<Id, Handle<M>>,
+        id: Id,
+        kind: &'static str,
+        mut msg: M,
+        start: S,
+    ) -> Result<bool, EngineError>
+    where
+        S: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<mpsc::Sender<M>>, EngineError>>,
+    {
         self.check_open()?;
         for _ in 0..RESPAWN_TRIES_MAX {
-            let tx = match self.packets.get(&packet_id) {
+            let tx = match map.get(&id) {
                 Some(h) => h.tx.clone(),
-                None => {
-                    let Some(snapshot) = self.store.load_packet(packet_id).await? else {
-                        return Ok(false);
-                    };
-                    let state = PacketState::from_snapshot(snapshot);
-                    self.spawn(&self.packets, packet_id, "packet", |rx, store, mailbox| {
-                        packet::run(state, rx, store, mailbox)
-                    })
-                }
+                None => match start().await? {
+                    Some(tx) => tx,
+                    None => return Ok(false),
+                },
             };
             match tx.try_send(msg) {
                 Ok(()) => {
-                    self.metrics.mailbox_depth.with_label_values(&["packet"]).inc();
+                    self.metrics.mailbox_depth.with_label_values(&[kind]).inc();
                     return Ok(true);
                 }
-                Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded("packet")),
+                Err(TrySendError::Full(_)) => return Err(EngineError::Overloaded(kind)),
                 Err(TrySendError::Closed(m)) => {
-                    self.packets.remove_if(&packet_id, |_, h| h.tx.same_channel(&tx));
+                    map.remove_if(&id, |_, h| h.tx.same_channel(&tx));
                     msg = m;
                 }
             }
         }
-        Err(EngineError::Overloaded("packet"))
+        Err(EngineError::Overloaded(kind))
     }
 
     /// Registers and starts an actor unless another task did first; returns

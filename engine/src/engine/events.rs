@@ -2,6 +2,7 @@
 //! seats, cancelling, confirming and refunding through the event's actor,
 //! and settling what is due.
 
+use crate::error::Entity;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -158,7 +159,7 @@ impl Engine {
     pub async fn order(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {
         let view = self.live_order(order_id).await?;
         if !caller.admin && view.user_id != caller.user_id {
-            return Err(EngineError::NotFound("order"));
+            return Err(EngineError::NotFound(Entity::Order));
         }
         Ok(view)
     }
@@ -227,7 +228,7 @@ impl Engine {
             return Ok(OrderView::from_hot(&hot, &info, status));
         }
         let Some(r) = self.durable.order(order_id).await? else {
-            return Err(EngineError::NotFound("order"));
+            return Err(EngineError::NotFound(Entity::Order));
         };
         let mut view = OrderView::from_record(&r);
         // The hot store keeps every live hold and paid order; one it no

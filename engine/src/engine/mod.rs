@@ -18,6 +18,7 @@ pub mod payments;
 pub mod wallet;
 pub mod webhooks;
 
+use crate::error::Entity;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,10 @@ use crate::telemetry::Metrics;
 pub use events::EventView;
 pub use input::{Caller, NewCategory, NewEvent, NewHold, NewLimits, NewPacket};
 pub use packets::GrabOk;
+
+/// How often [`Engine::settle`] looks at the lag again: short, since tests
+/// and reconciliation wait on it, and a lag probe is one cheap query.
+const SETTLE_POLL: Duration = Duration::from_millis(10);
 
 /// What an engine is made of; `crate::node` builds it for its mode.
 pub struct Parts {
@@ -259,7 +264,7 @@ impl Engine {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(SETTLE_POLL).await;
         }
     }
 
@@ -267,7 +272,7 @@ impl Engine {
         if let Some(i) = self.infos.get(&event_id) {
             return Ok(i.clone());
         }
-        let snapshot = self.store.load_event(event_id).await?.ok_or(EngineError::NotFound("event"))?;
+        let snapshot = self.store.load_event(event_id).await?.ok_or(EngineError::NotFound(Entity::Event))?;
         self.infos.insert(event_id, snapshot.info.clone());
         Ok(snapshot.info)
     }
@@ -275,7 +280,7 @@ impl Engine {
     async fn ask_event<T>(&self, event_id: Id, msg: EventMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
         self.check_hot()?;
         if !self.actors.send_event(event_id, msg).await? {
-            return Err(EngineError::NotFound("event"));
+            return Err(EngineError::NotFound(Entity::Event));
         }
         answer(rx).await
     }
@@ -283,7 +288,7 @@ impl Engine {
     async fn ask_packet<T>(&self, packet_id: Id, msg: PacketMsg, rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
         self.check_hot()?;
         if !self.actors.send_packet(packet_id, msg).await? {
-            return Err(EngineError::NotFound("packet"));
+            return Err(EngineError::NotFound(Entity::Packet));
         }
         answer(rx).await
     }

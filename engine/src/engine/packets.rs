@@ -1,5 +1,6 @@
 //! Red packets: creating one (its money frozen first), grabbing, reading.
 
+use crate::error::Entity;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,7 +116,7 @@ impl Engine {
                     DirectGrab::Already(amount) => Err(EngineError::AlreadyGrabbed { amount }),
                     DirectGrab::Empty => Err(EngineError::PacketEmpty),
                     DirectGrab::Expired => Err(EngineError::PacketExpired),
-                    DirectGrab::Unknown => Err(EngineError::NotFound("packet")),
+                    DirectGrab::Unknown => Err(EngineError::NotFound(Entity::Packet)),
                 }
             }
         };
@@ -143,11 +144,13 @@ impl Engine {
 /// two: together about a day of a hot store that cannot answer.
 const RESOLVE_TRIES_MAX: u32 = 3_000;
 const RESOLVE_PAUSE_MS_MAX: u64 = 30_000;
+/// The first pause: a hot store that timed out often answers again at once.
+const RESOLVE_PAUSE_MS_FIRST: u64 = 100;
 
 /// Settles a packet whose creation's outcome is unknown, once the hot
 /// store answers again: created (nothing to do) or voided (unfrozen).
 async fn resolve_packet(store: Arc<dyn HotStore>, durable: Durable, packet_id: Id) {
-    let mut pause_ms = 100;
+    let mut pause_ms = RESOLVE_PAUSE_MS_FIRST;
     for _ in 0..RESOLVE_TRIES_MAX {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         match store.void_packet(packet_id).await {

@@ -17,6 +17,7 @@
 //! The payments worker (`workers::payments`) picks up whatever a
 //! crash or a lost callback left half-way.
 
+use crate::error::Entity;
 use std::sync::Arc;
 
 use super::input::Caller;
@@ -71,7 +72,7 @@ fn channel_err(kind: ChannelKind) -> impl Fn(ChannelError) -> EngineError {
 
 impl Engine {
     fn channel(&self, kind: ChannelKind) -> Result<&Arc<dyn PaymentChannel>, EngineError> {
-        self.pay.channels.get(kind).ok_or(EngineError::NotFound("channel"))
+        self.pay.channels.get(kind).ok_or(EngineError::NotFound(Entity::Channel))
     }
 
     /// Where sandbox callbacks go when `payments.notify_base_url` is unset.
@@ -97,7 +98,7 @@ impl Engine {
     ) -> Result<(PaymentView, bool), EngineError> {
         let order = self.live_order(order_id).await?;
         if order.user_id != caller.user_id {
-            return Err(EngineError::NotFound("order"));
+            return Err(EngineError::NotFound(Entity::Order));
         }
         let now = now_unix_ms();
         let expires_at_ms = order.expires_at.timestamp_millis().max(0) as u64;
@@ -180,9 +181,9 @@ impl Engine {
 
     /// A payment, for its payer or an admin.
     pub async fn payment(&self, caller: &Caller, payment_id: Id) -> Result<PaymentView, EngineError> {
-        let p = self.durable.payment(payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        let p = self.durable.payment(payment_id).await?.ok_or(EngineError::NotFound(Entity::Payment))?;
         if !caller.admin && p.user_id != caller.user_id {
-            return Err(EngineError::NotFound("payment"));
+            return Err(EngineError::NotFound(Entity::Payment));
         }
         Ok(PaymentView::of(&p))
     }
@@ -278,7 +279,7 @@ impl Engine {
         // record, or the one an earlier caller made.
         let p = match self.durable.record_money(p.payment_id, paid, now).await? {
             Some(p) => p,
-            None => self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?,
+            None => self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound(Entity::Payment))?,
         };
         if p.refund != RefundState::None {
             if p.refund.owed() {
@@ -310,7 +311,7 @@ impl Engine {
                         Err(EngineError::OrderNotPending { .. }) => {
                             self.late_money(&p, "order closed before the money arrived").await
                         }
-                        Err(EngineError::NotFound("order")) if self.order_closed(order_id).await? => {
+                        Err(EngineError::NotFound(Entity::Order)) if self.order_closed(order_id).await? => {
                             self.late_money(&p, "order closed before the money arrived").await
                         }
                         // Not held, yet not known to be closed (the hot store
@@ -318,7 +319,7 @@ impl Engine {
                         // unknown is not no; the callback's resend or the
                         // payments worker comes back to it.
                         Err(EngineError::NotFound(what)) => {
-                            tracing::warn!(payment_id = %p.payment_id, %order_id, what, "order not found in the hot store; settling later");
+                            tracing::warn!(payment_id = %p.payment_id, %order_id, what = what.as_str(), "order not found in the hot store; settling later");
                             Err(EngineError::StoreUnavailable)
                         }
                         Err(e) => Err(e),
@@ -357,7 +358,7 @@ impl Engine {
             self.metrics.payments.with_label_values(&["late"]).inc();
             tracing::warn!(payment_id = %p.payment_id, order_id = ?p.order_id, why, "late money: refunding");
         }
-        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound(Entity::Payment))?;
         if p.refund.owed() {
             // A failure here leaves the refund owed; the worker retries.
             if let Err(e) = self.refund_now(&p).await {
@@ -381,7 +382,7 @@ impl Engine {
             match self.refund_seats(event_id, order_id).await {
                 // Not paid any more (the actor's view is the store's): this
                 // refund's earlier attempt freed them.
-                Ok(_) | Err(EngineError::NotFound("order")) => {}
+                Ok(_) | Err(EngineError::NotFound(Entity::Order)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -398,7 +399,7 @@ impl Engine {
     pub async fn refund_order(&self, caller: &Caller, order_id: Id) -> Result<PaymentView, EngineError> {
         let order = self.live_order(order_id).await?;
         if !caller.admin && order.user_id != caller.user_id {
-            return Err(EngineError::NotFound("order"));
+            return Err(EngineError::NotFound(Entity::Order));
         }
         // The payment that paid the order holds its claim.
         let payer = match self.durable.order_payer(order_id).await? {
@@ -422,11 +423,11 @@ impl Engine {
         if p.refund == RefundState::None && !self.durable.refund_paid(p.payment_id, now, retry_after_ms).await? {
             return Err(EngineError::conflict("refund_in_progress", "a refund of this order is under way"));
         }
-        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound(Entity::Payment))?;
         if p.refund.owed() {
             self.refund_now(&p).await?;
         }
-        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound("payment"))?;
+        let p = self.durable.payment(p.payment_id).await?.ok_or(EngineError::NotFound(Entity::Payment))?;
         Ok(PaymentView::of(&p))
     }
 
@@ -545,7 +546,7 @@ impl Engine {
         delay_ms: Option<u64>,
         duplicates: Option<u32>,
     ) -> Result<(PayOutcome, CallbackPlan), EngineError> {
-        let sb = self.pay.sandboxes.get(&kind).ok_or(EngineError::NotFound("channel"))?;
+        let sb = self.pay.sandboxes.get(&kind).ok_or(EngineError::NotFound(Entity::Channel))?;
         let plan = CallbackPlan::new(&self.cfg.payments.sandbox, drop, delay_ms, duplicates).map_err(invalid)?;
         Ok((sb.pay(payment_id, plan).await.map_err(channel_err(kind))?, plan))
     }

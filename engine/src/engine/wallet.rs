@@ -6,6 +6,7 @@ use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
 use crate::durable::{Audit, Balance, JournalEntry};
 use crate::error::EngineError;
+use crate::error::Entity;
 
 impl Engine {
     pub async fn wallet(&self, user_id: &str) -> Result<Balance, EngineError> {
@@ -90,7 +91,7 @@ impl Engine {
             .durable
             .decide_withdrawal(withdrawal_id, approve, &admin.user_id, reason.as_deref(), now_unix_ms())
             .await?
-            .ok_or(EngineError::NotFound("withdrawal"))?;
+            .ok_or(EngineError::NotFound(Entity::Withdrawal))?;
         self.metrics.withdrawals.with_label_values(&[if approve { "approved" } else { "rejected" }]).inc();
         Ok(w)
     }

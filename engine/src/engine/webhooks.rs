@@ -4,6 +4,14 @@ use super::{invalid, Engine};
 use crate::domain::{now_unix_ms, Id};
 use crate::durable::webhooks::{DeliveryRecord, WebhookRecord, EVENT_TYPES};
 use crate::error::EngineError;
+use crate::error::Entity;
+
+/// A webhook URL: what browsers and proxies reliably carry.
+const URL_LEN_MAX: usize = 2000;
+/// A webhook's signing secret: 16 characters at least, so it cannot be
+/// guessed; 200 at most, a bound on what is stored.
+const SECRET_LEN_MIN: usize = 16;
+const SECRET_LEN_MAX: usize = 200;
 
 impl Engine {
     /// `POST /v1/admin/webhooks`: plain `http://` URLs (rush's outbound
@@ -11,8 +19,8 @@ impl Engine {
     /// known event types or `*`, a secret of 16-200 characters.
     pub async fn create_webhook(&self, url: &str, events: &[String], secret: &str) -> Result<Id, EngineError> {
         let wc = &self.cfg.webhooks;
-        if url.len() > 2000 || !url.starts_with("http://") || url.len() <= "http://".len() {
-            return Err(invalid("url must be an http:// URL of at most 2000 characters"));
+        if url.len() > URL_LEN_MAX || !url.starts_with("http://") || url.len() <= "http://".len() {
+            return Err(invalid(format!("url must be an http:// URL of at most {URL_LEN_MAX} characters")));
         }
         if events.is_empty() || events.len() > EVENT_TYPES.len() {
             return Err(invalid("events must list at least one event type, or \"*\""));
@@ -22,8 +30,8 @@ impl Engine {
                 return Err(invalid(format!("unknown event type {e:?}; known: {}", EVENT_TYPES.join(", "))));
             }
         }
-        if secret.len() < 16 || secret.len() > 200 {
-            return Err(invalid("secret must be 16-200 characters"));
+        if !(SECRET_LEN_MIN..=SECRET_LEN_MAX).contains(&secret.len()) {
+            return Err(invalid(format!("secret must be {SECRET_LEN_MIN}-{SECRET_LEN_MAX} characters")));
         }
         if self.durable.webhook_count().await? >= u64::from(wc.webhooks_max) {
             return Err(EngineError::conflict("too_many_webhooks", format!("at most {} webhooks", wc.webhooks_max)));
@@ -38,7 +46,7 @@ impl Engine {
         webhook_id: Id,
         limit: Option<u32>,
     ) -> Result<(WebhookRecord, Vec<DeliveryRecord>), EngineError> {
-        let hook = self.durable.webhook(webhook_id).await?.ok_or(EngineError::NotFound("webhook"))?;
+        let hook = self.durable.webhook(webhook_id).await?.ok_or(EngineError::NotFound(Entity::Webhook))?;
         Ok((hook, self.durable.deliveries(webhook_id, self.page_limit(limit)?).await?))
     }
 }

@@ -31,11 +31,11 @@ impl Payments {
         if let Some(base) = &pc.notify_base_url {
             let _ = notify_base.set(base.trim_end_matches('/').to_string());
         }
-        let max_age_ms = pc.callback_max_age_s.saturating_mul(1000);
+        let age_ms_max = pc.callback_age_s_max.saturating_mul(1000);
         let wires: Vec<Arc<dyn Wire>> = vec![
-            Arc::new(Wechat { secret: pc.wechat_secret.clone(), max_age_ms }),
-            Arc::new(Alipay { secret: pc.alipay_secret.clone(), max_age_ms }),
-            Arc::new(Ecard { secret: pc.ecard_secret.clone(), max_age_ms }),
+            Arc::new(Wechat { secret: pc.wechat_secret.clone(), age_ms_max }),
+            Arc::new(Alipay { secret: pc.alipay_secret.clone(), age_ms_max }),
+            Arc::new(Ecard { secret: pc.ecard_secret.clone(), age_ms_max }),
         ];
         let mut sandboxes = HashMap::new();
         let mut list: Vec<Arc<dyn PaymentChannel>> = Vec::new();

@@ -116,10 +116,10 @@ fn parse_rfc3339_ms(s: &str) -> Result<u64, CallbackError> {
     DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis().max(0) as u64).map_err(|_| malformed("bad time"))
 }
 
-/// Refuses a callback signed more than `max_age_ms` before `now_ms` (or
+/// Refuses a callback signed more than `age_ms_max` before `now_ms` (or
 /// that far in the future).
-fn fresh(signed_ms: u64, now_ms: u64, max_age_ms: u64) -> Result<(), CallbackError> {
-    if signed_ms.abs_diff(now_ms) > max_age_ms {
+fn fresh(signed_ms: u64, now_ms: u64, age_ms_max: u64) -> Result<(), CallbackError> {
+    if signed_ms.abs_diff(now_ms) > age_ms_max {
         return Err(CallbackError::Stale);
     }
     Ok(())
@@ -133,7 +133,7 @@ fn json_ack(status: u16, body: serde_json::Value) -> Ack {
 
 pub struct Wechat {
     pub secret: String,
-    pub max_age_ms: u64,
+    pub age_ms_max: u64,
 }
 
 #[derive(Deserialize)]
@@ -202,7 +202,7 @@ impl Wire for Wechat {
             return Err(CallbackError::BadSignature("HMAC mismatch".into()));
         }
         let signed_s: u64 = ts.parse().map_err(|_| malformed("bad timestamp"))?;
-        fresh(signed_s.saturating_mul(1000), now_ms, self.max_age_ms)?;
+        fresh(signed_s.saturating_mul(1000), now_ms, self.age_ms_max)?;
         let b: WechatBody = serde_json::from_slice(body).map_err(malformed)?;
         if b.event_type != "TRANSACTION.SUCCESS" || b.resource.trade_state != "SUCCESS" {
             return Err(malformed(format!("not a success notification: {}", b.resource.trade_state)));
@@ -234,7 +234,7 @@ impl Wire for Wechat {
 
 pub struct Alipay {
     pub secret: String,
-    pub max_age_ms: u64,
+    pub age_ms_max: u64,
 }
 
 /// Alipay writes times in Beijing time without a zone.
@@ -313,7 +313,7 @@ impl Wire for Alipay {
             return Err(CallbackError::BadSignature("HMAC mismatch".into()));
         }
         let need = |name: &str| get(name).ok_or_else(|| malformed(format!("missing {name}")));
-        fresh(parse_alipay_time(need("notify_time")?)?, now_ms, self.max_age_ms)?;
+        fresh(parse_alipay_time(need("notify_time")?)?, now_ms, self.age_ms_max)?;
         let status = need("trade_status")?;
         if status != "TRADE_SUCCESS" && status != "TRADE_FINISHED" {
             return Err(malformed(format!("not a success notification: {status}")));
@@ -342,7 +342,7 @@ impl Wire for Alipay {
 
 pub struct Ecard {
     pub secret: String,
-    pub max_age_ms: u64,
+    pub age_ms_max: u64,
 }
 
 #[derive(Deserialize)]
@@ -390,7 +390,7 @@ impl Wire for Ecard {
         if !verify_mac(self.secret.as_bytes(), &[ts.as_bytes(), b".", nonce.as_bytes(), b".", body], &sig) {
             return Err(CallbackError::BadSignature("HMAC mismatch".into()));
         }
-        fresh(ts.parse().map_err(|_| malformed("bad timestamp"))?, now_ms, self.max_age_ms)?;
+        fresh(ts.parse().map_err(|_| malformed("bad timestamp"))?, now_ms, self.age_ms_max)?;
         let b: EcardBody = serde_json::from_slice(body).map_err(malformed)?;
         if b.status != "PAID" {
             return Err(malformed(format!("not a success notification: {}", b.status)));
@@ -422,11 +422,11 @@ mod tests {
     const NOW: u64 = 1_795_451_400_000;
 
     fn wires() -> Vec<Box<dyn Wire>> {
-        let (secret, max_age_ms) = ("sandbox-secret-0123".to_string(), 300_000);
+        let (secret, age_ms_max) = ("sandbox-secret-0123".to_string(), 300_000);
         vec![
-            Box::new(Wechat { secret: secret.clone(), max_age_ms }),
-            Box::new(Alipay { secret: secret.clone(), max_age_ms }),
-            Box::new(Ecard { secret, max_age_ms }),
+            Box::new(Wechat { secret: secret.clone(), age_ms_max }),
+            Box::new(Alipay { secret: secret.clone(), age_ms_max }),
+            Box::new(Ecard { secret, age_ms_max }),
         ]
     }
 
@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn an_alipay_payment_in_the_second_of_the_expiry_counts_as_late() {
-        let w = Alipay { secret: "sandbox-secret-0123".into(), max_age_ms: 300_000 };
+        let w = Alipay { secret: "sandbox-secret-0123".into(), age_ms_max: 300_000 };
         let expiry = 1_796_167_154_366u64;
         // Taken 151 ms after the expiry; the wire says ...:14 only.
         let mut n = note();
@@ -477,9 +477,9 @@ mod tests {
                 w.kind()
             );
         }
-        let theirs = Wechat { secret: "someone-elses-secret".into(), max_age_ms: 300_000 };
+        let theirs = Wechat { secret: "someone-elses-secret".into(), age_ms_max: 300_000 };
         let cb = theirs.callback(&note(), NOW);
-        let ours = Wechat { secret: "sandbox-secret-0123".into(), max_age_ms: 300_000 };
+        let ours = Wechat { secret: "sandbox-secret-0123".into(), age_ms_max: 300_000 };
         assert!(matches!(ours.verify(&cb.headers, &cb.body, NOW), Err(CallbackError::BadSignature(_))));
     }
 
@@ -492,7 +492,7 @@ mod tests {
                 assert!(matches!(w.verify(&[], &cb.body, NOW), Err(CallbackError::BadSignature(_))));
             }
         }
-        let alipay = Alipay { secret: "sandbox-secret-0123".into(), max_age_ms: 300_000 };
+        let alipay = Alipay { secret: "sandbox-secret-0123".into(), age_ms_max: 300_000 };
         assert!(matches!(
             alipay.verify(&[], b"out_trade_no=1&total_amount=1.00", NOW),
             Err(CallbackError::BadSignature(_))
@@ -509,7 +509,7 @@ mod tests {
                 assert!(!w.acked(a.status, &a.body), "{:?} {k:?}", w.kind());
             }
         }
-        let alipay = Alipay { secret: "x".repeat(16), max_age_ms: 1 };
+        let alipay = Alipay { secret: "x".repeat(16), age_ms_max: 1 };
         assert_eq!(alipay.ack(AckKind::Ok).body, "success");
     }
 

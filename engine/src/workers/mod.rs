@@ -38,6 +38,11 @@ use crate::telemetry::Metrics;
 
 pub const PERSIST_CONSUMER: &str = "persist";
 
+/// How often the Kafka worker refreshes its consumer-lag gauge: asking the
+/// broker for offsets costs a round trip, and a scrape every few seconds
+/// needs nothing fresher.
+const LAG_REFRESH_EVERY: Duration = Duration::from_secs(1);
+
 /// Old Idempotency-Key records are deleted this often: rarely enough to
 /// cost nothing, often enough that the table stays about a day long.
 const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -65,7 +70,7 @@ pub async fn persist_loop(
     loop {
         let flushing = *shutdown.borrow();
         if let Some(gauge) = &lag {
-            if lag_checked.elapsed() >= Duration::from_secs(1) {
+            if lag_checked.elapsed() >= LAG_REFRESH_EVERY {
                 lag_checked = tokio::time::Instant::now();
                 if let Ok(n) = log.lag(PERSIST_CONSUMER).await {
                     gauge.set(i64::try_from(n).unwrap_or(i64::MAX));

@@ -17,7 +17,7 @@ pub async fn dev_token(
 ) -> Result<HttpResponse, ApiError> {
     let cfg = &state.engine.config().auth;
     if !state.engine.config().dev_tokens() {
-        return Err(ApiError::not_found("route"));
+        return Err(ApiError::no_route());
     }
     if !valid_user_id(&body.user_id) {
         return Err(ApiError::bad_request("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));

@@ -1,6 +1,7 @@
 use actix_web::{get, post, web, HttpResponse};
 use rush_engine::domain::{SeatDef, SectionLayout};
 use rush_engine::engine::{NewCategory, NewEvent, NewLimits};
+use rush_engine::error::Entity;
 
 use super::path_id;
 use crate::auth::{Admin, Auth};
@@ -49,7 +50,7 @@ pub async fn get_event(
     _auth: Auth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let v = state.engine.event(path_id(&id, "event")?).await?;
+    let v = state.engine.event(path_id(&id, Entity::Event)?).await?;
     Ok(HttpResponse::Ok().json(EventResp {
         event_id: v.event_id.to_string(),
         name: v.name,
@@ -74,7 +75,7 @@ pub async fn get_seats(
     id: web::Path<String>,
     q: web::Query<SeatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let seats = state.engine.seats(path_id(&id, "event")?, q.into_inner().section).await?;
+    let seats = state.engine.seats(path_id(&id, Entity::Event)?, q.into_inner().section).await?;
     Ok(HttpResponse::Ok().json(SeatsResp {
         seats: seats
             .into_iter()

@@ -3,6 +3,7 @@ use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::actors::event::Selection;
 use rush_engine::domain::Attendee;
 use rush_engine::engine::NewHold;
+use rush_engine::error::Entity;
 use rush_engine::views::OrderView;
 use serde_json::json;
 
@@ -27,7 +28,7 @@ pub async fn create_order(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let b: HoldReq = parse_json(&body)?;
-    let event_id = b.event_id.parse().map_err(|_| ApiError::not_found("event"))?;
+    let event_id = b.event_id.parse().map_err(|_| ApiError::not_found(Entity::Event))?;
     let selection = match (b.seats, b.category, b.quantity) {
         (Some(seats), None, None) => Selection::Named(seats),
         (None, Some(category), Some(quantity)) => Selection::Category { category, quantity },
@@ -55,7 +56,7 @@ pub async fn get_order(
     auth: Auth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = state.engine.order(&auth.0, path_id(&id, "order")?).await?;
+    let order = state.engine.order(&auth.0, path_id(&id, Entity::Order)?).await?;
     Ok(HttpResponse::Ok().json(order))
 }
 
@@ -82,6 +83,6 @@ pub async fn cancel_order(
     auth: Auth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = state.engine.cancel(&auth.0, path_id(&id, "order")?).await?;
+    let order = state.engine.cancel(&auth.0, path_id(&id, Entity::Order)?).await?;
     Ok(HttpResponse::Ok().json(order))
 }

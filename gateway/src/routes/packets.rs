@@ -2,6 +2,7 @@ use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::domain::PacketKind;
 use rush_engine::engine::NewPacket;
+use rush_engine::error::Entity;
 use rush_engine::views::PacketView;
 use serde_json::json;
 
@@ -53,7 +54,7 @@ pub async fn create_packet(
               (status = 503, description = "overloaded, store_unavailable, outbox_full or shutting_down; see Retry-After", body = ErrorResp)))]
 #[post("/v1/packets/{id}/grab")]
 pub async fn grab(state: web::Data<AppState>, auth: Auth, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let g = state.engine.grab(&auth.0.user_id, path_id(&id, "packet")?).await?;
+    let g = state.engine.grab(&auth.0.user_id, path_id(&id, Entity::Packet)?).await?;
     Ok(HttpResponse::Ok().json(GrabResp {
         packet_id: g.packet_id.to_string(),
         grab_id: g.grab_id.to_string(),
@@ -69,6 +70,6 @@ pub async fn get_packet(
     _auth: Auth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = state.engine.packet(path_id(&id, "packet")?).await?;
+    let p = state.engine.packet(path_id(&id, Entity::Packet)?).await?;
     Ok(HttpResponse::Ok().json(p))
 }

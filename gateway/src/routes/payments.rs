@@ -1,6 +1,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::domain::time_of;
+use rush_engine::error::Entity;
 use rush_engine::pay::sandbox::PayOutcome;
 use rush_engine::pay::ChannelKind;
 use rush_engine::views::PaymentView;
@@ -33,7 +34,7 @@ pub async fn pay_order(
 ) -> Result<HttpResponse, ApiError> {
     let b: PayReq = parse_json(&body)?;
     let channel = channel_of(&b.channel)?;
-    let order_id = path_id(&id, "order")?;
+    let order_id = path_id(&id, Entity::Order)?;
     once(&state, &req, &auth.0.user_id, &body, || async {
         let (view, created) = state.engine.pay_order(&auth.0, order_id, channel).await?;
         Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, json!(view)))
@@ -54,7 +55,7 @@ pub async fn refund_order(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let order_id = path_id(&id, "order")?;
+    let order_id = path_id(&id, Entity::Order)?;
     once(&state, &req, &auth.0.user_id, &body, || async {
         let view = state.engine.refund_order(&auth.0, order_id).await?;
         Ok((StatusCode::OK, json!(view)))
@@ -70,7 +71,7 @@ pub async fn get_payment(
     auth: Auth,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let p = state.engine.payment(&auth.0, path_id(&id, "payment")?).await?;
+    let p = state.engine.payment(&auth.0, path_id(&id, Entity::Payment)?).await?;
     Ok(HttpResponse::Ok().json(p))
 }
 
@@ -87,7 +88,7 @@ pub async fn notify(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let kind = ChannelKind::parse(&channel).ok_or_else(|| ApiError::not_found("channel"))?;
+    let kind = ChannelKind::parse(&channel).ok_or_else(|| ApiError::not_found(Entity::Channel))?;
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -110,11 +111,11 @@ pub async fn sandbox_complete(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     if !state.engine.config().sandbox() {
-        return Err(ApiError::not_found("route"));
+        return Err(ApiError::no_route());
     }
     let (channel, id) = path.into_inner();
-    let kind = ChannelKind::parse(&channel).ok_or_else(|| ApiError::not_found("channel"))?;
-    let payment_id = path_id(&id, "payment")?;
+    let kind = ChannelKind::parse(&channel).ok_or_else(|| ApiError::not_found(Entity::Channel))?;
+    let payment_id = path_id(&id, Entity::Payment)?;
     let b: SandboxPayReq = if body.is_empty() { SandboxPayReq::default() } else { parse_json(&body)? };
     let drop = match b.callback.as_deref() {
         None => None,
@@ -135,7 +136,7 @@ pub async fn sandbox_complete(
         PayOutcome::NotPayable(why) => {
             Err(ApiError::new(StatusCode::CONFLICT, "not_payable", format!("the payment cannot be paid: {why}")))
         }
-        PayOutcome::UnknownTrade => Err(ApiError::not_found("payment")),
+        PayOutcome::UnknownTrade => Err(ApiError::not_found(Entity::Payment)),
     }
 }
 

@@ -1,6 +1,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::domain::time_of;
+use rush_engine::error::Entity;
 use serde_json::json;
 
 use super::path_id;
@@ -132,7 +133,7 @@ async fn decide(
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
     let b: DecideReq = if body.is_empty() { DecideReq::default() } else { parse_json(body)? };
-    let withdrawal_id = path_id(id, "withdrawal")?;
+    let withdrawal_id = path_id(id, Entity::Withdrawal)?;
     once(state, req, &admin.0.user_id, body, || async {
         let w = state.engine.decide_withdrawal(&admin.0, withdrawal_id, approve, b.reason).await?;
         Ok((StatusCode::OK, json!(WithdrawalResp::from(w))))

@@ -1,6 +1,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use rush_engine::domain::time_of;
+use rush_engine::error::Entity;
 use serde_json::json;
 
 use super::path_id;
@@ -38,7 +39,7 @@ pub async fn deliveries(
     id: web::Path<String>,
     q: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let (hook, list) = state.engine.webhook_deliveries(path_id(&id, "webhook")?, q.limit).await?;
+    let (hook, list) = state.engine.webhook_deliveries(path_id(&id, Entity::Webhook)?, q.limit).await?;
     Ok(HttpResponse::Ok().json(DeliveriesResp {
         webhook_id: hook.webhook_id.to_string(),
         url: hook.url,

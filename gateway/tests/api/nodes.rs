@@ -286,7 +286,7 @@ both_modes!(
 /// A signed WeChat callback for `payment`, as the channel would send it.
 fn wechat_callback(payment: &str, amount: i64, txn: &str) -> rush_engine::pay::wire::Callback {
     use rush_engine::pay::wire::Wire;
-    let wire = rush_engine::pay::wire::Wechat { secret: "rush-dev-wechat-secret".into(), max_age_ms: 300_000 };
+    let wire = rush_engine::pay::wire::Wechat { secret: "rush-dev-wechat-secret".into(), age_ms_max: 300_000 };
     let now = rush_engine::domain::now_unix_ms();
     let n = rush_engine::pay::Notification {
         payment_id: payment.parse().expect("id"),

@@ -180,25 +180,25 @@ async fn forged_and_mismatched_callbacks_change_nothing_and_are_logged() {
         }
     };
     use rush_engine::pay::wire::{Alipay, Ecard, Wechat, Wire};
-    let max_age_ms = 300_000;
+    let age_ms_max = 300_000;
     // Signed with somebody else's key.
-    let forger = Wechat { secret: "not-the-real-secret!".into(), max_age_ms };
+    let forger = Wechat { secret: "not-the-real-secret!".into(), age_ms_max };
     let (s, body) = send(forger.callback(&note(100), rush_engine::domain::now_unix_ms()), "wechat").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("FAIL"), "wechat's failure shape: {body}");
     // Signed right, wrong amount.
-    let real = Wechat { secret: Config::default().payments.wechat_secret, max_age_ms };
+    let real = Wechat { secret: Config::default().payments.wechat_secret, age_ms_max };
     let (s, _) = send(real.callback(&note(1), rush_engine::domain::now_unix_ms()), "wechat").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Signed right for another channel's key and shape: unknown there.
-    let alipay = Alipay { secret: Config::default().payments.alipay_secret, max_age_ms };
+    let alipay = Alipay { secret: Config::default().payments.alipay_secret, age_ms_max };
     let (s, body) = send(alipay.callback(&note(100), rush_engine::domain::now_unix_ms()), "alipay").await;
     assert_eq!((s, body.as_str()), (StatusCode::OK, "failure"), "alipay answers failure in text");
     // Old: a replay from long ago.
     let (s, _) = send(real.callback(&note(100), rush_engine::domain::now_unix_ms() - 3_600_000), "wechat").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Garbage.
-    let ecard = Ecard { secret: "x".repeat(20), max_age_ms };
+    let ecard = Ecard { secret: "x".repeat(20), age_ms_max };
     let mut cb = ecard.callback(&note(100), rush_engine::domain::now_unix_ms());
     cb.headers.retain(|(k, _)| k != "x-ecard-signature");
     let (_, body) = send(cb, "ecard").await;
