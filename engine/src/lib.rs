@@ -5,24 +5,26 @@
 //! to the durable store.
 //!
 //! # Layout
-//! - [`domain`]: ids with shard gene, money, seat maps, order states, packet split.
-//! - [`actors`]: one actor per event and per packet, bounded mailboxes, batching.
-//! - [`store`]: the hot-store trait; `memory` (embedded) and `redis` implement it.
+//! Lowest layer first; a module imports only its own layer and those below
+//! (`scripts/layers.py` checks it).
+//! - [`domain`]: ids with shard gene, money, seat maps, orders, packets, payments, domain events, time.
+//! - [`error`]: expected failures (and [`error::Entity`] for not-found), mapped to HTTP by the gateway.
+//! - [`config`]: layered configuration with every limit.
+//! - [`telemetry`]: Prometheus metrics.
 //! - [`redis_io`]: running commands that live in different slots.
-//! - [`scripts`]: Rust twins of the Lua scripts in `lua/`.
-//! - [`events`]: domain events, the event-log trait, the embedded outbox log.
+//! - [`idempotency`]: Idempotency-Key records, a trait both stores implement.
+//! - [`store`]: the hot store: trait, `memory` (embedded, over `hot.db`) and `redis`, the Lua twins.
+//! - [`events`]: the event logs over the outbox: `hot.db`, Redis streams, Kafka.
 //! - [`durable`]: sqlx repositories (SQLite or Postgres): ledger, orders by gene, packets, grabs,
 //!   payments and callback log, withdrawals, webhooks.
-//! - [`workers`]: persist events, expire holds and packets, check payments, deliver webhooks.
-//! - [`pay`]: payment channels (trait, sandboxes, callback wire formats) and the payment flow.
-//! - [`reconcile`]: the ledger against itself and the channels' bills.
-//! - [`recovery`]: finding a lost or failed-over Redis and rebuilding it from the durable store.
-//! - [`engine`]: the facade the gateway calls.
-//! - [`idempotency`]: Idempotency-Key records (durable store or Redis).
+//! - [`pay`]: payment channels: trait, sandboxes, callback wire formats, the registry.
 //! - [`views`]: read models shaped as the API answers, with masking.
-//! - [`config`]: layered configuration with every limit.
-//! - [`error`]: expected failures, mapped to HTTP by the gateway.
-//! - [`telemetry`]: Prometheus metrics.
+//! - [`actors`]: one actor per event and per packet, bounded mailboxes, batching.
+//! - [`recovery`]: finding a lost or failed-over Redis and rebuilding it from the durable store.
+//! - [`reconcile`]: the ledger against itself and the channels' bills.
+//! - [`workers`]: persist events, relay to Kafka, expire holds and packets, check payments, deliver webhooks.
+//! - [`engine`]: the use cases the gateway calls, one file per capability.
+//! - [`node`]: wiring: builds a node for its mode and starts and stops its workers.
 //! - [`testkit`]: scratch Postgres databases and test service addresses.
 
 pub mod actors;

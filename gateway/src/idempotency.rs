@@ -6,8 +6,9 @@
 
 use std::future::Future;
 
+use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use rush_engine::idempotency::{Begin, Ttl};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -23,6 +24,50 @@ pub const KEY_LEN_MAX: usize = 255;
 /// Parses a JSON body the way `web::Json` would, with our error shape.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+}
+
+/// A POST that creates something or moves money: the request and its raw
+/// body, so the body can be parsed with our error shape and its effect run
+/// at most once per `Idempotency-Key` ([`IdempotentPost::once`]).
+pub struct IdempotentPost {
+    req: HttpRequest,
+    body: web::Bytes,
+}
+
+impl FromRequest for IdempotentPost {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        // The body limit is `web::PayloadConfig`'s, as for `web::Bytes`.
+        let body = web::Bytes::from_request(req, payload);
+        let req = req.clone();
+        Box::pin(async move { Ok(IdempotentPost { body: body.await?, req }) })
+    }
+}
+
+impl IdempotentPost {
+    /// The body as JSON (400 `invalid_json` if it is not `T`).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        parse_json(&self.body)
+    }
+
+    /// The body as JSON, or `T::default()` when there is none.
+    pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Ok(T::default());
+        }
+        self.json()
+    }
+
+    /// Runs `f` at most once per (`user_id`, key): see [`once`].
+    pub async fn once<F, Fut>(&self, state: &AppState, user_id: &str, f: F) -> Result<HttpResponse, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(StatusCode, Value), ApiError>>,
+    {
+        once(state, &self.req, user_id, &self.body, f).await
+    }
 }
 
 fn respond(status: StatusCode, body: String) -> HttpResponse {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::input::{Caller, NewEvent, NewHold, CATEGORY_ID_LEN_MAX, ID_NUMBER_LEN_MAX};
-use super::{check_text, invalid, Engine};
+use super::{check_text, invalid, next_cursor, Engine};
 use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
 use crate::actors::packet::PacketMsg;
 use crate::domain::{now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SeatMap};
@@ -174,17 +174,8 @@ impl Engine {
     ) -> Result<(Vec<OrderView>, Option<Id>), EngineError> {
         let limit = self.page_limit(limit)?;
         let records = self.durable.orders_of(user_id, before, limit).await?;
-        let next = if records.len() as u32 == limit { records.last().map(|r| r.order_id) } else { None };
+        let next = next_cursor(&records, limit, |r| r.order_id);
         Ok((records.iter().map(OrderView::from_record).collect(), next))
-    }
-
-    pub(crate) fn page_limit(&self, limit: Option<u32>) -> Result<u32, EngineError> {
-        let oc = &self.cfg.orders;
-        let limit = limit.unwrap_or(oc.list_limit_default);
-        if limit == 0 || limit > oc.list_limit_max {
-            return Err(invalid(format!("limit must be 1-{}", oc.list_limit_max)));
-        }
-        Ok(limit)
     }
 
     pub async fn cancel(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {

@@ -101,6 +101,16 @@ async fn answer<T>(rx: oneshot::Receiver<T>) -> Result<T, EngineError> {
     rx.await.map_err(|_| EngineError::StoreUnavailable)
 }
 
+/// The cursor of the page after `page`: its last item's, when the page is
+/// full (a shorter page is the last one).
+pub(crate) fn next_cursor<T, C>(page: &[T], limit: u32, cursor: impl Fn(&T) -> C) -> Option<C> {
+    if page.len() as u32 == limit {
+        page.last().map(cursor)
+    } else {
+        None
+    }
+}
+
 impl Engine {
     pub fn new(p: Parts) -> Engine {
         // Embedded, this node is the store's only writer.
@@ -291,6 +301,17 @@ impl Engine {
             return Err(EngineError::NotFound(Entity::Packet));
         }
         answer(rx).await
+    }
+
+    /// A page's length: `orders.list_limit_default` unless given, at most
+    /// `orders.list_limit_max`.
+    pub(crate) fn page_limit(&self, limit: Option<u32>) -> Result<u32, EngineError> {
+        let oc = &self.cfg.orders;
+        let limit = limit.unwrap_or(oc.list_limit_default);
+        if limit == 0 || limit > oc.list_limit_max {
+            return Err(invalid(format!("limit must be 1-{}", oc.list_limit_max)));
+        }
+        Ok(limit)
     }
 
     /// Drops every actor: after a rebuild of the hot store their memory is stale.

@@ -1,7 +1,7 @@
 //! Wallets: balances, the ledger, credits, withdrawals and the audit.
 
 use super::input::{Caller, REASON_LEN_MAX};
-use super::{check_text, invalid, Engine};
+use super::{check_text, invalid, next_cursor, Engine};
 use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
 use crate::durable::{Audit, Balance, JournalEntry};
@@ -21,7 +21,7 @@ impl Engine {
     ) -> Result<(Vec<JournalEntry>, Option<i64>), EngineError> {
         let limit = self.page_limit(limit)?;
         let entries = self.durable.ledger(user_id, before, limit).await?;
-        let next = if entries.len() as u32 == limit { entries.last().map(|e| e.entry_id) } else { None };
+        let next = next_cursor(&entries, limit, |e| e.entry_id);
         Ok((entries, next))
     }
 

@@ -1,5 +1,5 @@
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use rush_engine::actors::event::Selection;
 use rush_engine::domain::Attendee;
 use rush_engine::engine::NewHold;
@@ -11,7 +11,7 @@ use super::path_id;
 use crate::auth::Auth;
 use crate::dto::*;
 use crate::error::ApiError;
-use crate::idempotency::{once, parse_json};
+use crate::idempotency::IdempotentPost;
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/orders", request_body = HoldReq,
@@ -24,10 +24,9 @@ use crate::AppState;
 pub async fn create_order(
     state: web::Data<AppState>,
     auth: Auth,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    let b: HoldReq = parse_json(&body)?;
+    let b: HoldReq = post.json()?;
     let event_id = b.event_id.parse().map_err(|_| ApiError::not_found(Entity::Event))?;
     let selection = match (b.seats, b.category, b.quantity) {
         (Some(seats), None, None) => Selection::Named(seats),
@@ -41,7 +40,7 @@ pub async fn create_order(
         .map(|a| Attendee { name: a.name, id_number: a.id_number })
         .collect();
     let hold = NewHold { event_id, selection, attendees };
-    once(&state, &req, &auth.0.user_id, &body, || async {
+    post.once(&state, &auth.0.user_id, || async {
         let order = state.engine.hold(&auth.0.user_id, hold).await?;
         Ok((StatusCode::CREATED, json!(order)))
     })

@@ -1,5 +1,5 @@
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use rush_engine::domain::PacketKind;
 use rush_engine::engine::NewPacket;
 use rush_engine::error::Entity;
@@ -10,7 +10,7 @@ use super::path_id;
 use crate::auth::Auth;
 use crate::dto::*;
 use crate::error::ApiError;
-use crate::idempotency::{once, parse_json};
+use crate::idempotency::IdempotentPost;
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/packets", request_body = CreatePacketReq,
@@ -24,10 +24,9 @@ use crate::AppState;
 pub async fn create_packet(
     state: web::Data<AppState>,
     auth: Auth,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    let b: CreatePacketReq = parse_json(&body)?;
+    let b: CreatePacketReq = post.json()?;
     let kind = match b.kind.as_str() {
         "normal" => PacketKind::Normal,
         "lucky" => PacketKind::Lucky,
@@ -40,7 +39,7 @@ pub async fn create_packet(
         greeting: b.greeting,
         expires_in_s: b.expires_in_s,
     };
-    once(&state, &req, &auth.0.user_id, &body, || async {
+    post.once(&state, &auth.0.user_id, || async {
         let packet = state.engine.create_packet(&auth.0.user_id, input).await?;
         Ok((StatusCode::CREATED, json!(packet)))
     })

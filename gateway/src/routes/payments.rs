@@ -11,7 +11,7 @@ use super::path_id;
 use crate::auth::{Admin, Auth};
 use crate::dto::*;
 use crate::error::ApiError;
-use crate::idempotency::{once, parse_json};
+use crate::idempotency::{parse_json, IdempotentPost};
 use crate::AppState;
 
 pub fn channel_of(raw: &str) -> Result<ChannelKind, ApiError> {
@@ -29,13 +29,12 @@ pub async fn pay_order(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<String>,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    let b: PayReq = parse_json(&body)?;
+    let b: PayReq = post.json()?;
     let channel = channel_of(&b.channel)?;
     let order_id = path_id(&id, Entity::Order)?;
-    once(&state, &req, &auth.0.user_id, &body, || async {
+    post.once(&state, &auth.0.user_id, || async {
         let (view, created) = state.engine.pay_order(&auth.0, order_id, channel).await?;
         Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, json!(view)))
     })
@@ -52,11 +51,10 @@ pub async fn refund_order(
     state: web::Data<AppState>,
     auth: Auth,
     id: web::Path<String>,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
     let order_id = path_id(&id, Entity::Order)?;
-    once(&state, &req, &auth.0.user_id, &body, || async {
+    post.once(&state, &auth.0.user_id, || async {
         let view = state.engine.refund_order(&auth.0, order_id).await?;
         Ok((StatusCode::OK, json!(view)))
     })

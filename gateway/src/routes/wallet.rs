@@ -1,5 +1,5 @@
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use rush_engine::domain::time_of;
 use rush_engine::error::Entity;
 use serde_json::json;
@@ -9,7 +9,7 @@ use super::payments::channel_of;
 use crate::auth::{Admin, Auth};
 use crate::dto::*;
 use crate::error::ApiError;
-use crate::idempotency::{once, parse_json};
+use crate::idempotency::IdempotentPost;
 use crate::AppState;
 
 fn wallet_resp(user_id: &str, b: rush_engine::durable::Balance) -> WalletResp {
@@ -60,11 +60,10 @@ pub async fn credit(
     state: web::Data<AppState>,
     admin: Admin,
     user_id: web::Path<String>,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    let b: CreditReq = parse_json(&body)?;
-    once(&state, &req, &admin.0.user_id, &body, || async {
+    let b: CreditReq = post.json()?;
+    post.once(&state, &admin.0.user_id, || async {
         let balance = state.engine.credit(&user_id, b.amount, &b.reason).await?;
         Ok((StatusCode::OK, json!(wallet_resp(&user_id, balance))))
     })
@@ -76,15 +75,10 @@ pub async fn credit(
     responses((status = 201, description = "a payment; the wallet is credited once it succeeds", body = rush_engine::views::PaymentView),
               (status = 400, body = ErrorResp), (status = 503, description = "channel_unavailable", body = ErrorResp)))]
 #[post("/v1/wallet/recharge")]
-pub async fn recharge(
-    state: web::Data<AppState>,
-    auth: Auth,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    let b: RechargeReq = parse_json(&body)?;
+pub async fn recharge(state: web::Data<AppState>, auth: Auth, post: IdempotentPost) -> Result<HttpResponse, ApiError> {
+    let b: RechargeReq = post.json()?;
     let channel = channel_of(&b.channel)?;
-    once(&state, &req, &auth.0.user_id, &body, || async {
+    post.once(&state, &auth.0.user_id, || async {
         let p = state.engine.recharge(&auth.0.user_id, b.amount, channel).await?;
         Ok((StatusCode::CREATED, json!(p)))
     })
@@ -97,14 +91,9 @@ pub async fn recharge(
               (status = 400, body = ErrorResp),
               (status = 422, description = "risk_refused (per-day count or amount), insufficient_funds", body = ErrorResp)))]
 #[post("/v1/wallet/withdraw")]
-pub async fn withdraw(
-    state: web::Data<AppState>,
-    auth: Auth,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    let b: WithdrawReq = parse_json(&body)?;
-    once(&state, &req, &auth.0.user_id, &body, || async {
+pub async fn withdraw(state: web::Data<AppState>, auth: Auth, post: IdempotentPost) -> Result<HttpResponse, ApiError> {
+    let b: WithdrawReq = post.json()?;
+    post.once(&state, &auth.0.user_id, || async {
         let w = state.engine.withdraw(&auth.0.user_id, b.amount).await?;
         Ok((StatusCode::CREATED, json!(WithdrawalResp::from(w))))
     })
@@ -129,12 +118,11 @@ async fn decide(
     admin: &Admin,
     id: &str,
     approve: bool,
-    req: &HttpRequest,
-    body: &[u8],
+    post: &IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    let b: DecideReq = if body.is_empty() { DecideReq::default() } else { parse_json(body)? };
+    let b: DecideReq = post.json_or_default()?;
     let withdrawal_id = path_id(id, Entity::Withdrawal)?;
-    once(state, req, &admin.0.user_id, body, || async {
+    post.once(state, &admin.0.user_id, || async {
         let w = state.engine.decide_withdrawal(&admin.0, withdrawal_id, approve, b.reason).await?;
         Ok((StatusCode::OK, json!(WithdrawalResp::from(w))))
     })
@@ -149,10 +137,9 @@ pub async fn approve_withdrawal(
     state: web::Data<AppState>,
     admin: Admin,
     id: web::Path<String>,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    decide(&state, &admin, &id, true, &req, &body).await
+    decide(&state, &admin, &id, true, &post).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/withdrawals/{id}/reject", request_body = Option<DecideReq>,
@@ -163,8 +150,7 @@ pub async fn reject_withdrawal(
     state: web::Data<AppState>,
     admin: Admin,
     id: web::Path<String>,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    decide(&state, &admin, &id, false, &req, &body).await
+    decide(&state, &admin, &id, false, &post).await
 }

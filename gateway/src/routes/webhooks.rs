@@ -1,5 +1,5 @@
 use actix_web::http::StatusCode;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use rush_engine::domain::time_of;
 use rush_engine::error::Entity;
 use serde_json::json;
@@ -8,7 +8,7 @@ use super::path_id;
 use crate::auth::Admin;
 use crate::dto::*;
 use crate::error::ApiError;
-use crate::idempotency::{once, parse_json};
+use crate::idempotency::IdempotentPost;
 use crate::AppState;
 
 #[utoipa::path(post, path = "/v1/admin/webhooks", request_body = WebhookReq,
@@ -19,11 +19,10 @@ use crate::AppState;
 pub async fn create_webhook(
     state: web::Data<AppState>,
     admin: Admin,
-    req: HttpRequest,
-    body: web::Bytes,
+    post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
-    let b: WebhookReq = parse_json(&body)?;
-    once(&state, &req, &admin.0.user_id, &body, || async {
+    let b: WebhookReq = post.json()?;
+    post.once(&state, &admin.0.user_id, || async {
         let id = state.engine.create_webhook(&b.url, &b.events, &b.secret).await?;
         Ok((StatusCode::CREATED, json!(WebhookResp { webhook_id: id.to_string() })))
     })
