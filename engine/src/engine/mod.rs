@@ -63,11 +63,11 @@ pub struct Parts {
 }
 
 pub struct Engine {
-    pub(crate) cfg: Arc<Config>,
-    pub(crate) ids: Arc<IdGen>,
-    pub(crate) store: Arc<dyn HotStore>,
+    cfg: Arc<Config>,
+    ids: Arc<IdGen>,
+    store: Arc<dyn HotStore>,
     log: Arc<dyn EventLog>,
-    pub(crate) durable: Durable,
+    durable: Durable,
     /// Where Idempotency-Key records live (durable store or Redis).
     idempotency: Arc<dyn IdempotencyStore>,
     actors: Actors,
@@ -76,7 +76,7 @@ pub struct Engine {
     /// Last measured outbox length (see [`crate::config::OutboxConfig`]).
     outbox_len: Arc<AtomicU64>,
     /// Payment channels (the sandboxes) and outbound HTTP.
-    pub(crate) pay: Payments,
+    pay: Payments,
     pub metrics: Metrics,
     /// Shutdown has begun: readiness fails (see [`Engine::begin_drain`]).
     draining: AtomicBool,
