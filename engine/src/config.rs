@@ -907,6 +907,21 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_node_and_limits()?;
+        self.validate_stores()?;
+        self.validate_money()?;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.profile == Profile::Production {
+            self.validate_production()?;
+        }
+        if self.outbox.len_max == 0 || !(1..=100).contains(&self.outbox.ready_pct) || self.outbox.check_every_ms == 0 {
+            return bad("outbox.len_max and outbox.check_every_ms must be positive, outbox.ready_pct 1..=100");
+        }
+        Ok(())
+    }
+
+    /// The node (ids, shutdown, actors, tokens) and the request limits.
+    fn validate_node_and_limits(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.node_id > crate::domain::id::NODE_MAX {
             return bad("node_id must be 0..=1023");
@@ -935,6 +950,12 @@ impl Config {
         if self.orders.list_limit_default == 0 || self.orders.list_limit_default > self.orders.list_limit_max {
             return bad("orders.list_limit_default must be 1..=list_limit_max");
         }
+        Ok(())
+    }
+
+    /// Redis, Kafka, the workers, the outbox reader, Postgres and SQLite.
+    fn validate_stores(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return bad("redis.key_prefix must be non-empty, without braces (they are hash tags)");
         }
@@ -975,6 +996,12 @@ impl Config {
         if self.sqlite.group_commit_max == 0 {
             return bad("sqlite.group_commit_max must be at least 1");
         }
+        Ok(())
+    }
+
+    /// Payment channels, wallets and webhooks.
+    fn validate_money(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         let p = &self.payments;
         if [&p.wechat_secret, &p.alipay_secret, &p.ecard_secret].iter().any(|s| s.len() < 16) {
             return bad("payments.wechat_secret, alipay_secret and ecard_secret must be at least 16 bytes");
@@ -1001,12 +1028,6 @@ impl Config {
             return bad(
                 "webhooks.backoff_first_ms must be positive and at most backoff_max_ms; poll_ms and batch_max positive",
             );
-        }
-        if self.profile == Profile::Production {
-            self.validate_production()?;
-        }
-        if self.outbox.len_max == 0 || !(1..=100).contains(&self.outbox.ready_pct) || self.outbox.check_every_ms == 0 {
-            return bad("outbox.len_max and outbox.check_every_ms must be positive, outbox.ready_pct 1..=100");
         }
         Ok(())
     }

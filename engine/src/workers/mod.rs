@@ -64,8 +64,6 @@ pub async fn persist_loop(
 ) {
     let mut lead = lead::Leadership::new(lease, PERSIST_CONSUMER, "persist");
     let failures = metrics.worker_failures.with_label_values(&["persist"]);
-    let applied = metrics.worker_events.with_label_values(&["persist"]);
-    let parked_total = metrics.parked_events.clone();
     let mut lag_checked = tokio::time::Instant::now();
     loop {
         let flushing = *shutdown.borrow();
@@ -109,30 +107,44 @@ pub async fn persist_loop(
             }
             continue;
         };
-        let mut backoff = cfg.retry_backoff_ms;
-        loop {
-            let done = match durable.apply_or_park(&batch).await {
-                Ok((n, parked)) => {
-                    applied.inc_by(n as u64);
-                    for (event_id, reason) in &parked {
-                        parked_total.inc();
-                        tracing::error!(%event_id, reason, "event parked: it cannot be applied to the durable store");
-                    }
-                    log.commit(PERSIST_CONSUMER, last).await.map_err(|e| e.to_string())
+        apply_until_done(log.as_ref(), &durable, &batch, last, &cfg, &metrics).await;
+    }
+}
+
+/// Applies one batch to the durable store and commits the log position,
+/// retrying with doubling backoff until both succeed (or, stopping, the
+/// caller's deadline drops the task: the batch stays in the log for the
+/// next reader). Events the store refuses are parked, counted and logged.
+async fn apply_until_done(
+    log: &dyn EventLog,
+    durable: &Durable,
+    batch: &[crate::domain::Envelope],
+    last: u64,
+    cfg: &WorkerConfig,
+    metrics: &Metrics,
+) {
+    let failures = metrics.worker_failures.with_label_values(&["persist"]);
+    let applied = metrics.worker_events.with_label_values(&["persist"]);
+    let mut backoff = cfg.retry_backoff_ms;
+    loop {
+        let done = match durable.apply_or_park(batch).await {
+            Ok((n, parked)) => {
+                applied.inc_by(n as u64);
+                for (event_id, reason) in &parked {
+                    metrics.parked_events.inc();
+                    tracing::error!(%event_id, reason, "event parked: it cannot be applied to the durable store");
                 }
-                Err(e) => Err(e.to_string()),
-            };
-            match done {
-                Ok(()) => break,
-                Err(e) => {
-                    failures.inc();
-                    tracing::error!(error = %e, position = last, "persist batch failed; retrying");
-                    // Until it is applied or, stopping, the caller's
-                    // deadline drops this task (the batch stays in the log
-                    // for the next reader).
-                    tokio::time::sleep(Duration::from_millis(backoff)).await;
-                    backoff = (backoff * 2).min(cfg.retry_backoff_max_ms);
-                }
+                log.commit(PERSIST_CONSUMER, last).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match done {
+            Ok(()) => return,
+            Err(e) => {
+                failures.inc();
+                tracing::error!(error = %e, position = last, "persist batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                backoff = (backoff * 2).min(cfg.retry_backoff_max_ms);
             }
         }
     }
