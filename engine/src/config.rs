@@ -2,6 +2,10 @@
 //! environment variables. Unknown keys are refused at every layer so a typo
 //! never passes silently. Every limit the engine enforces lives here with the
 //! reason for its default.
+//!
+//! Why one file of ~1 200 lines: every section's struct, its defaults and the
+//! reason for each sit together, so a limit is found in one place; validation
+//! and its tests follow.
 
 use std::path::{Path, PathBuf};
 

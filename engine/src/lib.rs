@@ -25,7 +25,8 @@
 //! - [`workers`]: persist events, relay to Kafka, expire holds and packets, check payments, deliver webhooks.
 //! - [`engine`]: the use cases the gateway calls, one file per capability.
 //! - [`node`]: wiring: builds a node for its mode and starts and stops its workers.
-//! - [`testkit`]: scratch Postgres databases and test service addresses.
+//! - `testkit` (feature `testkit`, for this workspace's tests): scratch Postgres databases and test
+//!   service addresses.
 
 pub mod actors;
 pub mod config;
@@ -42,6 +43,7 @@ pub mod recovery;
 pub mod redis_io;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod views;
 pub mod workers;

@@ -2,6 +2,10 @@
 //! orders in 16 gene tables, packets, grabs, and the workers' idempotent
 //! application of events. One body of SQL runs on SQLite and Postgres
 //! (`pool.rs`); only the migrations are per dialect.
+//!
+//! Why one file of ~1 000 lines: applying events (each effect) and the
+//! ledger's transfer core, which every repository file of this folder builds
+//! on; payments, wallet, webhooks, idempotency and rebuild are already apart.
 
 pub mod idempotency;
 pub mod payments;

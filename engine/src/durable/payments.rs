@@ -2,6 +2,9 @@
 //! on the row (`… WHERE status = 'pending'`), so duplicated and concurrent
 //! callbacks, queries and workers change a payment once; the ledger
 //! transfer and the webhook deliveries of a change commit with it.
+//!
+//! Why one file of ~680 lines: every compare-and-set step of a payment with
+//! its SQL, in the order the money moves.
 
 use serde::Serialize;
 use serde_json::json;

@@ -2,7 +2,6 @@
 //! seats, cancelling, confirming and refunding through the event's actor,
 //! and settling what is due.
 
-use crate::error::Entity;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use super::{check_text, invalid, next_cursor, Engine};
 use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
 use crate::actors::packet::PacketMsg;
 use crate::domain::{now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SeatMap};
-use crate::error::EngineError;
+use crate::error::{EngineError, Entity};
 use crate::store::DueItem;
 use crate::views::OrderView;
 

@@ -18,7 +18,6 @@ pub mod payments;
 pub mod wallet;
 pub mod webhooks;
 
-use crate::error::Entity;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +31,7 @@ use crate::actors::Actors;
 use crate::config::Config;
 use crate::domain::{EventInfo, Id, IdGen};
 use crate::durable::Durable;
-use crate::error::EngineError;
+use crate::error::{EngineError, Entity};
 use crate::events::EventLog;
 use crate::idempotency::IdempotencyStore;
 use crate::pay::Payments;

@@ -1,6 +1,5 @@
 //! Red packets: creating one (its money frozen first), grabbing, reading.
 
-use crate::error::Entity;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use crate::config::EngineMode;
 use crate::domain::packet::split;
 use crate::domain::{gene_of_user, now_unix_ms, Fen, Id};
 use crate::durable::Durable;
-use crate::error::EngineError;
+use crate::error::{EngineError, Entity};
 use crate::store::{DirectGrab, HotStore, PacketDef, Voided};
 use crate::views::PacketView;
 

@@ -5,8 +5,7 @@ use super::{check_text, invalid, next_cursor, Engine};
 use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
 use crate::durable::{Audit, Balance, JournalEntry};
-use crate::error::EngineError;
-use crate::error::Entity;
+use crate::error::{EngineError, Entity};
 
 impl Engine {
     pub async fn wallet(&self, user_id: &str) -> Result<Balance, EngineError> {

@@ -3,8 +3,7 @@
 use super::{invalid, Engine};
 use crate::domain::{now_unix_ms, Id};
 use crate::durable::webhooks::{DeliveryRecord, WebhookRecord, EVENT_TYPES};
-use crate::error::EngineError;
-use crate::error::Entity;
+use crate::error::{EngineError, Entity};
 
 /// A webhook URL: what browsers and proxies reliably carry.
 const URL_LEN_MAX: usize = 2000;

@@ -6,6 +6,9 @@
 //! returns: a batch is acknowledged after its transaction commits. If the
 //! transaction fails, the entity's mirror is dropped and re-read from the
 //! file on next use, so memory never runs ahead of what is durable.
+//!
+//! Why one file of ~730 lines: the embedded twin of every Lua script, in one
+//! file as `redis.rs` is, so the two read side by side.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex as StdMutex};

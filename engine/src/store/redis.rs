@@ -13,6 +13,11 @@
 //! - `P:{pN}:due` (zset of deadlines), `P:{pN}:outbox` (stream)
 //! - `P:{pO}:ord:<order>` → event id: an index for reading an order by id,
 //!   written before the hold script (it asserts nothing on its own).
+//!
+//! Why one file of ~1 150 lines: the key layout above, the call of every Lua
+//! script (one method each) and the single-server/cluster connection are one
+//! type, `RedisStore`; split, the key layout would sit apart from the code
+//! that uses it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
