@@ -517,7 +517,7 @@ async fn withdrawals_limits(backend: &str) {
         withdrawal_id: ids.next(gene_of_user("wes")),
         user_id: "wes".into(),
         amount: Fen::new(amount),
-        status: "pending".into(),
+        status: rush_engine::domain::WithdrawalStatus::Pending,
         created_at_ms: 1,
         decided_at_ms: None,
         decided_by: None,

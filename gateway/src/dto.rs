@@ -273,7 +273,7 @@ impl From<rush_engine::durable::wallet::WithdrawalRecord> for WithdrawalResp {
             withdrawal_id: w.withdrawal_id.to_string(),
             user_id: w.user_id,
             amount: w.amount.get(),
-            status: w.status,
+            status: w.status.as_str().to_string(),
             created_at: time_of(w.created_at_ms),
             decided_at: w.decided_at_ms.map(time_of),
             decided_by: w.decided_by,

@@ -16,7 +16,7 @@ pub use id::{gene_of_user, now_unix_ms, Id, IdGen};
 pub use money::Fen;
 pub use order::{Attendee, OrderSeat, OrderStatus};
 pub use packet::{PacketKind, PacketStatus};
-pub use payment::{ChannelKind, Paid};
+pub use payment::{ChannelKind, Paid, WithdrawalStatus};
 pub use seatmap::{SeatDef, SeatIdx, SeatMap, SectionLayout};
 pub use time::time_of;
 

@@ -38,3 +38,35 @@ pub struct Paid {
     pub amount: Fen,
     pub paid_at_ms: u64,
 }
+
+/// Where a withdrawal stands: frozen until an admin decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WithdrawalStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl WithdrawalStatus {
+    pub const ALL: [WithdrawalStatus; 3] =
+        [WithdrawalStatus::Pending, WithdrawalStatus::Approved, WithdrawalStatus::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithdrawalStatus::Pending => "pending",
+            WithdrawalStatus::Approved => "approved",
+            WithdrawalStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WithdrawalStatus> {
+        WithdrawalStatus::ALL.into_iter().find(|w| w.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for WithdrawalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -7,15 +7,14 @@ use sqlx::{AnyConnection, Connection, Row};
 
 use super::webhooks::announce;
 use super::{ms, ms_i, transfer, Bucket, Durable, DurableError, Transfer};
-use crate::domain::{Fen, Id, WORLD_ACCOUNT};
+use crate::domain::{Fen, Id, WithdrawalStatus, WORLD_ACCOUNT};
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct WithdrawalRecord {
     pub withdrawal_id: Id,
     pub user_id: String,
     pub amount: Fen,
-    /// `pending`, `approved` or `rejected`.
-    pub status: String,
+    pub status: WithdrawalStatus,
     pub created_at_ms: u64,
     pub decided_at_ms: Option<u64>,
     pub decided_by: Option<String>,
@@ -37,7 +36,11 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<WithdrawalRecord, DurableError> {
             .map_err(|_| DurableError::Invariant("stored withdrawal has a bad id".into()))?,
         user_id: r.try_get("user_id")?,
         amount: Fen::new(r.try_get("amount")?),
-        status: r.try_get("status")?,
+        status: {
+            let raw: String = r.try_get("status")?;
+            WithdrawalStatus::parse(&raw)
+                .ok_or_else(|| DurableError::Invariant(format!("stored withdrawal has status {raw:?}")))?
+        },
         created_at_ms: ms(r.try_get("created_at_ms")?),
         decided_at_ms: r.try_get::<Option<i64>, _>("decided_at_ms")?.map(ms),
         decided_by: r.try_get("decided_by")?,
@@ -46,7 +49,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<WithdrawalRecord, DurableError> {
 }
 
 fn data(w: &WithdrawalRecord) -> serde_json::Value {
-    json!({"withdrawal_id": w.withdrawal_id.to_string(), "user_id": w.user_id, "amount": w.amount.get(), "status": w.status})
+    json!({"withdrawal_id": w.withdrawal_id.to_string(), "user_id": w.user_id, "amount": w.amount.get(), "status": w.status.as_str()})
 }
 
 impl Durable {
@@ -94,11 +97,15 @@ impl Durable {
     }
 
     /// Withdrawals in one status, oldest first (the admin's queue).
-    pub async fn withdrawals(&self, status: &str, limit: u32) -> Result<Vec<WithdrawalRecord>, DurableError> {
+    pub async fn withdrawals(
+        &self,
+        status: WithdrawalStatus,
+        limit: u32,
+    ) -> Result<Vec<WithdrawalRecord>, DurableError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM withdrawals WHERE status = $1 ORDER BY withdrawal_id LIMIT $2"
         ))
-        .bind(status)
+        .bind(status.as_str())
         .bind(i64::from(limit))
         .fetch_all(&self.db.read)
         .await?;
@@ -189,7 +196,7 @@ async fn decide_withdrawal(
     now_ms: u64,
 ) -> Result<Option<WithdrawalRecord>, DurableError> {
     let mut tx = conn.begin().await?;
-    let status = if approve { "approved" } else { "rejected" };
+    let status = if approve { WithdrawalStatus::Approved } else { WithdrawalStatus::Rejected }.as_str();
     let changed = sqlx::query(
         "UPDATE withdrawals SET status = $1, decided_at_ms = $2, decided_by = $3, reason = $4 \
          WHERE withdrawal_id = $5 AND status = 'pending'",

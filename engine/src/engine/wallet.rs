@@ -2,7 +2,7 @@
 
 use super::input::{Caller, REASON_LEN_MAX};
 use super::{check_text, invalid, next_cursor, Engine};
-use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id};
+use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id, WithdrawalStatus};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
 use crate::durable::{Audit, Balance, JournalEntry};
 use crate::error::{EngineError, Entity};
@@ -54,7 +54,7 @@ impl Engine {
             withdrawal_id: self.ids.next(gene_of_user(user_id)),
             user_id: user_id.to_string(),
             amount,
-            status: "pending".into(),
+            status: WithdrawalStatus::Pending,
             created_at_ms: now,
             decided_at_ms: None,
             decided_by: None,
@@ -95,10 +95,11 @@ impl Engine {
         Ok(w)
     }
 
-    pub async fn withdrawals(&self, status: &str, limit: Option<u32>) -> Result<Vec<WithdrawalRecord>, EngineError> {
-        if !matches!(status, "pending" | "approved" | "rejected") {
-            return Err(invalid("status must be pending, approved or rejected"));
-        }
+    pub async fn withdrawals(
+        &self,
+        status: WithdrawalStatus,
+        limit: Option<u32>,
+    ) -> Result<Vec<WithdrawalRecord>, EngineError> {
         Ok(self.durable.withdrawals(status, self.page_limit(limit)?).await?)
     }
 }

@@ -1,6 +1,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
-use rush_engine::domain::time_of;
+use rush_engine::domain::{time_of, WithdrawalStatus};
 use rush_engine::error::Entity;
 use serde_json::json;
 
@@ -109,7 +109,12 @@ pub async fn list_withdrawals(
     q: web::Query<WithdrawalsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let list = state.engine.withdrawals(q.status.as_deref().unwrap_or("pending"), q.limit).await?;
+    let status = match q.status.as_deref() {
+        None => WithdrawalStatus::Pending,
+        Some(raw) => WithdrawalStatus::parse(raw)
+            .ok_or_else(|| ApiError::bad_request("status must be pending, approved or rejected"))?,
+    };
+    let list = state.engine.withdrawals(status, q.limit).await?;
     Ok(HttpResponse::Ok().json(WithdrawalsResp { withdrawals: list.into_iter().map(WithdrawalResp::from).collect() }))
 }
 
