@@ -663,11 +663,17 @@ async fn engine_in_cluster_mode() {
     use rush_engine::actors::event::Selection;
     use rush_engine::engine::{NewHold, NewPacket};
     let (engine, tx, _dir) = engine_on_the_cluster("engine").await;
-    engine.credit("sender", 1_000, "test").await.expect("credit");
+    engine.credit("sender", rush_engine::domain::Fen::new(1_000), "test").await.expect("credit");
     let packet = engine
         .create_packet(
             "sender",
-            NewPacket { kind: PacketKind::Normal, total_amount: 1_000, count: 10, greeting: None, expires_in_s: None },
+            NewPacket {
+                kind: PacketKind::Normal,
+                total_amount: rush_engine::domain::Fen::new(1_000),
+                count: 10,
+                greeting: None,
+                expires_in_s: None,
+            },
         )
         .await
         .expect("packet");
@@ -705,11 +711,17 @@ async fn engine_in_cluster_mode() {
 async fn the_engine_follows_a_cluster_failover() {
     use rush_engine::engine::NewPacket;
     let (engine, tx, _dir) = engine_on_the_cluster("failover").await;
-    engine.credit("sender", 1_000, "test").await.expect("credit");
+    engine.credit("sender", rush_engine::domain::Fen::new(1_000), "test").await.expect("credit");
     let packet = engine
         .create_packet(
             "sender",
-            NewPacket { kind: PacketKind::Normal, total_amount: 500, count: 5, greeting: None, expires_in_s: None },
+            NewPacket {
+                kind: PacketKind::Normal,
+                total_amount: rush_engine::domain::Fen::new(500),
+                count: 5,
+                greeting: None,
+                expires_in_s: None,
+            },
         )
         .await
         .expect("packet");
@@ -736,15 +748,20 @@ async fn the_engine_follows_a_cluster_failover() {
         }
     }
     assert!(followed, "the engine did not follow the new masters");
-    engine.credit("sender", 500, "test").await.expect("credit");
+    engine.credit("sender", rush_engine::domain::Fen::new(500), "test").await.expect("credit");
     // A master's first answer after the failover can outlast
     // `redis.timeout_ms` (the client refreshes its slots): the creation is
     // then `outcome_unknown`, and asking again (what a client's retry with
     // its Idempotency-Key does) resolves it, with the money moved once.
     let mut created = None;
     for _ in 0..100 {
-        let input =
-            NewPacket { kind: PacketKind::Normal, total_amount: 500, count: 5, greeting: None, expires_in_s: None };
+        let input = NewPacket {
+            kind: PacketKind::Normal,
+            total_amount: rush_engine::domain::Fen::new(500),
+            count: 5,
+            greeting: None,
+            expires_in_s: None,
+        };
         match engine.create_packet("sender", input).await {
             Ok(p) => created = Some(p),
             Err(rush_engine::EngineError::OutcomeUnknown { id, .. }) => {

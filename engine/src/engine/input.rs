@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::actors::event::Selection;
-use crate::domain::{Attendee, Id, PacketKind, SeatDef, SectionLayout};
+use crate::domain::{Attendee, Fen, Id, PacketKind, SeatDef, SectionLayout};
 
 /// A category id: short, it is repeated on every seat and order line.
 pub const CATEGORY_ID_LEN_MAX: usize = 32;
@@ -58,7 +58,8 @@ pub struct NewHold {
 #[derive(Clone, Debug)]
 pub struct NewPacket {
     pub kind: PacketKind,
-    pub total_amount: i64,
+    /// Strictly positive (parsed with `Fen::positive` at the edge).
+    pub total_amount: Fen,
     pub count: u32,
     pub greeting: Option<String>,
     pub expires_in_s: Option<u64>,

@@ -27,10 +27,7 @@ pub struct GrabOk {
 impl Engine {
     pub async fn create_packet(&self, sender: &str, input: NewPacket) -> Result<PacketView, EngineError> {
         let pc = &self.cfg.packets;
-        if input.total_amount <= 0 {
-            return Err(invalid("total_amount must be a positive number of fen"));
-        }
-        if input.total_amount > pc.total_max_fen {
+        if input.total_amount.get() > pc.total_max_fen {
             return Err(invalid(format!("total_amount must be at most {}", pc.total_max_fen)));
         }
         let expires_in_s = input.expires_in_s.unwrap_or(pc.expires_in_s_default);
@@ -41,15 +38,14 @@ impl Engine {
         if greeting.chars().count() > pc.greeting_len_max {
             return Err(invalid(format!("greeting must be at most {} characters", pc.greeting_len_max)));
         }
-        let parts =
-            split(input.kind, Fen::new(input.total_amount), input.count, pc.count_max, &mut fastrand::Rng::new())
-                .map_err(|e| invalid(e.to_string()))?;
+        let parts = split(input.kind, input.total_amount, input.count, pc.count_max, &mut fastrand::Rng::new())
+            .map_err(|e| invalid(e.to_string()))?;
         let now = now_unix_ms();
         let def = PacketDef {
             packet_id: self.ids.next(gene_of_user(sender)),
             sender: sender.to_string(),
             kind: input.kind,
-            total: Fen::new(input.total_amount),
+            total: input.total_amount,
             count: input.count,
             greeting,
             created_at_ms: now,

@@ -168,8 +168,7 @@ impl Engine {
 
     /// `POST /v1/wallet/recharge`: a payment that credits the wallet once
     /// it succeeds.
-    pub async fn recharge(&self, user_id: &str, amount: i64, channel: ChannelKind) -> Result<PaymentView, EngineError> {
-        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
+    pub async fn recharge(&self, user_id: &str, amount: Fen, channel: ChannelKind) -> Result<PaymentView, EngineError> {
         let max = self.cfg.payments.recharge_max_fen;
         if amount.get() > max {
             return Err(invalid(format!("amount must be at most {max}")));

@@ -24,11 +24,10 @@ impl Engine {
         Ok((entries, next))
     }
 
-    pub async fn credit(&self, user_id: &str, amount: i64, reason: &str) -> Result<Balance, EngineError> {
+    pub async fn credit(&self, user_id: &str, amount: Fen, reason: &str) -> Result<Balance, EngineError> {
         if !valid_user_id(user_id) {
             return Err(invalid("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
         }
-        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
         if amount.get() > self.cfg.orders.credit_max_fen {
             return Err(invalid(format!("amount must be at most {}", self.cfg.orders.credit_max_fen)));
         }
@@ -43,9 +42,8 @@ impl Engine {
 
     /// `POST /v1/wallet/withdraw`: frozen until an admin decides; refused
     /// past the day's count or amount.
-    pub async fn withdraw(&self, user_id: &str, amount: i64) -> Result<WithdrawalRecord, EngineError> {
+    pub async fn withdraw(&self, user_id: &str, amount: Fen) -> Result<WithdrawalRecord, EngineError> {
         let wc = &self.cfg.wallet;
-        let amount = Fen::positive(amount).map_err(|e| invalid(e.to_string()))?;
         if amount.get() < wc.withdraw_min_fen {
             return Err(invalid(format!("amount must be at least {}", wc.withdraw_min_fen)));
         }

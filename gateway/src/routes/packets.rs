@@ -6,7 +6,7 @@ use rush_engine::error::Entity;
 use rush_engine::views::PacketView;
 use serde_json::json;
 
-use super::path_id;
+use super::{path_id, positive_fen};
 use crate::auth::Auth;
 use crate::dto::*;
 use crate::error::ApiError;
@@ -34,7 +34,7 @@ pub async fn create_packet(
     };
     let input = NewPacket {
         kind,
-        total_amount: b.total_amount,
+        total_amount: positive_fen("total_amount", b.total_amount)?,
         count: b.count,
         greeting: b.greeting,
         expires_in_s: b.expires_in_s,

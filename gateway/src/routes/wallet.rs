@@ -4,8 +4,8 @@ use rush_engine::domain::{time_of, WithdrawalStatus};
 use rush_engine::error::Entity;
 use serde_json::json;
 
-use super::path_id;
 use super::payments::channel_of;
+use super::{path_id, positive_fen};
 use crate::auth::{Admin, Auth};
 use crate::dto::*;
 use crate::error::ApiError;
@@ -63,8 +63,9 @@ pub async fn credit(
     post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
     let b: CreditReq = post.json()?;
+    let amount = positive_fen("amount", b.amount)?;
     post.once(&state, &admin.0.user_id, || async {
-        let balance = state.engine.credit(&user_id, b.amount, &b.reason).await?;
+        let balance = state.engine.credit(&user_id, amount, &b.reason).await?;
         Ok((StatusCode::OK, json!(wallet_resp(&user_id, balance))))
     })
     .await
@@ -77,9 +78,10 @@ pub async fn credit(
 #[post("/v1/wallet/recharge")]
 pub async fn recharge(state: web::Data<AppState>, auth: Auth, post: IdempotentPost) -> Result<HttpResponse, ApiError> {
     let b: RechargeReq = post.json()?;
+    let amount = positive_fen("amount", b.amount)?;
     let channel = channel_of(&b.channel)?;
     post.once(&state, &auth.0.user_id, || async {
-        let p = state.engine.recharge(&auth.0.user_id, b.amount, channel).await?;
+        let p = state.engine.recharge(&auth.0.user_id, amount, channel).await?;
         Ok((StatusCode::CREATED, json!(p)))
     })
     .await
@@ -93,8 +95,9 @@ pub async fn recharge(state: web::Data<AppState>, auth: Auth, post: IdempotentPo
 #[post("/v1/wallet/withdraw")]
 pub async fn withdraw(state: web::Data<AppState>, auth: Auth, post: IdempotentPost) -> Result<HttpResponse, ApiError> {
     let b: WithdrawReq = post.json()?;
+    let amount = positive_fen("amount", b.amount)?;
     post.once(&state, &auth.0.user_id, || async {
-        let w = state.engine.withdraw(&auth.0.user_id, b.amount).await?;
+        let w = state.engine.withdraw(&auth.0.user_id, amount).await?;
         Ok((StatusCode::CREATED, json!(WithdrawalResp::from(w))))
     })
     .await
