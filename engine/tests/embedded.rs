@@ -46,12 +46,12 @@ async fn a_confirmed_order_is_sold_for_good_even_after_reopening() {
     let dir = tempfile::tempdir().expect("dir");
     let engine = open(dir.path()).await;
     let (event_id, _) = engine.create_event(event(2)).await.expect("event");
-    let held = engine.hold("u", named(event_id, &["A-1-1", "A-1-2"])).await.expect("hold");
+    let held = engine.hold(&uid("u"), named(event_id, &["A-1-1", "A-1-2"])).await.expect("hold");
     let paid = engine.confirm(event_id, held.order_id, rush_engine::domain::now_unix_ms()).await.expect("confirm");
     assert_eq!(paid.status, OrderStatus::Paid);
     assert_eq!(paid.amount.get(), 1000);
 
-    let caller = Caller { user_id: "u".into(), admin: false };
+    let caller = Caller { user_id: uid("u"), admin: false };
     assert!(matches!(
         engine.cancel(&caller, held.order_id).await,
         Err(EngineError::OrderNotPending { status: OrderStatus::PendingPayment | OrderStatus::Paid })
@@ -70,12 +70,12 @@ async fn a_confirmed_order_is_sold_for_good_even_after_reopening() {
     let sold: Vec<_> = seats.iter().filter(|s| s.status == "sold").map(|s| s.seat_id.as_str()).collect();
     assert_eq!(sold, vec!["A-1-1", "A-1-2"]);
     assert!(matches!(
-        engine.hold("v", named(event_id, &["A-1-2"])).await,
+        engine.hold(&uid("v"), named(event_id, &["A-1-2"])).await,
         Err(EngineError::SeatUnavailable(ref s)) if s == &vec!["A-1-2".to_string()]
     ));
     // The per-user limit counts bought seats across restarts.
     assert!(matches!(
-        engine.hold("u", named(event_id, &["A-1-3"])).await,
+        engine.hold(&uid("u"), named(event_id, &["A-1-3"])).await,
         Err(EngineError::LimitExceeded { which: "per_user", .. })
     ));
     let audit = engine.audit().await.expect("audit");
@@ -143,4 +143,9 @@ async fn ops_in_one_batch_reach_the_file_in_order() {
     assert_eq!(snap.seats, vec![SeatState::Available, SeatState::Held(o2), SeatState::Sold(o3)]);
     assert_eq!(snap.holds.keys().copied().collect::<Vec<_>>(), vec![o2]);
     assert!(snap.paid.contains_key(&o3));
+}
+
+/// A user id for the engine's API.
+fn uid(s: &str) -> rush_engine::domain::UserId {
+    rush_engine::domain::UserId::parse(s).expect("user id")
 }

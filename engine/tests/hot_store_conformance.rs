@@ -663,10 +663,10 @@ async fn engine_in_cluster_mode() {
     use rush_engine::actors::event::Selection;
     use rush_engine::engine::{NewHold, NewPacket};
     let (engine, tx, _dir) = engine_on_the_cluster("engine").await;
-    engine.credit("sender", rush_engine::domain::Fen::new(1_000), "test").await.expect("credit");
+    engine.credit(&uid("sender"), rush_engine::domain::Fen::new(1_000), "test").await.expect("credit");
     let packet = engine
         .create_packet(
-            "sender",
+            &uid("sender"),
             NewPacket {
                 kind: PacketKind::Normal,
                 total_amount: rush_engine::domain::Fen::new(1_000),
@@ -678,19 +678,19 @@ async fn engine_in_cluster_mode() {
         .await
         .expect("packet");
     for i in 0..10 {
-        let g = engine.grab(&format!("g{i}"), packet.packet_id).await.expect("grab");
+        let g = engine.grab(&uid(&format!("g{i}")), packet.packet_id).await.expect("grab");
         assert_eq!(g.amount, Fen::new(100));
     }
-    assert!(matches!(engine.grab("late", packet.packet_id).await, Err(rush_engine::EngineError::PacketEmpty)));
+    assert!(matches!(engine.grab(&uid("late"), packet.packet_id).await, Err(rush_engine::EngineError::PacketEmpty)));
     assert!(engine.settle(std::time::Duration::from_secs(10)).await, "the workers drained every partition's stream");
     for i in 0..10 {
-        assert_eq!(engine.wallet(&format!("g{i}")).await.expect("wallet").available, Fen::new(100));
+        assert_eq!(engine.wallet(&uid(&format!("g{i}"))).await.expect("wallet").available, Fen::new(100));
     }
-    assert_eq!(engine.wallet("sender").await.expect("wallet").frozen, Fen::ZERO);
+    assert_eq!(engine.wallet(&uid("sender")).await.expect("wallet").frozen, Fen::ZERO);
     let (event_id, _) = engine.create_event(event_input()).await.expect("event");
     let held = engine
         .hold(
-            "buyer",
+            &uid("buyer"),
             NewHold {
                 event_id,
                 selection: Selection::Category { category: "c".into(), quantity: 2 },
@@ -711,10 +711,10 @@ async fn engine_in_cluster_mode() {
 async fn the_engine_follows_a_cluster_failover() {
     use rush_engine::engine::NewPacket;
     let (engine, tx, _dir) = engine_on_the_cluster("failover").await;
-    engine.credit("sender", rush_engine::domain::Fen::new(1_000), "test").await.expect("credit");
+    engine.credit(&uid("sender"), rush_engine::domain::Fen::new(1_000), "test").await.expect("credit");
     let packet = engine
         .create_packet(
-            "sender",
+            &uid("sender"),
             NewPacket {
                 kind: PacketKind::Normal,
                 total_amount: rush_engine::domain::Fen::new(500),
@@ -726,7 +726,7 @@ async fn the_engine_follows_a_cluster_failover() {
         .await
         .expect("packet");
     for i in 0..5 {
-        engine.grab(&format!("g{i}"), packet.packet_id).await.expect("grab");
+        engine.grab(&uid(&format!("g{i}")), packet.packet_id).await.expect("grab");
     }
     // Every master hands over to its replica (`CLUSTER FAILOVER`): the
     // engine follows the slots and keeps granting, persisting and holding.
@@ -736,7 +736,7 @@ async fn the_engine_follows_a_cluster_failover() {
     // as unavailable, never with a wrong answer.
     let mut followed = false;
     for _ in 0..100 {
-        match engine.grab("late", packet.packet_id).await {
+        match engine.grab(&uid("late"), packet.packet_id).await {
             Err(rush_engine::EngineError::PacketEmpty) => {
                 followed = true;
                 break;
@@ -748,7 +748,7 @@ async fn the_engine_follows_a_cluster_failover() {
         }
     }
     assert!(followed, "the engine did not follow the new masters");
-    engine.credit("sender", rush_engine::domain::Fen::new(500), "test").await.expect("credit");
+    engine.credit(&uid("sender"), rush_engine::domain::Fen::new(500), "test").await.expect("credit");
     // A master's first answer after the failover can outlast
     // `redis.timeout_ms` (the client refreshes its slots): the creation is
     // then `outcome_unknown`, and asking again (what a client's retry with
@@ -762,7 +762,7 @@ async fn the_engine_follows_a_cluster_failover() {
             greeting: None,
             expires_in_s: None,
         };
-        match engine.create_packet("sender", input).await {
+        match engine.create_packet(&uid("sender"), input).await {
             Ok(p) => created = Some(p),
             Err(rush_engine::EngineError::OutcomeUnknown { id, .. }) => {
                 for _ in 0..100 {
@@ -788,12 +788,12 @@ async fn the_engine_follows_a_cluster_failover() {
     }
     let packet = created.expect("a packet created after the failover");
     for i in 0..5 {
-        let g = engine.grab(&format!("g{i}"), packet.packet_id).await.expect("grab after the failover");
+        let g = engine.grab(&uid(&format!("g{i}")), packet.packet_id).await.expect("grab after the failover");
         assert_eq!(g.amount, Fen::new(100));
     }
     assert!(engine.settle(std::time::Duration::from_secs(10)).await, "the streams drain on the new masters");
     for i in 0..5 {
-        assert_eq!(engine.wallet(&format!("g{i}")).await.expect("wallet").available, Fen::new(200));
+        assert_eq!(engine.wallet(&uid(&format!("g{i}"))).await.expect("wallet").available, Fen::new(200));
     }
     let _ = tx.send(true);
 }
@@ -963,4 +963,9 @@ async fn a_lost_redis_refuses_writes_and_a_restore_puts_back_what_was_applied() 
     assert_eq!(last, vec![OpOutcome::Applied], "the one part left");
     assert_eq!(store.load_packet(pk.packet_id).await.expect("load").expect("p").status, PacketStatus::Empty);
     f.cleanup().await;
+}
+
+/// A user id for the engine's API.
+fn uid(s: &str) -> rush_engine::domain::UserId {
+    rush_engine::domain::UserId::parse(s).expect("user id")
 }

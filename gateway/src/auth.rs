@@ -8,7 +8,7 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use rush_engine::domain::valid_user_id;
+use rush_engine::domain::{valid_user_id, UserId};
 use rush_engine::Caller;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -105,7 +105,10 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>"))?;
     let claims = keys.verify(token.trim(), now_s()).map_err(|m| ApiError::unauthorized("invalid_token", m))?;
-    Ok(Caller { admin: claims.role == "admin", user_id: claims.sub })
+    // `verify` checked the subject; parsed here into the engine's type.
+    let user_id =
+        UserId::parse(&claims.sub).map_err(|_| ApiError::unauthorized("invalid_token", "bad token claims"))?;
+    Ok(Caller { admin: claims.role == "admin", user_id })
 }
 
 impl FromRequest for Auth {

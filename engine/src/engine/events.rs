@@ -13,7 +13,7 @@ use super::input::{Caller, NewEvent, NewHold, CATEGORY_ID_LEN_MAX, ID_NUMBER_LEN
 use super::{check_text, invalid, next_cursor, Engine};
 use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
 use crate::actors::packet::PacketMsg;
-use crate::domain::{now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SeatMap};
+use crate::domain::{now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SeatMap, UserId};
 use crate::error::{EngineError, Entity};
 use crate::store::DueItem;
 use crate::views::OrderView;
@@ -118,7 +118,7 @@ impl Engine {
         self.ask_event(event_id, EventMsg::Seats { section, reply }, rx).await
     }
 
-    pub async fn hold(&self, user_id: &str, input: NewHold) -> Result<OrderView, EngineError> {
+    pub async fn hold(&self, user_id: &UserId, input: NewHold) -> Result<OrderView, EngineError> {
         let ec = &self.cfg.events;
         if input.attendees.len() > ec.attendees_max {
             return Err(invalid(format!("at most {} attendees", ec.attendees_max)));
@@ -167,7 +167,7 @@ impl Engine {
     /// after this one.
     pub async fn orders(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         before: Option<Id>,
         limit: Option<u32>,
     ) -> Result<(Vec<OrderView>, Option<Id>), EngineError> {
@@ -182,7 +182,7 @@ impl Engine {
         if current.status != OrderStatus::PendingPayment {
             return Err(EngineError::OrderNotPending { status: current.status });
         }
-        let why = ReleaseReason::Cancel { user_id: (!caller.admin).then(|| caller.user_id.clone()) };
+        let why = ReleaseReason::Cancel { user_id: (!caller.admin).then(|| caller.user_id.to_string()) };
         let (reply, rx) = oneshot::channel();
         let msg = EventMsg::Release { order_id, why, now_ms: now_unix_ms(), reply };
         let released = match self.ask_event(current.event_id, msg, rx).await? {

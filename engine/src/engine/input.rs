@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::actors::event::Selection;
-use crate::domain::{Attendee, Fen, Id, PacketKind, SeatDef, SectionLayout};
+use crate::domain::{Attendee, Fen, Id, PacketKind, SeatDef, SectionLayout, UserId};
 
 /// A category id: short, it is repeated on every seat and order line.
 pub const CATEGORY_ID_LEN_MAX: usize = 32;
@@ -19,7 +19,7 @@ pub const REASON_LEN_MAX: usize = 200;
 /// Who is asking.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub user_id: String,
+    pub user_id: UserId,
     pub admin: bool,
 }
 

@@ -11,7 +11,7 @@ use super::{invalid, Engine};
 use crate::actors::packet::PacketMsg;
 use crate::config::EngineMode;
 use crate::domain::packet::split;
-use crate::domain::{gene_of_user, now_unix_ms, Fen, Id};
+use crate::domain::{gene_of_user, now_unix_ms, Fen, Id, UserId};
 use crate::durable::Durable;
 use crate::error::{EngineError, Entity};
 use crate::store::{DirectGrab, HotStore, PacketDef, Voided};
@@ -25,7 +25,7 @@ pub struct GrabOk {
 }
 
 impl Engine {
-    pub async fn create_packet(&self, sender: &str, input: NewPacket) -> Result<PacketView, EngineError> {
+    pub async fn create_packet(&self, sender: &UserId, input: NewPacket) -> Result<PacketView, EngineError> {
         let pc = &self.cfg.packets;
         if input.total_amount.get() > pc.total_max_fen {
             return Err(invalid(format!("total_amount must be at most {}", pc.total_max_fen)));
@@ -94,7 +94,7 @@ impl Engine {
         }
     }
 
-    pub async fn grab(&self, user_id: &str, packet_id: Id) -> Result<GrabOk, EngineError> {
+    pub async fn grab(&self, user_id: &UserId, packet_id: Id) -> Result<GrabOk, EngineError> {
         self.check_outbox()?;
         let grab_id = self.ids.next(gene_of_user(user_id));
         let result = match self.cfg.actors.mode {

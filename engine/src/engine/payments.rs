@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use super::input::Caller;
 use super::{invalid, Engine};
-use crate::domain::{gene_of_user, now_unix_ms, ChannelKind, Fen, Id, OrderStatus, Paid};
+use crate::domain::{gene_of_user, now_unix_ms, ChannelKind, Fen, Id, OrderStatus, Paid, UserId};
 use crate::durable::payments::{CallbackRecord, PaymentRecord, PaymentStatus, Purpose, RefundState};
 use crate::error::{EngineError, Entity};
 use crate::pay::sandbox::{CallbackPlan, PayOutcome, SandboxChannel};
@@ -168,7 +168,12 @@ impl Engine {
 
     /// `POST /v1/wallet/recharge`: a payment that credits the wallet once
     /// it succeeds.
-    pub async fn recharge(&self, user_id: &str, amount: Fen, channel: ChannelKind) -> Result<PaymentView, EngineError> {
+    pub async fn recharge(
+        &self,
+        user_id: &UserId,
+        amount: Fen,
+        channel: ChannelKind,
+    ) -> Result<PaymentView, EngineError> {
         let max = self.cfg.payments.recharge_max_fen;
         if amount.get() > max {
             return Err(invalid(format!("amount must be at most {max}")));

@@ -2,19 +2,19 @@
 
 use super::input::{Caller, REASON_LEN_MAX};
 use super::{check_text, invalid, next_cursor, Engine};
-use crate::domain::{gene_of_user, now_unix_ms, valid_user_id, Fen, Id, WithdrawalStatus};
+use crate::domain::{gene_of_user, now_unix_ms, Fen, Id, UserId, WithdrawalStatus};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
 use crate::durable::{Audit, Balance, JournalEntry};
 use crate::error::{EngineError, Entity};
 
 impl Engine {
-    pub async fn wallet(&self, user_id: &str) -> Result<Balance, EngineError> {
+    pub async fn wallet(&self, user_id: &UserId) -> Result<Balance, EngineError> {
         Ok(self.durable.balance(user_id).await?)
     }
 
     pub async fn ledger(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         before: Option<i64>,
         limit: Option<u32>,
     ) -> Result<(Vec<JournalEntry>, Option<i64>), EngineError> {
@@ -24,10 +24,7 @@ impl Engine {
         Ok((entries, next))
     }
 
-    pub async fn credit(&self, user_id: &str, amount: Fen, reason: &str) -> Result<Balance, EngineError> {
-        if !valid_user_id(user_id) {
-            return Err(invalid("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
-        }
+    pub async fn credit(&self, user_id: &UserId, amount: Fen, reason: &str) -> Result<Balance, EngineError> {
         if amount.get() > self.cfg.orders.credit_max_fen {
             return Err(invalid(format!("amount must be at most {}", self.cfg.orders.credit_max_fen)));
         }
@@ -42,7 +39,7 @@ impl Engine {
 
     /// `POST /v1/wallet/withdraw`: frozen until an admin decides; refused
     /// past the day's count or amount.
-    pub async fn withdraw(&self, user_id: &str, amount: Fen) -> Result<WithdrawalRecord, EngineError> {
+    pub async fn withdraw(&self, user_id: &UserId, amount: Fen) -> Result<WithdrawalRecord, EngineError> {
         let wc = &self.cfg.wallet;
         if amount.get() < wc.withdraw_min_fen {
             return Err(invalid(format!("amount must be at least {}", wc.withdraw_min_fen)));

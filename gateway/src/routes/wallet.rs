@@ -1,6 +1,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
-use rush_engine::domain::{time_of, WithdrawalStatus};
+use rush_engine::domain::{time_of, UserId, WithdrawalStatus};
 use rush_engine::error::Entity;
 use serde_json::json;
 
@@ -63,6 +63,7 @@ pub async fn credit(
     post: IdempotentPost,
 ) -> Result<HttpResponse, ApiError> {
     let b: CreditReq = post.json()?;
+    let user_id = UserId::parse(&user_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let amount = positive_fen("amount", b.amount)?;
     post.once(&state, &admin.0.user_id, || async {
         let balance = state.engine.credit(&user_id, amount, &b.reason).await?;
