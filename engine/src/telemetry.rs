@@ -48,6 +48,9 @@ fn must<T>(r: Result<T, prometheus::Error>) -> T {
 }
 
 impl Metrics {
+    /// Every metric declared and registered. Long (~160 lines) on purpose:
+    /// one declaration per metric, in one list, so the README's table and
+    /// the dashboard can be checked against a single place.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("rush".into()), None).unwrap_or_default();
         let http_requests = must(IntCounterVec::new(

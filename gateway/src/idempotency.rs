@@ -9,7 +9,7 @@ use std::future::Future;
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use rush_engine::idempotency::{Begin, Ttl};
+use rush_engine::idempotency::{Begin, IdempotencyStore, Ttl};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -74,6 +74,49 @@ fn respond(status: StatusCode, body: String) -> HttpResponse {
     HttpResponse::build(status).content_type("application/json").body(body)
 }
 
+/// What identifies a request under its key: method, path and body.
+fn request_hash(req: &HttpRequest, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(req.method().as_str());
+    h.update(b" ");
+    h.update(req.path());
+    h.update(b"\n");
+    h.update(body);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first request under a key: runs `f` and records its answer, unless
+/// it failed for want of a server (then the key is released for a retry).
+async fn run_first<F, Fut>(
+    records: &dyn IdempotencyStore,
+    user_id: &str,
+    key: &str,
+    f: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(StatusCode, Value), ApiError>>,
+{
+    let (status, text) = match f().await {
+        Ok((s, v)) => (s, v.to_string()),
+        // Kept: a retry under this key finds out what happened.
+        Err(e) if e.code == "outcome_unknown" => (e.status, e.body().to_string()),
+        Err(e) if e.status.is_server_error() => {
+            // Not stored: the client may retry under the same key.
+            if let Err(err) = records.abandon(user_id, key).await {
+                tracing::warn!(error = %err, "releasing an idempotency key failed");
+            }
+            return Err(e);
+        }
+        Err(e) => (e.status, e.body().to_string()),
+    };
+    if let Err(err) = records.finish(user_id, key, status.as_u16(), &text).await {
+        // The effect happened; only the replay record is missing.
+        tracing::error!(error = %err, "recording an idempotent answer failed");
+    }
+    Ok(respond(status, text))
+}
+
 /// Runs `f` at most once per (user, key) and answers with its result.
 pub async fn once<F, Fut>(
     state: &AppState,
@@ -93,13 +136,7 @@ where
     let key = raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= KEY_LEN_MAX).ok_or_else(|| {
         ApiError::bad_request(format!("Idempotency-Key must be 1-{KEY_LEN_MAX} visible ASCII characters"))
     })?;
-    let mut h = Sha256::new();
-    h.update(req.method().as_str());
-    h.update(b" ");
-    h.update(req.path());
-    h.update(b"\n");
-    h.update(body);
-    let hash: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = request_hash(req, body);
     let cfg = &state.engine.config().orders;
     let records = state.engine.idempotency();
     let now = rush_engine::domain::now_unix_ms();
@@ -126,26 +163,7 @@ where
         }
     }
     match begin {
-        Begin::New => {
-            let (status, text) = match f().await {
-                Ok((s, v)) => (s, v.to_string()),
-                // Kept: a retry under this key finds out what happened.
-                Err(e) if e.code == "outcome_unknown" => (e.status, e.body().to_string()),
-                Err(e) if e.status.is_server_error() => {
-                    // Not stored: the client may retry under the same key.
-                    if let Err(err) = records.abandon(user_id, key).await {
-                        tracing::warn!(error = %err, "releasing an idempotency key failed");
-                    }
-                    return Err(e);
-                }
-                Err(e) => (e.status, e.body().to_string()),
-            };
-            if let Err(err) = records.finish(user_id, key, status.as_u16(), &text).await {
-                // The effect happened; only the replay record is missing.
-                tracing::error!(error = %err, "recording an idempotent answer failed");
-            }
-            Ok(respond(status, text))
-        }
+        Begin::New => run_first(records, user_id, key, f).await,
         Begin::Replay { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             let mut resp = respond(status, body);

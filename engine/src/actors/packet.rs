@@ -85,9 +85,8 @@ pub async fn run(
     store: Arc<dyn HotStore>,
     mailbox: Mailbox,
 ) {
-    let packet_id = state.def.packet_id;
     let mut buf = Vec::with_capacity(mailbox.batch_len_max);
-    'actor: loop {
+    loop {
         match tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await {
             Ok(0) => break,
             Ok(n) => mailbox.received(n),
@@ -105,102 +104,134 @@ pub async fn run(
                 other => later.push(other),
             }
         }
-        // Decide and commit; grabs the store finds stale (another node
-        // granted first) are decided again on the reloaded state.
-        for round in 0..=STALE_ROUNDS_MAX {
-            let mut grabs = Vec::with_capacity(work.len());
-            let mut waiting = Vec::with_capacity(work.len());
-            for (user_id, grab_id, reply) in work.drain(..) {
-                match state.decide_grab(&user_id, grab_id, now_ms) {
-                    Ok(g) => {
-                        grabs.push(g);
-                        waiting.push((user_id, grab_id, reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-            if grabs.is_empty() {
-                break;
-            }
-            match store.grab_batch(packet_id, &grabs, now_ms).await {
-                Ok(outcomes) => {
-                    for ((g, (user_id, grab_id, reply)), outcome) in grabs.into_iter().zip(waiting).zip(outcomes) {
-                        match outcome {
-                            OpOutcome::Applied => {
-                                let _ = reply.send(Ok(g));
-                            }
-                            OpOutcome::Rejected if round < STALE_ROUNDS_MAX => work.push((user_id, grab_id, reply)),
-                            // Still contended by other nodes: retry later.
-                            OpOutcome::Rejected => {
-                                let _ = reply.send(Err(EngineError::Overloaded("packet")));
-                            }
-                        }
-                    }
-                    if work.is_empty() {
-                        break;
-                    }
-                    // The only writer never meets a stale decision.
-                    assert!(!mailbox.sole_owner, "packet {packet_id}: the store rejected the sole owner's grab");
-                    tracing::warn!(%packet_id, stale = work.len(), "another node granted first; reloading");
-                }
-                Err(e) => {
-                    tracing::warn!(%packet_id, error = %e, "grab batch failed");
-                    for (_, _, reply) in waiting {
-                        let _ = reply.send(Err(e.answer()));
-                    }
-                }
-            }
-            match reload(&store, packet_id).await {
-                Some(s) => state = s,
-                None => {
-                    for (_, _, reply) in work.drain(..) {
-                        let _ = reply.send(Err(EngineError::StoreUnavailable));
-                    }
-                    break 'actor;
-                }
-            }
-            if work.is_empty() {
-                break;
-            }
+        if !grab_rounds(&mut state, work, &store, &mailbox, now_ms).await {
+            break;
         }
         state.check_invariants();
-        // Reads answer from memory only if it has the store's progress
-        // (another node may have granted or expired meanwhile).
-        if !mailbox.sole_owner && later.iter().any(|m| matches!(m, PacketMsg::View(_))) {
-            let mine = (state.grabs.len() as u32, state.status);
-            if store.packet_progress(packet_id).await.ok().flatten() != Some(mine) {
-                match reload(&store, packet_id).await {
-                    Some(s) => state = s,
-                    None => break 'actor,
-                }
-            }
-        }
-        for msg in later {
-            match msg {
-                PacketMsg::Expire { reply } => {
-                    let answer = if now_ms < state.def.expires_at_ms || state.status == PacketStatus::Expired {
-                        Ok(None)
-                    } else {
-                        match store.expire_packet(packet_id, now_ms).await {
-                            Ok(r) => {
-                                state.status = PacketStatus::Expired;
-                                Ok(r)
-                            }
-                            Err(e) => Err(e.into()),
-                        }
-                    };
-                    let _ = reply.send(answer);
-                }
-                PacketMsg::View(reply) => {
-                    let _ = reply.send(state.snapshot());
-                }
-                PacketMsg::Grab { .. } => {}
-            }
+        if !answer_rest(&mut state, later, &store, &mailbox, now_ms).await {
+            break;
         }
     }
     mailbox.stopped();
+}
+
+/// Decides and commits a batch's grabs; grabs the store finds stale
+/// (another node granted first) are decided again on the reloaded state,
+/// at most `STALE_ROUNDS_MAX` times. False when the packet could not be
+/// reloaded: the actor stops (the next message starts a new one).
+async fn grab_rounds(
+    state: &mut PacketState,
+    mut work: Vec<(String, Id, GrabReply)>,
+    store: &Arc<dyn HotStore>,
+    mailbox: &Mailbox,
+    now_ms: u64,
+) -> bool {
+    let packet_id = state.def.packet_id;
+    for round in 0..=STALE_ROUNDS_MAX {
+        let mut grabs = Vec::with_capacity(work.len());
+        let mut waiting = Vec::with_capacity(work.len());
+        for (user_id, grab_id, reply) in work.drain(..) {
+            match state.decide_grab(&user_id, grab_id, now_ms) {
+                Ok(g) => {
+                    grabs.push(g);
+                    waiting.push((user_id, grab_id, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if grabs.is_empty() {
+            break;
+        }
+        match store.grab_batch(packet_id, &grabs, now_ms).await {
+            Ok(outcomes) => {
+                for ((g, (user_id, grab_id, reply)), outcome) in grabs.into_iter().zip(waiting).zip(outcomes) {
+                    match outcome {
+                        OpOutcome::Applied => {
+                            let _ = reply.send(Ok(g));
+                        }
+                        OpOutcome::Rejected if round < STALE_ROUNDS_MAX => work.push((user_id, grab_id, reply)),
+                        // Still contended by other nodes: retry later.
+                        OpOutcome::Rejected => {
+                            let _ = reply.send(Err(EngineError::Overloaded("packet")));
+                        }
+                    }
+                }
+                if work.is_empty() {
+                    break;
+                }
+                // The only writer never meets a stale decision.
+                assert!(!mailbox.sole_owner, "packet {packet_id}: the store rejected the sole owner's grab");
+                tracing::warn!(%packet_id, stale = work.len(), "another node granted first; reloading");
+            }
+            Err(e) => {
+                tracing::warn!(%packet_id, error = %e, "grab batch failed");
+                for (_, _, reply) in waiting {
+                    let _ = reply.send(Err(e.answer()));
+                }
+            }
+        }
+        match reload(store, packet_id).await {
+            Some(s) => *state = s,
+            None => {
+                for (_, _, reply) in work.drain(..) {
+                    let _ = reply.send(Err(EngineError::StoreUnavailable));
+                }
+                return false;
+            }
+        }
+        if work.is_empty() {
+            break;
+        }
+    }
+    true
+}
+
+/// Answers the batch's expiries and views, after its grabs. False when the
+/// packet could not be reloaded: the actor stops.
+async fn answer_rest(
+    state: &mut PacketState,
+    later: Vec<PacketMsg>,
+    store: &Arc<dyn HotStore>,
+    mailbox: &Mailbox,
+    now_ms: u64,
+) -> bool {
+    let packet_id = state.def.packet_id;
+    // Reads answer from memory only if it has the store's progress
+    // (another node may have granted or expired meanwhile).
+    if !mailbox.sole_owner && later.iter().any(|m| matches!(m, PacketMsg::View(_))) {
+        let mine = (state.grabs.len() as u32, state.status);
+        if store.packet_progress(packet_id).await.ok().flatten() != Some(mine) {
+            match reload(store, packet_id).await {
+                Some(s) => *state = s,
+                None => return false,
+            }
+        }
+    }
+    for msg in later {
+        match msg {
+            PacketMsg::Expire { reply } => {
+                let answer = if now_ms < state.def.expires_at_ms || state.status == PacketStatus::Expired {
+                    Ok(None)
+                } else {
+                    match store.expire_packet(packet_id, now_ms).await {
+                        Ok(r) => {
+                            state.status = PacketStatus::Expired;
+                            Ok(r)
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            PacketMsg::View(reply) => {
+                let _ = reply.send(state.snapshot());
+            }
+            PacketMsg::Grab { .. } => {}
+        }
+    }
+    true
 }
 
 async fn reload(store: &Arc<dyn HotStore>, packet_id: Id) -> Option<PacketState> {
