@@ -128,28 +128,7 @@ async fn request_withdrawal(
     if locked == 0 {
         return Err(DurableError::InsufficientFunds);
     }
-    let row = sqlx::query(
-        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM withdrawals \
-         WHERE user_id = $1 AND day = $2 AND status <> 'rejected'",
-    )
-    .bind(&w.user_id)
-    .bind(day)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (count, total): (i64, i64) = (row.try_get("n")?, row.try_get("total")?);
-    if count >= i64::from(rules.count_per_day_max) {
-        return Err(DurableError::RiskRefused(format!(
-            "at most {} withdrawals a day; {count} already today",
-            rules.count_per_day_max
-        )));
-    }
-    if total.saturating_add(w.amount.get()) > rules.fen_per_day_max {
-        return Err(DurableError::RiskRefused(format!(
-            "at most {} a day may be withdrawn; {} already today",
-            Fen::new(rules.fen_per_day_max),
-            Fen::new(total)
-        )));
-    }
+    check_day_limits(&mut tx, w, day, rules).await?;
     transfer(
         &mut tx,
         &Transfer {
@@ -222,31 +201,7 @@ async fn decide_withdrawal(
             format!("withdrawal is {} and cannot change", w.status),
         ));
     }
-    let user = w.user_id.as_str();
-    let (to, id, kind, memo) = if approve {
-        ((WORLD_ACCOUNT, Bucket::Available), format!("withdraw-{withdrawal_id}"), "withdrawal", "withdrawal paid out")
-    } else {
-        (
-            (user, Bucket::Available),
-            format!("withdraw-reject-{withdrawal_id}"),
-            "withdraw_rejected",
-            "withdrawal rejected",
-        )
-    };
-    transfer(
-        &mut tx,
-        &Transfer {
-            transfer_id: id,
-            from: (user, Bucket::Frozen),
-            to,
-            amount: w.amount,
-            kind,
-            ref_id: withdrawal_id.to_string(),
-            memo,
-            at_ms: now_ms,
-        },
-    )
-    .await?;
+    transfer(&mut tx, &decision_transfer(&w, approve, now_ms)).await?;
     announce(
         &mut tx,
         &format!("withdrawal-{withdrawal_id}-{status}"),
@@ -257,4 +212,63 @@ async fn decide_withdrawal(
     .await?;
     tx.commit().await?;
     Ok(Some(w))
+}
+
+/// The ledger transfer of a decision: approved, the frozen money leaves
+/// rush; rejected, it goes back to the user's available balance.
+fn decision_transfer(w: &WithdrawalRecord, approve: bool, now_ms: u64) -> Transfer<'_> {
+    let (user, withdrawal_id) = (w.user_id.as_str(), w.withdrawal_id);
+    let (to, transfer_id, kind, memo) = if approve {
+        ((WORLD_ACCOUNT, Bucket::Available), format!("withdraw-{withdrawal_id}"), "withdrawal", "withdrawal paid out")
+    } else {
+        (
+            (user, Bucket::Available),
+            format!("withdraw-reject-{withdrawal_id}"),
+            "withdraw_rejected",
+            "withdrawal rejected",
+        )
+    };
+    Transfer {
+        transfer_id,
+        from: (user, Bucket::Frozen),
+        to,
+        amount: w.amount,
+        kind,
+        ref_id: withdrawal_id.to_string(),
+        memo,
+        at_ms: now_ms,
+    }
+}
+
+/// The per-day rules, on the user's withdrawals not rejected that day (the
+/// caller holds the user's account row, so two requests count in turn).
+async fn check_day_limits(
+    conn: &mut AnyConnection,
+    w: &WithdrawalRecord,
+    day: i64,
+    rules: RiskRules,
+) -> Result<(), DurableError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS total FROM withdrawals \
+         WHERE user_id = $1 AND day = $2 AND status <> 'rejected'",
+    )
+    .bind(&w.user_id)
+    .bind(day)
+    .fetch_one(&mut *conn)
+    .await?;
+    let (count, total): (i64, i64) = (row.try_get("n")?, row.try_get("total")?);
+    if count >= i64::from(rules.count_per_day_max) {
+        return Err(DurableError::RiskRefused(format!(
+            "at most {} withdrawals a day; {count} already today",
+            rules.count_per_day_max
+        )));
+    }
+    if total.saturating_add(w.amount.get()) > rules.fen_per_day_max {
+        return Err(DurableError::RiskRefused(format!(
+            "at most {} a day may be withdrawn; {} already today",
+            Fen::new(rules.fen_per_day_max),
+            Fen::new(total)
+        )));
+    }
+    Ok(())
 }
