@@ -199,9 +199,20 @@ pub async fn standalone_relay(cfg: &Config, metrics: Metrics) -> Result<crate::w
     let url = cfg.redis.url.as_deref().ok_or_else(|| StartError::Kafka("the relay needs redis.url".into()))?;
     let brokers = kafka_ready(cfg).await?;
     let roles = redis_roles(cfg, url, Arc::new(IdGen::new(cfg.node_id)?), RedisRole::Relay).await?;
+    relay(cfg, brokers, roles.log, roles.lease, metrics)
+}
+
+/// The relay over `log` (outbox streams → Kafka), with its own producer.
+fn relay(
+    cfg: &Config,
+    brokers: &str,
+    log: Arc<dyn EventLog>,
+    lease: Option<Box<dyn Lease>>,
+    metrics: Metrics,
+) -> Result<crate::workers::relay::Relay, StartError> {
     Ok(crate::workers::relay::Relay {
-        log: roles.log,
-        lease: roles.lease,
+        log,
+        lease,
         producer: crate::events::kafka::producer(&cfg.kafka, brokers).map_err(kafka_err)?,
         kafka: cfg.kafka.clone(),
         workers: cfg.workers.clone(),
@@ -231,8 +242,7 @@ struct Roles {
 
 /// A serving node: its engine, and what its in-process workers need.
 pub struct Node {
-    pub engine: Arc<Engine>,
-    log: Arc<dyn EventLog>,
+    engine: Arc<Engine>,
     /// Handed to the in-process relay or persist worker when they start.
     outbox_lease: Mutex<Option<Box<dyn Lease>>>,
     outbox_len: Arc<AtomicU64>,
@@ -292,14 +302,14 @@ impl Node {
             cfg,
             ids,
             store: wrap(store),
-            log: log.clone(),
+            log,
             durable,
             idempotency,
             guard: guard.clone(),
             outbox_len: outbox_len.clone(),
             metrics,
         }));
-        Ok(Node { engine, log, outbox_lease: Mutex::new(lease), outbox_len, guard })
+        Ok(Node { engine, outbox_lease: Mutex::new(lease), outbox_len, guard })
     }
 
     pub fn engine(&self) -> Arc<Engine> {
@@ -347,7 +357,7 @@ impl Node {
         }
         match &cfg.kafka.brokers {
             None => tasks.push(tokio::spawn(crate::workers::persist_loop(
-                self.log.clone(),
+                engine.log(),
                 engine.durable().clone(),
                 cfg.workers.clone(),
                 metrics,
@@ -356,16 +366,7 @@ impl Node {
                 shutdown,
             ))),
             Some(brokers) if cfg.kafka.relay_in_serve => {
-                let producer = crate::events::kafka::producer(&cfg.kafka, brokers).map_err(kafka_err)?;
-                let relay = crate::workers::relay::Relay {
-                    log: self.log.clone(),
-                    lease: self.take_outbox_lease(),
-                    producer,
-                    kafka: cfg.kafka.clone(),
-                    workers: cfg.workers.clone(),
-                    metrics,
-                    poll_wait: Duration::from_millis(cfg.kafka.relay_poll_ms),
-                };
+                let relay = relay(cfg, brokers, engine.log(), self.take_outbox_lease(), metrics)?;
                 tasks.push(tokio::spawn(relay.run(shutdown)));
             }
             Some(_) => {}
@@ -378,7 +379,7 @@ impl Node {
     pub fn outbox_monitor(&self, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         let cfg = self.engine.config();
         tokio::spawn(crate::workers::outbox_monitor(
-            self.log.clone(),
+            self.engine.log(),
             self.engine.outbox_consumer(),
             self.outbox_len.clone(),
             self.engine.metrics.clone(),

@@ -1,5 +1,5 @@
 use actix_web::{post, web, HttpResponse};
-use rush_engine::domain::valid_user_id;
+use rush_engine::domain::UserId;
 
 use crate::auth::{now_s, Claims, Keys};
 use crate::dto::{DevTokenReq, TokenResp};
@@ -19,9 +19,7 @@ pub async fn dev_token(
     if !state.engine.config().dev_tokens() {
         return Err(ApiError::no_route());
     }
-    if !valid_user_id(&body.user_id) {
-        return Err(ApiError::bad_request("user_id must be 1-64 letters, digits, _ - . @ and not start with @"));
-    }
+    UserId::parse(&body.user_id).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !matches!(body.role.as_str(), "user" | "admin") {
         return Err(ApiError::bad_request("role must be user or admin"));
     }
