@@ -41,7 +41,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
 }
 
 /// The contract itself.
-#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", responses((status = 200)))]
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "routes::ops", responses((status = 200)))]
 #[get("/openapi.json")]
 pub async fn get_openapi() -> HttpResponse {
     HttpResponse::Ok().json(spec())
