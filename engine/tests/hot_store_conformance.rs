@@ -660,7 +660,7 @@ async fn engine_on_the_cluster(
 /// The whole engine on the cluster: scripts, the stream event log and the
 /// workers, from a grab to the ledger.
 async fn engine_in_cluster_mode() {
-    use rush_engine::actors::event::Selection;
+    use rush_engine::engine::Selection;
     use rush_engine::engine::{NewHold, NewPacket};
     let (engine, tx, _dir) = engine_on_the_cluster("engine").await;
     engine.credit(&uid("sender"), rush_engine::domain::Fen::new(1_000), "test").await.expect("credit");

@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Mailbox, STALE_ROUNDS_MAX};
 use crate::domain::{Attendee, EventInfo, Fen, Id, OrderStatus, SeatIdx};
 use crate::error::{EngineError, Entity};
-use crate::store::{EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState, SeatsApplied};
+use crate::store::{
+    EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState, SeatsApplied, StoreError,
+};
 use crate::views::OrderView;
 
 /// In-memory state of one event.
@@ -105,10 +107,6 @@ impl EventState {
             user_seats,
             version: s.version,
         }
-    }
-
-    pub fn info(&self) -> &Arc<EventInfo> {
-        &self.info
     }
 
     fn set(&mut self, seat: SeatIdx, to: SeatState) {
@@ -463,80 +461,26 @@ async fn decide_and_commit(
         return true;
     }
     for round in 0..=STALE_ROUNDS_MAX {
-        let mut ops = Vec::with_capacity(work.len());
-        let mut pending = Vec::with_capacity(work.len());
-        let mut refused = Vec::new();
-        for (request, reply) in work.drain(..) {
-            match state.decide(&request) {
-                Ok((op, order, status)) => {
-                    ops.push(op);
-                    pending.push(Pending { request, reply, order, status });
-                }
-                Err(e) => refused.push((request, reply, e)),
-            }
-        }
-        let committed = if ops.is_empty() {
+        let batch = Batch::decide(state, &mut work);
+        let committed = if batch.ops.is_empty() {
             let at = state.version;
             store
                 .event_version(event_id)
                 .await
                 .map(|v| SeatsApplied { outcomes: vec![], version: v.filter(|v| *v == at) })
         } else {
-            store.apply_seats_at(event_id, Some(state.version), &ops, now_ms).await
+            store.apply_seats_at(event_id, Some(state.version), &batch.ops, now_ms).await
         };
+        let last_round = round == STALE_ROUNDS_MAX;
         match committed {
-            Ok(SeatsApplied { outcomes, version }) => {
-                let info = state.info.clone();
-                let mut rejected = false;
-                for (p, outcome) in pending.into_iter().zip(outcomes) {
-                    match outcome {
-                        OpOutcome::Applied => {
-                            let _ = p.reply.send(Ok(OrderView::from_hot(&p.order, &info, p.status)));
-                        }
-                        OpOutcome::Rejected if round < STALE_ROUNDS_MAX => {
-                            rejected = true;
-                            work.push((p.request, p.reply));
-                        }
-                        // Still contended by other nodes: retry later.
-                        OpOutcome::Rejected => {
-                            let _ = p.reply.send(Err(EngineError::Overloaded("event")));
-                        }
-                    }
-                }
-                match version {
-                    Some(v) if !rejected => {
-                        state.version = v;
-                        for (_, reply, e) in refused {
-                            let _ = reply.send(Err(e));
-                        }
-                        return true;
-                    }
-                    // Stale, or (a bug) an op rejected at the version it was
-                    // decided on: either way the store's word counts.
-                    _ => {
-                        if version.is_some() {
-                            tracing::error!(%event_id, "the store rejected a decision made on its current version");
-                        }
-                        for (request, reply, _) in refused {
-                            if round < STALE_ROUNDS_MAX {
-                                work.push((request, reply));
-                            } else {
-                                let _ = reply.send(Err(EngineError::Overloaded("event")));
-                            }
-                        }
-                        tracing::debug!(%event_id, again = work.len(), "another node changed the event; reloading");
-                    }
+            Ok(applied) => {
+                if batch.answer_committed(state, applied, last_round, &mut work) {
+                    return true;
                 }
             }
             Err(e) => {
                 tracing::warn!(%event_id, error = %e, "seat batch failed");
-                for p in pending {
-                    let _ = p.reply.send(Err(e.answer()));
-                }
-                // Without the store's word, even a refusal may be stale.
-                for (_, reply, _) in refused {
-                    let _ = reply.send(Err(e.answer()));
-                }
+                batch.answer_all(&e);
             }
         }
         // Memory holds stale or uncommitted decisions: take the store's
@@ -555,6 +499,97 @@ async fn decide_and_commit(
         }
     }
     true
+}
+
+/// One round of decisions: the ops to commit with the requests waiting on
+/// them, and the requests refused on the memory they were decided on.
+struct Batch {
+    ops: Vec<SeatOp>,
+    pending: Vec<Pending>,
+    refused: Vec<(Request, Reply, EngineError)>,
+}
+
+impl Batch {
+    fn decide(state: &mut EventState, work: &mut Vec<(Request, Reply)>) -> Batch {
+        let mut batch =
+            Batch { ops: Vec::with_capacity(work.len()), pending: Vec::with_capacity(work.len()), refused: Vec::new() };
+        for (request, reply) in work.drain(..) {
+            match state.decide(&request) {
+                Ok((op, order, status)) => {
+                    batch.ops.push(op);
+                    batch.pending.push(Pending { request, reply, order, status });
+                }
+                Err(e) => batch.refused.push((request, reply, e)),
+            }
+        }
+        batch
+    }
+
+    /// Answers what the store committed. True when the memory was current
+    /// (refusals answered too, the state at the new version); false when it
+    /// was stale: what must be decided again is back in `work` (or refused
+    /// as overloaded on the last round).
+    fn answer_committed(
+        self,
+        state: &mut EventState,
+        applied: SeatsApplied,
+        last_round: bool,
+        work: &mut Vec<(Request, Reply)>,
+    ) -> bool {
+        let event_id = state.info.def.event_id;
+        let info = state.info.clone();
+        let mut rejected = false;
+        for (p, outcome) in self.pending.into_iter().zip(applied.outcomes) {
+            match outcome {
+                OpOutcome::Applied => {
+                    let _ = p.reply.send(Ok(OrderView::from_hot(&p.order, &info, p.status)));
+                }
+                OpOutcome::Rejected if !last_round => {
+                    rejected = true;
+                    work.push((p.request, p.reply));
+                }
+                // Still contended by other nodes: retry later.
+                OpOutcome::Rejected => {
+                    let _ = p.reply.send(Err(EngineError::Overloaded("event")));
+                }
+            }
+        }
+        match applied.version {
+            Some(v) if !rejected => {
+                state.version = v;
+                for (_, reply, e) in self.refused {
+                    let _ = reply.send(Err(e));
+                }
+                true
+            }
+            // Stale, or (a bug) an op rejected at the version it was
+            // decided on: either way the store's word counts.
+            version => {
+                if version.is_some() {
+                    tracing::error!(%event_id, "the store rejected a decision made on its current version");
+                }
+                for (request, reply, _) in self.refused {
+                    if !last_round {
+                        work.push((request, reply));
+                    } else {
+                        let _ = reply.send(Err(EngineError::Overloaded("event")));
+                    }
+                }
+                tracing::debug!(%event_id, again = work.len(), "another node changed the event; reloading");
+                false
+            }
+        }
+    }
+
+    /// The store failed: without its word, even a refusal may be stale.
+    fn answer_all(self, error: &StoreError) {
+        for p in self.pending {
+            let _ = p.reply.send(Err(error.answer()));
+        }
+        for (_, reply, _) in self.refused {
+            let _ = reply.send(Err(error.answer()));
+        }
+    }
 }
 
 async fn reload(store: &Arc<dyn HotStore>, event_id: Id) -> Option<EventState> {

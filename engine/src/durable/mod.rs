@@ -243,6 +243,16 @@ pub async fn transfer(conn: &mut AnyConnection, t: &Transfer<'_>) -> Result<(), 
 /// round trip per statement, not per transfer,
 /// is what lets the workers keep up with a flash sale.
 pub async fn transfer_all(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Result<(), DurableError> {
+    let net = net_of(ts)?;
+    // The journal first, the balances last: on Postgres an account row
+    // stays locked from its update until the commit, and the system
+    // accounts (`@world`, `@sales`) are in nearly every transfer.
+    write_journal(conn, ts).await?;
+    apply_balances(conn, &net).await
+}
+
+/// Each (user, bucket)'s net change over the transfers.
+fn net_of<'a>(ts: &[Transfer<'a>]) -> Result<BTreeMap<(&'a str, Bucket), i64>, DurableError> {
     let mut net: BTreeMap<(&str, Bucket), i64> = BTreeMap::new();
     for t in ts {
         let amount = t.amount.get();
@@ -255,9 +265,12 @@ pub async fn transfer_all(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Resu
         let to = net.entry(t.to).or_default();
         *to = to.checked_add(amount).ok_or_else(overflow)?;
     }
-    // The journal first, the balances last: on Postgres an account row
-    // stays locked from its update until the commit, and the system
-    // accounts (`@world`, `@sales`) are in nearly every transfer.
+    Ok(net)
+}
+
+/// Two journal legs per transfer; a transfer applied twice is an invariant
+/// broken (its id is unique).
+async fn write_journal(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Result<(), DurableError> {
     let legs: Vec<_> =
         ts.iter().flat_map(|t| [(t, 0i64, t.from, -t.amount.get()), (t, 1, t.to, t.amount.get())]).collect();
     for chunk in legs.chunks(ROWS_PER_STATEMENT) {
@@ -285,9 +298,14 @@ pub async fn transfer_all(conn: &mut AnyConnection, ts: &[Transfer<'_>]) -> Resu
             e => DurableError::Db(e),
         })?;
     }
-    // Checked debits: a user's bucket may not go negative.
+    Ok(())
+}
+
+/// The net changes applied to the accounts: a user's debits checked (a
+/// bucket may not go negative), the rest upserted in multi-row statements.
+async fn apply_balances(conn: &mut AnyConnection, net: &BTreeMap<(&str, Bucket), i64>) -> Result<(), DurableError> {
     let mut upserts: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for ((user, bucket), delta) in &net {
+    for ((user, bucket), delta) in net {
         if *delta < 0 && !user.starts_with('@') {
             let col = bucket.column();
             let done = sqlx::query(&format!(
@@ -909,21 +927,8 @@ pub enum Replayed {
 }
 
 async fn apply_events(conn: &mut AnyConnection, batch: &[Envelope]) -> Result<usize, DurableError> {
-    let now = ms_i(crate::domain::now_unix_ms());
     let mut tx = conn.begin().await?;
-    let mut fresh: HashSet<i64> = HashSet::with_capacity(batch.len());
-    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO processed_events (event_id, at_ms){} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            values(is_sqlite(&tx), chunk.len(), 2)
-        );
-        let mut q = sqlx::query_scalar::<_, i64>(&sql);
-        for env in chunk {
-            q = q.bind(env.event_id.raw()).bind(now);
-        }
-        let ids: Vec<i64> = q.fetch_all(&mut *tx).await?;
-        fresh.extend(ids);
-    }
+    let mut fresh = mark_processed(&mut tx, batch).await?;
     let applied = fresh.len();
     // Webhook subscribers, read once per batch; none (the usual case)
     // costs nothing more.
@@ -976,10 +981,45 @@ async fn apply_events(conn: &mut AnyConnection, batch: &[Envelope]) -> Result<us
             other => apply_one(&mut tx, other).await?,
         }
     }
+    insert_grabs(&mut tx, &grabs).await?;
+    transfer_all(&mut tx, &transfers).await.map_err(|e| match e {
+        DurableError::InsufficientFunds => {
+            DurableError::Invariant("a sender's frozen funds do not cover their packets' grabs".into())
+        }
+        e => e,
+    })?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Records the batch's events as processed: the ids not seen before.
+async fn mark_processed(conn: &mut AnyConnection, batch: &[Envelope]) -> Result<HashSet<i64>, DurableError> {
+    let now = ms_i(crate::domain::now_unix_ms());
+    let mut fresh: HashSet<i64> = HashSet::with_capacity(batch.len());
+    for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO processed_events (event_id, at_ms){} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            values(is_sqlite(conn), chunk.len(), 2)
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        for env in chunk {
+            q = q.bind(env.event_id.raw()).bind(now);
+        }
+        let ids: Vec<i64> = q.fetch_all(&mut *conn).await?;
+        fresh.extend(ids);
+    }
+    Ok(fresh)
+}
+
+type GrabRow<'a> = (&'a Id, &'a Id, &'a String, &'a Fen, &'a u64);
+
+/// The batch's grabs in multi-row statements; a user's second grab of a
+/// packet is an invariant broken (unique key).
+async fn insert_grabs(conn: &mut AnyConnection, grabs: &[GrabRow<'_>]) -> Result<(), DurableError> {
     for chunk in grabs.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO grabs (grab_id, packet_id, user_id, amount, at_ms){}",
-            values(is_sqlite(&tx), chunk.len(), 5)
+            values(is_sqlite(conn), chunk.len(), 5)
         );
         let mut q = sqlx::query(&sql);
         for (grab_id, packet_id, user_id, amount, at_ms) in chunk {
@@ -990,14 +1030,7 @@ async fn apply_events(conn: &mut AnyConnection, batch: &[Envelope]) -> Result<us
                 .bind(amount.get())
                 .bind(ms_i(**at_ms));
         }
-        q.execute(&mut *tx).await.map_err(unique_to_invariant("a user grabbed a packet twice".into()))?;
+        q.execute(&mut *conn).await.map_err(unique_to_invariant("a user grabbed a packet twice".into()))?;
     }
-    transfer_all(&mut tx, &transfers).await.map_err(|e| match e {
-        DurableError::InsufficientFunds => {
-            DurableError::Invariant("a sender's frozen funds do not cover their packets' grabs".into())
-        }
-        e => e,
-    })?;
-    tx.commit().await?;
-    Ok(applied)
+    Ok(())
 }

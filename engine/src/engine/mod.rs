@@ -39,6 +39,7 @@ use crate::recovery::HotGuard;
 use crate::store::HotStore;
 use crate::telemetry::Metrics;
 
+pub use crate::actors::event::{CategoryView, SeatView, Selection};
 pub use events::EventView;
 pub use input::{Caller, NewCategory, NewEvent, NewHold, NewLimits, NewPacket};
 pub use packets::GrabOk;

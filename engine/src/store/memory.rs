@@ -56,6 +56,63 @@ impl EventHot {
         EventHot { info, seats, holds, paid, user_seats, version: 0 }
     }
 
+    /// Checks one op against the mirror and applies it: the write to
+    /// commit, or None when the op is rejected.
+    fn apply(&mut self, op: &SeatOp) -> Option<SeatWrite> {
+        let per_user = self.info.def.limits.per_user;
+        match op {
+            SeatOp::Hold(o) => {
+                let free = !o.seats.is_empty()
+                    && !self.holds.contains_key(&o.order_id)
+                    && o.seats.iter().all(|s| self.seats.get(*s as usize) == Some(&SeatState::Available))
+                    && self.user_seats.get(&o.user_id).copied().unwrap_or(0) + o.seats.len() as u32 <= per_user;
+                if free {
+                    for s in &o.seats {
+                        self.seats[*s as usize] = SeatState::Held(o.order_id);
+                    }
+                    self.holds.insert(o.order_id, o.clone());
+                    *self.user_seats.entry(o.user_id.clone()).or_default() += o.seats.len() as u32;
+                    Some(SeatWrite::Hold(o.clone()))
+                } else {
+                    None
+                }
+            }
+            SeatOp::Release { order_id, status } => match self.holds.remove(order_id) {
+                Some(order) => {
+                    for s in &order.seats {
+                        self.seats[*s as usize] = SeatState::Available;
+                    }
+                    self.give_back(&order.user_id, order.seats.len());
+                    Some(SeatWrite::Release { order, status: *status })
+                }
+                None => None,
+            },
+            SeatOp::Confirm { order_id } => match self.holds.remove(order_id) {
+                Some(order) => {
+                    for s in &order.seats {
+                        self.seats[*s as usize] = SeatState::Sold(order.order_id);
+                    }
+                    self.paid.insert(
+                        order.order_id,
+                        PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() },
+                    );
+                    Some(SeatWrite::Confirm { order })
+                }
+                None => None,
+            },
+            SeatOp::Refund { order_id } => match self.paid.remove(order_id) {
+                Some(paid) => {
+                    for s in &paid.seats {
+                        self.seats[*s as usize] = SeatState::Available;
+                    }
+                    self.give_back(&paid.user_id, paid.seats.len());
+                    Some(SeatWrite::Refund { order_id: *order_id, user_id: paid.user_id })
+                }
+                None => None,
+            },
+        }
+    }
+
     fn give_back(&mut self, user_id: &str, seats: usize) {
         if let Some(n) = self.user_seats.get_mut(user_id) {
             *n = n.saturating_sub(seats as u32);
@@ -343,63 +400,12 @@ impl HotStore for MemoryStore {
         if version.is_some_and(|v| v != hot.version) {
             return Ok(SeatsApplied { outcomes: vec![OpOutcome::Rejected; ops.len()], version: None });
         }
-        let per_user = hot.info.def.limits.per_user;
         let mut outcomes = Vec::with_capacity(ops.len());
         let mut writes = Vec::new();
         // Check and apply to the mirror op by op: a later op sees the effect
         // of an earlier one (a release then a hold of the same seat).
         for op in ops {
-            let write = match op {
-                SeatOp::Hold(o) => {
-                    let free = !o.seats.is_empty()
-                        && !hot.holds.contains_key(&o.order_id)
-                        && o.seats.iter().all(|s| hot.seats.get(*s as usize) == Some(&SeatState::Available))
-                        && hot.user_seats.get(&o.user_id).copied().unwrap_or(0) + o.seats.len() as u32 <= per_user;
-                    if free {
-                        for s in &o.seats {
-                            hot.seats[*s as usize] = SeatState::Held(o.order_id);
-                        }
-                        hot.holds.insert(o.order_id, o.clone());
-                        *hot.user_seats.entry(o.user_id.clone()).or_default() += o.seats.len() as u32;
-                        Some(SeatWrite::Hold(o.clone()))
-                    } else {
-                        None
-                    }
-                }
-                SeatOp::Release { order_id, status } => match hot.holds.remove(order_id) {
-                    Some(order) => {
-                        for s in &order.seats {
-                            hot.seats[*s as usize] = SeatState::Available;
-                        }
-                        hot.give_back(&order.user_id, order.seats.len());
-                        Some(SeatWrite::Release { order, status: *status })
-                    }
-                    None => None,
-                },
-                SeatOp::Confirm { order_id } => match hot.holds.remove(order_id) {
-                    Some(order) => {
-                        for s in &order.seats {
-                            hot.seats[*s as usize] = SeatState::Sold(order.order_id);
-                        }
-                        hot.paid.insert(
-                            order.order_id,
-                            PaidOrder { user_id: order.user_id.clone(), seats: order.seats.clone() },
-                        );
-                        Some(SeatWrite::Confirm { order })
-                    }
-                    None => None,
-                },
-                SeatOp::Refund { order_id } => match hot.paid.remove(order_id) {
-                    Some(paid) => {
-                        for s in &paid.seats {
-                            hot.seats[*s as usize] = SeatState::Available;
-                        }
-                        hot.give_back(&paid.user_id, paid.seats.len());
-                        Some(SeatWrite::Refund { order_id: *order_id, user_id: paid.user_id })
-                    }
-                    None => None,
-                },
-            };
+            let write = hot.apply(op);
             outcomes.push(if write.is_some() { OpOutcome::Applied } else { OpOutcome::Rejected });
             writes.extend(write);
         }
@@ -641,79 +647,91 @@ impl HotStore for MemoryStore {
 
 /// The writes of accepted seat ops, in order.
 fn seat_writes(info: &EventInfo, writes: &[SeatWrite], now_ms: u64) -> Result<WriteSet, StoreError> {
-    let event_id = info.def.event_id;
-    let e = event_id.raw();
+    let e = info.def.event_id.raw();
     let mut set = WriteSet::default();
     // Consecutive holds share multi-row statements; a release or confirm
     // flushes the holds before it, so the file sees the ops in order.
     let mut holds: Vec<&HotOrder> = Vec::new();
     for w in writes {
+        set.events.push(seat_event(info, w, now_ms));
         match w {
-            SeatWrite::Hold(o) => {
-                holds.push(o);
-                set.events.push(DomainEvent::OrderHeld {
-                    order_id: o.order_id,
-                    event_id,
-                    user_id: o.user_id.clone(),
-                    amount: o.amount,
-                    created_at_ms: o.created_at_ms,
-                    expires_at_ms: o.expires_at_ms,
-                    seats: order_seats(info, &o.seats),
-                    attendees: o.attendees.clone(),
-                });
-            }
-            SeatWrite::Release { order, status } => {
+            SeatWrite::Hold(o) => holds.push(o),
+            _ => {
                 hold_rows(&mut set, e, &std::mem::take(&mut holds))?;
-                let o = order.order_id.raw();
-                set.stmts
-                    .push(stmt("DELETE FROM hot_seats WHERE event_id = ? AND order_id = ?", vec![e.into(), o.into()]));
-                set.stmts.push(stmt("DELETE FROM hot_holds WHERE order_id = ?", vec![o.into()]));
-                set.events.push(DomainEvent::OrderReleased {
-                    order_id: order.order_id,
-                    event_id,
-                    user_id: order.user_id.clone(),
-                    status: *status,
-                    at_ms: now_ms,
-                });
-            }
-            SeatWrite::Confirm { order } => {
-                hold_rows(&mut set, e, &std::mem::take(&mut holds))?;
-                let o = order.order_id.raw();
-                let body = serde_json::to_string(order).map_err(corrupt)?;
-                set.stmts.push(stmt(
-                    "UPDATE hot_seats SET state = 'sold' WHERE event_id = ? AND order_id = ?",
-                    vec![e.into(), o.into()],
-                ));
-                set.stmts.push(stmt("DELETE FROM hot_holds WHERE order_id = ?", vec![o.into()]));
-                set.stmts.push(stmt(
-                    "INSERT INTO hot_paid (order_id, event_id, body) VALUES (?, ?, ?)",
-                    vec![o.into(), e.into(), body.into()],
-                ));
-                set.events.push(DomainEvent::OrderConfirmed {
-                    order_id: order.order_id,
-                    event_id,
-                    user_id: order.user_id.clone(),
-                    at_ms: now_ms,
-                });
-            }
-            SeatWrite::Refund { order_id, user_id } => {
-                hold_rows(&mut set, e, &std::mem::take(&mut holds))?;
-                let o = order_id.raw();
-                set.stmts
-                    .push(stmt("DELETE FROM hot_seats WHERE event_id = ? AND order_id = ?", vec![e.into(), o.into()]));
-                set.stmts.push(stmt("DELETE FROM hot_paid WHERE order_id = ?", vec![o.into()]));
-                set.events.push(DomainEvent::OrderReleased {
-                    order_id: *order_id,
-                    event_id,
-                    user_id: user_id.clone(),
-                    status: OrderStatus::Refunded,
-                    at_ms: now_ms,
-                });
+                settle_rows(&mut set, e, w)?;
             }
         }
     }
     hold_rows(&mut set, e, &holds)?;
     Ok(set)
+}
+
+/// The domain event a seat write publishes.
+fn seat_event(info: &EventInfo, write: &SeatWrite, now_ms: u64) -> DomainEvent {
+    let event_id = info.def.event_id;
+    match write {
+        SeatWrite::Hold(o) => DomainEvent::OrderHeld {
+            order_id: o.order_id,
+            event_id,
+            user_id: o.user_id.clone(),
+            amount: o.amount,
+            created_at_ms: o.created_at_ms,
+            expires_at_ms: o.expires_at_ms,
+            seats: order_seats(info, &o.seats),
+            attendees: o.attendees.clone(),
+        },
+        SeatWrite::Release { order, status } => DomainEvent::OrderReleased {
+            order_id: order.order_id,
+            event_id,
+            user_id: order.user_id.clone(),
+            status: *status,
+            at_ms: now_ms,
+        },
+        SeatWrite::Confirm { order } => DomainEvent::OrderConfirmed {
+            order_id: order.order_id,
+            event_id,
+            user_id: order.user_id.clone(),
+            at_ms: now_ms,
+        },
+        SeatWrite::Refund { order_id, user_id } => DomainEvent::OrderReleased {
+            order_id: *order_id,
+            event_id,
+            user_id: user_id.clone(),
+            status: OrderStatus::Refunded,
+            at_ms: now_ms,
+        },
+    }
+}
+
+/// The rows of a release, confirm or refund (holds go through `hold_rows`).
+fn settle_rows(set: &mut WriteSet, e: i64, write: &SeatWrite) -> Result<(), StoreError> {
+    match write {
+        SeatWrite::Hold(_) => {}
+        SeatWrite::Release { order, .. } => {
+            let o = order.order_id.raw();
+            set.stmts.push(stmt("DELETE FROM hot_seats WHERE event_id = ? AND order_id = ?", vec![e.into(), o.into()]));
+            set.stmts.push(stmt("DELETE FROM hot_holds WHERE order_id = ?", vec![o.into()]));
+        }
+        SeatWrite::Confirm { order } => {
+            let o = order.order_id.raw();
+            let body = serde_json::to_string(order).map_err(corrupt)?;
+            set.stmts.push(stmt(
+                "UPDATE hot_seats SET state = 'sold' WHERE event_id = ? AND order_id = ?",
+                vec![e.into(), o.into()],
+            ));
+            set.stmts.push(stmt("DELETE FROM hot_holds WHERE order_id = ?", vec![o.into()]));
+            set.stmts.push(stmt(
+                "INSERT INTO hot_paid (order_id, event_id, body) VALUES (?, ?, ?)",
+                vec![o.into(), e.into(), body.into()],
+            ));
+        }
+        SeatWrite::Refund { order_id, .. } => {
+            let o = order_id.raw();
+            set.stmts.push(stmt("DELETE FROM hot_seats WHERE event_id = ? AND order_id = ?", vec![e.into(), o.into()]));
+            set.stmts.push(stmt("DELETE FROM hot_paid WHERE order_id = ?", vec![o.into()]));
+        }
+    }
+    Ok(())
 }
 
 /// Holds: their seats as held, and the orders.

@@ -430,6 +430,32 @@ where
         self.versioned(self.run_write(inv, e.partition()).await?, group.len())
     }
 
+    /// The script of a settle group (its first op's kind) with its keys.
+    fn settle_script(&self, e: Id, first: Option<&SeatOp>) -> redis::ScriptInvocation<'_> {
+        match first {
+            Some(SeatOp::Confirm { .. }) => {
+                let mut inv = self.scripts.confirm.prepare_invoke();
+                inv.key(self.ev(e, "seats")).key(self.ev(e, "holds")).key(self.ev(e, "paid"));
+                inv.key(self.part(e.partition(), "due")).key(self.part(e.partition(), "outbox"));
+                inv.key(self.ev(e, "ver"));
+                inv
+            }
+            Some(SeatOp::Refund { .. }) => {
+                let mut inv = self.scripts.refund.prepare_invoke();
+                inv.key(self.ev(e, "seats")).key(self.ev(e, "paid")).key(self.part(e.partition(), "outbox"));
+                inv.key(self.ev(e, "ver")).key(self.ev(e, "users"));
+                inv
+            }
+            _ => {
+                let mut inv = self.scripts.release.prepare_invoke();
+                inv.key(self.ev(e, "seats")).key(self.ev(e, "holds"));
+                inv.key(self.part(e.partition(), "due")).key(self.part(e.partition(), "outbox"));
+                inv.key(self.ev(e, "ver")).key(self.ev(e, "users"));
+                inv
+            }
+        }
+    }
+
     fn versioned(&self, reply: Vec<i64>, ops: usize) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
         let (version, outcomes) = scripts::versioned(reply, ops)?;
         Ok((version, self.appended_if(outcomes)))
@@ -463,28 +489,7 @@ where
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let mut inv = match group.first() {
-            Some(SeatOp::Confirm { .. }) => {
-                let mut inv = self.scripts.confirm.prepare_invoke();
-                inv.key(self.ev(e, "seats")).key(self.ev(e, "holds")).key(self.ev(e, "paid"));
-                inv.key(self.part(e.partition(), "due")).key(self.part(e.partition(), "outbox"));
-                inv.key(self.ev(e, "ver"));
-                inv
-            }
-            Some(SeatOp::Refund { .. }) => {
-                let mut inv = self.scripts.refund.prepare_invoke();
-                inv.key(self.ev(e, "seats")).key(self.ev(e, "paid")).key(self.part(e.partition(), "outbox"));
-                inv.key(self.ev(e, "ver")).key(self.ev(e, "users"));
-                inv
-            }
-            _ => {
-                let mut inv = self.scripts.release.prepare_invoke();
-                inv.key(self.ev(e, "seats")).key(self.ev(e, "holds"));
-                inv.key(self.part(e.partition(), "due")).key(self.part(e.partition(), "outbox"));
-                inv.key(self.ev(e, "ver")).key(self.ev(e, "users"));
-                inv
-            }
-        };
+        let mut inv = self.settle_script(e, group.first());
         inv.arg(e.to_string()).arg(version_arg(version)).arg(group.len());
         for ((op, id), body) in group.iter().zip(&ids).zip(bodies) {
             let user_id = match body {
@@ -514,6 +519,37 @@ where
 /// A field of an `INFO` reply (`name:value` lines).
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines().find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':'))
+}
+
+/// The restore script's arguments for the merged state: holds, paid
+/// orders, seats, closed orders and seats per user, each list after its length.
+fn merged_args(inv: &mut redis::ScriptInvocation<'_>, merged: &restore::MergedEvent) -> Result<(), StoreError> {
+    inv.arg(merged.holds.len());
+    for o in merged.holds.values() {
+        inv.arg(o.order_id.to_string())
+            .arg(serde_json::to_string(o).map_err(corrupt)?)
+            .arg(o.expires_at_ms)
+            .arg(&o.user_id);
+    }
+    inv.arg(merged.paid.len());
+    for o in merged.paid.values() {
+        inv.arg(o.order_id.to_string()).arg(serde_json::to_string(o).map_err(corrupt)?).arg(&o.user_id);
+    }
+    let seats = merged.seats();
+    inv.arg(seats.len());
+    for (idx, v) in &seats {
+        inv.arg(*idx).arg(v);
+    }
+    inv.arg(merged.closed.len());
+    for id in &merged.closed {
+        inv.arg(id.to_string());
+    }
+    let users = merged.users();
+    inv.arg(users.len());
+    for (u, n) in &users {
+        inv.arg(u).arg(*n);
+    }
+    Ok(())
 }
 
 fn seat_state(v: &str) -> Result<SeatState, StoreError> {
@@ -1072,31 +1108,7 @@ where
                 .arg(new_ver)
                 .arg(serde_json::to_string(def).map_err(corrupt)?)
                 .arg(info.map.len());
-            inv.arg(merged.holds.len());
-            for o in merged.holds.values() {
-                inv.arg(o.order_id.to_string())
-                    .arg(serde_json::to_string(o).map_err(corrupt)?)
-                    .arg(o.expires_at_ms)
-                    .arg(&o.user_id);
-            }
-            inv.arg(merged.paid.len());
-            for o in merged.paid.values() {
-                inv.arg(o.order_id.to_string()).arg(serde_json::to_string(o).map_err(corrupt)?).arg(&o.user_id);
-            }
-            let seats = merged.seats();
-            inv.arg(seats.len());
-            for (idx, v) in &seats {
-                inv.arg(*idx).arg(v);
-            }
-            inv.arg(merged.closed.len());
-            for id in &merged.closed {
-                inv.arg(id.to_string());
-            }
-            let users = merged.users();
-            inv.arg(users.len());
-            for (u, n) in &users {
-                inv.arg(u).arg(*n);
-            }
+            merged_args(&mut inv, &merged)?;
             let done: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
             if done != 1 {
                 continue;

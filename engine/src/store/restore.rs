@@ -148,6 +148,18 @@ pub fn merge_event(
             _ => {}
         }
     }
+    let restored = put_back(&mut holds, &mut paid, lost, &mut conflicts);
+    MergedEvent { holds, paid, closed, restored, conflicts }
+}
+
+/// Puts back the orders Redis lost (`true`: paid), in id order, where
+/// their seats are still free; a clash is a conflict. How many were put back.
+fn put_back(
+    holds: &mut HashMap<Id, HotOrder>,
+    paid: &mut HashMap<Id, HotOrder>,
+    mut lost: Vec<(HotOrder, bool)>,
+    conflicts: &mut Vec<String>,
+) -> usize {
     let mut taken: HashMap<SeatIdx, Id> = HashMap::new();
     for o in holds.values().chain(paid.values()) {
         for s in &o.seats {
@@ -177,7 +189,7 @@ pub fn merge_event(
             holds.insert(h.order_id, h);
         }
     }
-    MergedEvent { holds, paid, closed, restored, conflicts }
+    restored
 }
 
 /// A packet after the merge: parts in the order taken (grabs first), grabs

@@ -1,6 +1,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
-use rush_engine::actors::event::Selection;
+use rush_engine::engine::Selection;
 use rush_engine::domain::Attendee;
 use rush_engine::engine::NewHold;
 use rush_engine::error::Entity;
