@@ -65,6 +65,8 @@ pub const SECRET_KEYS: &[&str] =
 
 /// Settings that may carry a password in their URL.
 const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
+/// Clock skew beyond five minutes is a broken clock, not skew: refused.
+const LEEWAY_S_MAX: u64 = 300;
 
 fn url_has_password(url: &str) -> bool {
     redact_url(url) != url
@@ -507,6 +509,31 @@ pub struct AuthConfig {
     /// production. See [`Config::dev_tokens`].
     pub dev_tokens: Option<bool>,
     pub token_ttl_s: u64,
+    /// Tokens from an identity provider: its JWKS at this URL (http or
+    /// https), fetched at start and every `jwks_refresh_s`. With it (or
+    /// `jwks_file`) only RS256 and ES256 tokens are accepted, `iss` and
+    /// `aud` are required, and HS256 (`jwt_secret`, dev tokens) is off.
+    pub jwks_url: Option<String>,
+    /// The same from a file (a JWKS document), re-read every `jwks_refresh_s`.
+    pub jwks_file: Option<PathBuf>,
+    /// Keys are fetched again this often (a provider rotates keys by `kid`).
+    pub jwks_refresh_s: u64,
+    /// A token with a `kid` not in the cache triggers a fetch, at most
+    /// once per this many seconds (unknown kids cannot flood the provider).
+    pub jwks_refetch_s_min: u64,
+    /// A JWKS fetch gives up after this long (the cached keys stay in use).
+    pub jwks_fetch_timeout_ms: u64,
+    /// The issuer's `iss`; required with a JWKS.
+    pub issuer: Option<String>,
+    /// This API's `aud`; required with a JWKS.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_s: u64,
+    /// The claim holding the caller's role(s) (dotted for nested objects,
+    /// e.g. `realm_access.roles`): a string or an array of strings.
+    pub role_claim: String,
+    /// The role value that makes a caller an admin; any other is a user.
+    pub admin_role: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -620,6 +647,10 @@ pub struct SqliteConfig {
     pub group_commit_max: u32,
 }
 
+/// Settings whose own name ends in `_file` (a path rush reads itself):
+/// their variables are taken as they are, not as `…_FILE` secrets.
+const FIELDS_NAMED_FILE: &[&str] = &["RUSH__AUTH__JWKS_FILE"];
+
 /// `RUSH__SECTION__FIELD_FILE=<path>` sets `RUSH__SECTION__FIELD` to the
 /// file's content (one trailing newline dropped): how orchestrators hand
 /// secrets over. Setting both is refused as ambiguous.
@@ -627,7 +658,11 @@ fn read_secret_files(vars: config::Map<String, String>) -> Result<config::Map<St
     let mut out = config::Map::new();
     for (k, v) in &vars {
         match k.strip_suffix("_FILE") {
-            Some(target) if target.contains("__") && target.len() > "RUSH__".len() => {
+            Some(target)
+                if target.contains("__")
+                    && target.len() > "RUSH__".len()
+                    && !FIELDS_NAMED_FILE.contains(&k.as_str()) =>
+            {
                 if vars.contains_key(target) {
                     return Err(ConfigError::Invalid(format!("both {target} and {k} are set; keep one")));
                 }
@@ -693,7 +728,21 @@ impl Default for HttpConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { jwt_secret: "rush-dev-secret-change-me".into(), dev_tokens: None, token_ttl_s: 24 * 3600 }
+        AuthConfig {
+            jwt_secret: "rush-dev-secret-change-me".into(),
+            dev_tokens: None,
+            token_ttl_s: 24 * 3600,
+            jwks_url: None,
+            jwks_file: None,
+            jwks_refresh_s: 300,
+            jwks_refetch_s_min: 10,
+            jwks_fetch_timeout_ms: 3_000,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
+            role_claim: "role".into(),
+            admin_role: "admin".into(),
+        }
     }
 }
 
@@ -821,7 +870,7 @@ impl Config {
 
     /// Whether `POST /v1/auth/dev-token` is served.
     pub fn dev_tokens(&self) -> bool {
-        self.auth.dev_tokens.unwrap_or(self.profile == Profile::Development)
+        !self.jwks() && self.auth.dev_tokens.unwrap_or(self.profile == Profile::Development)
     }
 
     /// Whether `/v1/sandbox/…` is served.
@@ -900,7 +949,9 @@ impl Config {
             ("payments.alipay_secret", &self.payments.alipay_secret, &dev.payments.alipay_secret),
             ("payments.ecard_secret", &self.payments.ecard_secret, &dev.payments.ecard_secret),
         ];
-        let defaults: Vec<&str> = pairs.iter().filter(|(_, v, d)| v == d).map(|(k, _, _)| *k).collect();
+        // With a JWKS the HS256 secret verifies nothing.
+        let unused = |k: &str| k == "auth.jwt_secret" && self.jwks();
+        let defaults: Vec<&str> = pairs.iter().filter(|(k, v, d)| v == d && !unused(k)).map(|(k, _, _)| *k).collect();
         if !defaults.is_empty() {
             return bad(format!(
                 "production needs real secrets; still the development default: {}",
@@ -924,6 +975,46 @@ impl Config {
         Ok(())
     }
 
+    /// Tokens: HS256 for development, or an issuer's JWKS.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let a = &self.auth;
+        if a.jwt_secret.len() < 16 {
+            return bad("auth.jwt_secret must be at least 16 bytes");
+        }
+        if a.leeway_s > LEEWAY_S_MAX {
+            return bad("auth.leeway_s must be at most 300");
+        }
+        if a.role_claim.is_empty() || a.admin_role.is_empty() {
+            return bad("auth.role_claim and auth.admin_role must not be empty");
+        }
+        if a.jwks_url.is_some() && a.jwks_file.is_some() {
+            return bad("give auth.jwks_url or auth.jwks_file, not both");
+        }
+        if let Some(url) = &a.jwks_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("auth.jwks_url must be an http:// or https:// URL");
+            }
+        }
+        if self.jwks() {
+            if a.issuer.as_deref().is_none_or(str::is_empty) || a.audience.as_deref().is_none_or(str::is_empty) {
+                return bad("tokens from a JWKS need auth.issuer and auth.audience (both are checked)");
+            }
+            if a.dev_tokens == Some(true) {
+                return bad("auth.dev_tokens signs HS256 tokens, which a JWKS setup refuses: unset it");
+            }
+            if a.jwks_refresh_s == 0 || a.jwks_fetch_timeout_ms == 0 {
+                return bad("auth.jwks_refresh_s and auth.jwks_fetch_timeout_ms must be positive");
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokens come from an issuer's JWKS (RS256/ES256), not `jwt_secret`.
+    pub fn jwks(&self) -> bool {
+        self.auth.jwks_url.is_some() || self.auth.jwks_file.is_some()
+    }
+
     /// The node (ids, shutdown, actors, tokens) and the request limits.
     fn validate_node_and_limits(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
@@ -939,9 +1030,7 @@ impl Config {
         if self.actors.mailbox_len_max == 0 || self.actors.batch_len_max == 0 {
             return bad("actors.mailbox_len_max and actors.batch_len_max must be at least 1");
         }
-        if self.auth.jwt_secret.len() < 16 {
-            return bad("auth.jwt_secret must be at least 16 bytes");
-        }
+        self.validate_auth()?;
         if self.events.per_order_default == 0 || self.events.per_user_default == 0 {
             return bad("events.per_order_default and per_user_default must be at least 1");
         }
@@ -1082,6 +1171,26 @@ mod tests {
             ("RUSH__PAYMENTS__ALIPAY_SECRET", "prod-alipay-secret-0123"),
             ("RUSH__PAYMENTS__ECARD_SECRET", "prod-ecard-secret-01234"),
         ]
+    }
+
+    #[test]
+    fn a_jwks_needs_issuer_and_audience_and_turns_dev_tokens_off() {
+        let url = ("RUSH__AUTH__JWKS_URL", "https://id.example/jwks.json");
+        let err = Config::load_from(None, env(&[url])).unwrap_err().to_string();
+        assert!(err.contains("auth.issuer and auth.audience"), "{err}");
+        let both = [url, ("RUSH__AUTH__ISSUER", "https://id.example"), ("RUSH__AUTH__AUDIENCE", "rush")];
+        let cfg = Config::load_from(None, env(&both)).unwrap();
+        assert!(cfg.jwks() && !cfg.dev_tokens(), "HS256 dev tokens are off with an issuer");
+        let mut dev = both.to_vec();
+        dev.push(("RUSH__AUTH__DEV_TOKENS", "true"));
+        let err = Config::load_from(None, env(&dev)).unwrap_err().to_string();
+        assert!(err.contains("auth.dev_tokens"), "{err}");
+        let mut file = both.to_vec();
+        file.push(("RUSH__AUTH__JWKS_FILE", "/etc/rush/jwks.json"));
+        let err = Config::load_from(None, env(&file)).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
+        let ftp = Config::load_from(None, env(&[("RUSH__AUTH__JWKS_URL", "ftp://x")])).unwrap_err().to_string();
+        assert!(ftp.contains("http:// or https://"), "{ftp}");
     }
 
     #[test]

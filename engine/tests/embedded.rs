@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use rush_engine::engine::Selection;
 use rush_engine::domain::{OrderStatus, SectionLayout};
+use rush_engine::engine::Selection;
 use rush_engine::engine::{NewCategory, NewEvent, NewHold};
 use rush_engine::telemetry::Metrics;
 use rush_engine::{Caller, Config, Engine, EngineError};

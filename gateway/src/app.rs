@@ -30,7 +30,11 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
     let cfg = engine.config().clone();
     let _ = crate::error::RETRY_AFTER_S.set(cfg.http.retry_after_s);
     let state = web::Data::new(AppState { engine: engine.clone(), traffic: connections.clone() });
-    let keys = web::Data::new(Keys::new(&cfg.auth.jwt_secret));
+    let keys = web::Data::new(Keys::from_config(&cfg.auth));
+    if let (true, Ok(rt)) = (cfg.jwks(), tokio::runtime::Handle::try_current()) {
+        let keys = keys.clone();
+        rt.spawn(async move { keys.warm().await });
+    }
     let body_len_max = cfg.http.body_len_max;
     let mut server = HttpServer::new(move || {
         App::new()

@@ -4,7 +4,7 @@
 //! by resource, DTOs, the error → status mapping, auth, metrics.
 //!
 //! # Layout
-//! - [`auth`]: HS256 bearer tokens and the `Auth` / `Admin` extractors.
+//! - [`auth`]: bearer tokens (an issuer's RS256/ES256 by JWKS, or HS256 in development) and the `Auth` / `Admin` extractors.
 //! - [`dto`]: request and response bodies (unknown fields refused).
 //! - [`error`]: `ApiError`, the one mapping of failures to HTTP.
 //! - [`routes`]: handlers by resource.

@@ -1,8 +1,8 @@
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpResponse};
-use rush_engine::engine::Selection;
 use rush_engine::domain::Attendee;
 use rush_engine::engine::NewHold;
+use rush_engine::engine::Selection;
 use rush_engine::error::Entity;
 use rush_engine::views::OrderView;
 use serde_json::json;

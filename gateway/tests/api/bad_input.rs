@@ -13,11 +13,9 @@ async fn bad_input_gets_its_status_and_the_error_shape() {
     let other = app.token("other", "user").await;
     let (_, v) = app.post("/v1/orders", Some(&other), json!({"event_id": event, "seats": ["A-1-1"]})).await;
     let others_order = v["order_id"].as_str().expect("order").to_string();
-    let forged = Keys::new("not-the-server-secret").sign(&Claims {
-        sub: "rich".into(),
-        role: "admin".into(),
-        exp: now_s() + 60,
-    });
+    let forged = Keys::new("not-the-server-secret")
+        .sign(&Claims { sub: "rich".into(), role: "admin".into(), exp: now_s() + 60 })
+        .expect("an HS256 key signs");
     let unknown_id = "123456789";
 
     struct Case {

@@ -9,6 +9,7 @@ mod faults;
 mod full;
 mod helpers;
 mod idempotency;
+mod identity;
 mod multinode;
 mod nodes;
 mod ops;
