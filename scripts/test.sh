@@ -43,3 +43,5 @@ if [ -f .stack/postgres.env ]; then
   . .stack/postgres.env
 fi
 cargo test --workspace
+# The HTTP contract, fuzzed against a fresh embedded rush (a few minutes).
+bash scripts/schemathesis.sh

@@ -78,7 +78,7 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
             .service(routes::ops::readyz)
             .service(routes::ops::metrics)
             .service(crate::openapi::get_openapi)
-            .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::no_route()) }))
+            .default_service(web::to(crate::openapi::unmatched))
     })
     .on_connect(move |_, ext| {
         ext.insert(counter.opened());

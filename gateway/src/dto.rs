@@ -151,11 +151,13 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    /// The cursor as the id type of the listing; a bad one is a 400.
+    /// The cursor as the id type of the listing; a bad one is a 400. Every
+    /// cursor is a positive id, whatever the listing's type.
     pub fn cursor<T: std::str::FromStr>(&self) -> Result<Option<T>, crate::error::ApiError> {
+        let bad = || crate::error::ApiError::bad_request("bad cursor");
         self.cursor
             .as_deref()
-            .map(|c| c.parse().map_err(|_| crate::error::ApiError::bad_request("bad cursor")))
+            .map(|c| c.parse::<rush_engine::domain::Id>().map_err(|_| bad()).and_then(|_| c.parse().map_err(|_| bad())))
             .transpose()
     }
 }

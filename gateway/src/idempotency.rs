@@ -21,9 +21,57 @@ pub const HEADER: &str = "idempotency-key";
 /// Longest key accepted; UUIDs and ULIDs fit with room to spare.
 pub const KEY_LEN_MAX: usize = 255;
 
-/// Parses a JSON body the way `web::Json` would, with our error shape.
+/// Parses a JSON body the way `web::Json` would, with our error shape. A
+/// whole number written as a float (`3.0`) is an integer to JSON Schema,
+/// so it is taken where an integer is expected (on the error path only:
+/// the usual body is parsed once).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+    serde_json::from_slice(body).or_else(|first| {
+        let invalid = || ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", first.to_string());
+        let mut v: Value = serde_json::from_slice(body).map_err(|_| invalid())?;
+        if !whole_floats_to_integers(&mut v) {
+            return Err(invalid());
+        }
+        serde_json::from_value(v).map_err(|_| invalid())
+    })
+}
+
+/// Rewrites every whole-number float within i64/u64 range as an integer;
+/// false when there was none (nothing to try again).
+fn whole_floats_to_integers(v: &mut Value) -> bool {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // 2^63 and 2^64 are exact as f64: the bounds are exclusive.
+            let int = if f.fract() != 0.0 {
+                None
+            } else if f >= -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18 {
+                Some(Value::from(f as i64))
+            } else if f >= 0.0 && f < 1.844_674_407_370_955_2e19 {
+                Some(Value::from(f as u64))
+            } else {
+                None
+            };
+            match int {
+                Some(i) => {
+                    *v = i;
+                    true
+                }
+                None => false,
+            }
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |any, i| whole_floats_to_integers(i) || any),
+        Value::Object(fields) => fields.values_mut().fold(false, |any, f| whole_floats_to_integers(f) || any),
+        _ => false,
+    }
+}
+
+/// An optional JSON body: none, or `null`, is `T::default()`.
+pub fn parse_json_or_default<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() || body.trim_ascii() == b"null" {
+        return Ok(T::default());
+    }
+    parse_json(body)
 }
 
 /// A POST that creates something or moves money: the request and its raw
@@ -52,12 +100,9 @@ impl IdempotentPost {
         parse_json(&self.body)
     }
 
-    /// The body as JSON, or `T::default()` when there is none.
+    /// The body as JSON, or `T::default()` when there is none (or `null`).
     pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
-        if self.body.is_empty() {
-            return Ok(T::default());
-        }
-        self.json()
+        parse_json_or_default(&self.body)
     }
 
     /// Runs `f` at most once per (`user_id`, key): see [`once`].
@@ -133,7 +178,11 @@ where
         let (status, v) = f().await?;
         return Ok(respond(status, v.to_string()));
     };
-    let key = raw.to_str().ok().filter(|k| !k.is_empty() && k.len() <= KEY_LEN_MAX).ok_or_else(|| {
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= KEY_LEN_MAX && k.bytes().all(|b| b.is_ascii_graphic()));
+    let key = key.ok_or_else(|| {
         ApiError::bad_request(format!("Idempotency-Key must be 1-{KEY_LEN_MAX} visible ASCII characters"))
     })?;
     let hash = request_hash(req, body);

@@ -15,6 +15,12 @@ pub const ID_NUMBER_LEN_MAX: usize = 64;
 /// Free-text reasons (credits, withdrawal decisions): a sentence, not a
 /// document.
 pub const REASON_LEN_MAX: usize = 200;
+/// A webhook URL: what browsers and proxies reliably carry.
+pub const URL_LEN_MAX: usize = 2000;
+/// A webhook's signing secret: 16 characters at least, so it cannot be
+/// guessed; 200 at most, a bound on what is stored.
+pub const SECRET_LEN_MIN: usize = 16;
+pub const SECRET_LEN_MAX: usize = 200;
 
 /// Who is asking.
 #[derive(Clone, Debug)]

@@ -1,16 +1,10 @@
 //! Webhook subscriptions and their deliveries (sent by `workers::webhooks`).
 
+use super::input::{SECRET_LEN_MAX, SECRET_LEN_MIN, URL_LEN_MAX};
 use super::{invalid, Engine};
 use crate::domain::{now_unix_ms, Id};
 use crate::durable::webhooks::{DeliveryRecord, WebhookRecord, EVENT_TYPES};
 use crate::error::{EngineError, Entity};
-
-/// A webhook URL: what browsers and proxies reliably carry.
-const URL_LEN_MAX: usize = 2000;
-/// A webhook's signing secret: 16 characters at least, so it cannot be
-/// guessed; 200 at most, a bound on what is stored.
-const SECRET_LEN_MIN: usize = 16;
-const SECRET_LEN_MAX: usize = 200;
 
 impl Engine {
     /// `POST /v1/admin/webhooks`: plain `http://` URLs (rush's outbound
@@ -18,7 +12,9 @@ impl Engine {
     /// known event types or `*`, a secret of 16-200 characters.
     pub async fn create_webhook(&self, url: &str, events: &[String], secret: &str) -> Result<Id, EngineError> {
         let wc = &self.cfg.webhooks;
-        if url.len() > URL_LEN_MAX || !url.starts_with("http://") || url.len() <= "http://".len() {
+        let rest = url.strip_prefix("http://").unwrap_or_default();
+        // Visible ASCII only: a space or a control character is no URL.
+        if url.len() > URL_LEN_MAX || rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(invalid(format!("url must be an http:// URL of at most {URL_LEN_MAX} characters")));
         }
         if events.is_empty() || events.len() > EVENT_TYPES.len() {
@@ -29,7 +25,7 @@ impl Engine {
                 return Err(invalid(format!("unknown event type {e:?}; known: {}", EVENT_TYPES.join(", "))));
             }
         }
-        if !(SECRET_LEN_MIN..=SECRET_LEN_MAX).contains(&secret.len()) {
+        if !(SECRET_LEN_MIN..=SECRET_LEN_MAX).contains(&secret.chars().count()) {
             return Err(invalid(format!("secret must be {SECRET_LEN_MIN}-{SECRET_LEN_MAX} characters")));
         }
         if self.durable.webhook_count().await? >= u64::from(wc.webhooks_max) {

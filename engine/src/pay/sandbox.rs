@@ -30,8 +30,8 @@ pub struct CallbackPlan {
 }
 
 /// Most extra copies and longest delay one sandbox payment may ask for.
-const DUPLICATES_MAX: u32 = 10;
-const DELAY_MS_MAX: u64 = 600_000;
+pub const DUPLICATES_MAX: u32 = 10;
+pub const DELAY_MS_MAX: u64 = 600_000;
 
 impl CallbackPlan {
     /// What a sandbox payment asked for, the configured behaviour (drop

@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// Development only: a token for any user id and role.
-#[utoipa::path(post, path = "/v1/auth/dev-token", request_body = DevTokenReq,
+#[utoipa::path(post, path = "/v1/auth/dev-token", request_body = DevTokenReq, security(()),
     responses((status = 200, body = TokenResp), (status = 400, body = crate::dto::ErrorResp)))]
 #[post("/v1/auth/dev-token")]
 pub async fn dev_token(

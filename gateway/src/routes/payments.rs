@@ -11,7 +11,7 @@ use super::path_id;
 use crate::auth::{Admin, Auth};
 use crate::dto::*;
 use crate::error::ApiError;
-use crate::idempotency::{parse_json, IdempotentPost};
+use crate::idempotency::{parse_json_or_default, IdempotentPost};
 use crate::AppState;
 
 pub fn channel_of(raw: &str) -> Result<ChannelKind, ApiError> {
@@ -114,7 +114,7 @@ pub async fn sandbox_complete(
     let (channel, id) = path.into_inner();
     let kind = ChannelKind::parse(&channel).ok_or_else(|| ApiError::not_found(Entity::Channel))?;
     let payment_id = path_id(&id, Entity::Payment)?;
-    let b: SandboxPayReq = if body.is_empty() { SandboxPayReq::default() } else { parse_json(&body)? };
+    let b: SandboxPayReq = parse_json_or_default(&body)?;
     let drop = match b.callback.as_deref() {
         None => None,
         Some("send") => Some(false),
