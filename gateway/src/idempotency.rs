@@ -45,9 +45,9 @@ fn whole_floats_to_integers(v: &mut Value) -> bool {
             // 2^63 and 2^64 are exact as f64: the bounds are exclusive.
             let int = if f.fract() != 0.0 {
                 None
-            } else if f >= -9.223_372_036_854_776e18 && f < 9.223_372_036_854_776e18 {
+            } else if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
                 Some(Value::from(f as i64))
-            } else if f >= 0.0 && f < 1.844_674_407_370_955_2e19 {
+            } else if (0.0..1.844_674_407_370_955_2e19).contains(&f) {
                 Some(Value::from(f as u64))
             } else {
                 None
@@ -60,8 +60,21 @@ fn whole_floats_to_integers(v: &mut Value) -> bool {
                 None => false,
             }
         }
-        Value::Array(items) => items.iter_mut().fold(false, |any, i| whole_floats_to_integers(i) || any),
-        Value::Object(fields) => fields.values_mut().fold(false, |any, f| whole_floats_to_integers(f) || any),
+        // Every element is visited (no short cut once one is rewritten).
+        Value::Array(items) => {
+            let mut any = false;
+            for i in items {
+                any |= whole_floats_to_integers(i);
+            }
+            any
+        }
+        Value::Object(fields) => {
+            let mut any = false;
+            for f in fields.values_mut() {
+                any |= whole_floats_to_integers(f);
+            }
+            any
+        }
         _ => false,
     }
 }
@@ -243,4 +256,34 @@ fn unknown_packet(body: &str) -> Option<rush_engine::domain::Id> {
         return None;
     }
     err["packet_id"].as_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    struct Body {
+        count: Option<u32>,
+        amount: Option<i64>,
+    }
+
+    #[test]
+    fn whole_floats_are_integers_and_fractions_are_not() {
+        let b: Body = parse_json(br#"{"count": 7846.0, "amount": -3.0}"#).unwrap();
+        assert_eq!(b, Body { count: Some(7846), amount: Some(-3) });
+        let e = parse_json::<Body>(br#"{"count": 1.5}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        // Out of the field's range once whole: still refused.
+        assert!(parse_json::<Body>(br#"{"count": 5e9}"#).is_err());
+        assert!(parse_json::<Body>(br#"{"count": 1e300}"#).is_err());
+    }
+
+    #[test]
+    fn an_optional_body_may_be_absent_or_null() {
+        assert_eq!(parse_json_or_default::<Body>(b"").unwrap(), Body::default());
+        assert_eq!(parse_json_or_default::<Body>(b" null ").unwrap(), Body::default());
+        assert_eq!(parse_json_or_default::<Body>(br#"{"count": 2}"#).unwrap().count, Some(2));
+        assert!(parse_json_or_default::<Body>(b"[]").is_err());
+    }
 }

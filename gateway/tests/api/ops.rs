@@ -46,6 +46,22 @@ async fn health_readiness_metrics_and_openapi_answer() {
         assert!(v["paths"][path].is_object(), "openapi lacks {path}");
     }
     assert!(v["components"]["schemas"]["OrderView"].is_object());
+    // Generated from the code: path parameters, open ops routes, limits from the config.
+    let cancel = &v["paths"]["/v1/orders/{id}/cancel"]["post"];
+    assert_eq!(cancel["parameters"][0]["name"], "id");
+    assert_eq!(cancel["parameters"][0]["in"], "path");
+    assert!(cancel["responses"]["401"].is_object() && cancel["responses"]["404"].is_object());
+    assert_eq!(v["paths"]["/healthz"]["get"]["security"], json!([{}]));
+    let packet = &v["components"]["schemas"]["CreatePacketReq"]["properties"];
+    assert_eq!(packet["count"]["maximum"], app.engine.config().packets.count_max);
+    assert_eq!(packet["kind"]["enum"], json!(["normal", "lucky"]));
+
+    // A path of the contract asked with a method it does not have: 405 with Allow.
+    let resp = app.client.delete(format!("{}/v1/orders", app.base)).send().await.expect("send");
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "GET, POST");
+    let resp = app.client.delete(format!("{}/v1/nowhere", app.base)).send().await.expect("send");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
