@@ -602,6 +602,11 @@ pub struct OrderConfig {
     /// An unfinished request older than this is presumed dead and its key
     /// may be reused; longer than any request can take.
     pub idempotency_stale_s: u64,
+    /// The hot store remembers a user's recent orders and orders just
+    /// closed this long, so a client reads its own writes on any node
+    /// while the workers catch up: above the worst durable lag you accept
+    /// (an alert fires long before 10 minutes of consumer lag).
+    pub recent_keep_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -788,6 +793,7 @@ impl Default for OrderConfig {
             credit_max_fen: 100_000_000,
             idempotency_ttl_s: 24 * 3600,
             idempotency_stale_s: 60,
+            recent_keep_s: 600,
         }
     }
 }
@@ -1042,6 +1048,9 @@ impl Config {
         }
         if self.orders.list_limit_default == 0 || self.orders.list_limit_default > self.orders.list_limit_max {
             return bad("orders.list_limit_default must be 1..=list_limit_max");
+        }
+        if self.orders.recent_keep_s == 0 {
+            return bad("orders.recent_keep_s must be positive: reads would not see their own writes");
         }
         Ok(())
     }

@@ -91,6 +91,7 @@ async fn roles_of<C>(
 where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
+    let store = store.recent_keep_ms(cfg.orders.recent_keep_s.saturating_mul(1000));
     let redis_err = |e| StartError::Redis(url.to_string(), e);
     if role == RedisRole::Node {
         let lease_ms = cfg.redis.node_lease_ms;
@@ -276,7 +277,9 @@ impl Node {
             // outbox table is the event log.
             None => {
                 let hot_db = Db::open(&cfg.data_dir, &cfg.sqlite).await?;
-                let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max).await?;
+                let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max)
+                    .await?
+                    .recent_keep_ms(cfg.orders.recent_keep_s.saturating_mul(1000));
                 let log = OutboxLog::new(hot_db, store.appended());
                 Roles {
                     store: Arc::new(store),

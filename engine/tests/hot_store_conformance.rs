@@ -309,7 +309,11 @@ async fn seats_hold_release_confirm(f: &dyn Fixture) {
         .await
         .expect("apply");
     assert_eq!(out, vec![OpOutcome::Applied, OpOutcome::Rejected, OpOutcome::Applied, OpOutcome::Rejected]);
-    assert_eq!(store.order(a.order_id).await.expect("order"), None, "a released hold is gone");
+    assert_eq!(
+        store.order(a.order_id).await.expect("order"),
+        Some((a.clone(), OrderStatus::Cancelled)),
+        "a released hold is remembered as closed (orders.recent_keep_s)"
+    );
     assert_eq!(store.order(c.order_id).await.expect("order"), Some((c.clone(), OrderStatus::Paid)));
     let out = store
         .apply_seats(e, &[SeatOp::Release { order_id: c.order_id, status: OrderStatus::Cancelled }], 7)
@@ -333,7 +337,16 @@ async fn seats_hold_release_confirm(f: &dyn Fixture) {
         .await
         .expect("apply");
     assert_eq!(out, vec![OpOutcome::Applied, OpOutcome::Rejected, OpOutcome::Rejected]);
-    assert_eq!(store.order(d.order_id).await.expect("order"), None, "a refunded order is gone");
+    assert_eq!(
+        store.order(d.order_id).await.expect("order"),
+        Some((d.clone(), OrderStatus::Refunded)),
+        "a refunded order is remembered as closed"
+    );
+    // A user's recent orders, newest first, each as the store last saw it.
+    let mut recent = store.recent_orders("dora", d.created_at_ms).await.expect("recent");
+    recent.truncate(1);
+    assert_eq!(recent, vec![(d.clone(), OrderStatus::Refunded)]);
+    assert!(store.recent_orders("nobody", d.created_at_ms).await.expect("recent").is_empty());
 
     // Everything above survives a restart.
     drop(store);

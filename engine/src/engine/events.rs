@@ -173,8 +173,29 @@ impl Engine {
     ) -> Result<(Vec<OrderView>, Option<Id>), EngineError> {
         let limit = self.page_limit(limit)?;
         let records = self.durable.orders_of(user_id, before, limit).await?;
-        let next = next_cursor(&records, limit, |r| r.order_id);
-        Ok((records.iter().map(OrderView::from_record).collect(), next))
+        let mut views: Vec<OrderView> = records.iter().map(OrderView::from_record).collect();
+        // What the hot store knows of the user's recent orders wins over the
+        // durable store's older word (or its silence, while the workers lag).
+        match self.store.recent_orders(user_id.as_str(), now_unix_ms()).await {
+            Ok(recent) => {
+                for (hot, status) in recent {
+                    if before.is_some_and(|b| hot.order_id >= b) {
+                        continue;
+                    }
+                    let info = self.info(hot.event_id).await?;
+                    let view = OrderView::from_hot(&hot, &info, status);
+                    match views.iter_mut().find(|v| v.order_id == view.order_id) {
+                        Some(v) => *v = view,
+                        None => views.push(view),
+                    }
+                }
+                views.sort_by_key(|v| std::cmp::Reverse(v.order_id));
+                views.truncate(limit as usize);
+            }
+            Err(e) => tracing::warn!(error = %e, "recent orders unavailable; listing the durable store's"),
+        }
+        let next = next_cursor(&views, limit, |v| v.order_id);
+        Ok((views, next))
     }
 
     pub async fn cancel(&self, caller: &Caller, order_id: Id) -> Result<OrderView, EngineError> {

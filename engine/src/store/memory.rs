@@ -172,6 +172,8 @@ pub struct MemoryStore {
     appended: Arc<Notify>,
     /// Applies every write, grouped into shared transactions.
     committer: Committer,
+    /// Recent and just-closed orders, for reads before the workers.
+    recent: super::recent::Recent,
 }
 
 fn db_err(e: sqlx::Error) -> StoreError {
@@ -226,7 +228,14 @@ impl MemoryStore {
             due: StdMutex::new(due),
             committer,
             appended,
+            recent: super::recent::Recent::new(super::recent::RECENT_KEEP_MS_DEFAULT),
         })
+    }
+
+    /// How long recent and closed orders are remembered (`orders.recent_keep_s`).
+    pub fn recent_keep_ms(mut self, keep_ms: u64) -> Self {
+        self.recent = super::recent::Recent::new(keep_ms);
+        self
     }
 
     /// Notified after each commit that appended events to the outbox.
@@ -413,6 +422,14 @@ impl HotStore for MemoryStore {
             return Ok(SeatsApplied { outcomes, version: Some(hot.version) });
         }
         let info = hot.info.clone();
+        // A refunded order's body is in `hot_paid` only: read it before the
+        // commit deletes it, to remember the order as refunded.
+        let mut refunded = Vec::new();
+        for w in &writes {
+            if let SeatWrite::Refund { order_id, .. } = w {
+                refunded.extend(self.order(*order_id).await?.map(|(o, _)| o));
+            }
+        }
         if let Err(e) = self.committer.commit(seat_writes(&info, &writes, now_ms)?).await {
             drop(hot);
             self.events.remove(&event_id);
@@ -433,6 +450,16 @@ impl HotStore for MemoryStore {
             }
         }
         drop(due);
+        for w in writes {
+            match w {
+                SeatWrite::Hold(o) => self.recent.held(&o),
+                SeatWrite::Release { order, status } => self.recent.closed(order, status),
+                SeatWrite::Confirm { .. } | SeatWrite::Refund { .. } => {}
+            }
+        }
+        for order in refunded {
+            self.recent.closed(order, OrderStatus::Refunded);
+        }
         Ok(SeatsApplied { outcomes, version })
     }
 
@@ -446,11 +473,20 @@ impl HotStore for MemoryStore {
         .await
         .map_err(db_err)?;
         let Some(r) = row else {
-            return Ok(None);
+            let closed = self.recent.closed_order(order_id);
+            return Ok(closed.map(|c| (c.order, c.status)));
         };
         let order: HotOrder = serde_json::from_str(r.try_get("body").map_err(db_err)?).map_err(corrupt)?;
         let paid: i64 = r.try_get("paid").map_err(db_err)?;
         Ok(Some((order, if paid == 1 { OrderStatus::Paid } else { OrderStatus::PendingPayment })))
+    }
+
+    async fn recent_orders(&self, user_id: &str, now_ms: u64) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.recent.of_user(user_id, now_ms) {
+            out.extend(self.order(id).await?);
+        }
+        Ok(out)
     }
 
     async fn void_packet(&self, packet_id: Id) -> Result<Voided, StoreError> {

@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod db;
 pub mod memory;
+pub mod recent;
 pub mod redis;
 pub mod redis_cluster;
 pub mod restore;
@@ -259,9 +260,17 @@ pub trait HotStore: Send + Sync + 'static {
     /// actor that decided a batch without writing anything (refusals,
     /// reads) checks with it that its memory was the store's state.
     async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError>;
-    /// An order the hot store still holds (pending, or paid and sold), for
+    /// An order the hot store still holds (pending, or paid and sold), or
+    /// closed within `orders.recent_keep_s` (with its final status), for
     /// reads before the workers have persisted it.
     async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError>;
+    /// The user's orders held within `orders.recent_keep_s` that the hot
+    /// store still knows (held, paid or closed), newest first: a list read
+    /// right after a hold shows it before the workers have persisted it.
+    async fn recent_orders(&self, user_id: &str, now_ms: u64) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
+        let _ = (user_id, now_ms);
+        Ok(vec![])
+    }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError>;
     /// Settles a `create_packet` whose outcome is unknown (its call failed

@@ -61,6 +61,8 @@ pub struct RedisStore<C = ConnectionManager> {
     replication: Option<Replication>,
     /// A Redis Cluster (no single replication id to watch).
     cluster: bool,
+    /// How long recent and closed orders are kept (`orders.recent_keep_s`).
+    recent_keep_ms: u64,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -157,6 +159,7 @@ where
             appended: Arc::new(Notify::new()),
             replication: None,
             cluster: false,
+            recent_keep_ms: super::recent::RECENT_KEEP_MS_DEFAULT,
         })
     }
 
@@ -336,6 +339,24 @@ where
         format!("{}:{{p{}}}:ord:{order}", self.prefix, order.partition())
     }
 
+    /// A closed order and its final status (`recent::Closed` JSON), kept
+    /// `recent_keep_ms` after it closed.
+    fn closed(&self, order: Id) -> String {
+        format!("{}:{{p{}}}:closed:{order}", self.prefix, order.partition())
+    }
+
+    /// A user's recent orders (zset: order id by hold time), in the user's
+    /// own slot; it expires `recent_keep_ms` after the user's last hold.
+    fn recent(&self, user_id: &str) -> String {
+        format!("{}:{{u:{user_id}}}:recent", self.prefix)
+    }
+
+    /// How long recent and closed orders are remembered (`orders.recent_keep_s`).
+    pub fn recent_keep_ms(mut self, keep_ms: u64) -> Self {
+        self.recent_keep_ms = keep_ms;
+        self
+    }
+
     fn envelope(&self, event: DomainEvent) -> Result<String, StoreError> {
         let env = Envelope { position: 0, event_id: self.ids.next(0), partition: event.entity_id().partition(), event };
         serde_json::to_string(&env).map_err(corrupt)
@@ -387,12 +408,20 @@ where
         let e = info.def.event_id;
         // The order index first: alone it asserts nothing. Each order's key
         // is in its own slot, so one command each.
+        // With it, the user's recent orders (for their list before the
+        // workers have the order).
+        let keep_ms = i64::try_from(self.recent_keep_ms).unwrap_or(i64::MAX);
         let index = group
             .iter()
             .filter_map(|op| match op {
-                SeatOp::Hold(o) => Some(redis::Cmd::set(self.ord(o.order_id), e.to_string())),
+                SeatOp::Hold(o) => Some([
+                    redis::Cmd::set(self.ord(o.order_id), e.to_string()),
+                    redis::Cmd::zadd(self.recent(&o.user_id), o.order_id.to_string(), o.created_at_ms),
+                    redis::Cmd::pexpire(self.recent(&o.user_id), keep_ms),
+                ]),
                 _ => None,
             })
+            .flatten()
             .collect();
         crate::redis_io::concurrently::<_, ()>(&self.conn, index).await.map_err(unavailable)?;
         let mut inv = self.scripts.hold.prepare_invoke();
@@ -489,14 +518,15 @@ where
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        let orders: Vec<Option<HotOrder>> = bodies
+            .into_iter()
+            .map(|b| b.map(|b| serde_json::from_str::<HotOrder>(&b).map_err(corrupt)).transpose())
+            .collect::<Result<_, _>>()?;
         let mut inv = self.settle_script(e, group.first());
         inv.arg(e.to_string()).arg(version_arg(version)).arg(group.len());
-        for ((op, id), body) in group.iter().zip(&ids).zip(bodies) {
-            let user_id = match body {
-                Some(b) => serde_json::from_str::<HotOrder>(&b).map_err(corrupt)?.user_id,
-                // Not held (paid): the script will reject it; no event is written.
-                None => String::new(),
-            };
+        for ((op, id), order) in group.iter().zip(&ids).zip(&orders) {
+            // Not held (paid): the script will reject it; no event is written.
+            let user_id = order.as_ref().map(|o| o.user_id.clone()).unwrap_or_default();
             let event = match op {
                 SeatOp::Release { status, .. } => {
                     DomainEvent::OrderReleased { order_id: *id, event_id: e, user_id, status: *status, at_ms: now_ms }
@@ -512,7 +542,40 @@ where
             };
             inv.arg(id.to_string()).arg(self.envelope(event)?);
         }
-        self.versioned(self.run_write(inv, e.partition()).await?, group.len())
+        let (after, outcomes) = self.versioned(self.run_write(inv, e.partition()).await?, group.len())?;
+        self.remember_closed(group, orders, &outcomes).await?;
+        Ok((after, outcomes))
+    }
+
+    /// Released and refunded orders, kept with their final status for
+    /// `recent_keep_ms`: the scripts dropped them, the durable store may
+    /// not have them yet. Written before the caller is answered.
+    async fn remember_closed(
+        &self,
+        group: &[SeatOp],
+        orders: Vec<Option<HotOrder>>,
+        outcomes: &[OpOutcome],
+    ) -> Result<(), StoreError> {
+        let mut cmds = Vec::new();
+        for ((op, order), outcome) in group.iter().zip(orders).zip(outcomes) {
+            let status = match op {
+                SeatOp::Release { status, .. } => *status,
+                SeatOp::Refund { .. } => OrderStatus::Refunded,
+                _ => continue,
+            };
+            let (Some(order), OpOutcome::Applied) = (order, outcome) else { continue };
+            let key = self.closed(order.order_id);
+            let body = serde_json::to_string(&super::recent::Closed { order, status }).map_err(corrupt)?;
+            cmds.push(redis::Cmd::set_options(
+                key,
+                body,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.recent_keep_ms)),
+            ));
+        }
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        crate::redis_io::concurrently::<_, ()>(&self.conn, cmds).await.map(|_| ()).map_err(unavailable)
     }
 }
 
@@ -687,9 +750,45 @@ where
         let found = match (held, paid) {
             (Some(b), _) => Some((b, OrderStatus::PendingPayment)),
             (None, Some(b)) => Some((b, OrderStatus::Paid)),
-            (None, None) => None,
+            (None, None) => {
+                let closed: Option<String> = conn.get(self.closed(order_id)).await.map_err(unavailable)?;
+                return closed
+                    .map(|b| serde_json::from_str::<super::recent::Closed>(&b).map(|c| (c.order, c.status)))
+                    .transpose()
+                    .map_err(corrupt);
+            }
         };
         found.map(|(b, s)| serde_json::from_str::<HotOrder>(&b).map(|o| (o, s)).map_err(corrupt)).transpose()
+    }
+
+    async fn recent_orders(&self, user_id: &str, now_ms: u64) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.recent(user_id);
+        let cutoff = now_ms.saturating_sub(self.recent_keep_ms);
+        let (ids,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&key)
+            .arg(0)
+            .arg(-(super::recent::RECENT_PER_USER_MAX as i64) - 1)
+            .ignore()
+            .cmd("ZREVRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id: Id = id.parse().map_err(corrupt)?;
+            out.extend(self.order(id).await?);
+        }
+        Ok(out)
     }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@ mod identity;
 mod multinode;
 mod nodes;
 mod ops;
+mod own_writes;
 mod packets;
 mod payments;
 mod seats;

@@ -1,0 +1,103 @@
+//! What a client just did, kept in the hot store until the durable side
+//! surely has it: a user's recent orders (for their list right after a
+//! hold) and orders just closed (cancelled, expired, refunded: the hot
+//! store drops them at once, the durable store learns of it through the
+//! workers). Reads merge these over the durable store, so a client reads
+//! its own writes on any node however far the workers lag, up to
+//! `orders.recent_keep_s`, without waiting for them.
+//!
+//! The embedded store keeps them in memory ([`Recent`]); the Redis store
+//! in keys with a time to live (`redis.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::domain::{Id, OrderStatus};
+use crate::store::HotOrder;
+
+/// How long orders are remembered by default: minutes of worker lag.
+pub const RECENT_KEEP_MS_DEFAULT: u64 = 600_000;
+/// Most recent orders remembered per user (a list page is at most 100).
+pub const RECENT_PER_USER_MAX: usize = 128;
+
+/// A closed order as the hot store last saw it, with its final status.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Closed {
+    pub order: HotOrder,
+    pub status: OrderStatus,
+}
+
+#[derive(Default)]
+struct Inner {
+    closed: HashMap<Id, (Closed, u64)>,
+    /// Closing order, for trimming.
+    closed_at: VecDeque<(u64, Id)>,
+    by_user: HashMap<String, VecDeque<(Id, u64)>>,
+}
+
+/// The embedded store's memory of recent orders.
+pub struct Recent {
+    keep_ms: u64,
+    inner: Mutex<Inner>,
+}
+
+impl Recent {
+    pub fn new(keep_ms: u64) -> Self {
+        Recent { keep_ms, inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Each change is one insert or removal: a poisoned lock is whole.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A hold, remembered by its creation time (as the Redis zset scores it).
+    pub fn held(&self, order: &HotOrder) {
+        let mut inner = self.lock();
+        let list = inner.by_user.entry(order.user_id.clone()).or_default();
+        list.push_back((order.order_id, order.created_at_ms));
+        while list.len() > RECENT_PER_USER_MAX {
+            list.pop_front();
+        }
+    }
+
+    /// A closed order, kept `keep_ms` from now on the clock (as a Redis
+    /// key's time to live runs).
+    pub fn closed(&self, order: HotOrder, status: OrderStatus) {
+        let now_ms = crate::domain::now_unix_ms();
+        let mut inner = self.lock();
+        let cutoff = now_ms.saturating_sub(self.keep_ms);
+        while inner.closed_at.front().is_some_and(|(at, _)| *at < cutoff) {
+            if let Some((at, id)) = inner.closed_at.pop_front() {
+                if inner.closed.get(&id).is_some_and(|(_, t)| *t == at) {
+                    inner.closed.remove(&id);
+                }
+            }
+        }
+        let id = order.order_id;
+        inner.closed_at.push_back((now_ms, id));
+        inner.closed.insert(id, (Closed { order, status }, now_ms));
+    }
+
+    pub fn closed_order(&self, order_id: Id) -> Option<Closed> {
+        let now_ms = crate::domain::now_unix_ms();
+        let inner = self.lock();
+        let (c, at) = inner.closed.get(&order_id)?;
+        (now_ms.saturating_sub(*at) <= self.keep_ms).then(|| c.clone())
+    }
+
+    /// The user's orders of the last `keep_ms`, newest first.
+    pub fn of_user(&self, user_id: &str, now_ms: u64) -> Vec<Id> {
+        let mut inner = self.lock();
+        let cutoff = now_ms.saturating_sub(self.keep_ms);
+        let Some(list) = inner.by_user.get_mut(user_id) else { return vec![] };
+        while list.front().is_some_and(|(_, at)| *at < cutoff) {
+            list.pop_front();
+        }
+        let ids = list.iter().rev().map(|(id, _)| *id).collect();
+        if list.is_empty() {
+            inner.by_user.remove(user_id);
+        }
+        ids
+    }
+}
