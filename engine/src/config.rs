@@ -607,6 +607,10 @@ pub struct OrderConfig {
     /// while the workers catch up: above the worst durable lag you accept
     /// (an alert fires long before 10 minutes of consumer lag).
     pub recent_keep_s: u64,
+    /// Most recent orders remembered per user within `recent_keep_s`: a
+    /// list merges at most a page of them, the rest bound memory (a user
+    /// with a thousand orders in ten minutes is a bot).
+    pub recent_per_user_max: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -794,6 +798,7 @@ impl Default for OrderConfig {
             idempotency_ttl_s: 24 * 3600,
             idempotency_stale_s: 60,
             recent_keep_s: 600,
+            recent_per_user_max: 1000,
         }
     }
 }
@@ -1049,8 +1054,10 @@ impl Config {
         if self.orders.list_limit_default == 0 || self.orders.list_limit_default > self.orders.list_limit_max {
             return bad("orders.list_limit_default must be 1..=list_limit_max");
         }
-        if self.orders.recent_keep_s == 0 {
-            return bad("orders.recent_keep_s must be positive: reads would not see their own writes");
+        if self.orders.recent_keep_s == 0
+            || (self.orders.recent_per_user_max as u64) < u64::from(self.orders.list_limit_max)
+        {
+            return bad("orders.recent_keep_s must be positive and orders.recent_per_user_max at least list_limit_max: reads would miss their own writes");
         }
         Ok(())
     }

@@ -91,7 +91,7 @@ async fn roles_of<C>(
 where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let store = store.recent_keep_ms(cfg.orders.recent_keep_s.saturating_mul(1000));
+    let store = store.remember_recent(cfg.orders.recent_keep_s.saturating_mul(1000), cfg.orders.recent_per_user_max);
     let redis_err = |e| StartError::Redis(url.to_string(), e);
     if role == RedisRole::Node {
         let lease_ms = cfg.redis.node_lease_ms;
@@ -279,7 +279,7 @@ impl Node {
                 let hot_db = Db::open(&cfg.data_dir, &cfg.sqlite).await?;
                 let store = MemoryStore::open(hot_db.clone(), ids.clone(), cfg.events.seats_max)
                     .await?
-                    .recent_keep_ms(cfg.orders.recent_keep_s.saturating_mul(1000));
+                    .remember_recent(cfg.orders.recent_keep_s.saturating_mul(1000), cfg.orders.recent_per_user_max);
                 let log = OutboxLog::new(hot_db, store.appended());
                 Roles {
                     store: Arc::new(store),

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rush_engine::config::AuthConfig;
 use rush_engine::domain::UserId;
@@ -155,6 +155,13 @@ impl Keys {
         let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, validation)
             .map_err(|e| refusal(e.kind()))?
             .claims;
+        // jsonwebtoken takes an `iss` array holding the issuer; the issuer
+        // names itself with one string.
+        if let Some(issuer) = &inner.issuer {
+            if claims.get("iss").and_then(Value::as_str) != Some(issuer.iss.as_str()) {
+                return Err("wrong token issuer");
+            }
+        }
         let sub = claims.get("sub").and_then(Value::as_str).ok_or("bad token claims")?;
         let user_id = UserId::parse(sub).map_err(|_| "bad token claims")?;
         Ok(Caller { admin: self.has_admin_role(&claims), user_id })
@@ -305,8 +312,27 @@ impl Issuer {
             }
             Source::File(path) => tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?,
         };
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
-        Ok(key_set(&set))
+        let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
+        let Some(Value::Array(entries)) = doc.get("keys") else { return Err("not a JWKS: no keys array".into()) };
+        // Each key on its own: one rush cannot read (another curve, a
+        // post-quantum key) must not hide the others.
+        let keys = entries
+            .iter()
+            .filter_map(|k| match serde_json::from_value::<Jwk>(k.clone()) {
+                Ok(jwk) => Some(jwk),
+                Err(e) => {
+                    tracing::warn!(kid = ?k.get("kid"), error = %e, "a JWKS key rush cannot read; skipped");
+                    None
+                }
+            })
+            .collect();
+        let set = key_set(&JwkSet { keys });
+        // No usable key at all is a broken answer, not a rotation: the
+        // cached keys stay in use.
+        if set.is_empty() {
+            return Err("the JWKS has no RS256 or ES256 key with a kid".into());
+        }
+        Ok(set)
     }
 }
 

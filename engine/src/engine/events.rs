@@ -176,12 +176,9 @@ impl Engine {
         let mut views: Vec<OrderView> = records.iter().map(OrderView::from_record).collect();
         // What the hot store knows of the user's recent orders wins over the
         // durable store's older word (or its silence, while the workers lag).
-        match self.store.recent_orders(user_id.as_str(), now_unix_ms()).await {
+        match self.store.recent_orders(user_id.as_str(), before, limit as usize, now_unix_ms()).await {
             Ok(recent) => {
                 for (hot, status) in recent {
-                    if before.is_some_and(|b| hot.order_id >= b) {
-                        continue;
-                    }
                     let info = self.info(hot.event_id).await?;
                     let view = OrderView::from_hot(&hot, &info, status);
                     match views.iter_mut().find(|v| v.order_id == view.order_id) {

@@ -228,13 +228,17 @@ impl MemoryStore {
             due: StdMutex::new(due),
             committer,
             appended,
-            recent: super::recent::Recent::new(super::recent::RECENT_KEEP_MS_DEFAULT),
+            recent: super::recent::Recent::new(
+                super::recent::RECENT_KEEP_MS_DEFAULT,
+                super::recent::RECENT_PER_USER_MAX_DEFAULT,
+            ),
         })
     }
 
-    /// How long recent and closed orders are remembered (`orders.recent_keep_s`).
-    pub fn recent_keep_ms(mut self, keep_ms: u64) -> Self {
-        self.recent = super::recent::Recent::new(keep_ms);
+    /// How long, and how many per user, recent and closed orders are
+    /// remembered (`orders.recent_keep_s`, `orders.recent_per_user_max`).
+    pub fn remember_recent(mut self, keep_ms: u64, per_user_max: usize) -> Self {
+        self.recent = super::recent::Recent::new(keep_ms, per_user_max);
         self
     }
 
@@ -481,12 +485,16 @@ impl HotStore for MemoryStore {
         Ok(Some((order, if paid == 1 { OrderStatus::Paid } else { OrderStatus::PendingPayment })))
     }
 
-    async fn recent_orders(&self, user_id: &str, now_ms: u64) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
-        let mut out = Vec::new();
-        for id in self.recent.of_user(user_id, now_ms) {
-            out.extend(self.order(id).await?);
-        }
-        Ok(out)
+    async fn recent_orders(
+        &self,
+        user_id: &str,
+        before: Option<Id>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
+        let ids = super::recent::page_of(self.recent.of_user(user_id, now_ms), before, limit);
+        let found = futures_util::future::join_all(ids.into_iter().map(|id| self.order(id))).await;
+        Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
     }
 
     async fn void_packet(&self, packet_id: Id) -> Result<Voided, StoreError> {

@@ -264,11 +264,18 @@ pub trait HotStore: Send + Sync + 'static {
     /// closed within `orders.recent_keep_s` (with its final status), for
     /// reads before the workers have persisted it.
     async fn order(&self, order_id: Id) -> Result<Option<(HotOrder, OrderStatus)>, StoreError>;
-    /// The user's orders held within `orders.recent_keep_s` that the hot
-    /// store still knows (held, paid or closed), newest first: a list read
-    /// right after a hold shows it before the workers have persisted it.
-    async fn recent_orders(&self, user_id: &str, now_ms: u64) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
-        let _ = (user_id, now_ms);
+    /// Of the user's orders held within `orders.recent_keep_s` that the hot
+    /// store still knows (held, paid or closed), the `limit` newest below
+    /// `before`, newest first: a list read right after a hold shows it
+    /// before the workers have persisted it.
+    async fn recent_orders(
+        &self,
+        user_id: &str,
+        before: Option<Id>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
+        let _ = (user_id, before, limit, now_ms);
         Ok(vec![])
     }
 

@@ -17,8 +17,17 @@ use crate::store::HotOrder;
 
 /// How long orders are remembered by default: minutes of worker lag.
 pub const RECENT_KEEP_MS_DEFAULT: u64 = 600_000;
-/// Most recent orders remembered per user (a list page is at most 100).
-pub const RECENT_PER_USER_MAX: usize = 128;
+/// Most recent orders remembered per user by default (`orders.recent_per_user_max`).
+pub const RECENT_PER_USER_MAX_DEFAULT: usize = 1000;
+
+/// Of a user's recent order ids (any order), the `limit` newest below
+/// `before`, newest first: all a list page can take from them.
+pub fn page_of(mut ids: Vec<Id>, before: Option<Id>, limit: usize) -> Vec<Id> {
+    ids.retain(|id| before.is_none_or(|b| *id < b));
+    ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
+    ids.truncate(limit);
+    ids
+}
 
 /// A closed order as the hot store last saw it, with its final status.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -38,12 +47,13 @@ struct Inner {
 /// The embedded store's memory of recent orders.
 pub struct Recent {
     keep_ms: u64,
+    per_user_max: usize,
     inner: Mutex<Inner>,
 }
 
 impl Recent {
-    pub fn new(keep_ms: u64) -> Self {
-        Recent { keep_ms, inner: Mutex::new(Inner::default()) }
+    pub fn new(keep_ms: u64, per_user_max: usize) -> Self {
+        Recent { keep_ms, per_user_max, inner: Mutex::new(Inner::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -56,7 +66,7 @@ impl Recent {
         let mut inner = self.lock();
         let list = inner.by_user.entry(order.user_id.clone()).or_default();
         list.push_back((order.order_id, order.created_at_ms));
-        while list.len() > RECENT_PER_USER_MAX {
+        while list.len() > self.per_user_max {
             list.pop_front();
         }
     }
@@ -86,7 +96,7 @@ impl Recent {
         (now_ms.saturating_sub(*at) <= self.keep_ms).then(|| c.clone())
     }
 
-    /// The user's orders of the last `keep_ms`, newest first.
+    /// The user's orders of the last `keep_ms`.
     pub fn of_user(&self, user_id: &str, now_ms: u64) -> Vec<Id> {
         let mut inner = self.lock();
         let cutoff = now_ms.saturating_sub(self.keep_ms);

@@ -61,8 +61,10 @@ pub struct RedisStore<C = ConnectionManager> {
     replication: Option<Replication>,
     /// A Redis Cluster (no single replication id to watch).
     cluster: bool,
-    /// How long recent and closed orders are kept (`orders.recent_keep_s`).
+    /// How long recent and closed orders are kept (`orders.recent_keep_s`),
+    /// and how many recent orders per user (`orders.recent_per_user_max`).
     recent_keep_ms: u64,
+    recent_per_user_max: usize,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -160,6 +162,7 @@ where
             replication: None,
             cluster: false,
             recent_keep_ms: super::recent::RECENT_KEEP_MS_DEFAULT,
+            recent_per_user_max: super::recent::RECENT_PER_USER_MAX_DEFAULT,
         })
     }
 
@@ -351,9 +354,11 @@ where
         format!("{}:{{u:{user_id}}}:recent", self.prefix)
     }
 
-    /// How long recent and closed orders are remembered (`orders.recent_keep_s`).
-    pub fn recent_keep_ms(mut self, keep_ms: u64) -> Self {
+    /// How long, and how many per user, recent and closed orders are
+    /// remembered (`orders.recent_keep_s`, `orders.recent_per_user_max`).
+    pub fn remember_recent(mut self, keep_ms: u64, per_user_max: usize) -> Self {
         self.recent_keep_ms = keep_ms;
+        self.recent_per_user_max = per_user_max;
         self
     }
 
@@ -456,7 +461,25 @@ where
                 .arg(env)
                 .arg(&o.user_id);
         }
-        self.versioned(self.run_write(inv, e.partition()).await?, group.len())
+        let (after, outcomes) = self.versioned(self.run_write(inv, e.partition()).await?, group.len())?;
+        // A hold the script refused leaves the user's recent orders (best
+        // effort: a leftover id reads as no order and is skipped).
+        let refused: Vec<redis::Cmd> = group
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(op, outcome)| match (op, outcome) {
+                (SeatOp::Hold(o), OpOutcome::Rejected) => {
+                    Some(redis::Cmd::zrem(self.recent(&o.user_id), o.order_id.to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !refused.is_empty() {
+            if let Err(e) = crate::redis_io::concurrently::<_, ()>(&self.conn, refused).await {
+                tracing::debug!(error = %e, "refused holds stay in their users' recent orders");
+            }
+        }
+        Ok((after, outcomes))
     }
 
     /// The script of a settle group (its first op's kind) with its keys.
@@ -761,10 +784,17 @@ where
         found.map(|(b, s)| serde_json::from_str::<HotOrder>(&b).map(|o| (o, s)).map_err(corrupt)).transpose()
     }
 
-    async fn recent_orders(&self, user_id: &str, now_ms: u64) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
+    async fn recent_orders(
+        &self,
+        user_id: &str,
+        before: Option<Id>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
         let mut conn = self.conn.clone();
         let key = self.recent(user_id);
         let cutoff = now_ms.saturating_sub(self.recent_keep_ms);
+        let keep = i64::try_from(self.recent_per_user_max).unwrap_or(i64::MAX);
         let (ids,): (Vec<String>,) = redis::pipe()
             .cmd("ZREMRANGEBYSCORE")
             .arg(&key)
@@ -774,21 +804,19 @@ where
             .cmd("ZREMRANGEBYRANK")
             .arg(&key)
             .arg(0)
-            .arg(-(super::recent::RECENT_PER_USER_MAX as i64) - 1)
+            .arg(-keep - 1)
             .ignore()
-            .cmd("ZREVRANGE")
+            .cmd("ZRANGE")
             .arg(&key)
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let id: Id = id.parse().map_err(corrupt)?;
-            out.extend(self.order(id).await?);
-        }
-        Ok(out)
+        let ids = ids.iter().map(|i| i.parse::<Id>().map_err(corrupt)).collect::<Result<Vec<_>, _>>()?;
+        let page = super::recent::page_of(ids, before, limit);
+        let found = futures_util::future::join_all(page.into_iter().map(|id| self.order(id))).await;
+        Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
     }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {

@@ -122,7 +122,13 @@ async fn status(app: &TestApp, path: &str, token: &str) -> StatusCode {
 #[tokio::test]
 async fn tokens_from_an_issuer_are_accepted_and_forgeries_refused() {
     let (rsa1, ec1) = (RsaKey::new("rsa-1"), EcKey::new("ec-1"));
-    let jwks = JwksServer::start(&[rsa1.jwk(), ec1.jwk()]).await;
+    // Keys rush cannot use sit beside the good ones and are skipped alone.
+    let unusable = [
+        json!({"kty": "EC", "crv": "secp256k1", "kid": "k1",
+               "x": "gZLDPOGJU2xPZhy-3xF-JKuUB3l9ABTnUB2G9GoAarY", "y": "sG4uAsNKFKaVWvmxnqv5bjGG5vu5IqU4-cCmHEIrEqg"}),
+        json!({"kty": "AKP", "alg": "ML-DSA-44", "kid": "pq1", "pub": "AAAA"}),
+    ];
+    let jwks = JwksServer::start(&[unusable[0].clone(), rsa1.jwk(), unusable[1].clone(), ec1.jwk()]).await;
     let url = jwks.url.clone();
     let app = spawn_with(|c| {
         c.auth.jwks_url = Some(url);
@@ -145,6 +151,7 @@ async fn tokens_from_an_issuer_are_accepted_and_forgeries_refused() {
     let expired = rsa1.sign(&with(claims("alice", &[]), "exp", json!(now - 120)));
     let wrong_aud = rsa1.sign(&with(claims("alice", &[]), "aud", json!("another-api")));
     let wrong_iss = ec1.sign(&with(claims("alice", &[]), "iss", json!("https://evil.test")));
+    let iss_array = ec1.sign(&with(claims("alice", &[]), "iss", json!(["https://evil.test", ISS])));
     let no_aud = rsa1.sign(&{
         let mut c = claims("alice", &[]);
         c.as_object_mut().expect("object").remove("aud");
@@ -181,6 +188,7 @@ async fn tokens_from_an_issuer_are_accepted_and_forgeries_refused() {
         ("expired", &expired, "token expired"),
         ("wrong aud", &wrong_aud, "wrong token audience"),
         ("wrong iss", &wrong_iss, "wrong token issuer"),
+        ("iss as an array", &iss_array, "wrong token issuer"),
         ("no aud", &no_aud, "bad token claims"),
         ("unknown kid", &unknown_kid, "unknown token key"),
         ("another key under a known kid", &other_key, "bad token signature"),
@@ -213,6 +221,16 @@ async fn tokens_from_an_issuer_are_accepted_and_forgeries_refused() {
         assert_eq!(status(&app, "/v1/admin/callbacks", &admin).await, StatusCode::OK);
     }
     assert_eq!(jwks.fetches.load(Ordering::SeqCst), fetched);
+
+    // A JWKS with no usable key is a broken answer: the cached keys stay.
+    jwks.publish(&[]);
+    let (s, _) = app
+        .get("/v1/wallet", Some(&RsaKey { kid: "rsa-7".into(), key: rsa2.key.clone() }.sign(&claims("x", &[]))))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(jwks.fetches.load(Ordering::SeqCst) > fetched, "the unknown kid fetched");
+    assert_eq!(status(&app, "/v1/admin/callbacks", &admin).await, StatusCode::OK);
+    assert_eq!(status(&app, "/v1/wallet", &rsa2.sign(&claims("bob", &[]))).await, StatusCode::OK);
 }
 
 #[tokio::test]
