@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rush_engine::config::AuthConfig;
 use rush_engine::domain::UserId;
@@ -342,6 +342,16 @@ fn key_set(set: &JwkSet) -> KeySet {
     let mut keys = KeySet::new();
     for jwk in &set.keys {
         let Some(kid) = &jwk.common.key_id else { continue };
+        // Signing keys only: an encryption key never verifies a token.
+        if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
+            continue;
+        }
+        // A kid names one key: a second with the same kid is ambiguous,
+        // the first one stays.
+        if keys.contains_key(kid) {
+            tracing::warn!(%kid, "two JWKS keys share a kid; the first is used");
+            continue;
+        }
         let alg = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,

@@ -272,6 +272,9 @@ mod tests {
     fn whole_floats_are_integers_and_fractions_are_not() {
         let b: Body = parse_json(br#"{"count": 7846.0, "amount": -3.0}"#).unwrap();
         assert_eq!(b, Body { count: Some(7846), amount: Some(-3) });
+        // Exactly, however large (float_roundtrip).
+        let b: Body = parse_json(br#"{"amount": 3872179528836642.0}"#).unwrap();
+        assert_eq!(b.amount, Some(3_872_179_528_836_642));
         let e = parse_json::<Body>(br#"{"count": 1.5}"#).unwrap_err();
         assert_eq!(e.code, "invalid_json");
         // Out of the field's range once whole: still refused.

@@ -441,7 +441,12 @@ fn merge(schema: &mut Value, rules: Value) {
         return;
     }
     let Some(obj) = schema.as_object_mut() else { return };
-    for (k, v) in rules {
+    let nullable = obj.get("type").and_then(Value::as_array).is_some_and(|t| t.iter().any(|t| t == "null"));
+    for (k, mut v) in rules {
+        // An enum lists every value taken: `null` too where the field is optional.
+        if let (true, "enum", Value::Array(values)) = (nullable, k.as_str(), &mut v) {
+            values.push(Value::Null);
+        }
         if k == "items" {
             if let Some(items) = obj.get_mut("items") {
                 merge(items, v);

@@ -492,9 +492,7 @@ impl HotStore for MemoryStore {
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
-        let ids = super::recent::page_of(self.recent.of_user(user_id, now_ms), before, limit);
-        let found = futures_util::future::join_all(ids.into_iter().map(|id| self.order(id))).await;
-        Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+        super::recent::page_of(self.recent.of_user(user_id, now_ms), before, limit, |id| self.order(id)).await
     }
 
     async fn void_packet(&self, packet_id: Id) -> Result<Voided, StoreError> {

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::domain::{Id, OrderStatus};
-use crate::store::HotOrder;
+use crate::store::{HotOrder, StoreError};
 
 /// How long orders are remembered by default: minutes of worker lag.
 pub const RECENT_KEEP_MS_DEFAULT: u64 = 600_000;
@@ -21,12 +21,34 @@ pub const RECENT_KEEP_MS_DEFAULT: u64 = 600_000;
 pub const RECENT_PER_USER_MAX_DEFAULT: usize = 1000;
 
 /// Of a user's recent order ids (any order), the `limit` newest below
-/// `before`, newest first: all a list page can take from them.
-pub fn page_of(mut ids: Vec<Id>, before: Option<Id>, limit: usize) -> Vec<Id> {
+/// `before` that the store still knows, newest first: all a list page can
+/// take from them. An id may name a hold still in flight (indexed before
+/// its script runs) or refused: it is skipped and the next one read, so a
+/// page is short only when the ids run out.
+pub async fn page_of<F, Fut>(
+    mut ids: Vec<Id>,
+    before: Option<Id>,
+    limit: usize,
+    order: F,
+) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError>
+where
+    F: Fn(Id) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<(HotOrder, OrderStatus)>, StoreError>>,
+{
     ids.retain(|id| before.is_none_or(|b| *id < b));
     ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
-    ids.truncate(limit);
-    ids
+    let mut out = Vec::with_capacity(limit.min(ids.len()));
+    for chunk in ids.chunks(limit.max(1)) {
+        // A chunk at once; in order, so the page stays newest first.
+        for found in futures_util::future::join_all(chunk.iter().map(|id| order(*id))).await {
+            out.extend(found?);
+        }
+        if out.len() >= limit {
+            out.truncate(limit);
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// A closed order as the hot store last saw it, with its final status.
@@ -109,5 +131,38 @@ impl Recent {
             inner.by_user.remove(user_id);
         }
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(id: u64) -> HotOrder {
+        HotOrder {
+            order_id: Id::from_raw(id as i64).unwrap(),
+            event_id: Id::from_raw(1).unwrap(),
+            user_id: "u".into(),
+            seats: vec![0],
+            amount: crate::domain::Fen::new(1),
+            created_at_ms: id,
+            expires_at_ms: 10,
+            attendees: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_skips_ids_the_store_does_not_know_and_stays_full() {
+        let ids: Vec<Id> = (1..=10).map(|i| Id::from_raw(i).unwrap()).collect();
+        // Even ids are holds in flight (or refused): unknown to the store.
+        let known = |id: Id| async move {
+            Ok((id.raw() % 2 == 1).then(|| (order(id.raw() as u64), OrderStatus::PendingPayment)))
+        };
+        let page = page_of(ids.clone(), None, 3, known).await.unwrap();
+        let got: Vec<i64> = page.iter().map(|(o, _)| o.order_id.raw()).collect();
+        assert_eq!(got, vec![9, 7, 5], "newest first, full although ids were skipped");
+        let page = page_of(ids, Some(Id::from_raw(5).unwrap()), 3, known).await.unwrap();
+        let got: Vec<i64> = page.iter().map(|(o, _)| o.order_id.raw()).collect();
+        assert_eq!(got, vec![3, 1], "short only when the ids run out");
     }
 }

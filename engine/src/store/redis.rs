@@ -814,9 +814,7 @@ where
             .await
             .map_err(unavailable)?;
         let ids = ids.iter().map(|i| i.parse::<Id>().map_err(corrupt)).collect::<Result<Vec<_>, _>>()?;
-        let page = super::recent::page_of(ids, before, limit);
-        let found = futures_util::future::join_all(page.into_iter().map(|id| self.order(id))).await;
-        Ok(found.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+        super::recent::page_of(ids, before, limit, |id| self.order(id)).await
     }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {

@@ -128,7 +128,11 @@ async fn tokens_from_an_issuer_are_accepted_and_forgeries_refused() {
                "x": "gZLDPOGJU2xPZhy-3xF-JKuUB3l9ABTnUB2G9GoAarY", "y": "sG4uAsNKFKaVWvmxnqv5bjGG5vu5IqU4-cCmHEIrEqg"}),
         json!({"kty": "AKP", "alg": "ML-DSA-44", "kid": "pq1", "pub": "AAAA"}),
     ];
-    let jwks = JwksServer::start(&[unusable[0].clone(), rsa1.jwk(), unusable[1].clone(), ec1.jwk()]).await;
+    // An encryption key under the signing key's kid, after it: ignored.
+    let mut enc = RsaKey::new("rsa-1").jwk();
+    enc["use"] = json!("enc");
+    enc.as_object_mut().expect("jwk").remove("alg");
+    let jwks = JwksServer::start(&[unusable[0].clone(), rsa1.jwk(), unusable[1].clone(), ec1.jwk(), enc]).await;
     let url = jwks.url.clone();
     let app = spawn_with(|c| {
         c.auth.jwks_url = Some(url);
