@@ -122,28 +122,15 @@ impl Keys {
 
     /// The caller a token names, or why it is refused.
     pub async fn verify(&self, token: &str) -> Result<Caller, Refusal> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         let inner = &self.inner;
-        let (key, alg) = match (&inner.issuer, &inner.secret) {
-            (Some(issuer), _) => {
-                if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-                    return Err("unsupported token algorithm");
-                }
-                let kid = header.kid.as_deref().ok_or("token has no kid")?;
-                issuer.key(kid).await?
-            }
-            (None, Some((_, key))) => (key.clone(), Algorithm::HS256),
-            (None, None) => return Err("no token keys"),
-        };
-        if header.alg != alg {
-            return Err("unsupported token algorithm");
-        }
-        let validation =
-            inner.validations.iter().find(|v| v.algorithms == [alg]).ok_or("unsupported token algorithm")?;
-        if inner.issuer.is_none() {
-            // Development tokens name their role exactly.
+        let Some(issuer) = &inner.issuer else {
+            // Development: HS256 only (`decode` refuses any other `alg`);
+            // the header is read once, by `decode`.
+            let (_, key) = inner.secret.as_ref().ok_or("no token keys")?;
+            let validation = inner.validations.first().ok_or("no token keys")?;
             let claims =
-                jsonwebtoken::decode::<DevClaims>(token, &key, validation).map_err(|e| refusal(e.kind()))?.claims;
+                jsonwebtoken::decode::<DevClaims>(token, key, validation).map_err(|e| refusal(e.kind()))?.claims;
+            // Development tokens name their role exactly.
             let admin = match claims.role.as_str() {
                 "admin" => true,
                 "user" => false,
@@ -151,16 +138,25 @@ impl Keys {
             };
             let user_id = UserId::parse(&claims.sub).map_err(|_| "bad token claims")?;
             return Ok(Caller { admin, user_id });
+        };
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err("unsupported token algorithm");
         }
+        let kid = header.kid.as_deref().ok_or("token has no kid")?;
+        let (key, alg) = issuer.key(kid).await?;
+        if header.alg != alg {
+            return Err("unsupported token algorithm");
+        }
+        let validation =
+            inner.validations.iter().find(|v| v.algorithms == [alg]).ok_or("unsupported token algorithm")?;
         let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, validation)
             .map_err(|e| refusal(e.kind()))?
             .claims;
         // jsonwebtoken takes an `iss` array holding the issuer; the issuer
         // names itself with one string.
-        if let Some(issuer) = &inner.issuer {
-            if claims.get("iss").and_then(Value::as_str) != Some(issuer.iss.as_str()) {
-                return Err("wrong token issuer");
-            }
+        if claims.get("iss").and_then(Value::as_str) != Some(issuer.iss.as_str()) {
+            return Err("wrong token issuer");
         }
         let sub = claims.get("sub").and_then(Value::as_str).ok_or("bad token claims")?;
         let user_id = UserId::parse(sub).map_err(|_| "bad token claims")?;

@@ -354,6 +354,22 @@ where
         format!("{}:{{u:{user_id}}}:recent", self.prefix)
     }
 
+    /// Commands whose keys live in different slots: on one server, one
+    /// pipeline (one round trip); on a cluster, each to its own node, at once.
+    async fn write_all(&self, cmds: Vec<redis::Cmd>) -> Result<(), StoreError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        if self.cluster {
+            return crate::redis_io::concurrently::<_, ()>(&self.conn, cmds).await.map(|_| ()).map_err(unavailable);
+        }
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+    }
+
     /// How long, and how many per user, recent and closed orders are
     /// remembered (`orders.recent_keep_s`, `orders.recent_per_user_max`).
     pub fn remember_recent(mut self, keep_ms: u64, per_user_max: usize) -> Self {
@@ -428,7 +444,7 @@ where
             })
             .flatten()
             .collect();
-        crate::redis_io::concurrently::<_, ()>(&self.conn, index).await.map_err(unavailable)?;
+        self.write_all(index).await?;
         let mut inv = self.scripts.hold.prepare_invoke();
         inv.key(self.ev(e, "seats"))
             .key(self.ev(e, "holds"))
@@ -474,10 +490,8 @@ where
                 _ => None,
             })
             .collect();
-        if !refused.is_empty() {
-            if let Err(e) = crate::redis_io::concurrently::<_, ()>(&self.conn, refused).await {
-                tracing::debug!(error = %e, "refused holds stay in their users' recent orders");
-            }
+        if let Err(e) = self.write_all(refused).await {
+            tracing::debug!(error = %e, "refused holds stay in their users' recent orders");
         }
         Ok((after, outcomes))
     }
@@ -595,10 +609,7 @@ where
                 redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(self.recent_keep_ms)),
             ));
         }
-        if cmds.is_empty() {
-            return Ok(());
-        }
-        crate::redis_io::concurrently::<_, ()>(&self.conn, cmds).await.map(|_| ()).map_err(unavailable)
+        self.write_all(cmds).await
     }
 }
 
