@@ -19,7 +19,12 @@ setup() {
   command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
   command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
   command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-  command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+  # schemathesis goes into a virtualenv (Debian's python3 needs python3-venv).
+  if ! command -v python3 >/dev/null 2>&1; then
+    need_apt+=(python3 python3-venv)
+  elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    need_apt+=(python3-venv)
+  fi
   # librdkafka (built from source by rdkafka-sys) links zlib.
   dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
   if [ ${#need_apt[@]} -gt 0 ]; then
