@@ -150,6 +150,16 @@ where
     ) -> Result<Self, StoreError> {
         let scripts = Scripts::new();
         scripts.load(&mut conn).await?;
+        // Whatever built the connection: a cluster node says so (pipelines
+        // of keys in different slots are then sent key by key).
+        let info: redis::Value = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await.map_err(unavailable)?;
+        let cluster = match info {
+            // A cluster connection asks every node: one answer per node.
+            redis::Value::Map(_) => true,
+            redis::Value::BulkString(b) => info_field(&String::from_utf8_lossy(&b), "cluster_enabled") == Some("1"),
+            redis::Value::VerbatimString { text, .. } => info_field(&text, "cluster_enabled") == Some("1"),
+            _ => false,
+        };
         Ok(RedisStore {
             conn,
             prefix: prefix.to_string(),
@@ -160,7 +170,7 @@ where
             packets: DashMap::new(),
             appended: Arc::new(Notify::new()),
             replication: None,
-            cluster: false,
+            cluster,
             recent_keep_ms: super::recent::RECENT_KEEP_MS_DEFAULT,
             recent_per_user_max: super::recent::RECENT_PER_USER_MAX_DEFAULT,
         })
