@@ -590,7 +590,11 @@ where
             inv.arg(id.to_string()).arg(self.envelope(event)?);
         }
         let (after, outcomes) = self.versioned(self.run_write(inv, e.partition()).await?, group.len())?;
-        self.remember_closed(group, orders, &outcomes).await?;
+        // The ops are committed: a failure to remember them is not theirs
+        // (reads fall back to the durable store, as before this record).
+        if let Err(e) = self.remember_closed(group, orders, &outcomes).await {
+            tracing::warn!(error = %e, "closed orders not remembered; reads wait for the durable store");
+        }
         Ok((after, outcomes))
     }
 
