@@ -602,16 +602,22 @@ pub struct OrderConfig {
     /// An unfinished request older than this is presumed dead and its key
     /// may be reused; longer than any request can take.
     pub idempotency_stale_s: u64,
-    /// The hot store remembers a user's recent orders and orders just
-    /// closed this long, so a client reads its own writes on any node
+    /// The hot store remembers a user's recent orders and grabs and orders
+    /// just closed this long, so a client reads its own writes on any node
     /// while the workers catch up: above the worst durable lag you accept
     /// (an alert fires long before 10 minutes of consumer lag).
     pub recent_keep_s: u64,
-    /// Most recent orders remembered per user within `recent_keep_s`: a
-    /// list merges at most a page of them, the rest bound memory (a user
-    /// with a thousand orders in ten minutes is a bot).
+    /// Most recent orders (and, apart, grabs) remembered per user within
+    /// `recent_keep_s`: a list merges at most a page of them, a wallet read
+    /// adds the grabs' credits, the rest bound memory (a user with a
+    /// thousand orders or grabs in ten minutes is a bot).
     pub recent_per_user_max: usize,
 }
+
+/// The most `orders.recent_per_user_max` may be: a wallet read binds each
+/// of a user's recent grabs in one statement, and SQLite takes at most
+/// 32 766 parameters.
+pub const RECENT_PER_USER_MAX_MAX: usize = 10_000;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -1058,6 +1064,12 @@ impl Config {
             || (self.orders.recent_per_user_max as u64) < u64::from(self.orders.list_limit_max)
         {
             return bad("orders.recent_keep_s must be positive and orders.recent_per_user_max at least list_limit_max: reads would miss their own writes");
+        }
+        if self.orders.recent_per_user_max > RECENT_PER_USER_MAX_MAX {
+            // A wallet read binds each recent grab's id in one statement.
+            return Err(ConfigError::Invalid(format!(
+                "orders.recent_per_user_max must be at most {RECENT_PER_USER_MAX_MAX}"
+            )));
         }
         Ok(())
     }

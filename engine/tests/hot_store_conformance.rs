@@ -436,6 +436,11 @@ async fn grabs_take_parts_in_order_once_per_user(f: &dyn Fixture) {
     assert_eq!(snap.remaining(), Fen::new(20));
     let out = store.grab_batch(p, &[grab(&ids, "u3", 2, 20), grab(&ids, "u4", 3, 1)], 11).await.expect("grab");
     assert_eq!(out, vec![OpOutcome::Applied, OpOutcome::Rejected], "no part after the last");
+    // Granted grabs are remembered for their users' wallets; refused ones not.
+    let amounts = |g: Vec<rush_engine::store::recent::RecentGrab>| g.iter().map(|g| g.amount.get()).collect::<Vec<_>>();
+    assert_eq!(amounts(store.recent_grabs("u1", 11).await.expect("recent")), vec![30]);
+    assert_eq!(amounts(store.recent_grabs("u2", 11).await.expect("recent")), vec![50]);
+    assert_eq!(amounts(store.recent_grabs("u4", 11).await.expect("recent")), Vec::<i64>::new());
     drop(store);
     let store = f.open().await;
     let snap = store.load_packet(p).await.expect("load").expect("packet");
@@ -486,6 +491,9 @@ async fn direct_grabs_decide_in_the_store(f: &dyn Fixture) {
         matches!(store.grab_direct(p, "u2", ids.next(0), 12).await.expect("grab"), DirectGrab::Granted(ref g) if g.amount == Fen::new(70))
     );
     assert_eq!(store.grab_direct(p, "u3", ids.next(0), 13).await.expect("grab"), DirectGrab::Empty);
+    let remembered = store.recent_grabs("u2", 13).await.expect("recent");
+    assert_eq!(remembered.iter().map(|g| g.amount.get()).collect::<Vec<_>>(), vec![70], "a direct grab is remembered");
+    assert!(store.recent_grabs("u3", 13).await.expect("recent").is_empty());
     assert_eq!(store.grab_direct(ids.next(0), "u3", ids.next(0), 13).await.expect("grab"), DirectGrab::Unknown);
     let late = packet_def(&ids, &[5], 1_000);
     store.create_packet(&late).await.expect("create");

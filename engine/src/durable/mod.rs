@@ -388,6 +388,33 @@ impl Durable {
         })
     }
 
+    /// The balance with the credits of grabs (id, amount) the hot store
+    /// granted that this store has not applied yet: what the user is owed
+    /// as soon as they are answered. One statement, so one snapshot: a
+    /// grab the workers apply meanwhile is counted once, by the account
+    /// or as still to apply.
+    pub async fn balance_with_grabs(&self, user_id: &str, grabs: &[(Id, Fen)]) -> Result<Balance, DurableError> {
+        if grabs.is_empty() {
+            return self.balance(user_id).await;
+        }
+        let ids = (0..grabs.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT COALESCE((SELECT available FROM accounts WHERE user_id = $1), 0) AS available, \
+             COALESCE((SELECT frozen FROM accounts WHERE user_id = $1), 0) AS frozen, \
+             (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM grabs WHERE user_id = $1 AND grab_id IN ({ids})) \
+             AS applied"
+        );
+        let mut q = sqlx::query(&sql).bind(user_id);
+        for (grab_id, _) in grabs {
+            q = q.bind(grab_id.raw());
+        }
+        let r = q.fetch_one(&self.db.read).await?;
+        let granted: i64 = grabs.iter().map(|(_, amount)| amount.get()).sum();
+        let applied: i64 = r.try_get("applied")?;
+        let available: i64 = r.try_get("available")?;
+        Ok(Balance { available: Fen::new(available + granted - applied), frozen: Fen::new(r.try_get("frozen")?) })
+    }
+
     /// The user's journal legs, newest first, before `before` (an entry id).
     pub async fn ledger(
         &self,

@@ -8,8 +8,20 @@ use crate::durable::{Audit, Balance, JournalEntry};
 use crate::error::{EngineError, Entity};
 
 impl Engine {
+    /// The balance, with the credits of the user's recent grabs the
+    /// workers have not applied yet (the hot store remembers them for
+    /// `orders.recent_keep_s`): a grab's money shows on the next read on
+    /// any node. The ledger lists applied transfers only.
     pub async fn wallet(&self, user_id: &UserId) -> Result<Balance, EngineError> {
-        Ok(self.durable.balance(user_id).await?)
+        let grabs = match self.store.recent_grabs(user_id.as_str(), now_unix_ms()).await {
+            Ok(grabs) => grabs,
+            Err(e) => {
+                tracing::warn!(error = %e, "recent grabs unavailable; the wallet shows what the workers applied");
+                vec![]
+            }
+        };
+        let grabs: Vec<(Id, Fen)> = grabs.iter().map(|g| (g.grab_id, g.amount)).collect();
+        Ok(self.durable.balance_with_grabs(user_id, &grabs).await?)
     }
 
     pub async fn ledger(

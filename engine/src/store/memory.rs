@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, Notify};
 use super::commit::{insert_rows, stmt, Committer, WriteSet};
 use super::db::Db;
 use super::order_seats;
+use super::recent::RecentGrab;
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
     SeatOp, SeatState, SeatsApplied, StoreError, Voided,
@@ -495,6 +496,10 @@ impl HotStore for MemoryStore {
         super::recent::page_of(self.recent.of_user(user_id, now_ms), before, limit, |id| self.order(id)).await
     }
 
+    async fn recent_grabs(&self, user_id: &str, now_ms: u64) -> Result<Vec<RecentGrab>, StoreError> {
+        Ok(self.recent.grabs_of(user_id, now_ms))
+    }
+
     async fn void_packet(&self, packet_id: Id) -> Result<Voided, StoreError> {
         // A create call here has returned only once its transaction ended:
         // the row is there or never will be.
@@ -613,6 +618,9 @@ impl HotStore for MemoryStore {
             drop(hot);
             self.packets.remove(&packet_id);
             return Err(e);
+        }
+        for g in &hot.grabs[first_new..] {
+            self.recent.grabbed(&g.user_id, RecentGrab { grab_id: g.grab_id, amount: g.amount }, g.at_ms);
         }
         Ok(outcomes)
     }

@@ -278,6 +278,13 @@ pub trait HotStore: Send + Sync + 'static {
         let _ = (user_id, before, limit, now_ms);
         Ok(vec![])
     }
+    /// The user's grabs granted within `orders.recent_keep_s`, newest
+    /// first: a wallet read adds the credits the durable store has not
+    /// applied yet, so a grab's money shows at once on any node.
+    async fn recent_grabs(&self, user_id: &str, now_ms: u64) -> Result<Vec<recent::RecentGrab>, StoreError> {
+        let _ = (user_id, now_ms);
+        Ok(vec![])
+    }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError>;
     /// Settles a `create_packet` whose outcome is unknown (its call failed

@@ -1,8 +1,9 @@
 //! What a client just did, kept in the hot store until the durable side
 //! surely has it: a user's recent orders (for their list right after a
-//! hold) and orders just closed (cancelled, expired, refunded: the hot
+//! hold), orders just closed (cancelled, expired, refunded: the hot
 //! store drops them at once, the durable store learns of it through the
-//! workers). Reads merge these over the durable store, so a client reads
+//! workers) and a user's recent grabs (their credit, for the wallet read
+//! right after a grab). Reads merge these over the durable store, so a client reads
 //! its own writes on any node however far the workers lag, up to
 //! `orders.recent_keep_s`, without waiting for them.
 //!
@@ -12,12 +13,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use crate::domain::{Id, OrderStatus};
+use crate::domain::{Fen, Id, OrderStatus};
 use crate::store::{HotOrder, StoreError};
 
 /// How long orders are remembered by default: minutes of worker lag.
 pub const RECENT_KEEP_MS_DEFAULT: u64 = 600_000;
-/// Most recent orders remembered per user by default (`orders.recent_per_user_max`).
+/// Most recent orders (and grabs) remembered per user by default
+/// (`orders.recent_per_user_max`).
 pub const RECENT_PER_USER_MAX_DEFAULT: usize = 1000;
 
 /// Of a user's recent order ids (any order), the `limit` newest below
@@ -58,12 +60,66 @@ pub struct Closed {
     pub status: OrderStatus,
 }
 
+/// A grab the hot store granted: its id and the amount credited. The
+/// wallet read adds those the durable store has not applied yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecentGrab {
+    pub grab_id: Id,
+    pub amount: Fen,
+}
+
+impl RecentGrab {
+    /// The Redis zset member: `<grab_id>:<amount>`.
+    pub fn member(&self) -> String {
+        format!("{}:{}", self.grab_id, self.amount.get())
+    }
+
+    pub fn parse(member: &str) -> Option<RecentGrab> {
+        let (id, amount) = member.split_once(':')?;
+        Some(RecentGrab { grab_id: id.parse().ok()?, amount: Fen::new(amount.parse().ok()?) })
+    }
+}
+
+/// Per user, what they did within `keep_ms` (oldest first), at most
+/// `per_user_max` each.
+struct PerUser<T>(HashMap<String, VecDeque<(T, u64)>>);
+
+impl<T: Copy> PerUser<T> {
+    fn push(&mut self, user_id: &str, item: T, at_ms: u64, per_user_max: usize) {
+        let list = self.0.entry(user_id.to_string()).or_default();
+        list.push_back((item, at_ms));
+        while list.len() > per_user_max {
+            list.pop_front();
+        }
+    }
+
+    /// The user's items since `cutoff`, newest first; older ones forgotten.
+    fn since(&mut self, user_id: &str, cutoff: u64) -> Vec<T> {
+        let Some(list) = self.0.get_mut(user_id) else { return vec![] };
+        while list.front().is_some_and(|(_, at)| *at < cutoff) {
+            list.pop_front();
+        }
+        let items = list.iter().rev().map(|(item, _)| *item).collect();
+        if list.is_empty() {
+            self.0.remove(user_id);
+        }
+        items
+    }
+}
+
+impl<T> Default for PerUser<T> {
+    fn default() -> Self {
+        PerUser(HashMap::new())
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     closed: HashMap<Id, (Closed, u64)>,
     /// Closing order, for trimming.
     closed_at: VecDeque<(u64, Id)>,
-    by_user: HashMap<String, VecDeque<(Id, u64)>>,
+    orders: PerUser<Id>,
+    grabs: PerUser<RecentGrab>,
 }
 
 /// The embedded store's memory of recent orders.
@@ -85,12 +141,12 @@ impl Recent {
 
     /// A hold, remembered by its creation time (as the Redis zset scores it).
     pub fn held(&self, order: &HotOrder) {
-        let mut inner = self.lock();
-        let list = inner.by_user.entry(order.user_id.clone()).or_default();
-        list.push_back((order.order_id, order.created_at_ms));
-        while list.len() > self.per_user_max {
-            list.pop_front();
-        }
+        self.lock().orders.push(&order.user_id, order.order_id, order.created_at_ms, self.per_user_max);
+    }
+
+    /// A granted grab, remembered by its time.
+    pub fn grabbed(&self, user_id: &str, grab: RecentGrab, at_ms: u64) {
+        self.lock().grabs.push(user_id, grab, at_ms, self.per_user_max);
     }
 
     /// A closed order, kept `keep_ms` from now on the clock (as a Redis
@@ -120,17 +176,12 @@ impl Recent {
 
     /// The user's orders of the last `keep_ms`.
     pub fn of_user(&self, user_id: &str, now_ms: u64) -> Vec<Id> {
-        let mut inner = self.lock();
-        let cutoff = now_ms.saturating_sub(self.keep_ms);
-        let Some(list) = inner.by_user.get_mut(user_id) else { return vec![] };
-        while list.front().is_some_and(|(_, at)| *at < cutoff) {
-            list.pop_front();
-        }
-        let ids = list.iter().rev().map(|(id, _)| *id).collect();
-        if list.is_empty() {
-            inner.by_user.remove(user_id);
-        }
-        ids
+        self.lock().orders.since(user_id, now_ms.saturating_sub(self.keep_ms))
+    }
+
+    /// The user's grabs of the last `keep_ms`.
+    pub fn grabs_of(&self, user_id: &str, now_ms: u64) -> Vec<RecentGrab> {
+        self.lock().grabs.since(user_id, now_ms.saturating_sub(self.keep_ms))
     }
 }
 

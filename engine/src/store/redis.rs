@@ -31,6 +31,7 @@ use redis::AsyncCommands;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::recent::RecentGrab;
 use super::restore::{self, AppliedOrder, AppliedPacket, HotRecovery, Markers, Restored};
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
@@ -362,6 +363,57 @@ where
     /// own slot; it expires `recent_keep_ms` after the user's last hold.
     fn recent(&self, user_id: &str) -> String {
         format!("{}:{{u:{user_id}}}:recent", self.prefix)
+    }
+
+    /// A user's recent grabs (zset: `RecentGrab::member` by grab time), in
+    /// the user's own slot; it expires `recent_keep_ms` after the last.
+    fn recent_grabs_key(&self, user_id: &str) -> String {
+        format!("{}:{{u:{user_id}}}:grabs", self.prefix)
+    }
+
+    /// Remembers granted grabs for their users' wallet reads. Best effort:
+    /// the grabs are committed whatever happens here; unremembered, a
+    /// credit shows once the workers have applied it.
+    async fn remember_grabs<'a>(&self, granted: impl Iterator<Item = (&'a str, RecentGrab, u64)>) {
+        let keep_ms = i64::try_from(self.recent_keep_ms).unwrap_or(i64::MAX);
+        let cmds = granted
+            .flat_map(|(user_id, grab, at_ms)| {
+                [
+                    redis::Cmd::zadd(self.recent_grabs_key(user_id), grab.member(), at_ms),
+                    redis::Cmd::pexpire(self.recent_grabs_key(user_id), keep_ms),
+                ]
+            })
+            .collect();
+        if let Err(e) = self.write_all(cmds).await {
+            tracing::warn!(error = %e, "granted grabs not remembered: their credits show once the workers apply them");
+        }
+    }
+
+    /// The members of a user's recent zset scored since `recent_keep_ms`
+    /// ago, oldest first, after trimming it to that time and to
+    /// `recent_per_user_max` members.
+    async fn recent_members(&self, key: &str, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let cutoff = now_ms.saturating_sub(self.recent_keep_ms);
+        let keep = i64::try_from(self.recent_per_user_max).unwrap_or(i64::MAX);
+        let (members,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(key)
+            .arg(0)
+            .arg(-keep - 1)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(members)
     }
 
     /// Commands whose keys live in different slots: on one server, one
@@ -816,30 +868,14 @@ where
         limit: usize,
         now_ms: u64,
     ) -> Result<Vec<(HotOrder, OrderStatus)>, StoreError> {
-        let mut conn = self.conn.clone();
-        let key = self.recent(user_id);
-        let cutoff = now_ms.saturating_sub(self.recent_keep_ms);
-        let keep = i64::try_from(self.recent_per_user_max).unwrap_or(i64::MAX);
-        let (ids,): (Vec<String>,) = redis::pipe()
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(format!("({cutoff}"))
-            .ignore()
-            .cmd("ZREMRANGEBYRANK")
-            .arg(&key)
-            .arg(0)
-            .arg(-keep - 1)
-            .ignore()
-            .cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let ids = self.recent_members(&self.recent(user_id), now_ms).await?;
         let ids = ids.iter().map(|i| i.parse::<Id>().map_err(corrupt)).collect::<Result<Vec<_>, _>>()?;
         super::recent::page_of(ids, before, limit, |id| self.order(id)).await
+    }
+
+    async fn recent_grabs(&self, user_id: &str, now_ms: u64) -> Result<Vec<RecentGrab>, StoreError> {
+        let members = self.recent_members(&self.recent_grabs_key(user_id), now_ms).await?;
+        members.iter().rev().map(|m| RecentGrab::parse(m).ok_or_else(|| corrupt(format!("recent grab {m}")))).collect()
     }
 
     async fn create_packet(&self, def: &PacketDef) -> Result<(), StoreError> {
@@ -966,7 +1002,13 @@ where
                 .arg(serde_json::to_string(g).map_err(corrupt)?)
                 .arg(env);
         }
-        Ok(self.appended_if(scripts::outcomes(self.run_write(inv, packet_id.partition()).await?, grabs.len())?))
+        let outcomes = scripts::outcomes(self.run_write(inv, packet_id.partition()).await?, grabs.len())?;
+        let granted = grabs.iter().zip(&outcomes).filter(|(_, o)| **o == OpOutcome::Applied);
+        self.remember_grabs(
+            granted.map(|(g, _)| (g.user_id.as_str(), RecentGrab { grab_id: g.grab_id, amount: g.amount }, g.at_ms)),
+        )
+        .await;
+        Ok(self.appended_if(outcomes))
     }
 
     async fn expire_packet(&self, packet_id: Id, now_ms: u64) -> Result<Option<Fen>, StoreError> {
@@ -1019,8 +1061,10 @@ where
             .arg(env);
         let reply: Vec<i64> = self.run_write(inv, packet_id.partition()).await?;
         let verdict = scripts::direct_grab(&reply, grab_id, user_id, now_ms)?;
-        if matches!(verdict, DirectGrab::Granted(_)) {
+        if let DirectGrab::Granted(g) = &verdict {
             self.appended.notify_one();
+            let grab = RecentGrab { grab_id: g.grab_id, amount: g.amount };
+            self.remember_grabs(std::iter::once((user_id, grab, g.at_ms))).await;
         }
         Ok(verdict)
     }

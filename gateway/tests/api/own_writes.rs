@@ -1,8 +1,9 @@
 //! A client reads its own writes whatever the lag of the durable side: in
 //! full mode with the relay stopped, nothing reaches Kafka or Postgres, yet
-//! the order just held is in the caller's list and the order just
-//! cancelled reads as cancelled (the hot store remembers both for
-//! `orders.recent_keep_s`).
+//! the order just held is in the caller's list, the order just cancelled
+//! reads as cancelled and a grab's money is in the grabber's wallet (the
+//! hot store remembers them for `orders.recent_keep_s`). Once the workers
+//! have applied a grab, its credit counts once.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -66,6 +67,54 @@ async fn every_order_is_paged_once(app: &TestApp, n: usize) {
     }
     made.reverse();
     assert_eq!(seen, made, "every order once, newest first");
+}
+
+/// Two packets of one part each, grabbed by one user: their wallet holds
+/// both amounts at once. Returns the grabber's token and the total.
+async fn grabs_are_in_the_wallet_at_once(app: &TestApp, who: &str) -> (String, i64) {
+    app.credit(&format!("{who}-sender"), 1000).await;
+    let sender = app.token(&format!("{who}-sender"), "user").await;
+    let grabber = app.token(who, "user").await;
+    let mut total = 0;
+    for amount in [300, 200] {
+        let body = json!({"kind": "normal", "total_amount": amount, "count": 1});
+        let (s, v) = app.post("/v1/packets", Some(&sender), body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let packet = v["packet_id"].as_str().expect("packet id").to_string();
+        let (s, v) = app.post(&format!("/v1/packets/{packet}/grab"), Some(&grabber), json!({})).await;
+        assert_eq!((s, v["amount"].as_i64()), (StatusCode::OK, Some(amount)), "{v}");
+        total += amount;
+        assert_eq!(app.wallet(&grabber).await, (total, 0), "the grab's money is in the wallet at once");
+    }
+    (grabber, total)
+}
+
+/// The workers apply the grabs: the ledger lists them, the wallet counts
+/// each once.
+async fn applied_grabs_count_once(app: &TestApp, grabber: &str, total: i64) {
+    let listed = eventually(30, || async {
+        let (_, v) = app.get("/v1/wallet/ledger", Some(grabber)).await;
+        v["entries"].as_array().is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    assert!(listed, "the workers applied both grabs");
+    assert_eq!(app.wallet(grabber).await, (total, 0), "applied grabs are not counted twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_grabs_are_in_the_wallet_every_mode() {
+    let app = spawn_in(Mode::Full, |c| c.kafka.relay_in_serve = false).await;
+    let (grabber, total) = grabs_are_in_the_wallet_at_once(&app, "grabber").await;
+    let (_, v) = app.get("/v1/wallet/ledger", Some(&grabber)).await;
+    assert_eq!(v["entries"], json!([]), "nothing persisted: {v}");
+    assert_eq!(app.wallet(&grabber).await, (total, 0));
+
+    for app in [spawn_app().await, spawn_in(Mode::Redis, |_| {}).await, spawn_in(Mode::Full, |_| {}).await] {
+        let (grabber, total) = grabs_are_in_the_wallet_at_once(&app, "grabber").await;
+        applied_grabs_count_once(&app, &grabber, total).await;
+        app.settle().await;
+        app.assert_ledger_balances().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
