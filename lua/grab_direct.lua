@@ -6,10 +6,13 @@
 -- KEYS[2]  {p}:pk:<id>:state  hash  status, next, count, expires
 -- KEYS[3]  {p}:pk:<id>:grabs  hash  user id -> grab JSON
 -- KEYS[4]  {p}:outbox         stream
--- KEYS[5]  {p}:marker         string  the Redis data set's identity (absent: lost, see below)
+-- KEYS[5]  {u:<user>}:grabs   zset  the user's recent grabs, only when
+--          ARGV[5] is set (one Redis; a cluster writes it after)
+-- KEYS[#KEYS]  {p}:marker     string  the Redis data set's identity (absent: lost, see below)
 -- ARGV[1]  now ms   ARGV[2] user id (letters, digits, _ - . @: no JSON escaping)
 -- ARGV[3]  grab id
 -- ARGV[4]  envelope JSON whose "amount" is -9223372036854775808, replaced here
+-- ARGV[5]  "" or how long a user's recent grabs are kept (ms)
 -- Reply:   {1, amount, part} granted; {2, amount} already grabbed;
 --          {3} empty; {4} expired; {0} unknown packet
 -- A partition without its marker lost its data (a Redis restarted empty,
@@ -42,4 +45,8 @@ nxt = nxt + 1
 redis.call('HSET', KEYS[2], 'next', nxt, 'status', nxt == count and 'empty' or 'active')
 local env = string.gsub(ARGV[4], '"amount":%-9223372036854775808', '"amount":' .. a)
 redis.call('XADD', KEYS[4], '*', 'body', env)
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[1], ARGV[3] .. ':' .. a)
+  redis.call('PEXPIRE', KEYS[5], ARGV[5])
+end
 return {1, amount, nxt - 1}

@@ -190,6 +190,8 @@ pub struct GrabResp {
 #[derive(Serialize, ToSchema)]
 pub struct WalletResp {
     pub user_id: String,
+    /// Fen the user may spend, including the credits of their grabs the
+    /// ledger does not list yet (the workers apply them in seconds).
     pub available: i64,
     pub frozen: i64,
 }

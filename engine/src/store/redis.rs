@@ -987,6 +987,12 @@ where
             .key(self.part(packet_id.partition(), "outbox"))
             .arg(now_ms)
             .arg(grabs.len());
+        // One Redis: the script remembers the granted grabs for their
+        // users' wallet reads; a cluster (keys in other slots) after it.
+        let in_script = !self.cluster;
+        for g in grabs.iter().filter(|_| in_script) {
+            inv.key(self.recent_grabs_key(&g.user_id));
+        }
         for g in grabs {
             let env = self.envelope(DomainEvent::PacketGrabbed {
                 grab_id: g.grab_id,
@@ -1002,12 +1008,23 @@ where
                 .arg(serde_json::to_string(g).map_err(corrupt)?)
                 .arg(env);
         }
+        if in_script {
+            inv.arg(self.recent_keep_ms);
+            for g in grabs {
+                inv.arg(RecentGrab { grab_id: g.grab_id, amount: g.amount }.member());
+            }
+        } else {
+            inv.arg("");
+        }
         let outcomes = scripts::outcomes(self.run_write(inv, packet_id.partition()).await?, grabs.len())?;
-        let granted = grabs.iter().zip(&outcomes).filter(|(_, o)| **o == OpOutcome::Applied);
-        self.remember_grabs(
-            granted.map(|(g, _)| (g.user_id.as_str(), RecentGrab { grab_id: g.grab_id, amount: g.amount }, g.at_ms)),
-        )
-        .await;
+        if !in_script {
+            let granted = grabs.iter().zip(&outcomes).filter(|(_, o)| **o == OpOutcome::Applied);
+            self.remember_grabs(
+                granted
+                    .map(|(g, _)| (g.user_id.as_str(), RecentGrab { grab_id: g.grab_id, amount: g.amount }, g.at_ms)),
+            )
+            .await;
+        }
         Ok(self.appended_if(outcomes))
     }
 
@@ -1059,12 +1076,20 @@ where
             .arg(user_id)
             .arg(grab_id.to_string())
             .arg(env);
+        // As in `grab_batch`: remembered by the script on one Redis.
+        if self.cluster {
+            inv.arg("");
+        } else {
+            inv.key(self.recent_grabs_key(user_id)).arg(self.recent_keep_ms);
+        }
         let reply: Vec<i64> = self.run_write(inv, packet_id.partition()).await?;
         let verdict = scripts::direct_grab(&reply, grab_id, user_id, now_ms)?;
         if let DirectGrab::Granted(g) = &verdict {
             self.appended.notify_one();
-            let grab = RecentGrab { grab_id: g.grab_id, amount: g.amount };
-            self.remember_grabs(std::iter::once((user_id, grab, g.at_ms))).await;
+            if self.cluster {
+                let grab = RecentGrab { grab_id: g.grab_id, amount: g.amount };
+                self.remember_grabs(std::iter::once((user_id, grab, g.at_ms))).await;
+            }
         }
         Ok(verdict)
     }
