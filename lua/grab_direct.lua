@@ -13,6 +13,7 @@
 -- ARGV[3]  grab id
 -- ARGV[4]  envelope JSON whose "amount" is -9223372036854775808, replaced here
 -- ARGV[5]  "" or how long a user's recent grabs are kept (ms)
+-- ARGV[6]  with ARGV[5]: ":own" when the user sent the packet, else ""
 -- Reply:   {1, amount, part} granted; {2, amount} already grabbed;
 --          {3} empty; {4} expired; {0} unknown packet
 -- A partition without its marker lost its data (a Redis restarted empty,
@@ -46,7 +47,7 @@ redis.call('HSET', KEYS[2], 'next', nxt, 'status', nxt == count and 'empty' or '
 local env = string.gsub(ARGV[4], '"amount":%-9223372036854775808', '"amount":' .. a)
 redis.call('XADD', KEYS[4], '*', 'body', env)
 if ARGV[5] ~= '' then
-  redis.call('ZADD', KEYS[5], ARGV[1], ARGV[3] .. ':' .. a)
+  redis.call('ZADD', KEYS[5], ARGV[1], ARGV[3] .. ':' .. a .. ARGV[6])
   redis.call('PEXPIRE', KEYS[5], ARGV[5])
 end
 return {1, amount, nxt - 1}

@@ -300,27 +300,34 @@ both!(redelivered_events_apply_once, redelivery_applies_once);
 /// A wallet read adds the credits of grabs the hot store granted and this
 /// store has not applied; once applied, each counts once (issue 17).
 async fn pending_grabs_count_once(backend: &str) {
+    use rush_engine::durable::PendingGrab;
     let (d, _f) = open(backend).await;
     let ids = ids();
     let def = funded_packet(&d, &ids, 1_000, 4).await;
     let (first, second) = (grabbed(&ids, &def, "gw", 250), grabbed(&ids, &def, "gw", 100));
-    let granted = |e: &Envelope| match &e.event {
-        DomainEvent::PacketGrabbed { grab_id, amount, .. } => (*grab_id, *amount),
+    let granted = |e: &Envelope, own: bool| match &e.event {
+        DomainEvent::PacketGrabbed { grab_id, amount, .. } => PendingGrab { grab_id: *grab_id, amount: *amount, own },
         other => panic!("{other:?}"),
     };
-    let pending = [granted(&first), granted(&second)];
-    let seen = |b: rush_engine::durable::Balance| (b.available.get(), b.frozen.get());
-    assert_eq!(seen(d.balance_with_grabs("gw", &pending).await.expect("b")), (350, 0), "nothing applied yet");
-    assert_eq!(seen(d.balance("gw").await.expect("b")), (0, 0));
+    let pending = [granted(&first, false), granted(&second, false)];
+    let seen = |b: rush_engine::durable::Balance| (b.available.get(), b.frozen.get(), b.pending.get());
+    assert_eq!(seen(d.balance_with_grabs("gw", &pending).await.expect("b")), (0, 0, 350), "nothing applied yet");
+    assert_eq!(seen(d.balance("gw").await.expect("b")), (0, 0, 0));
     d.apply_events(&[first]).await.expect("apply");
-    assert_eq!(seen(d.balance_with_grabs("gw", &pending).await.expect("b")), (350, 0), "one applied, one pending");
-    assert_eq!(seen(d.balance("gw").await.expect("b")), (250, 0));
+    assert_eq!(seen(d.balance_with_grabs("gw", &pending).await.expect("b")), (250, 0, 100), "one applied");
     // Another user's grab id in the list is not theirs to count.
     let theirs = grabbed(&ids, &def, "other", 50);
-    let with_theirs = [pending[0], granted(&theirs)];
+    let with_theirs = [pending[0], granted(&theirs, false)];
     d.apply_events(&[theirs]).await.expect("apply");
-    assert_eq!(seen(d.balance_with_grabs("gw", &with_theirs).await.expect("b")), (300, 0));
-    assert_eq!(seen(d.balance_with_grabs("nobody", &[]).await.expect("b")), (0, 0));
+    assert_eq!(seen(d.balance_with_grabs("gw", &with_theirs).await.expect("b")), (250, 0, 50));
+    // The sender grabs their own packet: out of frozen, pending, once.
+    let own = grabbed(&ids, &def, "sender", 100);
+    let mine = [granted(&own, true)];
+    assert_eq!(seen(d.balance("sender").await.expect("b")), (0, 700, 0));
+    assert_eq!(seen(d.balance_with_grabs("sender", &mine).await.expect("b")), (0, 600, 100));
+    d.apply_events(&[own]).await.expect("apply");
+    assert_eq!(seen(d.balance_with_grabs("sender", &mine).await.expect("b")), (100, 600, 0));
+    assert_eq!(seen(d.balance_with_grabs("nobody", &[]).await.expect("b")), (0, 0, 0));
     assert_conserved(&d).await;
 }
 both!(a_wallet_read_counts_each_grab_once_applied_or_not, pending_grabs_count_once);

@@ -441,6 +441,13 @@ async fn grabs_take_parts_in_order_once_per_user(f: &dyn Fixture) {
     assert_eq!(amounts(store.recent_grabs("u1", 11).await.expect("recent")), vec![30]);
     assert_eq!(amounts(store.recent_grabs("u2", 11).await.expect("recent")), vec![50]);
     assert_eq!(amounts(store.recent_grabs("u4", 11).await.expect("recent")), Vec::<i64>::new());
+    let mine = packet_def(&ids, &[7], FAR);
+    store.create_packet(&mine).await.expect("create");
+    let own = grab(&ids, "sender", 0, 7);
+    assert_eq!(store.grab_batch(mine.packet_id, &[own], 11).await.expect("grab"), vec![OpOutcome::Applied]);
+    let remembered = store.recent_grabs("sender", 11).await.expect("recent");
+    assert_eq!(remembered.iter().map(|g| (g.amount.get(), g.own)).collect::<Vec<_>>(), vec![(7, true)]);
+    assert!(store.recent_grabs("u1", 11).await.expect("recent").iter().all(|g| !g.own));
     drop(store);
     let store = f.open().await;
     let snap = store.load_packet(p).await.expect("load").expect("packet");
@@ -494,6 +501,16 @@ async fn direct_grabs_decide_in_the_store(f: &dyn Fixture) {
     let remembered = store.recent_grabs("u2", 13).await.expect("recent");
     assert_eq!(remembered.iter().map(|g| g.amount.get()).collect::<Vec<_>>(), vec![70], "a direct grab is remembered");
     assert!(store.recent_grabs("u3", 13).await.expect("recent").is_empty());
+    assert!(!remembered[0].own);
+    // The sender grabs their own packet: remembered as their own.
+    let mine = packet_def(&ids, &[5], FAR);
+    store.create_packet(&mine).await.expect("create");
+    assert!(matches!(
+        store.grab_direct(mine.packet_id, "sender", ids.next(0), 14).await.expect("grab"),
+        DirectGrab::Granted(_)
+    ));
+    let remembered = store.recent_grabs("sender", 14).await.expect("recent");
+    assert_eq!(remembered.iter().map(|g| (g.amount.get(), g.own)).collect::<Vec<_>>(), vec![(5, true)]);
     assert_eq!(store.grab_direct(ids.next(0), "u3", ids.next(0), 13).await.expect("grab"), DirectGrab::Unknown);
     let late = packet_def(&ids, &[5], 1_000);
     store.create_packet(&late).await.expect("create");

@@ -190,10 +190,12 @@ pub struct GrabResp {
 #[derive(Serialize, ToSchema)]
 pub struct WalletResp {
     pub user_id: String,
-    /// Fen the user may spend, including the credits of their grabs the
-    /// ledger does not list yet (the workers apply them in seconds).
+    /// Fen the user may spend or withdraw: what the ledger has applied.
     pub available: i64,
     pub frozen: i64,
+    /// Fen of the user's grabs answered but not applied to the ledger yet:
+    /// they join `available` within seconds (the workers' lag).
+    pub pending: i64,
 }
 
 #[derive(Serialize, ToSchema)]

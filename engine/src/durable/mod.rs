@@ -130,6 +130,18 @@ pub struct JournalEntry {
 pub struct Balance {
     pub available: Fen,
     pub frozen: Fen,
+    /// Credits granted (grabs the hot store answered) that the ledger has
+    /// not applied yet: they join `available` within the workers' lag.
+    pub pending: Fen,
+}
+
+/// A grab the hot store granted, as a wallet read takes it: `own` when the
+/// grabber sent the packet (its money leaves their frozen bucket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingGrab {
+    pub grab_id: Id,
+    pub amount: Fen,
+    pub own: bool,
 }
 
 /// What reconciliation reads: the sum over every account (the world account
@@ -383,36 +395,61 @@ impl Durable {
             .fetch_optional(&self.db.read)
             .await?;
         Ok(match row {
-            Some(r) => Balance { available: Fen::new(r.try_get("available")?), frozen: Fen::new(r.try_get("frozen")?) },
-            None => Balance { available: Fen::ZERO, frozen: Fen::ZERO },
+            Some(r) => Balance {
+                available: Fen::new(r.try_get("available")?),
+                frozen: Fen::new(r.try_get("frozen")?),
+                pending: Fen::ZERO,
+            },
+            None => Balance { available: Fen::ZERO, frozen: Fen::ZERO, pending: Fen::ZERO },
         })
     }
 
-    /// The balance with the credits of grabs (id, amount) the hot store
-    /// granted that this store has not applied yet: what the user is owed
-    /// as soon as they are answered. One statement, so one snapshot: a
-    /// grab the workers apply meanwhile is counted once, by the account
-    /// or as still to apply.
-    pub async fn balance_with_grabs(&self, user_id: &str, grabs: &[(Id, Fen)]) -> Result<Balance, DurableError> {
+    /// The balance with the grabs the hot store granted the user that this
+    /// store has not applied yet: their credits as `pending`, and, for a
+    /// grab of the user's own packet, its money out of `frozen` (it left
+    /// the packet when the grab was answered). One statement, so one
+    /// snapshot: a grab the workers apply meanwhile counts once, in the
+    /// account or as pending.
+    pub async fn balance_with_grabs(&self, user_id: &str, grabs: &[PendingGrab]) -> Result<Balance, DurableError> {
         if grabs.is_empty() {
             return self.balance(user_id).await;
         }
-        let ids = (0..grabs.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let ids = |own: bool| {
+            let listed: Vec<String> =
+                (0..grabs.len()).filter(|i| !own || grabs[*i].own).map(|i| format!("${}", i + 2)).collect();
+            if listed.is_empty() {
+                "NULL".to_string()
+            } else {
+                listed.join(", ")
+            }
+        };
+        let applied = |own: bool| {
+            format!(
+                "(SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM grabs WHERE user_id = $1 AND grab_id IN ({}))",
+                ids(own)
+            )
+        };
         let sql = format!(
             "SELECT COALESCE((SELECT available FROM accounts WHERE user_id = $1), 0) AS available, \
              COALESCE((SELECT frozen FROM accounts WHERE user_id = $1), 0) AS frozen, \
-             (SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM grabs WHERE user_id = $1 AND grab_id IN ({ids})) \
-             AS applied"
+             {} AS applied, {} AS applied_own",
+            applied(false),
+            applied(true)
         );
         let mut q = sqlx::query(&sql).bind(user_id);
-        for (grab_id, _) in grabs {
-            q = q.bind(grab_id.raw());
+        for g in grabs {
+            q = q.bind(g.grab_id.raw());
         }
         let r = q.fetch_one(&self.db.read).await?;
-        let granted: i64 = grabs.iter().map(|(_, amount)| amount.get()).sum();
-        let applied: i64 = r.try_get("applied")?;
-        let available: i64 = r.try_get("available")?;
-        Ok(Balance { available: Fen::new(available + granted - applied), frozen: Fen::new(r.try_get("frozen")?) })
+        let granted: i64 = grabs.iter().map(|g| g.amount.get()).sum();
+        let granted_own: i64 = grabs.iter().filter(|g| g.own).map(|g| g.amount.get()).sum();
+        let (applied, applied_own): (i64, i64) = (r.try_get("applied")?, r.try_get("applied_own")?);
+        let frozen: i64 = r.try_get("frozen")?;
+        Ok(Balance {
+            available: Fen::new(r.try_get("available")?),
+            frozen: Fen::new(frozen - (granted_own - applied_own)),
+            pending: Fen::new(granted - applied),
+        })
     }
 
     /// The user's journal legs, newest first, before `before` (an entry id).

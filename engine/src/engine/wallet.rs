@@ -4,14 +4,15 @@ use super::input::{Caller, REASON_LEN_MAX};
 use super::{check_text, invalid, next_cursor, Engine};
 use crate::domain::{gene_of_user, now_unix_ms, Fen, Id, UserId, WithdrawalStatus};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
-use crate::durable::{Audit, Balance, JournalEntry};
+use crate::durable::{Audit, Balance, JournalEntry, PendingGrab};
 use crate::error::{EngineError, Entity};
 
 impl Engine {
     /// The balance, with the credits of the user's recent grabs the
-    /// workers have not applied yet (the hot store remembers them for
-    /// `orders.recent_keep_s`): a grab's money shows on the next read on
-    /// any node. The ledger lists applied transfers only.
+    /// workers have not applied yet as `pending` (the hot store remembers
+    /// them for `orders.recent_keep_s`): a grab's money shows on the next
+    /// read on any node. `available` is what the ledger has applied, what
+    /// a withdrawal can take; the ledger lists applied transfers only.
     pub async fn wallet(&self, user_id: &UserId) -> Result<Balance, EngineError> {
         let grabs = match self.store.recent_grabs(user_id.as_str(), now_unix_ms()).await {
             Ok(grabs) => grabs,
@@ -20,7 +21,8 @@ impl Engine {
                 vec![]
             }
         };
-        let grabs: Vec<(Id, Fen)> = grabs.iter().map(|g| (g.grab_id, g.amount)).collect();
+        let grabs: Vec<PendingGrab> =
+            grabs.iter().map(|g| PendingGrab { grab_id: g.grab_id, amount: g.amount, own: g.own }).collect();
         Ok(self.durable.balance_with_grabs(user_id, &grabs).await?)
     }
 

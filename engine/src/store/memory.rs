@@ -620,7 +620,8 @@ impl HotStore for MemoryStore {
             return Err(e);
         }
         for g in &hot.grabs[first_new..] {
-            self.recent.grabbed(&g.user_id, RecentGrab { grab_id: g.grab_id, amount: g.amount }, g.at_ms);
+            let own = g.user_id == hot.def.sender;
+            self.recent.grabbed(&g.user_id, RecentGrab { grab_id: g.grab_id, amount: g.amount, own }, g.at_ms);
         }
         Ok(outcomes)
     }

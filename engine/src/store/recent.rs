@@ -60,23 +60,33 @@ pub struct Closed {
     pub status: OrderStatus,
 }
 
-/// A grab the hot store granted: its id and the amount credited. The
-/// wallet read adds those the durable store has not applied yet.
+/// A grab the hot store granted: its id, the amount credited, and whether
+/// the grabber sent the packet. The wallet read takes those the durable
+/// store has not applied yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecentGrab {
     pub grab_id: Id,
     pub amount: Fen,
+    pub own: bool,
 }
 
+/// The suffix of a recent-grab member whose grabber sent the packet.
+pub const OWN_SUFFIX: &str = ":own";
+
 impl RecentGrab {
-    /// The Redis zset member: `<grab_id>:<amount>`.
+    /// The Redis zset member: `<grab_id>:<amount>`, then `:own` for a
+    /// grab of one's own packet.
     pub fn member(&self) -> String {
-        format!("{}:{}", self.grab_id, self.amount.get())
+        format!("{}:{}{}", self.grab_id, self.amount.get(), if self.own { OWN_SUFFIX } else { "" })
     }
 
     pub fn parse(member: &str) -> Option<RecentGrab> {
-        let (id, amount) = member.split_once(':')?;
-        Some(RecentGrab { grab_id: id.parse().ok()?, amount: Fen::new(amount.parse().ok()?) })
+        let (rest, own) = match member.strip_suffix(OWN_SUFFIX) {
+            Some(rest) => (rest, true),
+            None => (member, false),
+        };
+        let (id, amount) = rest.split_once(':')?;
+        Some(RecentGrab { grab_id: id.parse().ok()?, amount: Fen::new(amount.parse().ok()?), own })
     }
 }
 
@@ -200,6 +210,16 @@ mod tests {
             expires_at_ms: 10,
             attendees: vec![],
         }
+    }
+
+    #[test]
+    fn a_recent_grab_member_reads_back() {
+        for own in [false, true] {
+            let g = RecentGrab { grab_id: Id::from_raw(42).unwrap(), amount: crate::domain::Fen::new(150), own };
+            assert_eq!(RecentGrab::parse(&g.member()), Some(g));
+        }
+        assert_eq!(RecentGrab::parse("42"), None);
+        assert_eq!(RecentGrab::parse("x:1"), None);
     }
 
     #[tokio::test]

@@ -1011,7 +1011,7 @@ where
         if in_script {
             inv.arg(self.recent_keep_ms);
             for g in grabs {
-                inv.arg(RecentGrab { grab_id: g.grab_id, amount: g.amount }.member());
+                inv.arg(RecentGrab { grab_id: g.grab_id, amount: g.amount, own: g.user_id == def.sender }.member());
             }
         } else {
             inv.arg("");
@@ -1019,10 +1019,13 @@ where
         let outcomes = scripts::outcomes(self.run_write(inv, packet_id.partition()).await?, grabs.len())?;
         if !in_script {
             let granted = grabs.iter().zip(&outcomes).filter(|(_, o)| **o == OpOutcome::Applied);
-            self.remember_grabs(
-                granted
-                    .map(|(g, _)| (g.user_id.as_str(), RecentGrab { grab_id: g.grab_id, amount: g.amount }, g.at_ms)),
-            )
+            self.remember_grabs(granted.map(|(g, _)| {
+                (
+                    g.user_id.as_str(),
+                    RecentGrab { grab_id: g.grab_id, amount: g.amount, own: g.user_id == def.sender },
+                    g.at_ms,
+                )
+            }))
             .await;
         }
         Ok(self.appended_if(outcomes))
@@ -1080,14 +1083,15 @@ where
         if self.cluster {
             inv.arg("");
         } else {
-            inv.key(self.recent_grabs_key(user_id)).arg(self.recent_keep_ms);
+            let own = if user_id == def.sender { super::recent::OWN_SUFFIX } else { "" };
+            inv.key(self.recent_grabs_key(user_id)).arg(self.recent_keep_ms).arg(own);
         }
         let reply: Vec<i64> = self.run_write(inv, packet_id.partition()).await?;
         let verdict = scripts::direct_grab(&reply, grab_id, user_id, now_ms)?;
         if let DirectGrab::Granted(g) = &verdict {
             self.appended.notify_one();
             if self.cluster {
-                let grab = RecentGrab { grab_id: g.grab_id, amount: g.amount };
+                let grab = RecentGrab { grab_id: g.grab_id, amount: g.amount, own: g.user_id == def.sender };
                 self.remember_grabs(std::iter::once((user_id, grab, g.at_ms))).await;
             }
         }

@@ -13,7 +13,12 @@ use crate::idempotency::IdempotentPost;
 use crate::AppState;
 
 fn wallet_resp(user_id: &str, b: rush_engine::durable::Balance) -> WalletResp {
-    WalletResp { user_id: user_id.to_string(), available: b.available.get(), frozen: b.frozen.get() }
+    WalletResp {
+        user_id: user_id.to_string(),
+        available: b.available.get(),
+        frozen: b.frozen.get(),
+        pending: b.pending.get(),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/wallet", responses((status = 200, body = WalletResp)))]

@@ -492,7 +492,8 @@ async fn own_writes_on_the_other_node(kind: Kind) {
         assert_eq!((s, v["amount"].as_i64()), (StatusCode::OK, Some(amount)), "{v}");
         total += amount;
         let (_, w) = read.call("GET", "/v1/wallet", &alice, Value::Null).await;
-        assert_eq!(w["available"].as_i64(), Some(total), "the grab's money on the other node at once: {w}");
+        let seen = w["available"].as_i64().zip(w["pending"].as_i64()).map(|(a, p)| a + p);
+        assert_eq!(seen, Some(total), "the grab's money on the other node at once: {w}");
     }
     let (_, ledger) = b.call("GET", "/v1/wallet/ledger", &alice, Value::Null).await;
     let persisted = kind == Kind::Redis;
@@ -506,9 +507,14 @@ async fn own_writes_on_the_other_node(kind: Kind) {
     } else {
         assert_eq!(ledger["entries"], json!([]), "nothing persisted without the relay: {ledger}");
     }
+    let (want_available, want_pending) = if persisted { (total, 0) } else { (0, total) };
     for node in [a, b] {
         let (_, w) = node.call("GET", "/v1/wallet", &alice, Value::Null).await;
-        assert_eq!(w["available"].as_i64(), Some(total), "each grab counted once: {w}");
+        assert_eq!(
+            (w["available"].as_i64(), w["pending"].as_i64()),
+            (Some(want_available), Some(want_pending)),
+            "each grab counted once: {w}"
+        );
     }
 }
 both_modes!(
@@ -704,7 +710,8 @@ async fn randomized(kind: Kind, default_ops: usize) {
         let want = by_user.get(u.as_str()).copied().unwrap_or(0);
         let node = &cl.nodes[rng.usize(..n)];
         let (_, v) = node.call("GET", "/v1/wallet", &tokens[u], Value::Null).await;
-        assert_eq!(v["available"].as_i64(), Some(want), "seed {seed}: {u}'s wallet does not hold their grabs");
+        let held = v["available"].as_i64().zip(v["pending"].as_i64()).map(|(a, p)| a + p);
+        assert_eq!(held, Some(want), "seed {seed}: {u}'s wallet does not hold their grabs: {v}");
     }
     // Ledger balanced, every paid order has its money, bills agree.
     let clean = eventually(30, || async { cl.reconcile().0 == 0 }).await;

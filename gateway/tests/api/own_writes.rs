@@ -1,9 +1,10 @@
 //! A client reads its own writes whatever the lag of the durable side: in
 //! full mode with the relay stopped, nothing reaches Kafka or Postgres, yet
 //! the order just held is in the caller's list, the order just cancelled
-//! reads as cancelled and a grab's money is in the grabber's wallet (the
-//! hot store remembers them for `orders.recent_keep_s`). Once the workers
-//! have applied a grab, its credit counts once.
+//! reads as cancelled and a grab's money is in the grabber's wallet as
+//! `pending` (the hot store remembers them for `orders.recent_keep_s`).
+//! Once the workers have applied a grab, its credit counts once, in
+//! `available`.
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -84,9 +85,33 @@ async fn grabs_are_in_the_wallet_at_once(app: &TestApp, who: &str) -> (String, i
         let (s, v) = app.post(&format!("/v1/packets/{packet}/grab"), Some(&grabber), json!({})).await;
         assert_eq!((s, v["amount"].as_i64()), (StatusCode::OK, Some(amount)), "{v}");
         total += amount;
-        assert_eq!(app.wallet(&grabber).await, (total, 0), "the grab's money is in the wallet at once");
+        let (available, _, pending) = wallet_of(app, &grabber).await;
+        assert_eq!(available + pending, total, "the grab's money is in the wallet at once");
     }
     (grabber, total)
+}
+
+/// (available, frozen, pending) of the token's user.
+async fn wallet_of(app: &TestApp, token: &str) -> (i64, i64, i64) {
+    let (s, v) = app.get("/v1/wallet", Some(token)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let field = |f: &str| v[f].as_i64().unwrap_or_else(|| panic!("{f} in {v}"));
+    (field("available"), field("frozen"), field("pending"))
+}
+
+/// A sender grabs their own packet while nothing is persisted: the money
+/// leaves `frozen` for `pending`, nothing is counted twice.
+async fn own_packet_grabbed_by_its_sender(app: &TestApp) {
+    app.credit("self-sender", 900).await;
+    let me = app.token("self-sender", "user").await;
+    let body = json!({"kind": "normal", "total_amount": 600, "count": 2});
+    let (s, v) = app.post("/v1/packets", Some(&me), body).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let packet = v["packet_id"].as_str().expect("packet id").to_string();
+    assert_eq!(wallet_of(app, &me).await, (300, 600, 0));
+    let (s, v) = app.post(&format!("/v1/packets/{packet}/grab"), Some(&me), json!({})).await;
+    assert_eq!((s, v["amount"].as_i64()), (StatusCode::OK, Some(300)), "{v}");
+    assert_eq!(wallet_of(app, &me).await, (300, 300, 300), "900 in all, the grab on its way");
 }
 
 /// The workers apply the grabs: the ledger lists them, the wallet counts
@@ -98,7 +123,7 @@ async fn applied_grabs_count_once(app: &TestApp, grabber: &str, total: i64) {
     })
     .await;
     assert!(listed, "the workers applied both grabs");
-    assert_eq!(app.wallet(grabber).await, (total, 0), "applied grabs are not counted twice");
+    assert_eq!(wallet_of(app, grabber).await, (total, 0, 0), "applied grabs are not counted twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +132,11 @@ async fn own_grabs_are_in_the_wallet_every_mode() {
     let (grabber, total) = grabs_are_in_the_wallet_at_once(&app, "grabber").await;
     let (_, v) = app.get("/v1/wallet/ledger", Some(&grabber)).await;
     assert_eq!(v["entries"], json!([]), "nothing persisted: {v}");
-    assert_eq!(app.wallet(&grabber).await, (total, 0));
+    assert_eq!(wallet_of(&app, &grabber).await, (0, 0, total), "pending until the workers apply it");
+    // Spending the pending money waits for the ledger.
+    let (s, v) = app.post("/v1/wallet/withdraw", Some(&grabber), json!({"amount": total})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"), "{v}");
+    own_packet_grabbed_by_its_sender(&app).await;
 
     for app in [spawn_app().await, spawn_in(Mode::Redis, |_| {}).await, spawn_in(Mode::Full, |_| {}).await] {
         let (grabber, total) = grabs_are_in_the_wallet_at_once(&app, "grabber").await;
