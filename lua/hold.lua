@@ -21,9 +21,14 @@
 -- ARGV[3]  seats per user at most
 -- ARGV[4]  n, then 6 per order: order id, seat indexes "i,j,k",
 --          expiry ms, order JSON, envelope JSON, user id
+-- ARGV[5+6n], ARGV[6+6n]  the sale window [on, ends) in Unix ms, checked
+--          against this server's clock (TIME): one clock for every node,
+--          so no hold is taken before the opening instant whatever the
+--          nodes' clocks say
 -- Reply:   {-1} stale, or {version after, then n integers: 1 held, 0
 --          rejected (unknown event, order exists, a seat out of range or
---          not available, over the user's limit)}
+--          not available, over the user's limit), 2 outside the sale
+--          window}
 -- A partition without its marker lost its data (a Redis restarted empty,
 -- a failover to a replica that had not seen it): write nothing, so
 -- nothing is acknowledged that cannot be persisted; rush rebuilds it.
@@ -39,10 +44,13 @@ local per_user = tonumber(ARGV[3])
 local out = {0}
 local applied = 0
 local n = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local off_sale = now < tonumber(ARGV[5 + 6 * n]) or now >= tonumber(ARGV[6 + 6 * n])
 for i = 0, n - 1 do
   local b = 5 + i * 6
   local order, csv, expiry, body, env, user = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local ok = seat_count > 0 and csv ~= '' and redis.call('HEXISTS', KEYS[2], order) == 0
+  local ok = not off_sale and seat_count > 0 and csv ~= '' and redis.call('HEXISTS', KEYS[2], order) == 0
   local seats = {}
   if ok then
     for s in string.gmatch(csv, '[^,]+') do
@@ -67,6 +75,8 @@ for i = 0, n - 1 do
     redis.call('XADD', KEYS[5], '*', 'body', env)
     applied = applied + 1
     out[#out + 1] = 1
+  elseif off_sale then
+    out[#out + 1] = 2
   else
     out[#out + 1] = 0
   end

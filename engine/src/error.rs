@@ -66,6 +66,12 @@ pub enum EngineError {
     NoAdjacentSeats { category: String, quantity: u32 },
     #[error("{which} limit of {max} seats exceeded")]
     LimitExceeded { which: &'static str, max: u32 },
+    /// A hold before the event's sale opens (409 `not_on_sale`).
+    #[error("the sale opens at {}", .on_sale_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))]
+    NotOnSale { on_sale_at: chrono::DateTime<chrono::Utc> },
+    /// A hold once the event's sale has ended (409 `sale_ended`).
+    #[error("the sale ended at {}", .sale_ends_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))]
+    SaleEnded { sale_ends_at: chrono::DateTime<chrono::Utc> },
     #[error("order is {} and cannot change", .status.as_str())]
     OrderNotPending { status: OrderStatus },
     #[error("already grabbed this packet")]

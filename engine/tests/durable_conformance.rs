@@ -657,6 +657,8 @@ async fn rebuild_sources(backend: &str) {
         name: "show".into(),
         venue: "hall".into(),
         starts_at: chrono::Utc::now(),
+        on_sale_at: None,
+        sale_ends_at: None,
         hold_ttl_s: 60,
         limits: rush_engine::domain::Limits { per_order: 4, per_user: 4 },
         categories: vec![rush_engine::domain::Category { id: "std".into(), name: "S".into(), price: Fen::new(100) }],
@@ -667,6 +669,8 @@ async fn rebuild_sources(backend: &str) {
     let old = rush_engine::domain::EventDef {
         event_id: ids.next(0),
         starts_at: chrono::Utc::now() - chrono::Duration::days(30),
+        on_sale_at: None,
+        sale_ends_at: None,
         ..def.clone()
     };
     d.save_event(&old).await.expect("save old");

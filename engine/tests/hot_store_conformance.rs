@@ -216,6 +216,8 @@ fn event_def(ids: &IdGen, cols: u32) -> EventDef {
         name: "conformance".into(),
         venue: "lab".into(),
         starts_at: Utc::now(),
+        on_sale_at: None,
+        sale_ends_at: None,
         hold_ttl_s: 60,
         limits: Limits { per_order: 4, per_user: 4 },
         categories: vec![Category { id: "c".into(), name: "C".into(), price: Fen::new(250) }],
@@ -634,7 +636,33 @@ async fn packet_creation_can_be_voided(f: &dyn Fixture) {
 }
 
 /// Every check, each on a fresh fixture from `make`.
+/// The store takes a hold only inside the event's sale window, by its own
+/// clock (Redis: the server's TIME; embedded: the hold's time), whatever
+/// the caller decided: the arbiter of the opening instant across nodes.
+async fn holds_only_in_the_sale_window(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let now = Utc::now();
+    let at = |d: chrono::Duration| Some(now + d);
+    let hour = chrono::Duration::hours(1);
+    for (on, ends, want) in [
+        (at(hour), at(hour * 2), OpOutcome::OffSale),
+        (at(-hour * 2), at(-hour), OpOutcome::OffSale),
+        (at(-hour), at(hour), OpOutcome::Applied),
+    ] {
+        let def = EventDef { on_sale_at: on, sale_ends_at: ends, ..event_def(&ids, 4) };
+        store.create_event(&def).await.expect("create");
+        let mut o = hold(&ids, def.event_id, "a", vec![0], FAR);
+        o.created_at_ms = now.timestamp_millis() as u64;
+        let out = store.apply_seats(def.event_id, &[SeatOp::Hold(o.clone())], o.created_at_ms).await.expect("hold");
+        assert_eq!(out, vec![want], "window {on:?}..{ends:?}");
+        let held = store.load_event(def.event_id).await.expect("load").expect("event").holds.contains_key(&o.order_id);
+        assert_eq!(held, want == OpOutcome::Applied, "an off-sale hold writes nothing");
+    }
+}
+
 async fn run_all<F: Fixture>(make: impl Fn() -> F) {
+    holds_only_in_the_sale_window(&make()).await;
     seats_hold_release_confirm(&make()).await;
     due_items_are_claimed_for_a_lease_and_leave_when_settled(&make()).await;
     grabs_take_parts_in_order_once_per_user(&make()).await;
@@ -873,7 +901,9 @@ fn event_input() -> rush_engine::engine::NewEvent {
     rush_engine::engine::NewEvent {
         name: "cluster".into(),
         venue: "lab".into(),
-        starts_at: Utc::now(),
+        starts_at: Utc::now() + chrono::Duration::days(1),
+        on_sale_at: None,
+        sale_ends_at: None,
         hold_ttl_s: None,
         limits: None,
         categories: vec![rush_engine::engine::NewCategory { id: "c".into(), name: "C".into(), price: 100 }],

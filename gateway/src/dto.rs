@@ -64,6 +64,10 @@ pub struct CreateEventReq {
     pub name: String,
     pub venue: String,
     pub starts_at: DateTime<Utc>,
+    /// When holds open (default: now).
+    pub on_sale_at: Option<DateTime<Utc>>,
+    /// When holds close (default: `starts_at`); after `on_sale_at`, in the future.
+    pub sale_ends_at: Option<DateTime<Utc>>,
     pub hold_ttl_s: Option<u32>,
     pub limits: Option<LimitsReq>,
     pub categories: Vec<CategoryReq>,
@@ -100,6 +104,12 @@ pub struct EventResp {
     pub hold_ttl_s: u32,
     pub categories: Vec<CategoryResp>,
     pub limits: LimitsResp,
+    /// `scheduled` before `on_sale_at`, `on_sale` until `sale_ends_at`, then `ended`.
+    #[schema(value_type = String, example = "on_sale")]
+    pub status: &'static str,
+    /// Absent only for events created before sale windows existed.
+    pub on_sale_at: Option<DateTime<Utc>>,
+    pub sale_ends_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -92,6 +92,12 @@ impl From<EngineError> for ApiError {
                     .with("limit", json!(which))
                     .with("max", json!(max))
             }
+            EngineError::NotOnSale { on_sale_at } => {
+                ApiError::new(S::CONFLICT, "not_on_sale", message).with("on_sale_at", json!(on_sale_at))
+            }
+            EngineError::SaleEnded { sale_ends_at } => {
+                ApiError::new(S::CONFLICT, "sale_ended", message).with("sale_ends_at", json!(sale_ends_at))
+            }
             EngineError::OrderNotPending { status } => {
                 ApiError::new(S::CONFLICT, "order_not_pending", message).with("status", json!(status.as_str()))
             }

@@ -408,7 +408,7 @@ fn examples(cfg: &Config) -> Vec<(&'static str, Value)> {
         ("DevTokenReq", json!({"user_id": "alice", "role": "user"})),
         (
             "CreateEventReq",
-            json!({"name": "Spring Gala", "venue": "Hall 1", "starts_at": "2027-06-01T19:30:00Z",
+            json!({"name": "Spring Gala", "venue": "Hall 1", "starts_at": "2030-06-01T19:30:00Z",
                    "categories": [{"id": "std", "name": "Standard", "price": 28000}],
                    "layout": {"sections": [{"name": "A", "rows": 10, "cols": 20, "category": "std"}]}}),
         ),

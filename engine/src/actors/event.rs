@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Mailbox, STALE_ROUNDS_MAX};
-use crate::domain::{Attendee, EventInfo, Fen, Id, OrderStatus, SeatIdx};
+use crate::domain::{Attendee, EventDef, EventInfo, Fen, Id, OrderStatus, SaleStatus, SeatIdx};
 use crate::error::{EngineError, Entity};
 use crate::store::{
     EventSnapshot, HotOrder, HotStore, OpOutcome, PaidOrder, SeatOp, SeatState, SeatsApplied, StoreError,
@@ -55,6 +55,24 @@ pub struct HoldRequest {
     pub selection: Selection,
     pub attendees: Vec<Attendee>,
     pub now_ms: u64,
+}
+
+/// The refusal of a hold outside the event's sale window at `now_ms`
+/// (this node's clock). A hold the store refused by its own clock while
+/// this one says on sale is near one of the ends: the nearer one names it.
+pub fn off_sale(def: &EventDef, now_ms: u64) -> EngineError {
+    let (on, ends) = def.sale_window_ms();
+    let not_yet = match def.sale_status(now_ms) {
+        SaleStatus::Scheduled => true,
+        SaleStatus::Ended => false,
+        SaleStatus::OnSale => now_ms - on < ends.saturating_sub(now_ms),
+    };
+    match (not_yet, def.on_sale_at, def.sale_ends_at) {
+        (true, Some(on_sale_at), _) => EngineError::NotOnSale { on_sale_at },
+        (false, _, Some(sale_ends_at)) => EngineError::SaleEnded { sale_ends_at },
+        // A window without that end cannot refuse at it.
+        _ => EngineError::Internal("a hold refused outside a sale window without that end".into()),
+    }
 }
 
 /// Why an order is being released.
@@ -129,6 +147,9 @@ impl EventState {
 
     /// Decides a hold and applies it to memory. The caller commits it.
     pub fn decide_hold(&mut self, req: &HoldRequest) -> Result<HotOrder, EngineError> {
+        if self.info.def.sale_status(req.now_ms) != SaleStatus::OnSale {
+            return Err(off_sale(&self.info.def, req.now_ms));
+        }
         let limits = self.info.def.limits;
         let quantity = match &req.selection {
             Selection::Named(seats) => seats.len() as u32,
@@ -539,10 +560,17 @@ impl Batch {
         let event_id = state.info.def.event_id;
         let info = state.info.clone();
         let mut rejected = false;
+        let mut off_sale_holds: Vec<Id> = Vec::new();
         for (p, outcome) in self.pending.into_iter().zip(applied.outcomes) {
             match outcome {
                 OpOutcome::Applied => {
                     let _ = p.reply.send(Ok(OrderView::from_hot(&p.order, &info, p.status)));
+                }
+                // The store's clock says the sale is not open: final,
+                // nothing written, the memory gives the hold back below.
+                OpOutcome::OffSale => {
+                    off_sale_holds.push(p.order.order_id);
+                    let _ = p.reply.send(Err(off_sale(&info.def, crate::domain::now_unix_ms())));
                 }
                 OpOutcome::Rejected if !last_round => {
                     rejected = true;
@@ -555,7 +583,9 @@ impl Batch {
             }
         }
         match applied.version {
-            Some(v) if !rejected => {
+            // A hold refused off sale was applied to the memory only: the
+            // memory is reloaded (the refusals decided again on it).
+            Some(v) if !rejected && off_sale_holds.is_empty() => {
                 state.version = v;
                 for (_, reply, e) in self.refused {
                     let _ = reply.send(Err(e));
@@ -565,7 +595,7 @@ impl Batch {
             // Stale, or (a bug) an op rejected at the version it was
             // decided on: either way the store's word counts.
             version => {
-                if version.is_some() {
+                if version.is_some() && rejected {
                     tracing::error!(%event_id, "the store rejected a decision made on its current version");
                 }
                 for (request, reply, _) in self.refused {
@@ -623,6 +653,8 @@ mod tests {
             name: "e".into(),
             venue: "v".into(),
             starts_at: chrono::Utc::now(),
+            on_sale_at: None,
+            sale_ends_at: None,
             hold_ttl_s: 60,
             limits: Limits { per_order: 6, per_user },
             categories: vec![Category { id: "std".into(), name: "Std".into(), price: Fen::new(100) }],

@@ -151,9 +151,12 @@ async fn grab_rounds(
                         OpOutcome::Applied => {
                             let _ = reply.send(Ok(g));
                         }
-                        OpOutcome::Rejected if round < STALE_ROUNDS_MAX => work.push((user_id, grab_id, reply)),
+                        // (Off sale is a hold's outcome; a grab script never answers it.)
+                        OpOutcome::Rejected | OpOutcome::OffSale if round < STALE_ROUNDS_MAX => {
+                            work.push((user_id, grab_id, reply))
+                        }
                         // Still contended by other nodes: retry later.
-                        OpOutcome::Rejected => {
+                        OpOutcome::Rejected | OpOutcome::OffSale => {
                             let _ = reply.send(Err(EngineError::Overloaded("packet")));
                         }
                     }

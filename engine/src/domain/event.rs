@@ -35,6 +35,54 @@ pub struct EventDef {
     pub limits: Limits,
     pub categories: Vec<Category>,
     pub seats: Vec<SeatDef>,
+    /// The sale window: holds are taken from `on_sale_at` (inclusive)
+    /// until `sale_ends_at` (exclusive). Absent in definitions written
+    /// before the window existed: on sale from creation, without end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_sale_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sale_ends_at: Option<DateTime<Utc>>,
+}
+
+/// Where an event's sale stands on the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaleStatus {
+    Scheduled,
+    OnSale,
+    Ended,
+}
+
+impl SaleStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaleStatus::Scheduled => "scheduled",
+            SaleStatus::OnSale => "on_sale",
+            SaleStatus::Ended => "ended",
+        }
+    }
+}
+
+fn unix_ms(t: DateTime<Utc>) -> u64 {
+    u64::try_from(t.timestamp_millis()).unwrap_or(0)
+}
+
+impl EventDef {
+    /// The sale window in Unix ms: `[on, ends)`.
+    pub fn sale_window_ms(&self) -> (u64, u64) {
+        (self.on_sale_at.map(unix_ms).unwrap_or(0), self.sale_ends_at.map(unix_ms).unwrap_or(u64::MAX))
+    }
+
+    pub fn sale_status(&self, now_ms: u64) -> SaleStatus {
+        let (on, ends) = self.sale_window_ms();
+        if now_ms < on {
+            SaleStatus::Scheduled
+        } else if now_ms < ends {
+            SaleStatus::OnSale
+        } else {
+            SaleStatus::Ended
+        }
+    }
 }
 
 /// A definition with its seat map built: shared read-only by the actor, the

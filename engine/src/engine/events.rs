@@ -13,7 +13,9 @@ use super::input::{Caller, NewEvent, NewHold, CATEGORY_ID_LEN_MAX, ID_NUMBER_LEN
 use super::{check_text, invalid, next_cursor, Engine};
 use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
 use crate::actors::packet::PacketMsg;
-use crate::domain::{now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SeatMap, UserId};
+use crate::domain::{
+    now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SaleStatus, SeatMap, UserId,
+};
 use crate::error::{EngineError, Entity};
 use crate::store::DueItem;
 use crate::views::OrderView;
@@ -27,6 +29,9 @@ pub struct EventView {
     pub hold_ttl_s: u32,
     pub categories: Vec<CategoryView>,
     pub limits: Limits,
+    pub status: SaleStatus,
+    pub on_sale_at: Option<DateTime<Utc>>,
+    pub sale_ends_at: Option<DateTime<Utc>>,
 }
 
 impl Engine {
@@ -70,6 +75,14 @@ impl Engine {
         {
             return Err(invalid(format!("limits must be 1-{}", ec.seats_max)));
         }
+        let now = Utc::now();
+        let on_sale_at = input.on_sale_at.unwrap_or(now);
+        let sale_ends_at = input.sale_ends_at.unwrap_or(input.starts_at);
+        if sale_ends_at <= on_sale_at || sale_ends_at <= now {
+            return Err(invalid(
+                "sale_ends_at (default: starts_at) must be after on_sale_at (default: now) and in the future",
+            ));
+        }
         let cat_ids: Vec<&str> = categories.iter().map(|c| c.id.as_str()).collect();
         let map = match (input.layout, input.seats) {
             (Some(layout), None) => SeatMap::from_layout(&layout, &cat_ids, ec.seats_max),
@@ -86,6 +99,8 @@ impl Engine {
             limits,
             categories,
             seats: map.seats().to_vec(),
+            on_sale_at: Some(on_sale_at),
+            sale_ends_at: Some(sale_ends_at),
         };
         let count = map.len();
         self.check_hot()?;
@@ -110,6 +125,9 @@ impl Engine {
             hold_ttl_s: info.def.hold_ttl_s,
             categories,
             limits: info.def.limits,
+            status: info.def.sale_status(now_unix_ms()),
+            on_sale_at: info.def.on_sale_at,
+            sale_ends_at: info.def.sale_ends_at,
         })
     }
 

@@ -47,6 +47,10 @@ pub struct NewEvent {
     pub name: String,
     pub venue: String,
     pub starts_at: DateTime<Utc>,
+    /// Default: now (on sale at once).
+    pub on_sale_at: Option<DateTime<Utc>>,
+    /// Default: `starts_at`.
+    pub sale_ends_at: Option<DateTime<Utc>>,
     pub hold_ttl_s: Option<u32>,
     pub limits: Option<NewLimits>,
     pub categories: Vec<NewCategory>,

@@ -27,7 +27,7 @@ use super::{
     SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::domain::DomainEvent;
-use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
+use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus, SaleStatus};
 
 /// Attempts of a direct-mode grab that keeps losing races.
 const DIRECT_ROUNDS_MAX: usize = 16;
@@ -419,6 +419,13 @@ impl HotStore for MemoryStore {
         // Check and apply to the mirror op by op: a later op sees the effect
         // of an earlier one (a release then a hold of the same seat).
         for op in ops {
+            // The sale window, by the hold's own time (one clock here).
+            if let SeatOp::Hold(o) = op {
+                if hot.info.def.sale_status(o.created_at_ms) != SaleStatus::OnSale {
+                    outcomes.push(OpOutcome::OffSale);
+                    continue;
+                }
+            }
             let write = hot.apply(op);
             outcomes.push(if write.is_some() { OpOutcome::Applied } else { OpOutcome::Rejected });
             writes.extend(write);

@@ -140,6 +140,9 @@ pub enum OpOutcome {
     /// The re-check failed: the actor's view was stale (another node got
     /// there first); nothing of this op was written.
     Rejected,
+    /// A hold outside the event's sale window by the store's clock (the
+    /// arbiter of the opening instant across nodes): nothing written.
+    OffSale,
 }
 
 /// A packet as created: its parts are split up front.

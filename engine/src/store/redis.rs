@@ -539,6 +539,8 @@ where
                 .arg(env)
                 .arg(&o.user_id);
         }
+        let (on_ms, ends_ms) = info.def.sale_window_ms();
+        inv.arg(on_ms).arg(ends_ms);
         let (after, outcomes) = self.versioned(self.run_write(inv, e.partition()).await?, group.len())?;
         // A hold the script refused leaves the user's recent orders (best
         // effort: a leftover id reads as no order and is skipped).
@@ -546,7 +548,7 @@ where
             .iter()
             .zip(&outcomes)
             .filter_map(|(op, outcome)| match (op, outcome) {
-                (SeatOp::Hold(o), OpOutcome::Rejected) => {
+                (SeatOp::Hold(o), OpOutcome::Rejected | OpOutcome::OffSale) => {
                     Some(redis::Cmd::zrem(self.recent(&o.user_id), o.order_id.to_string()))
                 }
                 _ => None,

@@ -319,6 +319,8 @@ mod tests {
             name: "n".into(),
             venue: "v".into(),
             starts_at: chrono::Utc::now(),
+            on_sale_at: None,
+            sale_ends_at: None,
             hold_ttl_s: 60,
             limits: Limits { per_order: 4, per_user: 4 },
             categories: vec![Category { id: "std".into(), name: "Std".into(), price: Fen::new(100) }],

@@ -79,13 +79,18 @@ impl Scripts {
 pub fn versioned(reply: Vec<i64>, ops: usize) -> Result<(Option<u64>, Vec<OpOutcome>), StoreError> {
     match reply.split_first() {
         Some((-1, [])) => Ok((None, vec![OpOutcome::Rejected; ops])),
-        Some((v, rest)) if *v >= 0 => Ok((Some(*v as u64), outcomes(rest.to_vec(), ops)?)),
+        Some((v, rest)) if *v >= 0 => Ok((Some(*v as u64), verdicts(rest.to_vec(), ops, true)?)),
         _ => Err(StoreError::Corrupt(format!("script answered {reply:?} for {ops} ops"))),
     }
 }
 
 /// grab: one 1 or 0 per op, in order.
 pub fn outcomes(reply: Vec<i64>, ops: usize) -> Result<Vec<OpOutcome>, StoreError> {
+    verdicts(reply, ops, false)
+}
+
+/// One verdict per op: 1 applied, 0 rejected, and (seat scripts) 2 off sale.
+fn verdicts(reply: Vec<i64>, ops: usize, off_sale: bool) -> Result<Vec<OpOutcome>, StoreError> {
     if reply.len() != ops {
         return Err(StoreError::Corrupt(format!("script answered {} verdicts for {ops} ops", reply.len())));
     }
@@ -94,6 +99,7 @@ pub fn outcomes(reply: Vec<i64>, ops: usize) -> Result<Vec<OpOutcome>, StoreErro
         .map(|v| match v {
             1 => Ok(OpOutcome::Applied),
             0 => Ok(OpOutcome::Rejected),
+            2 if off_sale => Ok(OpOutcome::OffSale),
             other => Err(StoreError::Corrupt(format!("script verdict {other}"))),
         })
         .collect()
@@ -153,6 +159,7 @@ mod tests {
         assert_eq!(versioned(vec![-1], 2).unwrap(), (None, vec![OpOutcome::Rejected; 2]));
         assert_eq!(versioned(vec![7, 1, 0], 2).unwrap(), (Some(7), vec![OpOutcome::Applied, OpOutcome::Rejected]));
         assert!(versioned(vec![7, 1], 2).is_err());
+        assert_eq!(versioned(vec![7, 2], 1).unwrap(), (Some(7), vec![OpOutcome::OffSale]), "a hold off sale");
         assert!(versioned(vec![-3, 1], 1).is_err());
         assert!(versioned(vec![], 0).is_err());
         assert_eq!(created(1).unwrap(), Created::Created);

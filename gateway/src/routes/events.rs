@@ -23,6 +23,8 @@ pub async fn create_event(
         name: b.name,
         venue: b.venue,
         starts_at: b.starts_at,
+        on_sale_at: b.on_sale_at,
+        sale_ends_at: b.sale_ends_at,
         hold_ttl_s: b.hold_ttl_s,
         limits: b.limits.map(|l| NewLimits { per_order: l.per_order, per_user: l.per_user }),
         categories: b.categories.into_iter().map(|c| NewCategory { id: c.id, name: c.name, price: c.price }).collect(),
@@ -63,6 +65,9 @@ pub async fn get_event(
             .map(|c| CategoryResp { id: c.id, name: c.name, price: c.price.get(), remaining: c.remaining })
             .collect(),
         limits: LimitsResp { per_order: v.limits.per_order, per_user: v.limits.per_user },
+        status: v.status.as_str(),
+        on_sale_at: v.on_sale_at,
+        sale_ends_at: v.sale_ends_at,
     }))
 }
 

@@ -17,7 +17,7 @@ use crate::AppState;
 #[utoipa::path(post, path = "/v1/orders", request_body = HoldReq,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     responses((status = 201, body = OrderView), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
-              (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats", body = ErrorResp),
+              (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats, not_on_sale (with on_sale_at), sale_ended (with sale_ends_at)", body = ErrorResp),
               (status = 422, description = "limit_exceeded", body = ErrorResp),
               (status = 503, description = "overloaded, store_unavailable, outbox_full or shutting_down; see Retry-After", body = ErrorResp)))]
 #[post("/v1/orders")]

@@ -271,7 +271,7 @@ async fn bad_input_gets_its_status_and_the_error_shape() {
             "/v1/admin/events".into(),
             Some(&app.admin),
             Some(json!({
-            "name": "x", "venue": "y", "starts_at": "2026-12-31T20:00:00Z",
+            "name": "x", "venue": "y", "starts_at": "2030-12-31T20:00:00Z",
             "categories": [{"id": "a", "name": "A", "price": 1}],
             "layout": {"sections": [{"name": "A", "rows": 1, "cols": 1, "category": "a"}]},
             "seats": [{"section": "B", "row": 1, "col": 1, "category": "a"}]})),
@@ -284,7 +284,7 @@ async fn bad_input_gets_its_status_and_the_error_shape() {
             "/v1/admin/events".into(),
             Some(&app.admin),
             Some(json!({
-            "name": "x", "venue": "y", "starts_at": "2026-12-31T20:00:00Z", "categories": [],
+            "name": "x", "venue": "y", "starts_at": "2030-12-31T20:00:00Z", "categories": [],
             "layout": {"sections": [{"name": "A", "rows": 1, "cols": 1, "category": "a"}]}})),
             StatusCode::BAD_REQUEST,
             "invalid_request",

@@ -182,7 +182,7 @@ impl TestApp {
     /// An event of `rows` × `cols` seats, one category priced 100 fen.
     pub async fn event(&self, rows: u32, cols: u32, extra: Value) -> String {
         let mut body = json!({
-            "name": "Final", "venue": "Arena", "starts_at": "2026-12-31T20:00:00Z",
+            "name": "Final", "venue": "Arena", "starts_at": "2030-12-31T20:00:00Z",
             "categories": [{"id": "std", "name": "Standard", "price": 100}],
             "layout": {"sections": [{"name": "A", "rows": rows, "cols": cols, "category": "std"}]}
         });
@@ -316,7 +316,7 @@ impl Client {
     /// returns its id.
     pub async fn create_event(&self, admin: &str, rows: u32, cols: u32) -> String {
         let body = json!({
-            "name": "Test", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
+            "name": "Test", "venue": "Lab", "starts_at": "2030-12-31T20:00:00Z",
             "categories": [{"id": "std", "name": "Std", "price": 100}],
             "layout": {"sections": [{"name": "A", "rows": rows, "cols": cols, "category": "std"}]}});
         let (s, v) = self.call("POST", "/v1/admin/events", admin, body).await;

@@ -16,6 +16,7 @@ mod ops;
 mod own_writes;
 mod packets;
 mod payments;
+mod sale;
 mod seats;
 mod shutdown;
 mod telemetry;

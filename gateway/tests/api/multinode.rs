@@ -30,7 +30,7 @@ async fn post_retrying(
     panic!("still 503 after 20 tries");
 }
 
-async fn two_nodes() -> (Arc<TestApp>, Arc<TestApp>) {
+pub async fn two_nodes() -> (Arc<TestApp>, Arc<TestApp>) {
     let a = spawn_in(Mode::Redis, |c| {
         c.node_id = 1;
         c.actors.idle_ms = 300;

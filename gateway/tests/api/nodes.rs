@@ -126,7 +126,7 @@ pub fn user(name: &str) -> String {
 /// An event of one row of `seats` seats at 1.00, with `extra` fields.
 pub async fn event(c: &Client, admin: &str, seats: u32, extra: Value) -> String {
     let mut body = json!({
-        "name": "Nodes", "venue": "Lab", "starts_at": "2026-12-31T20:00:00Z",
+        "name": "Nodes", "venue": "Lab", "starts_at": "2030-12-31T20:00:00Z",
         "categories": [{"id": "std", "name": "Std", "price": 100}],
         "layout": {"sections": [{"name": "A", "rows": 1, "cols": seats, "category": "std"}]}});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
