@@ -300,13 +300,13 @@ both!(redelivered_events_apply_once, redelivery_applies_once);
 /// A wallet read adds the credits of grabs the hot store granted and this
 /// store has not applied; once applied, each counts once (issue 17).
 async fn pending_grabs_count_once(backend: &str) {
-    use rush_engine::durable::PendingGrab;
+    use rush_engine::store::recent::RecentGrab;
     let (d, _f) = open(backend).await;
     let ids = ids();
     let def = funded_packet(&d, &ids, 1_000, 4).await;
     let (first, second) = (grabbed(&ids, &def, "gw", 250), grabbed(&ids, &def, "gw", 100));
     let granted = |e: &Envelope, own: bool| match &e.event {
-        DomainEvent::PacketGrabbed { grab_id, amount, .. } => PendingGrab { grab_id: *grab_id, amount: *amount, own },
+        DomainEvent::PacketGrabbed { grab_id, amount, .. } => RecentGrab { grab_id: *grab_id, amount: *amount, own },
         other => panic!("{other:?}"),
     };
     let pending = [granted(&first, false), granted(&second, false)];

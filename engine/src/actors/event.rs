@@ -60,7 +60,7 @@ pub struct HoldRequest {
 /// The refusal of a hold outside the event's sale window at `now_ms`
 /// (this node's clock). A hold the store refused by its own clock while
 /// this one says on sale is near one of the ends: the nearer one names it.
-pub fn off_sale(def: &EventDef, now_ms: u64) -> EngineError {
+pub fn off_sale_error(def: &EventDef, now_ms: u64) -> EngineError {
     let (on, ends) = def.sale_window_ms();
     let not_yet = match def.sale_status(now_ms) {
         SaleStatus::Scheduled => true,
@@ -148,7 +148,7 @@ impl EventState {
     /// Decides a hold and applies it to memory. The caller commits it.
     pub fn decide_hold(&mut self, req: &HoldRequest) -> Result<HotOrder, EngineError> {
         if self.info.def.sale_status(req.now_ms) != SaleStatus::OnSale {
-            return Err(off_sale(&self.info.def, req.now_ms));
+            return Err(off_sale_error(&self.info.def, req.now_ms));
         }
         let limits = self.info.def.limits;
         let quantity = match &req.selection {
@@ -560,7 +560,7 @@ impl Batch {
         let event_id = state.info.def.event_id;
         let info = state.info.clone();
         let mut rejected = false;
-        let mut off_sale_holds: Vec<Id> = Vec::new();
+        let mut off_sale = false;
         for (p, outcome) in self.pending.into_iter().zip(applied.outcomes) {
             match outcome {
                 OpOutcome::Applied => {
@@ -569,8 +569,8 @@ impl Batch {
                 // The store's clock says the sale is not open: final,
                 // nothing written, the memory gives the hold back below.
                 OpOutcome::OffSale => {
-                    off_sale_holds.push(p.order.order_id);
-                    let _ = p.reply.send(Err(off_sale(&info.def, crate::domain::now_unix_ms())));
+                    off_sale = true;
+                    let _ = p.reply.send(Err(off_sale_error(&info.def, crate::domain::now_unix_ms())));
                 }
                 OpOutcome::Rejected if !last_round => {
                     rejected = true;
@@ -585,7 +585,7 @@ impl Batch {
         match applied.version {
             // A hold refused off sale was applied to the memory only: the
             // memory is reloaded (the refusals decided again on it).
-            Some(v) if !rejected && off_sale_holds.is_empty() => {
+            Some(v) if !rejected && !off_sale => {
                 state.version = v;
                 for (_, reply, e) in self.refused {
                     let _ = reply.send(Err(e));

@@ -28,6 +28,7 @@ use crate::domain::{Attendee, OrderSeat};
 use crate::domain::{DomainEvent, Envelope};
 use crate::domain::{Fen, Id, OrderStatus, WORLD_ACCOUNT};
 use crate::error::EngineError;
+use crate::store::recent::RecentGrab;
 use crate::store::PacketDef;
 
 #[derive(Debug, thiserror::Error)]
@@ -133,15 +134,6 @@ pub struct Balance {
     /// Credits granted (grabs the hot store answered) that the ledger has
     /// not applied yet: they join `available` within the workers' lag.
     pub pending: Fen,
-}
-
-/// A grab the hot store granted, as a wallet read takes it: `own` when the
-/// grabber sent the packet (its money leaves their frozen bucket).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PendingGrab {
-    pub grab_id: Id,
-    pub amount: Fen,
-    pub own: bool,
 }
 
 /// What reconciliation reads: the sum over every account (the world account
@@ -410,7 +402,7 @@ impl Durable {
     /// the packet when the grab was answered). One statement, so one
     /// snapshot: a grab the workers apply meanwhile counts once, in the
     /// account or as pending.
-    pub async fn balance_with_grabs(&self, user_id: &str, grabs: &[PendingGrab]) -> Result<Balance, DurableError> {
+    pub async fn balance_with_grabs(&self, user_id: &str, grabs: &[RecentGrab]) -> Result<Balance, DurableError> {
         if grabs.is_empty() {
             return self.balance(user_id).await;
         }

@@ -4,7 +4,7 @@ use super::input::{Caller, REASON_LEN_MAX};
 use super::{check_text, invalid, next_cursor, Engine};
 use crate::domain::{gene_of_user, now_unix_ms, Fen, Id, UserId, WithdrawalStatus};
 use crate::durable::wallet::{RiskRules, WithdrawalRecord};
-use crate::durable::{Audit, Balance, JournalEntry, PendingGrab};
+use crate::durable::{Audit, Balance, JournalEntry};
 use crate::error::{EngineError, Entity};
 
 impl Engine {
@@ -21,8 +21,6 @@ impl Engine {
                 vec![]
             }
         };
-        let grabs: Vec<PendingGrab> =
-            grabs.iter().map(|g| PendingGrab { grab_id: g.grab_id, amount: g.amount, own: g.own }).collect();
         Ok(self.durable.balance_with_grabs(user_id, &grabs).await?)
     }
 

@@ -627,8 +627,7 @@ impl HotStore for MemoryStore {
             return Err(e);
         }
         for g in &hot.grabs[first_new..] {
-            let own = g.user_id == hot.def.sender;
-            self.recent.grabbed(&g.user_id, RecentGrab { grab_id: g.grab_id, amount: g.amount, own }, g.at_ms);
+            self.recent.grabbed(&g.user_id, RecentGrab::of(g, &hot.def.sender), g.at_ms);
         }
         Ok(outcomes)
     }

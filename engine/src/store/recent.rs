@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::domain::{Fen, Id, OrderStatus};
-use crate::store::{HotOrder, StoreError};
+use crate::store::{Grab, HotOrder, StoreError};
 
 /// How long orders are remembered by default: minutes of worker lag.
 pub const RECENT_KEEP_MS_DEFAULT: u64 = 600_000;
@@ -74,6 +74,11 @@ pub struct RecentGrab {
 pub const OWN_SUFFIX: &str = ":own";
 
 impl RecentGrab {
+    /// A granted grab of a packet `sender` sent.
+    pub fn of(grab: &Grab, sender: &str) -> RecentGrab {
+        RecentGrab { grab_id: grab.grab_id, amount: grab.amount, own: grab.user_id == sender }
+    }
+
     /// The Redis zset member: `<grab_id>:<amount>`, then `:own` for a
     /// grab of one's own packet.
     pub fn member(&self) -> String {

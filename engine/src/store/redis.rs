@@ -1013,7 +1013,7 @@ where
         if in_script {
             inv.arg(self.recent_keep_ms);
             for g in grabs {
-                inv.arg(RecentGrab { grab_id: g.grab_id, amount: g.amount, own: g.user_id == def.sender }.member());
+                inv.arg(RecentGrab::of(g, &def.sender).member());
             }
         } else {
             inv.arg("");
@@ -1021,14 +1021,8 @@ where
         let outcomes = scripts::outcomes(self.run_write(inv, packet_id.partition()).await?, grabs.len())?;
         if !in_script {
             let granted = grabs.iter().zip(&outcomes).filter(|(_, o)| **o == OpOutcome::Applied);
-            self.remember_grabs(granted.map(|(g, _)| {
-                (
-                    g.user_id.as_str(),
-                    RecentGrab { grab_id: g.grab_id, amount: g.amount, own: g.user_id == def.sender },
-                    g.at_ms,
-                )
-            }))
-            .await;
+            self.remember_grabs(granted.map(|(g, _)| (g.user_id.as_str(), RecentGrab::of(g, &def.sender), g.at_ms)))
+                .await;
         }
         Ok(self.appended_if(outcomes))
     }
@@ -1093,8 +1087,7 @@ where
         if let DirectGrab::Granted(g) = &verdict {
             self.appended.notify_one();
             if self.cluster {
-                let grab = RecentGrab { grab_id: g.grab_id, amount: g.amount, own: g.user_id == def.sender };
-                self.remember_grabs(std::iter::once((user_id, grab, g.at_ms))).await;
+                self.remember_grabs(std::iter::once((user_id, RecentGrab::of(g, &def.sender), g.at_ms))).await;
             }
         }
         Ok(verdict)
