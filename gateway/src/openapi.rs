@@ -296,7 +296,8 @@ fn fen(min: i64, max: i64) -> Value {
     json!({"minimum": min, "maximum": max})
 }
 
-/// Each request body's fields and the limits the code checks on them.
+/// Each request body's fields and the limits the code checks on them (and
+/// the values an answer's enum-like string field takes).
 fn request_limits(cfg: &Config) -> BTreeMap<&'static str, Vec<(&'static str, Value)>> {
     let ec = &cfg.events;
     let pc = &cfg.packets;
@@ -390,6 +391,13 @@ fn request_limits(cfg: &Config) -> BTreeMap<&'static str, Vec<(&'static str, Val
                 ("delay_ms", json!({"minimum": 0, "maximum": rush_engine::pay::sandbox::DELAY_MS_MAX})),
                 ("duplicates", json!({"minimum": 0, "maximum": rush_engine::pay::sandbox::DUPLICATES_MAX})),
             ],
+        ),
+        (
+            "EventResp",
+            vec![(
+                "status",
+                json!({"enum": rush_engine::domain::SaleStatus::ALL.map(rush_engine::domain::SaleStatus::as_str)}),
+            )],
         ),
         (
             "WebhookReq",

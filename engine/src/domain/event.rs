@@ -54,6 +54,8 @@ pub enum SaleStatus {
 }
 
 impl SaleStatus {
+    pub const ALL: [SaleStatus; 3] = [SaleStatus::Scheduled, SaleStatus::OnSale, SaleStatus::Ended];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SaleStatus::Scheduled => "scheduled",
