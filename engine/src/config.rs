@@ -182,6 +182,8 @@ pub struct SandboxConfig {
     /// Sends again when rush does not acknowledge, as real channels do, up
     /// to this many times (1 s, 2 s, 4 s … apart).
     pub retry_max: u32,
+    /// How long each refund takes at the channel (a slow bank).
+    pub refund_delay_ms: u64,
 }
 
 /// Wallet rules.
@@ -244,7 +246,7 @@ impl Default for PaymentsConfig {
 
 impl Default for SandboxConfig {
     fn default() -> Self {
-        SandboxConfig { enabled: None, drop_pct: 0, delay_ms: 0, duplicates: 0, retry_max: 3 }
+        SandboxConfig { enabled: None, drop_pct: 0, delay_ms: 0, duplicates: 0, retry_max: 3, refund_delay_ms: 0 }
     }
 }
 
@@ -575,6 +577,13 @@ pub struct EventConfig {
     /// keeps every order's amount far from overflowing.
     pub price_max_fen: i64,
     pub name_len_max: usize,
+    /// How often a node looks for cancelled events whose refund fan-out has
+    /// not finished (one started elsewhere, or cut by a restart).
+    pub cancel_resume_ms: u64,
+    /// How long the catalogue shows an event's remaining seats before
+    /// asking its actor again, and how many events it keeps so.
+    pub catalogue_cache_ttl_ms: u64,
+    pub catalogue_cache_entries_max: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -779,6 +788,9 @@ impl Default for EventConfig {
             attendees_max: 20,
             price_max_fen: 10_000_000,
             name_len_max: 200,
+            cancel_resume_ms: 5_000,
+            catalogue_cache_ttl_ms: 1_000,
+            catalogue_cache_entries_max: 10_000,
         }
     }
 }
@@ -1053,6 +1065,14 @@ impl Config {
         }
         if self.events.hold_ttl_s_default == 0 || self.events.hold_ttl_s_default > self.events.hold_ttl_s_max {
             return bad("events.hold_ttl_s_default must be 1..=hold_ttl_s_max");
+        }
+        if self.events.cancel_resume_ms == 0
+            || self.events.catalogue_cache_ttl_ms == 0
+            || self.events.catalogue_cache_entries_max == 0
+        {
+            return bad(
+                "events.cancel_resume_ms, catalogue_cache_ttl_ms and catalogue_cache_entries_max must be positive",
+            );
         }
         if self.packets.count_max == 0 || self.packets.total_max_fen <= 0 {
             return bad("packets.count_max and packets.total_max_fen must be positive");

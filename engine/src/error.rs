@@ -72,6 +72,12 @@ pub enum EngineError {
     /// A hold once the event's sale has ended (409 `sale_ended`).
     #[error("the sale ended at {}", .sale_ends_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))]
     SaleEnded { sale_ends_at: chrono::DateTime<chrono::Utc> },
+    /// A hold while an operator has paused the sale (409 `sale_paused`).
+    #[error("the sale is paused")]
+    SalePaused,
+    /// Anything that would sell on a cancelled event (410 `event_cancelled`).
+    #[error("the event was cancelled: {reason}")]
+    EventCancelled { reason: String },
     #[error("order is {} and cannot change", .status.as_str())]
     OrderNotPending { status: OrderStatus },
     #[error("already grabbed this packet")]

@@ -340,6 +340,7 @@ impl Node {
                 engine.durable().clone(),
                 cfg.workers.clone(),
                 cfg.orders.idempotency_ttl_s * 1000,
+                cfg.events.cancel_resume_ms,
                 metrics.clone(),
                 shutdown.clone(),
             )),

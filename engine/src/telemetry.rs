@@ -14,6 +14,10 @@ pub struct Metrics {
     pub batch_len: HistogramVec,
     pub actors_live: IntGaugeVec,
     pub holds: IntCounterVec,
+    /// The catalogue's cache of remaining seats: `hit` or `miss` per event read.
+    pub catalogue_cache: IntCounterVec,
+    /// Refunds a cancellation's fan-out asked for, and the fan-outs finished.
+    pub cancel_refunds: IntCounterVec,
     pub grabs: IntCounterVec,
     pub worker_events: IntCounterVec,
     pub worker_failures: IntCounterVec,
@@ -73,6 +77,14 @@ impl Metrics {
         ));
         let actors_live = must(IntGaugeVec::new(Opts::new("actors_live", "Running actors per kind"), &["kind"]));
         let holds = must(IntCounterVec::new(Opts::new("holds_total", "Hold requests by outcome"), &["outcome"]));
+        let catalogue_cache = must(IntCounterVec::new(
+            Opts::new("catalogue_cache_total", "Catalogue reads of an event's remaining seats, hit or miss"),
+            &["result"],
+        ));
+        let cancel_refunds = must(IntCounterVec::new(
+            Opts::new("cancel_fanout_total", "Cancellation fan-out steps: refund_asked, refund_done, finished"),
+            &["step"],
+        ));
         let grabs = must(IntCounterVec::new(Opts::new("grabs_total", "Grab requests by outcome"), &["outcome"]));
         let worker_events =
             must(IntCounterVec::new(Opts::new("worker_events_total", "Events applied by workers"), &["worker"]));
@@ -164,6 +176,8 @@ impl Metrics {
             Box::new(batch_len.clone()),
             Box::new(actors_live.clone()),
             Box::new(holds.clone()),
+            Box::new(catalogue_cache.clone()),
+            Box::new(cancel_refunds.clone()),
             Box::new(grabs.clone()),
             Box::new(worker_events.clone()),
             Box::new(worker_failures.clone()),
@@ -190,6 +204,8 @@ impl Metrics {
             batch_len,
             actors_live,
             holds,
+            catalogue_cache,
+            cancel_refunds,
             grabs,
             worker_events,
             worker_failures,

@@ -659,6 +659,9 @@ async fn rebuild_sources(backend: &str) {
         starts_at: chrono::Utc::now(),
         on_sale_at: None,
         sale_ends_at: None,
+        rev: 0,
+        paused: false,
+        cancellation: None,
         hold_ttl_s: 60,
         limits: rush_engine::domain::Limits { per_order: 4, per_user: 4 },
         categories: vec![rush_engine::domain::Category { id: "std".into(), name: "S".into(), price: Fen::new(100) }],
@@ -671,6 +674,9 @@ async fn rebuild_sources(backend: &str) {
         starts_at: chrono::Utc::now() - chrono::Duration::days(30),
         on_sale_at: None,
         sale_ends_at: None,
+        rev: 0,
+        paused: false,
+        cancellation: None,
         ..def.clone()
     };
     d.save_event(&old).await.expect("save old");

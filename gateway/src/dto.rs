@@ -104,12 +104,157 @@ pub struct EventResp {
     pub hold_ttl_s: u32,
     pub categories: Vec<CategoryResp>,
     pub limits: LimitsResp,
-    /// `scheduled` before `on_sale_at`, `on_sale` until `sale_ends_at`, then `ended`.
+    /// `scheduled` before `on_sale_at`, `on_sale` until `sale_ends_at`, then
+    /// `ended`; `paused` while an operator has paused it (until it ends);
+    /// `cancelled` once cancelled.
     #[schema(value_type = String, example = "on_sale")]
     pub status: &'static str,
     /// Absent only for events created before sale windows existed.
     pub on_sale_at: Option<DateTime<Utc>>,
     pub sale_ends_at: Option<DateTime<Utc>>,
+    /// Set once cancelled: the reason and the refund fan-out's progress.
+    pub cancellation: Option<CancellationResp>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CancellationResp {
+    pub reason: String,
+    pub cancelled_at: DateTime<Utc>,
+    /// Paid orders to refund, as found so far, and those whose channel has
+    /// confirmed the refund.
+    pub refunds_total: u64,
+    pub refunds_done: u64,
+}
+
+impl EventResp {
+    pub fn of(v: rush_engine::engine::EventView) -> EventResp {
+        EventResp {
+            event_id: v.event_id.to_string(),
+            name: v.name,
+            venue: v.venue,
+            starts_at: v.starts_at,
+            hold_ttl_s: v.hold_ttl_s,
+            categories: v.categories.into_iter().map(CategoryResp::of).collect(),
+            limits: LimitsResp { per_order: v.limits.per_order, per_user: v.limits.per_user },
+            status: v.status.as_str(),
+            on_sale_at: v.on_sale_at,
+            sale_ends_at: v.sale_ends_at,
+            cancellation: v.cancellation.map(|c| CancellationResp {
+                reason: c.reason,
+                cancelled_at: c.at,
+                refunds_total: c.refunds_total,
+                refunds_done: c.refunds_done,
+            }),
+        }
+    }
+}
+
+impl CategoryResp {
+    pub fn of(c: rush_engine::engine::CategoryView) -> CategoryResp {
+        CategoryResp { id: c.id, name: c.name, price: c.price.get(), remaining: c.remaining }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceReq {
+    pub id: String,
+    pub price: i64,
+}
+
+/// What `PATCH /v1/admin/events/{id}` changes; absent fields stay.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchEventReq {
+    pub name: Option<String>,
+    pub venue: Option<String>,
+    pub hold_ttl_s: Option<u32>,
+    pub limits: Option<LimitsReq>,
+    pub on_sale_at: Option<DateTime<Utc>>,
+    pub sale_ends_at: Option<DateTime<Utc>>,
+    /// New prices by category id: only while `scheduled` (else 409 `event_on_sale`).
+    pub categories: Option<Vec<PriceReq>>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelEventReq {
+    pub reason: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueQueryReq {
+    pub status: Option<String>,
+    /// A part of the name or venue, any case.
+    pub q: Option<String>,
+    /// Shows starting at or after `from` and before `to`.
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CatalogueItemResp {
+    pub event_id: String,
+    pub name: String,
+    pub venue: String,
+    pub starts_at: DateTime<Utc>,
+    pub on_sale_at: DateTime<Utc>,
+    #[schema(value_type = String, example = "on_sale")]
+    pub status: &'static str,
+    pub categories: Vec<CategoryResp>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CatalogueResp {
+    pub events: Vec<CatalogueItemResp>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CategoryCountResp {
+    pub id: String,
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderCountsResp {
+    pub pending_payment: u64,
+    pub paid: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    pub refunded: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LastMinuteResp {
+    pub holds: u64,
+    pub payments: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventStatsResp {
+    pub categories: Vec<CategoryCountResp>,
+    pub orders: OrderCountsResp,
+    /// Fen kept from paid orders (refunded ones not counted).
+    pub revenue: i64,
+    /// Fen given back for refunded orders.
+    pub refunded: i64,
+    pub last_minute: LastMinuteResp,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminOrdersQuery {
+    pub event_id: Option<String>,
+    pub user_id: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -98,6 +98,10 @@ impl From<EngineError> for ApiError {
             EngineError::SaleEnded { sale_ends_at } => {
                 ApiError::new(S::CONFLICT, "sale_ended", message).with("sale_ends_at", json!(sale_ends_at))
             }
+            EngineError::SalePaused => ApiError::new(S::CONFLICT, "sale_paused", message),
+            EngineError::EventCancelled { reason } => {
+                ApiError::new(S::GONE, "event_cancelled", message).with("reason", json!(reason))
+            }
             EngineError::OrderNotPending { status } => {
                 ApiError::new(S::CONFLICT, "order_not_pending", message).with("status", json!(status.as_str()))
             }

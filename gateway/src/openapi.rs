@@ -35,6 +35,9 @@ use crate::AppState;
     paths(
         routes::auth::dev_token,
         routes::events::create_event, routes::events::get_event, routes::events::get_seats,
+        routes::events::list_events, routes::events::patch_event, routes::events::pause_event,
+        routes::events::resume_event, routes::events::cancel_event, routes::events::event_stats,
+        routes::orders::admin_orders,
         routes::orders::create_order, routes::orders::get_order, routes::orders::list_orders, routes::orders::cancel_order,
         routes::packets::create_packet, routes::packets::grab, routes::packets::get_packet,
         routes::wallet::get_wallet, routes::wallet::get_ledger, routes::wallet::credit,
@@ -304,6 +307,8 @@ fn request_limits(cfg: &Config) -> BTreeMap<&'static str, Vec<(&'static str, Val
     let channels = ChannelKind::ALL.map(ChannelKind::as_str);
     let mut event_types: Vec<&str> = rush_engine::durable::webhooks::EVENT_TYPES.to_vec();
     event_types.push("*");
+    let sale_status =
+        json!({"enum": rush_engine::domain::SaleStatus::ALL.map(rush_engine::domain::SaleStatus::as_str)});
     BTreeMap::from([
         (
             "DevTokenReq",
@@ -392,13 +397,19 @@ fn request_limits(cfg: &Config) -> BTreeMap<&'static str, Vec<(&'static str, Val
                 ("duplicates", json!({"minimum": 0, "maximum": rush_engine::pay::sandbox::DUPLICATES_MAX})),
             ],
         ),
+        ("EventResp", vec![("status", sale_status.clone())]),
+        ("CatalogueItemResp", vec![("status", sale_status)]),
         (
-            "EventResp",
-            vec![(
-                "status",
-                json!({"enum": rush_engine::domain::SaleStatus::ALL.map(rush_engine::domain::SaleStatus::as_str)}),
-            )],
+            "PatchEventReq",
+            vec![
+                ("name", text(ec.name_len_max)),
+                ("venue", text(ec.name_len_max)),
+                ("hold_ttl_s", json!({"minimum": 1, "maximum": ec.hold_ttl_s_max})),
+                ("categories", json!({"minItems": 1, "maxItems": ec.categories_max})),
+            ],
         ),
+        ("PriceReq", vec![("id", text(limits::CATEGORY_ID_LEN_MAX)), ("price", fen(1, ec.price_max_fen))]),
+        ("CancelEventReq", vec![("reason", text(limits::REASON_LEN_MAX))]),
         (
             "WebhookReq",
             vec![

@@ -57,12 +57,17 @@ pub struct HoldRequest {
     pub now_ms: u64,
 }
 
-/// The refusal of a hold outside the event's sale window at `now_ms`
-/// (this node's clock). A hold the store refused by its own clock while
-/// this one says on sale is near one of the ends: the nearer one names it.
+/// The refusal of a hold outside the event's sale at `now_ms` (this
+/// node's clock). A hold the store refused by its own clock while this one
+/// says on sale is near one of the window's ends: the nearer one names it.
 pub fn off_sale_error(def: &EventDef, now_ms: u64) -> EngineError {
     let (on, ends) = def.sale_window_ms();
     let not_yet = match def.sale_status(now_ms) {
+        SaleStatus::Cancelled => {
+            let reason = def.cancellation.as_ref().map(|c| c.reason.clone()).unwrap_or_default();
+            return EngineError::EventCancelled { reason };
+        }
+        SaleStatus::Paused => return EngineError::SalePaused,
         SaleStatus::Scheduled => true,
         SaleStatus::Ended => false,
         SaleStatus::OnSale => now_ms - on < ends.saturating_sub(now_ms),
@@ -90,6 +95,21 @@ pub struct CategoryView {
     pub name: String,
     pub price: Fen,
     pub remaining: u32,
+}
+
+/// An event's live orders, by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenOrders {
+    pub holds: Vec<Id>,
+    pub paid: Vec<Id>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CategoryCount {
+    pub id: String,
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -330,6 +350,35 @@ impl EventState {
             .collect()
     }
 
+    pub fn open_orders(&self) -> OpenOrders {
+        let mut holds: Vec<Id> = self.holds.keys().copied().collect();
+        let mut paid: Vec<Id> = self.paid.keys().copied().collect();
+        holds.sort();
+        paid.sort();
+        OpenOrders { holds, paid }
+    }
+
+    /// One pass over the seats: an operator's read, not a buyer's.
+    pub fn counts(&self) -> Vec<CategoryCount> {
+        let mut out: Vec<CategoryCount> = self
+            .info
+            .def
+            .categories
+            .iter()
+            .map(|c| CategoryCount { id: c.id.clone(), available: 0, held: 0, sold: 0 })
+            .collect();
+        for (d, st) in self.info.map.seats().iter().zip(&self.seats) {
+            if let Some(c) = out.iter_mut().find(|c| c.id == d.category) {
+                match st {
+                    SeatState::Available => c.available += 1,
+                    SeatState::Held(_) => c.held += 1,
+                    SeatState::Sold(_) => c.sold += 1,
+                }
+            }
+        }
+        out
+    }
+
     /// Checks the invariants that must hold after every batch.
     pub fn check_invariants(&self) {
         let held: usize = self.holds.values().map(|o| o.seats.len()).sum();
@@ -359,7 +408,12 @@ pub enum EventMsg {
         order_id: Id,
         reply: oneshot::Sender<Result<OrderView, EngineError>>,
     },
-    View(oneshot::Sender<Vec<CategoryView>>),
+    /// The definition the actor decides on, and what is left per category.
+    View(oneshot::Sender<(Arc<EventInfo>, Vec<CategoryView>)>),
+    /// Live holds and paid orders (a cancellation closes and refunds them).
+    Open(oneshot::Sender<OpenOrders>),
+    /// Seats available, held and sold per category.
+    Counts(oneshot::Sender<Vec<CategoryCount>>),
     Seats {
         section: Option<String>,
         reply: oneshot::Sender<Vec<SeatView>>,
@@ -451,7 +505,13 @@ pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store:
         for r in reads {
             match r {
                 EventMsg::View(reply) => {
-                    let _ = reply.send(state.categories());
+                    let _ = reply.send((state.info.clone(), state.categories()));
+                }
+                EventMsg::Open(reply) => {
+                    let _ = reply.send(state.open_orders());
+                }
+                EventMsg::Counts(reply) => {
+                    let _ = reply.send(state.counts());
                 }
                 EventMsg::Seats { section, reply } => {
                     let _ = reply.send(state.seat_views(section.as_deref()));
@@ -655,6 +715,9 @@ mod tests {
             starts_at: chrono::Utc::now(),
             on_sale_at: None,
             sale_ends_at: None,
+            rev: 0,
+            paused: false,
+            cancellation: None,
             hold_ttl_s: 60,
             limits: Limits { per_order: 6, per_user },
             categories: vec![Category { id: "std".into(), name: "Std".into(), price: Fen::new(100) }],

@@ -42,26 +42,76 @@ pub struct EventDef {
     pub on_sale_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sale_ends_at: Option<DateTime<Utc>>,
+    /// The definition's revision: 0 as created, one more per operator
+    /// change (`PATCH`, pause, resume, cancel). Changes are compare-and-set
+    /// on it in the hot store, so two operators never overwrite each other.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rev: u64,
+    /// Paused by an operator: no holds until resumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Cancelled by an operator: final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<Cancellation>,
 }
 
-/// Where an event's sale stands on the clock.
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancellation {
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What an operator may change of an event after its creation: everything
+/// but its identity, show time and seat map. Kept apart from the (large)
+/// definition so that a change writes and reads only this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSettings {
+    pub rev: u64,
+    pub name: String,
+    pub venue: String,
+    pub hold_ttl_s: u32,
+    pub limits: Limits,
+    pub categories: Vec<Category>,
+    pub on_sale_at: Option<DateTime<Utc>>,
+    pub sale_ends_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub cancellation: Option<Cancellation>,
+}
+
+/// Where an event's sale stands: on the clock (scheduled, on sale,
+/// ended), unless an operator paused or cancelled it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleStatus {
     Scheduled,
     OnSale,
+    Paused,
     Ended,
+    Cancelled,
 }
 
 impl SaleStatus {
-    pub const ALL: [SaleStatus; 3] = [SaleStatus::Scheduled, SaleStatus::OnSale, SaleStatus::Ended];
+    pub const ALL: [SaleStatus; 5] =
+        [SaleStatus::Scheduled, SaleStatus::OnSale, SaleStatus::Paused, SaleStatus::Ended, SaleStatus::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SaleStatus::Scheduled => "scheduled",
             SaleStatus::OnSale => "on_sale",
+            SaleStatus::Paused => "paused",
             SaleStatus::Ended => "ended",
+            SaleStatus::Cancelled => "cancelled",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<SaleStatus> {
+        SaleStatus::ALL.into_iter().find(|v| v.as_str() == s)
     }
 }
 
@@ -75,14 +125,55 @@ impl EventDef {
         (self.on_sale_at.map(unix_ms).unwrap_or(0), self.sale_ends_at.map(unix_ms).unwrap_or(u64::MAX))
     }
 
+    /// Cancelled is final; a sale past its end is ended, paused or not;
+    /// otherwise paused, or where the clock puts it.
     pub fn sale_status(&self, now_ms: u64) -> SaleStatus {
         let (on, ends) = self.sale_window_ms();
-        if now_ms < on {
-            SaleStatus::Scheduled
-        } else if now_ms < ends {
-            SaleStatus::OnSale
-        } else {
+        if self.cancellation.is_some() {
+            SaleStatus::Cancelled
+        } else if now_ms >= ends {
             SaleStatus::Ended
+        } else if self.paused {
+            SaleStatus::Paused
+        } else if now_ms < on {
+            SaleStatus::Scheduled
+        } else {
+            SaleStatus::OnSale
+        }
+    }
+
+    pub fn settings(&self) -> EventSettings {
+        EventSettings {
+            rev: self.rev,
+            name: self.name.clone(),
+            venue: self.venue.clone(),
+            hold_ttl_s: self.hold_ttl_s,
+            limits: self.limits,
+            categories: self.categories.clone(),
+            on_sale_at: self.on_sale_at,
+            sale_ends_at: self.sale_ends_at,
+            paused: self.paused,
+            cancellation: self.cancellation.clone(),
+        }
+    }
+
+    /// This definition with `s` applied (when `s` is newer).
+    pub fn with_settings(&self, s: &EventSettings) -> EventDef {
+        if s.rev <= self.rev {
+            return self.clone();
+        }
+        EventDef {
+            name: s.name.clone(),
+            venue: s.venue.clone(),
+            hold_ttl_s: s.hold_ttl_s,
+            limits: s.limits,
+            categories: s.categories.clone(),
+            on_sale_at: s.on_sale_at,
+            sale_ends_at: s.sale_ends_at,
+            rev: s.rev,
+            paused: s.paused,
+            cancellation: s.cancellation.clone(),
+            ..self.clone()
         }
     }
 }
@@ -100,6 +191,11 @@ impl EventInfo {
         let cats: Vec<&str> = def.categories.iter().map(|c| c.id.as_str()).collect();
         let map = SeatMap::from_seats(def.seats.clone(), &cats, seats_max)?;
         Ok(Arc::new(EventInfo { def, map }))
+    }
+
+    /// The same seat map under changed settings.
+    pub fn with_settings(&self, s: &EventSettings) -> Arc<Self> {
+        Arc::new(EventInfo { def: self.def.with_settings(s), map: self.map.clone() })
     }
 
     pub fn category(&self, id: &str) -> Option<&Category> {

@@ -8,6 +8,7 @@
 //! on; payments, wallet, webhooks, idempotency and rebuild are already apart.
 
 pub mod idempotency;
+pub mod lifecycle;
 pub mod payments;
 pub mod pool;
 pub mod rebuild;

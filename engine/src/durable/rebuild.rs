@@ -23,23 +23,6 @@ fn id_of(raw: i64) -> Result<Id, DurableError> {
 const PAGE: i64 = 500;
 
 impl Durable {
-    /// Records an event's definition, before the hot store has it, so that a
-    /// lost Redis can be given it back. Once per event.
-    pub async fn save_event(&self, def: &EventDef) -> Result<(), DurableError> {
-        let body = serde_json::to_string(def).map_err(bad)?;
-        let (id, starts) = (def.event_id.raw(), def.starts_at.timestamp_millis());
-        let now = ms_i(crate::domain::now_unix_ms());
-        self.db()
-            .writer
-            .execute(
-                "INSERT INTO events (event_id, def, starts_at_ms, created_at_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (event_id) DO NOTHING",
-                move |q| q.bind(id).bind(body).bind(starts).bind(now),
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Events whose show starts at or after `since_ms`, by id, after `after`.
     pub async fn events_since(&self, since_ms: u64, after: Option<Id>) -> Result<Vec<EventDef>, DurableError> {
         let rows =

@@ -27,6 +27,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "withdrawal.rejected",
     "packet.created",
     "packet.expired",
+    "event.cancelled",
 ];
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

@@ -32,6 +32,7 @@ pub struct EventView {
     pub status: SaleStatus,
     pub on_sale_at: Option<DateTime<Utc>>,
     pub sale_ends_at: Option<DateTime<Utc>>,
+    pub cancellation: Option<super::lifecycle::CancellationView>,
 }
 
 impl Engine {
@@ -75,7 +76,8 @@ impl Engine {
         {
             return Err(invalid(format!("limits must be 1-{}", ec.seats_max)));
         }
-        let now = Utc::now();
+        // To the millisecond, as every time is stored and compared.
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now);
         let on_sale_at = input.on_sale_at.unwrap_or(now);
         let sale_ends_at = input.sale_ends_at.unwrap_or(input.starts_at);
         if sale_ends_at <= on_sale_at || sale_ends_at <= now {
@@ -101,6 +103,9 @@ impl Engine {
             seats: map.seats().to_vec(),
             on_sale_at: Some(on_sale_at),
             sale_ends_at: Some(sale_ends_at),
+            rev: 0,
+            paused: false,
+            cancellation: None,
         };
         let count = map.len();
         self.check_hot()?;
@@ -113,21 +118,33 @@ impl Engine {
         Ok((id, count))
     }
 
+    /// An event as its actor decides on it (this node's memory, checked
+    /// against the store's version, so another node's change shows).
     pub async fn event(&self, event_id: Id) -> Result<EventView, EngineError> {
         let (tx, rx) = oneshot::channel();
-        let categories = self.ask_event(event_id, EventMsg::View(tx), rx).await?;
-        let info = self.info(event_id).await?;
+        let (info, categories) = self.ask_event(event_id, EventMsg::View(tx), rx).await?;
+        self.infos.insert(event_id, info.clone());
+        self.event_view(&info, categories).await
+    }
+
+    pub(crate) async fn event_view(
+        &self,
+        info: &EventInfo,
+        categories: Vec<CategoryView>,
+    ) -> Result<EventView, EngineError> {
+        let def = &info.def;
         Ok(EventView {
-            event_id,
-            name: info.def.name.clone(),
-            venue: info.def.venue.clone(),
-            starts_at: info.def.starts_at,
-            hold_ttl_s: info.def.hold_ttl_s,
+            event_id: def.event_id,
+            name: def.name.clone(),
+            venue: def.venue.clone(),
+            starts_at: def.starts_at,
+            hold_ttl_s: def.hold_ttl_s,
             categories,
-            limits: info.def.limits,
-            status: info.def.sale_status(now_unix_ms()),
-            on_sale_at: info.def.on_sale_at,
-            sale_ends_at: info.def.sale_ends_at,
+            limits: def.limits,
+            status: def.sale_status(now_unix_ms()),
+            on_sale_at: def.on_sale_at,
+            sale_ends_at: def.sale_ends_at,
+            cancellation: self.cancellation(def).await?,
         })
     }
 
@@ -326,5 +343,9 @@ impl crate::workers::Sweep for Engine {
 
     async fn settle_due(&self, limit: usize) -> Result<usize, EngineError> {
         Engine::settle_due(self, limit).await
+    }
+
+    async fn resume_cancellations(&self) -> Result<(), EngineError> {
+        Engine::resume_cancellations(self).await
     }
 }

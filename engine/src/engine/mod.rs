@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`input`]: what the use cases take, and the limits that are not configuration.
 //! - [`events`]: events, seats, holds and orders; settling what is due.
+//! - [`lifecycle`]: an event's changes, cancellation, the catalogue, operators' views.
 //! - [`packets`]: red packets and grabs.
 //! - [`payments`]: paying orders, recharges, channel callbacks, refunds.
 //! - [`wallet`]: balances, the ledger, credits and withdrawals.
@@ -13,6 +14,7 @@
 
 pub mod events;
 pub mod input;
+pub mod lifecycle;
 pub mod packets;
 pub mod payments;
 pub mod wallet;
@@ -42,6 +44,7 @@ use crate::telemetry::Metrics;
 pub use crate::actors::event::{CategoryView, SeatView, Selection};
 pub use events::EventView;
 pub use input::{Caller, NewCategory, NewEvent, NewHold, NewLimits, NewPacket};
+pub use lifecycle::{CancellationView, CatalogueItem, EventPatch, EventStats, PriceChange};
 pub use packets::GrabOk;
 
 /// How often [`Engine::settle`] looks at the lag again: short, since tests
@@ -71,8 +74,12 @@ pub struct Engine {
     /// Where Idempotency-Key records live (durable store or Redis).
     idempotency: Arc<dyn IdempotencyStore>,
     actors: Actors,
-    /// Event definitions by id: immutable, so cached for reads of holds.
+    /// Event definitions by id, cached for reads of holds (seat labels and
+    /// prices, which do not change once on sale); refreshed by reads of
+    /// the event and by this node's changes.
     infos: DashMap<Id, Arc<EventInfo>>,
+    /// The catalogue's remaining seats per event (see `lifecycle`).
+    catalogue: moka::sync::Cache<Id, Arc<Vec<CategoryView>>>,
     /// Last measured outbox length (see [`crate::config::OutboxConfig`]).
     outbox_len: Arc<AtomicU64>,
     /// Payment channels (the sandboxes) and outbound HTTP.
@@ -117,6 +124,10 @@ impl Engine {
         let sole_owner = p.cfg.redis.url.is_none();
         let actors = Actors::new(p.store.clone(), p.cfg.actors.clone(), p.metrics.clone(), sole_owner);
         let pay = Payments::new(&p.cfg, p.durable.db());
+        let catalogue = moka::sync::Cache::builder()
+            .max_capacity(p.cfg.events.catalogue_cache_entries_max)
+            .time_to_live(Duration::from_millis(p.cfg.events.catalogue_cache_ttl_ms))
+            .build();
         Engine {
             cfg: Arc::new(p.cfg),
             ids: p.ids,
@@ -126,6 +137,7 @@ impl Engine {
             idempotency: p.idempotency,
             actors,
             infos: DashMap::new(),
+            catalogue,
             outbox_len: p.outbox_len,
             pay,
             metrics: p.metrics,

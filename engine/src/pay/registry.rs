@@ -47,6 +47,7 @@ impl Payments {
                 notify_base.clone(),
                 http.clone(),
                 pc.sandbox.retry_max,
+                pc.sandbox.refund_delay_ms,
                 cfg.wallet.day_offset_min,
             ));
             list.push(sb.clone());

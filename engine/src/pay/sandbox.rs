@@ -77,6 +77,7 @@ pub struct SandboxChannel {
     notify_base: Arc<OnceLock<String>>,
     http: reqwest::Client,
     retry_max: u32,
+    refund_delay_ms: u64,
     day_offset_min: i32,
 }
 
@@ -91,6 +92,7 @@ impl SandboxChannel {
         notify_base: Arc<OnceLock<String>>,
         http: reqwest::Client,
         retry_max: u32,
+        refund_delay_ms: u64,
         day_offset_min: i32,
     ) -> Self {
         SandboxChannel {
@@ -100,6 +102,7 @@ impl SandboxChannel {
             notify_base,
             http,
             retry_max,
+            refund_delay_ms,
             day_offset_min,
         }
     }
@@ -262,6 +265,9 @@ impl PaymentChannel for SandboxChannel {
     }
 
     async fn refund(&self, payment_id: Id, amount: Fen) -> Result<(), ChannelError> {
+        if self.refund_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.refund_delay_ms)).await;
+        }
         let (channel, now) = (self.kind().as_str(), now_unix_ms() as i64);
         let sql = "UPDATE sandbox_trades SET status = 'REFUND', refunded_at_ms = $1 \
                    WHERE channel = $2 AND payment_id = $3 AND status = 'SUCCESS' AND amount = $4";

@@ -27,7 +27,7 @@ use super::{
     SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::domain::DomainEvent;
-use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus, SaleStatus};
+use crate::domain::{EventDef, EventInfo, EventSettings, Fen, Id, IdGen, OrderStatus, PacketStatus, SaleStatus};
 
 /// Attempts of a direct-mode grab that keeps losing races.
 const DIRECT_ROUNDS_MAX: usize = 16;
@@ -390,6 +390,41 @@ impl HotStore for MemoryStore {
             paid: hot.paid.clone(),
             version: hot.version,
         }))
+    }
+
+    async fn event_info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError> {
+        let Some(m) = self.event_mirror(event_id).await? else {
+            return Ok(None);
+        };
+        let info = m.lock().await.info.clone();
+        Ok(Some(info))
+    }
+
+    async fn update_event(
+        &self,
+        event_id: Id,
+        expected_rev: u64,
+        settings: &EventSettings,
+    ) -> Result<bool, StoreError> {
+        let Some(m) = self.event_mirror(event_id).await? else {
+            return Ok(false);
+        };
+        let mut hot = m.lock().await;
+        if hot.info.def.rev != expected_rev || settings.rev <= expected_rev {
+            return Ok(false);
+        }
+        let info = hot.info.with_settings(settings);
+        let body = serde_json::to_string(&info.def).map_err(corrupt)?;
+        sqlx::query("UPDATE hot_events SET def = $1 WHERE event_id = $2")
+            .bind(body)
+            .bind(event_id.raw())
+            .execute(&self.db.write)
+            .await
+            .map_err(db_err)?;
+        hot.info = info;
+        // Every actor's memory of the event is stale now.
+        hot.version += 1;
+        Ok(true)
     }
 
     async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {

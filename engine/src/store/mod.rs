@@ -20,7 +20,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Attendee, EventDef, EventInfo, Fen, Id, OrderStatus, PacketKind, PacketStatus, SeatIdx};
+use crate::domain::{
+    Attendee, EventDef, EventInfo, EventSettings, Fen, Id, OrderStatus, PacketKind, PacketStatus, SeatIdx,
+};
 use crate::error::EngineError;
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -244,6 +246,14 @@ pub fn order_seats(info: &EventInfo, seats: &[SeatIdx]) -> Vec<crate::domain::Or
 pub trait HotStore: Send + Sync + 'static {
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError>;
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError>;
+    /// The event's definition as it stands (operator changes applied).
+    async fn event_info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError>;
+    /// An operator's change: applied (true) only if the definition is still
+    /// at `expected_rev` and `settings.rev` is newer; it bumps the event's
+    /// version, so every node's actor reloads before its next decision (a
+    /// hold decided on the old definition is not committed).
+    async fn update_event(&self, event_id: Id, expected_rev: u64, settings: &EventSettings)
+        -> Result<bool, StoreError>;
     /// Re-checks and applies a batch of seat ops in order, atomically with
     /// their outbox events. With `version`, nothing is written unless the
     /// event is still at that version (the actor decided on the store's

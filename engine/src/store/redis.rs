@@ -40,7 +40,7 @@ use super::{
 use crate::config::Replication;
 use crate::domain::id::PARTITION_COUNT;
 use crate::domain::{DomainEvent, Envelope};
-use crate::domain::{EventDef, EventInfo, Fen, Id, IdGen, OrderStatus, PacketStatus};
+use crate::domain::{EventDef, EventInfo, EventSettings, Fen, Id, IdGen, OrderStatus, PacketStatus};
 use crate::store::scripts::{self, Scripts};
 
 /// Generic over the connection: a `ConnectionManager` for one server, a
@@ -53,7 +53,9 @@ pub struct RedisStore<C = ConnectionManager> {
     ids: Arc<IdGen>,
     seats_max: u32,
     scripts: Scripts,
-    /// Event and packet definitions never change: read once.
+    /// Packet definitions never change: read once. An event's changes
+    /// (its `:sale` settings) are applied to the cached one when a load or
+    /// a read of its definition finds a newer revision.
     events: DashMap<Id, Arc<EventInfo>>,
     packets: DashMap<Id, Arc<PacketDef>>,
     /// Woken after every script that appended to an outbox.
@@ -445,6 +447,34 @@ where
         serde_json::to_string(&env).map_err(corrupt)
     }
 
+    /// The cached definition with `sale` (the `:sale` hash's rev and
+    /// body) applied when newer.
+    fn with_sale(
+        &self,
+        info: Arc<EventInfo>,
+        sale: (Option<u64>, Option<String>),
+    ) -> Result<Arc<EventInfo>, StoreError> {
+        let (Some(rev), Some(body)) = sale else { return Ok(info) };
+        if rev <= info.def.rev {
+            return Ok(info);
+        }
+        let settings: EventSettings = serde_json::from_str(&body).map_err(corrupt)?;
+        let info = info.with_settings(&settings);
+        self.events.insert(info.def.event_id, info.clone());
+        Ok(info)
+    }
+
+    async fn sale(&self, event_id: Id) -> Result<(Option<u64>, Option<String>), StoreError> {
+        let key = self.ev(event_id, "sale");
+        redis::cmd("HMGET")
+            .arg(key)
+            .arg("rev")
+            .arg("body")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError> {
         if let Some(i) = self.events.get(&event_id) {
             return Ok(Some(i.clone()));
@@ -743,11 +773,42 @@ where
         Ok(())
     }
 
+    async fn event_info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError> {
+        let Some(info) = self.info(event_id).await? else { return Ok(None) };
+        let sale = self.sale(event_id).await?;
+        self.with_sale(info, sale).map(Some)
+    }
+
+    async fn update_event(
+        &self,
+        event_id: Id,
+        expected_rev: u64,
+        settings: &EventSettings,
+    ) -> Result<bool, StoreError> {
+        let Some(info) = self.info(event_id).await? else { return Ok(false) };
+        let body = serde_json::to_string(settings).map_err(corrupt)?;
+        let mut inv = self.scripts.update_event.prepare_invoke();
+        inv.key(self.ev(event_id, "sale")).key(self.ev(event_id, "ver")).key(self.ev(event_id, "def"));
+        inv.arg(expected_rev).arg(settings.rev).arg(&body).arg(info.def.rev);
+        let applied: i64 = self.run_write(inv, event_id.partition()).await?;
+        if applied == 1 {
+            self.with_sale(info, (Some(settings.rev), Some(body)))?;
+        }
+        Ok(applied == 1)
+    }
+
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError> {
         let Some(info) = self.info(event_id).await? else { return Ok(None) };
         let mut conn = self.conn.clone();
-        type Snapshot = (HashMap<String, String>, HashMap<String, String>, HashMap<String, String>, Option<u64>, bool);
-        let (seats, holds, paid, version, marked): Snapshot =
+        type Snapshot = (
+            HashMap<String, String>,
+            HashMap<String, String>,
+            HashMap<String, String>,
+            Option<u64>,
+            bool,
+            (Option<u64>, Option<String>),
+        );
+        let (seats, holds, paid, version, marked, sale): Snapshot =
             // MULTI: one consistent snapshot, no other client's write between.
             redis::pipe()
                 .atomic()
@@ -756,9 +817,14 @@ where
                 .hgetall(self.ev(event_id, "paid"))
                 .get(self.ev(event_id, "ver"))
                 .exists(self.part(event_id.partition(), "marker"))
+                .cmd("HMGET")
+                .arg(self.ev(event_id, "sale"))
+                .arg("rev")
+                .arg("body")
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
+        let info = self.with_sale(info, sale)?;
         if !marked {
             // The definition is cached here, but Redis lost the state.
             return Err(StoreError::Lost);

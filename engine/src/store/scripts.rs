@@ -23,6 +23,7 @@ pub struct Scripts {
     pub idempotency: Script,
     pub lease_node: Script,
     pub create_event: Script,
+    pub update_event: Script,
     pub restore_event: Script,
     pub restore_packet: Script,
 }
@@ -48,6 +49,7 @@ impl Scripts {
             idempotency: Script::new(include_str!("../../../lua/idempotency.lua")),
             lease_node: Script::new(include_str!("../../../lua/lease_node.lua")),
             create_event: Script::new(include_str!("../../../lua/create_event.lua")),
+            update_event: Script::new(include_str!("../../../lua/update_event.lua")),
             restore_event: Script::new(include_str!("../../../lua/restore_event.lua")),
             restore_packet: Script::new(include_str!("../../../lua/restore_packet.lua")),
         }
@@ -64,6 +66,7 @@ impl Scripts {
             &self.expire_packet,
             &self.grab_direct,
             &self.create_event,
+            &self.update_event,
             &self.restore_event,
             &self.restore_packet,
         ] {

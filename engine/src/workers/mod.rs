@@ -195,6 +195,8 @@ pub trait Sweep: Send + Sync + 'static {
     fn intake_open(&self) -> bool;
     /// Settles up to `limit` due holds and packets; how many were due.
     async fn settle_due(&self, limit: usize) -> Result<usize, EngineError>;
+    /// Carries on every cancellation whose refund fan-out has not finished.
+    async fn resume_cancellations(&self) -> Result<(), EngineError>;
 }
 
 /// Settles due holds and packets every `workers.timeout_poll_ms`, and
@@ -204,11 +206,15 @@ pub async fn timeouts(
     durable: Durable,
     cfg: WorkerConfig,
     idempotency_ttl_ms: u64,
+    cancel_resume_ms: u64,
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = ticker(cfg.timeout_poll_ms);
     let mut last_purge = tokio::time::Instant::now();
+    let resume_every = Duration::from_millis(cancel_resume_ms);
+    // The first look right after start: a fan-out cut by a restart goes on.
+    let mut last_resume: Option<tokio::time::Instant> = None;
     while next_tick(&mut tick, &mut shutdown).await {
         if !sweep.intake_open() {
             // Shutting down: the actors take no more messages; the next
@@ -225,6 +231,13 @@ pub async fn timeouts(
         if let Err(e) = sweep.settle_due(cfg.due_batch_max).await {
             metrics.worker_failures.with_label_values(&["timeouts"]).inc();
             tracing::warn!(error = %e, "timeout sweep failed");
+        }
+        if last_resume.is_none_or(|t| t.elapsed() >= resume_every) {
+            last_resume = Some(tokio::time::Instant::now());
+            if let Err(e) = sweep.resume_cancellations().await {
+                metrics.worker_failures.with_label_values(&["cancellations"]).inc();
+                tracing::warn!(error = %e, "resuming cancellations failed");
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::{get, patch, post, web, HttpResponse};
+use rush_engine::domain::SaleStatus;
 use rush_engine::domain::{SeatDef, SectionLayout};
-use rush_engine::engine::{NewCategory, NewEvent, NewLimits};
+use rush_engine::durable::lifecycle::CatalogueQuery;
+use rush_engine::engine::{EventPatch, NewCategory, NewEvent, NewLimits, PriceChange};
 use rush_engine::error::Entity;
 
 use super::path_id;
@@ -53,22 +55,7 @@ pub async fn get_event(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let v = state.engine.event(path_id(&id, Entity::Event)?).await?;
-    Ok(HttpResponse::Ok().json(EventResp {
-        event_id: v.event_id.to_string(),
-        name: v.name,
-        venue: v.venue,
-        starts_at: v.starts_at,
-        hold_ttl_s: v.hold_ttl_s,
-        categories: v
-            .categories
-            .into_iter()
-            .map(|c| CategoryResp { id: c.id, name: c.name, price: c.price.get(), remaining: c.remaining })
-            .collect(),
-        limits: LimitsResp { per_order: v.limits.per_order, per_user: v.limits.per_user },
-        status: v.status.as_str(),
-        on_sale_at: v.on_sale_at,
-        sale_ends_at: v.sale_ends_at,
-    }))
+    Ok(HttpResponse::Ok().json(EventResp::of(v)))
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}/seats", params(("section" = Option<String>, Query)),
@@ -93,5 +80,158 @@ pub async fn get_seats(
                 status: s.status.to_string(),
             })
             .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/events", security(()),
+    params(("status" = Option<String>, Query), ("q" = Option<String>, Query), ("from" = Option<String>, Query),
+           ("to" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = CatalogueResp), (status = 400, body = ErrorResp)))]
+#[get("/v1/events")]
+pub async fn list_events(
+    state: web::Data<AppState>,
+    q: web::Query<CatalogueQueryReq>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(SaleStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request("status must be one of scheduled, on_sale, paused, ended, cancelled")
+        })?),
+    };
+    let text_max = state.engine.config().events.name_len_max;
+    if q.q.as_ref().is_some_and(|t| t.chars().count() > text_max) {
+        return Err(ApiError::bad_request(format!("q must be at most {text_max} characters")));
+    }
+    let before = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
+    let ms = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp_millis()).unwrap_or(0);
+    let query = CatalogueQuery {
+        status,
+        q: q.q,
+        from_ms: q.from.map(ms),
+        to_ms: q.to.map(ms),
+        before,
+        limit: q.limit.unwrap_or(0),
+    };
+    let (items, next) = state.engine.catalogue(query).await?;
+    Ok(HttpResponse::Ok().json(CatalogueResp {
+        events: items
+            .into_iter()
+            .map(|i| CatalogueItemResp {
+                event_id: i.event_id.to_string(),
+                name: i.name,
+                venue: i.venue,
+                starts_at: i.starts_at,
+                on_sale_at: i.on_sale_at,
+                status: i.status.as_str(),
+                categories: i.categories.into_iter().map(CategoryResp::of).collect(),
+            })
+            .collect(),
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+/// The event as it stands after an operator's change.
+async fn event_after(state: &AppState, id: rush_engine::domain::Id, status: u16) -> Result<HttpResponse, ApiError> {
+    let v = state.engine.event(id).await?;
+    let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
+    Ok(HttpResponse::build(code).json(EventResp::of(v)))
+}
+
+#[utoipa::path(patch, path = "/v1/admin/events/{id}", request_body = PatchEventReq,
+    responses((status = 200, body = EventResp), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
+              (status = 409, description = "event_on_sale (prices once on sale), event_changing", body = ErrorResp),
+              (status = 410, description = "event_cancelled", body = ErrorResp)))]
+#[patch("/v1/admin/events/{id}")]
+pub async fn patch_event(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    id: web::Path<String>,
+    body: web::Json<PatchEventReq>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id, Entity::Event)?;
+    let b = body.into_inner();
+    let patch = EventPatch {
+        name: b.name,
+        venue: b.venue,
+        hold_ttl_s: b.hold_ttl_s,
+        limits: b.limits.map(|l| NewLimits { per_order: l.per_order, per_user: l.per_user }),
+        on_sale_at: b.on_sale_at,
+        sale_ends_at: b.sale_ends_at,
+        categories: b.categories.map(|v| v.into_iter().map(|c| PriceChange { id: c.id, price: c.price }).collect()),
+    };
+    state.engine.patch_event(id, patch).await?;
+    event_after(&state, id, 200).await
+}
+
+#[utoipa::path(post, path = "/v1/admin/events/{id}/pause",
+    responses((status = 200, body = EventResp), (status = 404, body = ErrorResp),
+              (status = 409, description = "sale_ended", body = ErrorResp),
+              (status = 410, description = "event_cancelled", body = ErrorResp)))]
+#[post("/v1/admin/events/{id}/pause")]
+pub async fn pause_event(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id, Entity::Event)?;
+    state.engine.pause_event(id).await?;
+    event_after(&state, id, 200).await
+}
+
+#[utoipa::path(post, path = "/v1/admin/events/{id}/resume",
+    responses((status = 200, body = EventResp), (status = 404, body = ErrorResp),
+              (status = 410, description = "event_cancelled", body = ErrorResp)))]
+#[post("/v1/admin/events/{id}/resume")]
+pub async fn resume_event(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id, Entity::Event)?;
+    state.engine.resume_event(id).await?;
+    event_after(&state, id, 200).await
+}
+
+#[utoipa::path(post, path = "/v1/admin/events/{id}/cancel", request_body = CancelEventReq,
+    responses((status = 202, body = EventResp, description = "cancelled; the refund fan-out runs (see cancellation)"),
+              (status = 400, body = ErrorResp), (status = 404, body = ErrorResp)))]
+#[post("/v1/admin/events/{id}/cancel")]
+pub async fn cancel_event(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    id: web::Path<String>,
+    body: web::Json<CancelEventReq>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&id, Entity::Event)?;
+    state.engine.cancel_event(id, &body.reason).await?;
+    event_after(&state, id, 202).await
+}
+
+#[utoipa::path(get, path = "/v1/admin/events/{id}/stats",
+    responses((status = 200, body = EventStatsResp), (status = 404, body = ErrorResp)))]
+#[get("/v1/admin/events/{id}/stats")]
+pub async fn event_stats(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let s = state.engine.event_stats(path_id(&id, Entity::Event)?).await?;
+    Ok(HttpResponse::Ok().json(EventStatsResp {
+        categories: s
+            .categories
+            .into_iter()
+            .map(|c| CategoryCountResp { id: c.id, available: c.available, held: c.held, sold: c.sold })
+            .collect(),
+        orders: OrderCountsResp {
+            pending_payment: s.orders.pending_payment,
+            paid: s.orders.paid,
+            cancelled: s.orders.cancelled,
+            expired: s.orders.expired,
+            refunded: s.orders.refunded,
+        },
+        revenue: s.revenue.get(),
+        refunded: s.refunded.get(),
+        last_minute: LastMinuteResp { holds: s.last_minute_holds, payments: s.last_minute_payments },
     }))
 }

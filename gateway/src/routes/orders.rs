@@ -85,3 +85,37 @@ pub async fn cancel_order(
     let order = state.engine.cancel(&auth.0, path_id(&id, Entity::Order)?).await?;
     Ok(HttpResponse::Ok().json(order))
 }
+
+#[utoipa::path(get, path = "/v1/admin/orders",
+    params(("event_id" = Option<String>, Query), ("user_id" = Option<String>, Query), ("status" = Option<String>, Query),
+           ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = OrdersResp), (status = 400, body = ErrorResp),
+              (status = 401, body = ErrorResp), (status = 403, body = ErrorResp)))]
+#[get("/v1/admin/orders")]
+pub async fn admin_orders(
+    state: web::Data<AppState>,
+    admin: crate::auth::Admin,
+    q: web::Query<AdminOrdersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let event_id = match q.event_id.as_deref() {
+        None => None,
+        Some(e) => Some(e.parse().map_err(|_| ApiError::bad_request("bad event_id"))?),
+    };
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(rush_engine::domain::OrderStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request("status must be one of pending_payment, paid, cancelled, expired, refunded")
+        })?),
+    };
+    let before = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
+    let query = rush_engine::durable::lifecycle::OrderQuery {
+        event_id,
+        user_id: q.user_id,
+        status,
+        before,
+        limit: q.limit.unwrap_or(0),
+    };
+    let (orders, next) = state.engine.search_orders(&admin.0, query).await?;
+    Ok(HttpResponse::Ok().json(OrdersResp { orders, next_cursor: next.map(|n| n.to_string()) }))
+}
