@@ -468,8 +468,17 @@ impl EventState {
     }
 }
 
+/// Remaining seats per category by event, as the catalogue shows them.
+pub type CatalogueCache = moka::sync::Cache<Id, Arc<Vec<CategoryView>>>;
+
 /// Runs the actor until its mailbox closes or it has been idle too long.
-pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store: Arc<dyn HotStore>, mailbox: Mailbox) {
+pub async fn run(
+    mut state: EventState,
+    mut rx: mpsc::Receiver<EventMsg>,
+    store: Arc<dyn HotStore>,
+    mailbox: Mailbox,
+    catalogue: CatalogueCache,
+) {
     let mut buf = Vec::with_capacity(mailbox.batch_len_max);
     'actor: loop {
         let got = tokio::time::timeout(mailbox.idle, rx.recv_many(&mut buf, mailbox.batch_len_max)).await;
@@ -498,10 +507,16 @@ pub async fn run(mut state: EventState, mut rx: mpsc::Receiver<EventMsg>, store:
                 other => reads.push(other),
             }
         }
+        let writes = !work.is_empty();
         if !decide_and_commit(&mut state, work, !reads.is_empty(), &store, now_ms).await {
             break 'actor;
         }
         state.check_invariants();
+        // The catalogue shows this node's own changes at once (others' within its TTL).
+        let event_id = state.info.def.event_id;
+        if writes && catalogue.contains_key(&event_id) {
+            catalogue.insert(event_id, Arc::new(state.categories()));
+        }
         for r in reads {
             match r {
                 EventMsg::View(reply) => {

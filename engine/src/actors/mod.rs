@@ -69,6 +69,9 @@ pub struct Actors {
     /// Actor tasks still running (they end when their mailbox is closed
     /// and empty, or after `idle_ms`).
     running: Arc<AtomicUsize>,
+    /// The catalogue's remaining seats: each event actor refreshes its
+    /// entry after its own changes.
+    catalogue: event::CatalogueCache,
 }
 
 /// Rounds of deciding again after the store found decisions stale (another
@@ -82,8 +85,15 @@ const RESPAWN_TRIES_MAX: usize = 3;
 
 impl Actors {
     /// Must be called inside the runtime the actors should run on.
-    pub fn new(store: Arc<dyn HotStore>, cfg: ActorConfig, metrics: Metrics, sole_owner: bool) -> Self {
+    pub fn new(
+        store: Arc<dyn HotStore>,
+        cfg: ActorConfig,
+        metrics: Metrics,
+        sole_owner: bool,
+        catalogue: event::CatalogueCache,
+    ) -> Self {
         Actors {
+            catalogue,
             store,
             cfg,
             metrics,
@@ -163,9 +173,10 @@ impl Actors {
         self.send(&self.events, event_id, "event", msg, || async {
             let Some(snapshot) = self.store.load_event(event_id).await? else { return Ok(None) };
             let state = EventState::from_snapshot(snapshot);
-            Ok(Some(
-                self.spawn(&self.events, event_id, "event", |rx, store, mailbox| event::run(state, rx, store, mailbox)),
-            ))
+            let catalogue = self.catalogue.clone();
+            Ok(Some(self.spawn(&self.events, event_id, "event", |rx, store, mailbox| {
+                event::run(state, rx, store, mailbox, catalogue)
+            })))
         })
         .await
     }

@@ -56,6 +56,7 @@ pub struct CatalogueQuery {
     pub to_ms: Option<u64>,
     /// Events with ids below this one (the cursor), newest first.
     pub before: Option<Id>,
+    /// Set by the engine (`orders.list_limit_*`).
     pub limit: u32,
 }
 

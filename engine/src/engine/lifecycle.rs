@@ -331,8 +331,12 @@ impl Engine {
     /// `GET /v1/events`: the public catalogue, newest event first, each
     /// with its remaining seats per category (from a bounded cache that
     /// asks the event's actor at most once per `catalogue_cache_ttl_ms`).
-    pub async fn catalogue(&self, mut q: CatalogueQuery) -> Result<(Vec<CatalogueItem>, Option<Id>), EngineError> {
-        q.limit = self.page_limit(Some(q.limit).filter(|l| *l != 0))?;
+    pub async fn catalogue(
+        &self,
+        mut q: CatalogueQuery,
+        limit: Option<u32>,
+    ) -> Result<(Vec<CatalogueItem>, Option<Id>), EngineError> {
+        q.limit = self.page_limit(limit)?;
         let now_ms = now_unix_ms();
         let rows = self.durable.catalogue(&q, now_ms).await?;
         let mut items = Vec::with_capacity(rows.len());
@@ -413,11 +417,12 @@ impl Engine {
         &self,
         caller: &Caller,
         mut q: OrderQuery,
+        limit: Option<u32>,
     ) -> Result<(Vec<OrderView>, Option<Id>), EngineError> {
         if !caller.admin {
             return Err(EngineError::NotFound(Entity::Order));
         }
-        q.limit = self.page_limit(Some(q.limit).filter(|l| *l != 0))?;
+        q.limit = self.page_limit(limit)?;
         let records = self.durable.search_orders(&q).await?;
         let mut views = Vec::with_capacity(records.len());
         for r in &records {

@@ -79,7 +79,7 @@ pub struct Engine {
     /// the event and by this node's changes.
     infos: DashMap<Id, Arc<EventInfo>>,
     /// The catalogue's remaining seats per event (see `lifecycle`).
-    catalogue: moka::sync::Cache<Id, Arc<Vec<CategoryView>>>,
+    catalogue: crate::actors::event::CatalogueCache,
     /// Last measured outbox length (see [`crate::config::OutboxConfig`]).
     outbox_len: Arc<AtomicU64>,
     /// Payment channels (the sandboxes) and outbound HTTP.
@@ -122,12 +122,13 @@ impl Engine {
     pub fn new(p: Parts) -> Engine {
         // Embedded, this node is the store's only writer.
         let sole_owner = p.cfg.redis.url.is_none();
-        let actors = Actors::new(p.store.clone(), p.cfg.actors.clone(), p.metrics.clone(), sole_owner);
-        let pay = Payments::new(&p.cfg, p.durable.db());
         let catalogue = moka::sync::Cache::builder()
             .max_capacity(p.cfg.events.catalogue_cache_entries_max)
             .time_to_live(Duration::from_millis(p.cfg.events.catalogue_cache_ttl_ms))
             .build();
+        let actors =
+            Actors::new(p.store.clone(), p.cfg.actors.clone(), p.metrics.clone(), sole_owner, catalogue.clone());
+        let pay = Payments::new(&p.cfg, p.durable.db());
         Engine {
             cfg: Arc::new(p.cfg),
             ids: p.ids,

@@ -111,9 +111,9 @@ pub async fn list_events(
         from_ms: q.from.map(ms),
         to_ms: q.to.map(ms),
         before,
-        limit: q.limit.unwrap_or(0),
+        limit: 0,
     };
-    let (items, next) = state.engine.catalogue(query).await?;
+    let (items, next) = state.engine.catalogue(query, q.limit).await?;
     Ok(HttpResponse::Ok().json(CatalogueResp {
         events: items
             .into_iter()

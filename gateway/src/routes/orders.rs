@@ -114,8 +114,8 @@ pub async fn admin_orders(
         user_id: q.user_id,
         status,
         before,
-        limit: q.limit.unwrap_or(0),
+        limit: 0,
     };
-    let (orders, next) = state.engine.search_orders(&admin.0, query).await?;
+    let (orders, next) = state.engine.search_orders(&admin.0, query, q.limit).await?;
     Ok(HttpResponse::Ok().json(OrdersResp { orders, next_cursor: next.map(|n| n.to_string()) }))
 }

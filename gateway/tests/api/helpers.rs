@@ -165,6 +165,14 @@ impl TestApp {
         Self::read(req.send().await.expect("send")).await
     }
 
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut req = self.client.patch(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::read(req.send().await.expect("send")).await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         let mut req = self.client.get(format!("{}{path}", self.base));
         if let Some(t) = token {
@@ -300,6 +308,7 @@ impl Client {
         let url = format!("{}{path}", self.base);
         let req = match method {
             "POST" => self.http.post(url).json(&body),
+            "PATCH" => self.http.patch(url).json(&body),
             _ => self.http.get(url),
         };
         let resp = req.bearer_auth(token).send().await.expect("send");

@@ -9,6 +9,7 @@ mod faults;
 mod full;
 mod helpers;
 mod idempotency;
+mod lifecycle;
 mod identity;
 mod multinode;
 mod nodes;

@@ -90,14 +90,26 @@ impl Cluster {
         cluster
     }
 
-    async fn add_node(&mut self, node_id: u16) {
+    async fn spawn_node(&self, node_id: u16) -> (Child, Arc<Client>) {
         let mut envs = self.envs.clone();
         envs.push(("RUSH__NODE_ID".into(), node_id.to_string()));
         envs.push(("RUSH__DATA_DIR".into(), self._dir.path().join(format!("node{node_id}")).display().to_string()));
         let (child, banner) = tokio::task::spawn_blocking(move || spawn_rush("serve", &envs)).await.expect("spawn");
         let base = banner["url"].as_str().expect("url").to_string();
+        (child, Arc::new(Client::new(&base)))
+    }
+
+    async fn add_node(&mut self, node_id: u16) {
+        let (child, client) = self.spawn_node(node_id).await;
         self.procs.push(child);
-        self.nodes.push(Arc::new(Client::new(&base)));
+        self.nodes.push(client);
+    }
+
+    /// Starts node `i` (0-based) again, after [`Cluster::kill`].
+    pub async fn restart(&mut self, i: usize) {
+        let (child, client) = self.spawn_node(i as u16 + 1).await;
+        self.procs[i] = child;
+        self.nodes[i] = client;
     }
 
     /// Kills node `i` (0-based) with SIGKILL.
@@ -726,4 +738,109 @@ async fn randomized_operations_through_three_nodes_keep_every_invariant_redis_mo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn randomized_operations_through_three_nodes_keep_every_invariant_full_mode() {
     randomized(Kind::Full, 100).await;
+}
+
+/// Issue 18 across real processes: a pause, an edit, a resume and a
+/// cancel through one node hold at once on the other (whose actor had the
+/// event in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_through_one_node_hold_on_the_other_redis_mode() {
+    let cl = Cluster::start(Kind::Redis, 2, &[]).await;
+    let (a, b, admin) = (&cl.nodes[0], &cl.nodes[1], cl.admin());
+    let event = event(a, &admin, 10, json!({})).await;
+    let fan = user("fan");
+    assert_eq!(hold(b, &fan, &event, 1).await.0, StatusCode::CREATED, "node 2's actor has the event");
+    let base = format!("/v1/admin/events/{event}");
+    let (s, v) = a.call("POST", &format!("{base}/pause"), &admin, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = hold(b, &fan, &event, 1).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "sale_paused"), "{v}");
+    let (s, v) = a.call("PATCH", &base, &admin, json!({"name": "Moved", "limits": {"per_user": 2}})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = b.call("POST", &format!("{base}/resume"), &admin, json!({})).await;
+    assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("Moved")), "node 2 shows node 1's edit: {v}");
+    assert_eq!(hold(a, &fan, &event, 1).await.0, StatusCode::CREATED);
+    let (s, v) = hold(b, &fan, &event, 1).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"), "the new limit: {v}");
+    let (s, v) = b.call("POST", &format!("{base}/cancel"), &admin, json!({"reason": "rain"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (s, v) = hold(a, &user("late"), &event, 1).await;
+    assert_eq!((s, code(&v)), (StatusCode::GONE, "event_cancelled"), "{v}");
+    let freed = eventually(15, || async { remaining(a, &event, &fan).await == 10 }).await;
+    assert!(freed, "the fan-out closed both holds");
+    let (_, v) = a.call("GET", "/v1/events?status=cancelled", "", Value::Null).await;
+    assert_eq!(v["events"][0]["name"], "Moved", "{v}");
+}
+
+/// The cancel fan-out in full mode, killed (-9) midway: the other node
+/// carries it on, the killed node restarts and joins in, and every paid
+/// order is refunded exactly once; `rush reconcile` is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_fan_out_killed_midway_refunds_every_order_once_full_mode() {
+    let mut cl = Cluster::start(
+        Kind::Full,
+        2,
+        &[("RUSH__PAYMENTS__SANDBOX__REFUND_DELAY_MS", "400"), ("RUSH__EVENTS__CANCEL_RESUME_MS", "500")],
+    )
+    .await;
+    let admin = cl.admin();
+    let (a, b) = (cl.nodes[0].clone(), cl.nodes[1].clone());
+    let event = event(&a, &admin, 20, json!({})).await;
+    let channels = ["wechat", "alipay", "ecard"];
+    let mut paid = Vec::new();
+    for i in 0..9 {
+        let (tok, via) = (user(&format!("payer{i}")), if i % 2 == 0 { &a } else { &b });
+        let (s, v) = hold(via, &tok, &event, 1).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let order = v["order_id"].as_str().expect("order").to_string();
+        let payment = open_payment(via, &tok, &order, channels[i % 3]).await;
+        pay_at_sandbox(via, channels[i % 3], &payment, json!({})).await;
+        paid.push((tok, order, payment));
+    }
+    for (tok, _, payment) in &paid {
+        let ok = eventually(20, || async { payment_status(&a, tok, payment).await == "succeeded" }).await;
+        assert!(ok, "payment {payment}");
+    }
+    let (s, v) = hold(&b, &user("pender"), &event, 2).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let pending = v["order_id"].as_str().expect("order").to_string();
+
+    let base = format!("/v1/admin/events/{event}");
+    let (s, v) = a.call("POST", &format!("{base}/cancel"), &admin, json!({"reason": "flood"})).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    // Each refund takes 400 ms at its channel: kill the node mid-way.
+    let midway = eventually(10, || async {
+        let (_, v) = b.call("GET", &format!("/v1/events/{event}"), &admin, Value::Null).await;
+        v["cancellation"]["refunds_done"].as_u64().is_some_and(|d| d >= 1)
+    })
+    .await;
+    assert!(midway, "the fan-out started");
+    cl.kill(0);
+    let (_, v) = b.call("GET", &format!("/v1/events/{event}"), &admin, Value::Null).await;
+    let done_at_kill = v["cancellation"]["refunds_done"].as_u64().unwrap_or(0);
+    assert!(done_at_kill < 9, "killed midway: {v}");
+    cl.restart(0).await;
+    let finished = eventually(60, || async {
+        let (_, v) = b.call("GET", &format!("/v1/events/{event}"), &admin, Value::Null).await;
+        v["cancellation"]["refunds_total"] == 9 && v["cancellation"]["refunds_done"] == 9
+    })
+    .await;
+    let (_, v) = b.call("GET", &format!("/v1/events/{event}"), &admin, Value::Null).await;
+    assert!(finished, "{v}");
+    assert_eq!(v["categories"][0]["remaining"], 20, "{v}");
+    for (tok, order, payment) in &paid {
+        assert_eq!(payment_status(&b, tok, payment).await, "refunded");
+        let ok = eventually(20, || async { order_status(&b, tok, order).await == "refunded" }).await;
+        assert!(ok, "order {order}");
+    }
+    assert_eq!(order_status(&b, &admin, &pending).await, "cancelled");
+    use sqlx::Connection as _;
+    let mut pg = sqlx::PgConnection::connect(&cl.pg.url).await.expect("postgres");
+    let clean = eventually(60, || async { cl.reconcile().0 == 0 }).await;
+    assert!(clean, "{:#}", cl.reconcile().1);
+    let legs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journal WHERE kind = 'order_refund'")
+        .fetch_one(&mut pg)
+        .await
+        .expect("journal");
+    assert_eq!(legs, 18, "nine refunds, two legs each: each order refunded once");
 }

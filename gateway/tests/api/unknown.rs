@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
-use rush_engine::domain::{EventDef, Fen, Id, OrderStatus, PacketStatus};
+use rush_engine::domain::{EventDef, EventInfo, EventSettings, Fen, Id, OrderStatus, PacketStatus};
 use rush_engine::store::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, SeatOp,
     SeatsApplied, StoreError, Voided,
@@ -51,6 +51,12 @@ impl HotStore for Flaky {
         now_ms: u64,
     ) -> Result<SeatsApplied, StoreError> {
         self.inner.apply_seats_at(event_id, version, ops, now_ms).await
+    }
+    async fn event_info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError> {
+        self.inner.event_info(event_id).await
+    }
+    async fn update_event(&self, event_id: Id, rev: u64, settings: &EventSettings) -> Result<bool, StoreError> {
+        self.inner.update_event(event_id, rev, settings).await
     }
     async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {
         self.inner.event_version(event_id).await
