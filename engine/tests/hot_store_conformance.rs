@@ -664,7 +664,50 @@ async fn holds_only_in_the_sale_window(f: &dyn Fixture) {
     }
 }
 
+/// An operator's change is compare-and-set on the definition's revision,
+/// shows in every later load (a second store on the same data included),
+/// and fences every batch decided on the old definition.
+async fn operator_changes_are_compare_and_set_and_fence_old_decisions(f: &dyn Fixture) {
+    let ids = f.ids();
+    let store = f.open().await;
+    let def = event_def(&ids, 4);
+    let e = def.event_id;
+    store.create_event(&def).await.expect("create");
+    let before = store.load_event(e).await.expect("load").expect("event");
+    let mut s = def.settings();
+    s.rev = 1;
+    s.name = "Renamed".into();
+    s.paused = true;
+    assert!(!store.update_event(e, 7, &s).await.expect("update"), "a change made on another revision");
+    assert!(!store.update_event(e, 1, &s).await.expect("update"), "a change that is not newer");
+    assert!(store.update_event(e, 0, &s).await.expect("update"));
+    assert!(!store.update_event(e, 0, &s).await.expect("update"), "the same change twice applies once");
+    let after = store.load_event(e).await.expect("load").expect("event");
+    assert!(after.version > before.version, "the change bumps the version");
+    assert_eq!((after.info.def.rev, after.info.def.name.as_str(), after.info.def.paused), (1, "Renamed", true));
+    assert_eq!(after.info.map.len(), before.info.map.len(), "the seat map stays");
+    let info = store.event_info(e).await.expect("info").expect("event");
+    assert_eq!((info.def.rev, info.def.paused), (1, true));
+    // Another node's store (its own cache) reads the change too.
+    let other = f.open().await;
+    assert_eq!(other.event_info(e).await.expect("info").expect("event").def.name, "Renamed");
+    // A hold decided on the version before the change writes nothing.
+    let o = hold(&ids, e, "a", vec![0], FAR);
+    let applied = store.apply_seats_at(e, Some(before.version), &[SeatOp::Hold(o.clone())], 1).await.expect("hold");
+    assert_eq!(applied.version, None, "stale: {applied:?}");
+    assert!(!store.load_event(e).await.expect("load").expect("event").holds.contains_key(&o.order_id));
+    let mut s2 = s.clone();
+    s2.rev = 2;
+    s2.paused = false;
+    assert!(store.update_event(e, 1, &s2).await.expect("update"));
+    let fresh = f.open().await;
+    assert!(!fresh.load_event(e).await.expect("load").expect("event").info.def.paused, "resumed, as stored");
+    let unknown = ids.next(0);
+    assert!(!store.update_event(unknown, 0, &s).await.expect("update"), "no such event");
+}
+
 async fn run_all<F: Fixture>(make: impl Fn() -> F) {
+    operator_changes_are_compare_and_set_and_fence_old_decisions(&make()).await;
     holds_only_in_the_sale_window(&make()).await;
     seats_hold_release_confirm(&make()).await;
     due_items_are_claimed_for_a_lease_and_leave_when_settled(&make()).await;

@@ -207,3 +207,60 @@ impl EventInfo {
         self.category(category).map(|c| c.price).unwrap_or(Fen::ZERO)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> EventDef {
+        let at = |ms: i64| DateTime::from_timestamp_millis(ms);
+        EventDef {
+            event_id: Id::from_raw(1).unwrap(),
+            name: "e".into(),
+            venue: "v".into(),
+            starts_at: Utc::now(),
+            hold_ttl_s: 60,
+            limits: Limits { per_order: 2, per_user: 2 },
+            categories: vec![Category { id: "c".into(), name: "C".into(), price: Fen::new(100) }],
+            seats: vec![],
+            on_sale_at: at(1_000),
+            sale_ends_at: at(2_000),
+            rev: 0,
+            paused: false,
+            cancellation: None,
+        }
+    }
+
+    #[test]
+    fn status_is_the_clock_unless_paused_or_cancelled() {
+        let mut d = def();
+        let at = |d: &EventDef, ms| d.sale_status(ms);
+        assert_eq!(
+            (at(&d, 999), at(&d, 1_000), at(&d, 1_999), at(&d, 2_000)),
+            (SaleStatus::Scheduled, SaleStatus::OnSale, SaleStatus::OnSale, SaleStatus::Ended)
+        );
+        d.paused = true;
+        assert_eq!(
+            (at(&d, 500), at(&d, 1_500), at(&d, 2_000)),
+            (SaleStatus::Paused, SaleStatus::Paused, SaleStatus::Ended)
+        );
+        d.cancellation = Some(Cancellation { reason: "r".into(), at: Utc::now() });
+        assert_eq!((at(&d, 500), at(&d, 2_500)), (SaleStatus::Cancelled, SaleStatus::Cancelled));
+        for s in SaleStatus::ALL {
+            assert_eq!(SaleStatus::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn settings_apply_only_when_newer() {
+        let d = def();
+        let mut s = d.settings();
+        s.name = "new".into();
+        assert_eq!(d.with_settings(&s), d, "same revision: unchanged");
+        s.rev = 1;
+        let n = d.with_settings(&s);
+        assert_eq!((n.name.as_str(), n.rev, n.event_id), ("new", 1, d.event_id));
+        assert_eq!(n.with_settings(&d.settings()), n, "an older revision never wins");
+        assert_eq!(n.settings(), s);
+    }
+}

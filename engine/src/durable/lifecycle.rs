@@ -320,8 +320,8 @@ impl Durable {
         let mut created_since = 0;
         for gene in 0..crate::domain::id::GENE_COUNT {
             let rows = sqlx::query(&format!(
-                "SELECT status, COUNT(*) AS n, COALESCE(SUM(amount), 0) AS amount, \
-                 COALESCE(SUM(CASE WHEN created_at_ms >= $2 THEN 1 ELSE 0 END), 0) AS recent \
+                "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS amount, \
+                 CAST(COALESCE(SUM(CASE WHEN created_at_ms >= $2 THEN 1 ELSE 0 END), 0) AS BIGINT) AS recent \
                  FROM orders_{gene} WHERE event_id = $1 GROUP BY status"
             ))
             .bind(event_id.raw())

@@ -105,14 +105,7 @@ pub async fn list_events(
     }
     let before = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let ms = |t: chrono::DateTime<chrono::Utc>| u64::try_from(t.timestamp_millis()).unwrap_or(0);
-    let query = CatalogueQuery {
-        status,
-        q: q.q,
-        from_ms: q.from.map(ms),
-        to_ms: q.to.map(ms),
-        before,
-        limit: 0,
-    };
+    let query = CatalogueQuery { status, q: q.q, from_ms: q.from.map(ms), to_ms: q.to.map(ms), before, limit: 0 };
     let (items, next) = state.engine.catalogue(query, q.limit).await?;
     Ok(HttpResponse::Ok().json(CatalogueResp {
         events: items

@@ -109,13 +109,7 @@ pub async fn admin_orders(
         })?),
     };
     let before = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
-    let query = rush_engine::durable::lifecycle::OrderQuery {
-        event_id,
-        user_id: q.user_id,
-        status,
-        before,
-        limit: 0,
-    };
+    let query = rush_engine::durable::lifecycle::OrderQuery { event_id, user_id: q.user_id, status, before, limit: 0 };
     let (orders, next) = state.engine.search_orders(&admin.0, query, q.limit).await?;
     Ok(HttpResponse::Ok().json(OrdersResp { orders, next_cursor: next.map(|n| n.to_string()) }))
 }

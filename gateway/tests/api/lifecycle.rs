@@ -127,7 +127,10 @@ async fn operator_actions(app: &TestApp) {
     .await;
     assert!(closed, "the hold was not closed: {}", order_status(app, &pending).await);
     let v = event_of(app, &event).await;
-    assert_eq!((v["cancellation"]["refunds_total"].as_u64(), v["cancellation"]["refunds_done"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (v["cancellation"]["refunds_total"].as_u64(), v["cancellation"]["refunds_done"].as_u64()),
+        (Some(0), Some(0))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,6 +460,15 @@ async fn cancel_fans_out(app: &TestApp) {
     assert_eq!(app.engine.durable().balance("@sales").await.expect("sales").available.get(), 0);
     assert_eq!(deliveries_of(app, "event.cancelled").await, 1);
     assert_eq!(deliveries_of(app, "order.refunded").await, 3);
+    let (s, st) = app.get(&format!("/v1/admin/events/{event}/stats"), Some(&app.admin)).await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(
+        st["orders"],
+        json!({"pending_payment": 0, "paid": 0, "cancelled": 2, "expired": 1, "refunded": 3}),
+        "{st}"
+    );
+    assert_eq!((st["revenue"].as_i64(), st["refunded"].as_i64()), (Some(0), Some(300)), "{st}");
+    assert_eq!(st["categories"][0], json!({"id": "std", "available": 10, "held": 0, "sold": 0}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
