@@ -48,11 +48,24 @@ impl Api {
     }
 
     pub async fn create_event(&mut self, name: &str, sections: Value) -> anyhow::Result<String> {
-        let body = json!({
+        self.create_event_opening(name, sections, None).await
+    }
+
+    /// An event whose sale opens at `on_sale_at` (RFC 3339; `None`: now).
+    pub async fn create_event_opening(
+        &mut self,
+        name: &str,
+        sections: Value,
+        on_sale_at: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let mut body = json!({
             "name": name, "venue": "loadtest", "starts_at": "2030-01-01T20:00:00Z",
             "categories": [{"id": "a", "name": "A", "price": 100}, {"id": "b", "name": "B", "price": 80}],
             "layout": {"sections": sections},
         });
+        if let Some(at) = on_sale_at {
+            body["on_sale_at"] = json!(at);
+        }
         let admin = self.admin.clone();
         let (s, v) = self.call(Method::POST, "/v1/admin/events", Some(&admin), Some(body)).await?;
         if s != 201 {

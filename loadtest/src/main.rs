@@ -59,7 +59,9 @@ struct Cli {
     #[arg(long, default_value = "loadtest-results")]
     out: PathBuf,
     /// Run only this stage: grab-hot, grab-spread, seats-category,
-    /// seats-named or mixed (the ceiling and the checks still run).
+    /// seats-named, opening (an event opening a third into the stage while
+    /// every connection sends), mixed or pay (the ceiling and the checks
+    /// still run).
     #[arg(long)]
     stage: Option<String>,
     /// Worker threads of the load generator.

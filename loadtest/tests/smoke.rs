@@ -139,3 +139,35 @@ async fn a_durable_side_that_does_not_keep_up_fails_the_run() {
     assert!(failed.contains(&"grab-hot: the durable side keeps up (lag p99 ≤ 5 s)"), "{text}");
     assert!(report.stages[0].drain_s.is_none() && report.stages[0].cpu_us_per_ok.is_none(), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opening_checks_catch_a_hold_before_the_instant() {
+    use rush_loadtest::load::{Req, Workload};
+    use rush_loadtest::scenarios::seats::{Events, OpeningLoad};
+    let dir = tempfile::tempdir().expect("dir");
+    let addr = spawn_rush(dir.path()).await;
+    let mut api = Api::new(addr, "early").await.expect("api");
+    let opens = "2029-06-01T00:00:00.000Z";
+    let events = Events::create_opening(&mut api, "early", 1, 1, 2, Some(opens)).await.expect("event");
+    let tokens = Arc::new(api.tokens(&["early-u0".to_string()]).await.expect("token"));
+    let opens_ms = chrono::DateTime::parse_from_rfc3339(opens).expect("time").timestamp_millis();
+    let load = OpeningLoad::new(Arc::new(events), tokens, 0, opens_ms);
+    let req =
+        || Req { method: hyper::Method::POST, path: Arc::from("/v1/orders"), token: None, body: None, tag: [0, 0, 1] };
+    // A refusal naming the instant is right; one naming another is not;
+    // a hold answered now (before 2029) is early whatever it says.
+    load.observe(&req(), 409, br#"{"error":{"code":"not_on_sale","on_sale_at":"2029-06-01T00:00:00.000Z"}}"#);
+    load.observe(&req(), 409, br#"{"error":{"code":"not_on_sale","on_sale_at":"2029-06-01T00:00:01.000Z"}}"#);
+    load.observe(
+        &req(),
+        201,
+        br#"{"order_id":"1","created_at":"2029-06-01T00:00:00.000Z","seats":[{"seat_id":"A-1-1"}]}"#,
+    );
+    let mut checks = Checks::default();
+    load.check(&mut checks);
+    let failed: Vec<&str> = checks.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        failed,
+        vec!["opening: no hold acknowledged before on_sale_at", "opening: every refusal before it named the instant"]
+    );
+}

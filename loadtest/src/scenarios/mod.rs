@@ -18,7 +18,7 @@ use crate::checks::{Check, Checks};
 use crate::load::{drive, Ceiling, LoadOpts, Model, StageResult, Workload};
 use crate::sample::{summarize, Sampler};
 use grab::{check_balances, GrabLoad, Packets, Sender};
-use seats::{CategoryLoad, Events, NamedLoad};
+use seats::{CategoryLoad, Events, NamedLoad, OpeningLoad};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -218,6 +218,19 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
                 stages.push(stage("seats-named", &opts, Arc::new(named), sampler, &mut checks).await);
             }
             events.check(&api, &users, &mut checks).await?;
+            if opts.runs("opening") {
+                // Opens a third into the stage: every connection is sending by then.
+                let third = i64::try_from(opts.duration.as_millis() / 3).unwrap_or(i64::MAX);
+                let opens = chrono::Utc::now() + chrono::Duration::milliseconds(third);
+                let opens = chrono::DateTime::from_timestamp_millis(opens.timestamp_millis()).unwrap_or(opens);
+                let at = opens.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let one = Events::create_opening(&mut api, &run_id, 1, opts.rows, opts.cols, Some(&at)).await?;
+                let one = Arc::new(one);
+                let load = Arc::new(OpeningLoad::new(one.clone(), tokens.clone(), 0, opens.timestamp_millis()));
+                stages.push(stage("opening", &opts, load.clone(), sampler, &mut checks).await);
+                load.check(&mut checks);
+                one.check(&api, &users, &mut checks).await?;
+            }
         }
         Scenario::Mixed => {
             let events = Arc::new(Events::create(&mut api, &run_id, opts.events, opts.rows, opts.cols).await?);

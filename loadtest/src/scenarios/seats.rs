@@ -44,13 +44,26 @@ pub struct Events {
 impl Events {
     /// Two sections per event: A (category a) and B (category b).
     pub async fn create(api: &mut Api, run_id: &str, count: usize, rows: u32, cols: u32) -> anyhow::Result<Self> {
+        Self::create_opening(api, run_id, count, rows, cols, None).await
+    }
+
+    /// The same, each on sale from `on_sale_at` (RFC 3339).
+    pub async fn create_opening(
+        api: &mut Api,
+        run_id: &str,
+        count: usize,
+        rows: u32,
+        cols: u32,
+        on_sale_at: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut ids = Vec::with_capacity(count);
         for i in 0..count {
             let sections = json!([
                 {"name": "A", "rows": rows, "cols": cols, "category": "a"},
                 {"name": "B", "rows": rows, "cols": cols, "category": "b"},
             ]);
-            ids.push(api.create_event(&format!("{run_id}-event-{i}"), sections).await?);
+            let name = format!("{run_id}-event-{i}{}", if on_sale_at.is_some() { "-opening" } else { "" });
+            ids.push(api.create_event_opening(&name, sections, on_sale_at).await?);
         }
         Ok(Events { logs: ids.iter().map(|_| Mutex::new(EventLog::default())).collect(), ids, rows, cols })
     }
@@ -296,5 +309,75 @@ impl Workload for NamedLoad {
     fn observe(&self, req: &Req, status: u16, body: &[u8]) -> bool {
         let [event, user, _] = req.tag;
         self.events.observe(event as usize, user, (String::new(), 1), status, body)
+    }
+}
+
+/// Stage `opening`: every connection sends category holds from before the
+/// event's opening instant until it is sold out. Checked after: no hold
+/// was acknowledged before `on_sale_at`, by the order's creation time nor
+/// by when its answer arrived (one machine, one clock); every refusal
+/// before it was `not_on_sale` naming the instant; and the seat checks of
+/// the `seats` stages.
+pub struct OpeningLoad {
+    inner: CategoryLoad,
+    opens_ms: i64,
+    early: Mutex<Vec<String>>,
+    /// 409 `not_on_sale` answers, and those that named another instant.
+    refused: AtomicU64,
+    misnamed: Mutex<Vec<String>>,
+}
+
+impl OpeningLoad {
+    pub fn new(events: Arc<Events>, tokens: Arc<Vec<Arc<str>>>, event: usize, opens_ms: i64) -> Self {
+        OpeningLoad {
+            inner: CategoryLoad::new(events, tokens, event, event + 1),
+            opens_ms,
+            early: Mutex::new(Vec::new()),
+            refused: AtomicU64::new(0),
+            misnamed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records the stage's own checks.
+    pub fn check(&self, checks: &mut Checks) {
+        let early = lock(&self.early).clone();
+        let held = self.inner.events.logs.iter().map(|l| lock(l).holds.len()).sum::<usize>();
+        checks.each("opening: no hold acknowledged before on_sale_at", held, early);
+        let refused = self.refused.load(Ordering::Relaxed) as usize;
+        checks.each("opening: every refusal before it named the instant", refused, lock(&self.misnamed).clone());
+    }
+}
+
+fn ms_of(v: &Value) -> Option<i64> {
+    v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_millis())
+}
+
+impl Workload for OpeningLoad {
+    fn next(&self, task: usize) -> Next {
+        self.inner.next(task)
+    }
+
+    fn observe(&self, req: &Req, status: u16, body: &[u8]) -> bool {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        match (status, v["error"]["code"].as_str()) {
+            (201, _) => {
+                let created = ms_of(&v["created_at"]).unwrap_or(i64::MIN);
+                if created < self.opens_ms || now_ms < self.opens_ms {
+                    lock(&self.early).push(format!(
+                        "order {} created at {created} ms, answered at {now_ms} ms, opening {} ms",
+                        v["order_id"], self.opens_ms
+                    ));
+                }
+            }
+            (409, Some("not_on_sale")) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                if ms_of(&v["error"]["on_sale_at"]) != Some(self.opens_ms) {
+                    lock(&self.misnamed).push(format!("{v}"));
+                }
+            }
+            _ => {}
+        }
+        self.inner.observe(req, status, body)
     }
 }
