@@ -80,25 +80,35 @@ pub struct OrderQuery {
     pub limit: u32,
 }
 
-fn columns(def: &EventDef) -> Result<(String, String, i64, i64, i64, Option<i64>, Option<String>), DurableError> {
+/// The `events` row's columns of a definition.
+struct Columns {
+    body: String,
+    categories: String,
+    on_sale_at_ms: i64,
+    sale_ends_at_ms: i64,
+    paused: i64,
+    cancelled_at_ms: Option<i64>,
+    cancel_reason: Option<String>,
+}
+
+fn columns(def: &EventDef) -> Result<Columns, DurableError> {
     let (on, ends) = def.sale_window_ms();
-    let ends = if ends == u64::MAX { NO_END_MS } else { ms_i(ends) };
-    Ok((
-        serde_json::to_string(def).map_err(bad)?,
-        serde_json::to_string(&def.categories).map_err(bad)?,
-        ms_i(on),
-        ends,
-        i64::from(def.paused),
-        def.cancellation.as_ref().map(|c| c.at.timestamp_millis()),
-        def.cancellation.as_ref().map(|c| c.reason.clone()),
-    ))
+    Ok(Columns {
+        body: serde_json::to_string(def).map_err(bad)?,
+        categories: serde_json::to_string(&def.categories).map_err(bad)?,
+        on_sale_at_ms: ms_i(on),
+        sale_ends_at_ms: if ends == u64::MAX { NO_END_MS } else { ms_i(ends) },
+        paused: i64::from(def.paused),
+        cancelled_at_ms: def.cancellation.as_ref().map(|c| c.at.timestamp_millis()),
+        cancel_reason: def.cancellation.as_ref().map(|c| c.reason.clone()),
+    })
 }
 
 impl Durable {
     /// Records an event's definition, before the hot store has it, so that a
     /// lost Redis can be given it back. Once per event.
     pub async fn save_event(&self, def: &EventDef) -> Result<(), DurableError> {
-        let (body, cats, on, ends, paused, _, _) = columns(def)?;
+        let c = columns(def)?;
         let (id, starts) = (def.event_id.raw(), def.starts_at.timestamp_millis());
         let (name, venue) = (def.name.clone(), def.venue.clone());
         let now = ms_i(crate::domain::now_unix_ms());
@@ -110,15 +120,15 @@ impl Durable {
                  ON CONFLICT (event_id) DO NOTHING",
                 move |q| {
                     q.bind(id)
-                        .bind(body)
+                        .bind(c.body)
                         .bind(starts)
                         .bind(now)
                         .bind(name)
                         .bind(venue)
-                        .bind(cats)
-                        .bind(on)
-                        .bind(ends)
-                        .bind(paused)
+                        .bind(c.categories)
+                        .bind(c.on_sale_at_ms)
+                        .bind(c.sale_ends_at_ms)
+                        .bind(c.paused)
                 },
             )
             .await?;
@@ -131,16 +141,16 @@ impl Durable {
     /// had; and after (`confirmed` true: over the same revision too, the
     /// hot store's word), which also announces a cancellation to webhooks.
     pub async fn save_event_change(&self, def: &EventDef, confirmed: bool) -> Result<(), DurableError> {
-        let (body, cats, on, ends, paused, cancelled_at, reason) = columns(def)?;
+        let cols = columns(def)?;
         let (id, rev) = (def.event_id.raw(), ms_i(def.rev));
         let (name, venue) = (def.name.clone(), def.venue.clone());
         let guard = if confirmed { "rev <= $9" } else { "rev < $9" };
         let announce = (confirmed && def.cancellation.is_some()).then(|| {
-            let at = cancelled_at.map(ms).unwrap_or(0);
+            let at = cols.cancelled_at_ms.map(ms).unwrap_or(0);
             let data = serde_json::json!({
                 "event_id": def.event_id.to_string(),
                 "name": def.name,
-                "reason": reason.clone().unwrap_or_default(),
+                "reason": cols.cancel_reason.clone().unwrap_or_default(),
             });
             (format!("event-{}-cancelled", def.event_id), data, at)
         });
@@ -155,17 +165,17 @@ impl Durable {
             .run(move |c| {
                 Box::pin(async move {
                     sqlx::query(&sql)
-                        .bind(body)
+                        .bind(cols.body)
                         .bind(name)
                         .bind(venue)
-                        .bind(cats)
-                        .bind(on)
-                        .bind(ends)
-                        .bind(paused)
+                        .bind(cols.categories)
+                        .bind(cols.on_sale_at_ms)
+                        .bind(cols.sale_ends_at_ms)
+                        .bind(cols.paused)
                         .bind(id)
                         .bind(rev)
-                        .bind(cancelled_at)
-                        .bind(reason)
+                        .bind(cols.cancelled_at_ms)
+                        .bind(cols.cancel_reason)
                         .execute(&mut *c)
                         .await?;
                     if let Some((key, data, at)) = announce {
