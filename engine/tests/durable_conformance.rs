@@ -660,6 +660,7 @@ async fn rebuild_sources(backend: &str) {
         on_sale_at: None,
         sale_ends_at: None,
         rev: 0,
+        map_rev: 0,
         paused: false,
         cancellation: None,
         hold_ttl_s: 60,
@@ -675,6 +676,7 @@ async fn rebuild_sources(backend: &str) {
         on_sale_at: None,
         sale_ends_at: None,
         rev: 0,
+        map_rev: 0,
         paused: false,
         cancellation: None,
         ..def.clone()

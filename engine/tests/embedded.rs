@@ -105,6 +105,7 @@ async fn ops_in_one_batch_reach_the_file_in_order() {
         on_sale_at: None,
         sale_ends_at: None,
         rev: 0,
+        map_rev: 0,
         paused: false,
         cancellation: None,
         hold_ttl_s: 60,

@@ -17,7 +17,9 @@ use rush_engine::store::db::Db;
 use rush_engine::store::memory::MemoryStore;
 use rush_engine::store::redis::RedisStore;
 use rush_engine::store::restore::{AppliedGrab, AppliedOrder, AppliedPacket, HotRecovery};
-use rush_engine::store::{DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, SeatOp, SeatState, StoreError};
+use rush_engine::store::{
+    DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, Replaced, SeatOp, SeatState, StoreError,
+};
 use rush_engine::Config;
 use std::time::Duration;
 
@@ -26,6 +28,11 @@ use std::time::Duration;
 trait Fixture {
     fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>>;
     fn ids(&self) -> Arc<IdGen>;
+    /// Several stores (nodes) may share the data at once; the embedded
+    /// store is its file's only writer.
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 struct Memory {
@@ -40,6 +47,10 @@ impl Memory {
 }
 
 impl Fixture for Memory {
+    fn shared(&self) -> bool {
+        false
+    }
+
     fn open(&self) -> Pin<Box<dyn Future<Output = Arc<dyn HotStore>> + '_>> {
         Box::pin(async move {
             let cfg = Config::default();
@@ -219,6 +230,7 @@ fn event_def(ids: &IdGen, cols: u32) -> EventDef {
         on_sale_at: None,
         sale_ends_at: None,
         rev: 0,
+        map_rev: 0,
         paused: false,
         cancellation: None,
         hold_ttl_s: 60,
@@ -704,6 +716,25 @@ async fn operator_changes_are_compare_and_set_and_fence_old_decisions(f: &dyn Fi
     assert!(!fresh.load_event(e).await.expect("load").expect("event").info.def.paused, "resumed, as stored");
     let unknown = ids.next(0);
     assert!(!store.update_event(unknown, 0, &s).await.expect("update"), "no such event");
+
+    // A new seat map, only while no seat is taken; every reader sees it.
+    let grown = EventDef { rev: 3, map_rev: 3, ..event_def(&ids, 6) };
+    let grown = EventDef { event_id: e, ..grown };
+    assert_eq!(store.replace_seats(1, &grown).await.expect("replace"), Replaced::Stale);
+    assert_eq!(store.replace_seats(2, &grown).await.expect("replace"), Replaced::Done);
+    let fresh = f.open().await;
+    let snap = fresh.load_event(e).await.expect("load").expect("event");
+    assert_eq!((snap.info.map.len(), snap.seats.len(), snap.info.def.rev), (6, 6, 3));
+    if f.shared() {
+        let other_snap = other.load_event(e).await.expect("load").expect("event");
+        assert_eq!(other_snap.info.map.len(), 6, "a store that cached the old map reads the new one");
+    }
+    let o = hold(&ids, e, "a", vec![5], FAR);
+    let at = store.event_version(e).await.expect("version");
+    let applied = store.apply_seats_at(e, at, &[SeatOp::Hold(o)], 1).await.expect("hold");
+    assert_eq!(applied.outcomes, vec![OpOutcome::Applied], "a seat of the new map");
+    let again = EventDef { rev: 4, map_rev: 4, ..grown.clone() };
+    assert_eq!(store.replace_seats(3, &again).await.expect("replace"), Replaced::SeatsTaken);
 }
 
 async fn run_all<F: Fixture>(make: impl Fn() -> F) {

@@ -174,6 +174,11 @@ pub struct PatchEventReq {
     pub sale_ends_at: Option<DateTime<Utc>>,
     /// New prices by category id: only while `scheduled` (else 409 `event_on_sale`).
     pub categories: Option<Vec<PriceReq>>,
+    /// A new seat map (one of the two, as on creation): only while
+    /// `scheduled` and no seat is held (else 409 `event_on_sale` /
+    /// `event_has_orders`).
+    pub layout: Option<LayoutReq>,
+    pub seats: Option<Vec<SeatReq>>,
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -47,6 +47,10 @@ pub struct EventDef {
     /// on it in the hot store, so two operators never overwrite each other.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rev: u64,
+    /// The revision at which the seat map was last set (0: at creation);
+    /// it changes only while the event is scheduled and holds nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub map_rev: u64,
     /// Paused by an operator: no holds until resumed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
@@ -71,6 +75,10 @@ pub struct Cancellation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventSettings {
     pub rev: u64,
+    /// See [`EventDef::map_rev`]: a reader whose seat map is older reads
+    /// the definition again.
+    #[serde(default)]
+    pub map_rev: u64,
     pub name: String,
     pub venue: String,
     pub hold_ttl_s: u32,
@@ -145,6 +153,7 @@ impl EventDef {
     pub fn settings(&self) -> EventSettings {
         EventSettings {
             rev: self.rev,
+            map_rev: self.map_rev,
             name: self.name.clone(),
             venue: self.venue.clone(),
             hold_ttl_s: self.hold_ttl_s,
@@ -171,6 +180,7 @@ impl EventDef {
             on_sale_at: s.on_sale_at,
             sale_ends_at: s.sale_ends_at,
             rev: s.rev,
+            map_rev: s.map_rev,
             paused: s.paused,
             cancellation: s.cancellation.clone(),
             ..self.clone()
@@ -226,6 +236,7 @@ mod tests {
             on_sale_at: at(1_000),
             sale_ends_at: at(2_000),
             rev: 0,
+            map_rev: 0,
             paused: false,
             cancellation: None,
         }

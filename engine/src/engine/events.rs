@@ -104,6 +104,7 @@ impl Engine {
             on_sale_at: Some(on_sale_at),
             sale_ends_at: Some(sale_ends_at),
             rev: 0,
+            map_rev: 0,
             paused: false,
             cancellation: None,
         };

@@ -17,10 +17,15 @@ use tokio::sync::oneshot;
 use super::input::{Caller, NewLimits, REASON_LEN_MAX};
 use super::{check_text, invalid, next_cursor, Engine};
 use crate::actors::event::{CategoryCount, CategoryView, EventMsg, OpenOrders, ReleaseReason};
-use crate::domain::{now_unix_ms, Cancellation, EventDef, EventInfo, EventSettings, Fen, Id, OrderStatus, SaleStatus};
+use crate::config::EventConfig;
+use crate::domain::{
+    now_unix_ms, Cancellation, EventDef, EventInfo, EventSettings, Fen, Id, OrderStatus, SaleStatus, SeatDef, SeatMap,
+    SectionLayout,
+};
 use crate::durable::lifecycle::{CatalogueQuery, OrderQuery};
 use crate::durable::payments::{PaymentStatus, RefundState};
 use crate::error::{EngineError, Entity};
+use crate::store::Replaced;
 use crate::views::OrderView;
 
 /// Attempts of a change that keeps meeting another operator's.
@@ -43,6 +48,9 @@ pub struct EventPatch {
     pub on_sale_at: Option<DateTime<Utc>>,
     pub sale_ends_at: Option<DateTime<Utc>>,
     pub categories: Option<Vec<PriceChange>>,
+    /// A new seat map (one of the two), only while scheduled and empty.
+    pub layout: Option<Vec<SectionLayout>>,
+    pub seats: Option<Vec<SeatDef>>,
 }
 
 /// A cancellation as shown on its event.
@@ -90,24 +98,130 @@ fn cancelled(def: &EventDef) -> Option<EngineError> {
     def.cancellation.as_ref().map(|c| EngineError::EventCancelled { reason: c.reason.clone() })
 }
 
+/// A change to an event: its new settings, and a new seat map if any.
+struct Change {
+    settings: EventSettings,
+    map: Option<SeatMap>,
+}
+
+impl From<EventSettings> for Change {
+    fn from(settings: EventSettings) -> Self {
+        Change { settings, map: None }
+    }
+}
+
+/// `patch` applied to `def`'s settings, checked.
+fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) -> Result<Change, EngineError> {
+    if let Some(e) = cancelled(def) {
+        return Err(e);
+    }
+    let scheduled = now_ms < def.sale_window_ms().0;
+    let mut s = def.settings();
+    if let Some(name) = &patch.name {
+        check_text("name", name, ec.name_len_max)?;
+        s.name = name.clone();
+    }
+    if let Some(venue) = &patch.venue {
+        check_text("venue", venue, ec.name_len_max)?;
+        s.venue = venue.clone();
+    }
+    if let Some(ttl) = patch.hold_ttl_s {
+        if ttl == 0 || ttl > ec.hold_ttl_s_max {
+            return Err(invalid(format!("hold_ttl_s must be 1-{}", ec.hold_ttl_s_max)));
+        }
+        s.hold_ttl_s = ttl;
+    }
+    if let Some(l) = &patch.limits {
+        s.limits.per_order = l.per_order.unwrap_or(s.limits.per_order);
+        s.limits.per_user = l.per_user.unwrap_or(s.limits.per_user);
+        let bad = |v: u32| v == 0 || v > ec.seats_max;
+        if bad(s.limits.per_order) || bad(s.limits.per_user) {
+            return Err(invalid(format!("limits must be 1-{}", ec.seats_max)));
+        }
+    }
+    let on_sale = || {
+        EngineError::conflict(
+            "event_on_sale",
+            "prices and the seat map change only while the event is scheduled (before on_sale_at)",
+        )
+    };
+    if let Some(prices) = &patch.categories {
+        // Buyers hold at the price they saw: none once anyone could.
+        if !scheduled {
+            return Err(on_sale());
+        }
+        for p in prices {
+            if p.price < 1 || p.price > ec.price_max_fen {
+                return Err(invalid(format!("price must be 1-{} fen", ec.price_max_fen)));
+            }
+            let c = s
+                .categories
+                .iter_mut()
+                .find(|c| c.id == p.id)
+                .ok_or_else(|| invalid(format!("unknown category {}", p.id)))?;
+            c.price = Fen::new(p.price);
+        }
+    }
+    if patch.on_sale_at.is_some() || patch.sale_ends_at.is_some() {
+        s.on_sale_at = patch.on_sale_at.or(s.on_sale_at);
+        s.sale_ends_at = patch.sale_ends_at.or(s.sale_ends_at);
+        let on = s.on_sale_at.map(|t| t.timestamp_millis()).unwrap_or(0);
+        let ends = s.sale_ends_at.map(|t| t.timestamp_millis()).unwrap_or(i64::MAX);
+        if ends <= on || ends <= now_ms as i64 {
+            return Err(invalid("sale_ends_at must be after on_sale_at and in the future"));
+        }
+    }
+    let cats: Vec<&str> = s.categories.iter().map(|c| c.id.as_str()).collect();
+    let map = match (&patch.layout, &patch.seats) {
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(invalid("give at most one of layout or seats")),
+        _ if !scheduled => return Err(on_sale()),
+        (Some(layout), None) => Some(SeatMap::from_layout(layout, &cats, ec.seats_max)),
+        (None, Some(seats)) => Some(SeatMap::from_seats(seats.clone(), &cats, ec.seats_max)),
+    };
+    let map = map.transpose().map_err(|e| invalid(e.to_string()))?;
+    Ok(Change { settings: s, map })
+}
+
 impl Engine {
     /// Applies `change` to the event's current definition: `None` from it
     /// means nothing to change (an idempotent repeat). Returns the event's
     /// definition after.
     async fn change_event<F>(&self, event_id: Id, change: F) -> Result<Arc<EventInfo>, EngineError>
     where
-        F: Fn(&EventDef, u64) -> Result<Option<EventSettings>, EngineError>,
+        F: Fn(&EventDef, u64) -> Result<Option<Change>, EngineError>,
     {
         self.check_hot()?;
         for _ in 0..CHANGE_TRIES_MAX {
             let info = self.store.event_info(event_id).await?.ok_or(EngineError::NotFound(Entity::Event))?;
-            let Some(mut settings) = change(&info.def, now_unix_ms())? else {
+            let Some(Change { mut settings, map }) = change(&info.def, now_unix_ms())? else {
                 return Ok(info);
             };
             settings.rev = info.def.rev + 1;
-            let next = info.with_settings(&settings);
+            let next = match map {
+                None => info.with_settings(&settings),
+                Some(map) => {
+                    settings.map_rev = settings.rev;
+                    let def = EventDef { seats: map.seats().to_vec(), ..info.def.with_settings(&settings) };
+                    Arc::new(EventInfo { def, map })
+                }
+            };
             self.durable.save_event_change(&next.def, false).await?;
-            if self.store.update_event(event_id, info.def.rev, &settings).await? {
+            let applied = if next.def.map_rev == info.def.map_rev {
+                self.store.update_event(event_id, info.def.rev, &settings).await?
+            } else {
+                match self.store.replace_seats(info.def.rev, &next.def).await? {
+                    Replaced::Done => true,
+                    Replaced::Stale => false,
+                    Replaced::SeatsTaken => {
+                        return Err(EngineError::conflict(
+                            "event_has_orders",
+                            "the seat map cannot change while seats are held or sold",
+                        ))
+                    }
+                }
+            };
+            if applied {
                 self.durable.save_event_change(&next.def, true).await?;
                 self.infos.insert(event_id, next.clone());
                 self.catalogue.invalidate(&event_id);
@@ -121,65 +235,7 @@ impl Engine {
     /// `PATCH /v1/admin/events/{id}`.
     pub async fn patch_event(&self, event_id: Id, patch: EventPatch) -> Result<Arc<EventInfo>, EngineError> {
         let ec = self.cfg.events.clone();
-        self.change_event(event_id, |def, now_ms| {
-            if let Some(e) = cancelled(def) {
-                return Err(e);
-            }
-            let mut s = def.settings();
-            if let Some(name) = &patch.name {
-                check_text("name", name, ec.name_len_max)?;
-                s.name = name.clone();
-            }
-            if let Some(venue) = &patch.venue {
-                check_text("venue", venue, ec.name_len_max)?;
-                s.venue = venue.clone();
-            }
-            if let Some(ttl) = patch.hold_ttl_s {
-                if ttl == 0 || ttl > ec.hold_ttl_s_max {
-                    return Err(invalid(format!("hold_ttl_s must be 1-{}", ec.hold_ttl_s_max)));
-                }
-                s.hold_ttl_s = ttl;
-            }
-            if let Some(l) = &patch.limits {
-                s.limits.per_order = l.per_order.unwrap_or(s.limits.per_order);
-                s.limits.per_user = l.per_user.unwrap_or(s.limits.per_user);
-                let bad = |v: u32| v == 0 || v > ec.seats_max;
-                if bad(s.limits.per_order) || bad(s.limits.per_user) {
-                    return Err(invalid(format!("limits must be 1-{}", ec.seats_max)));
-                }
-            }
-            if let Some(prices) = &patch.categories {
-                // Buyers hold at the price they saw: none once anyone could.
-                if now_ms >= def.sale_window_ms().0 {
-                    return Err(EngineError::conflict(
-                        "event_on_sale",
-                        "prices change only while the event is scheduled (before on_sale_at)",
-                    ));
-                }
-                for p in prices {
-                    if p.price < 1 || p.price > ec.price_max_fen {
-                        return Err(invalid(format!("price must be 1-{} fen", ec.price_max_fen)));
-                    }
-                    let c = s
-                        .categories
-                        .iter_mut()
-                        .find(|c| c.id == p.id)
-                        .ok_or_else(|| invalid(format!("unknown category {}", p.id)))?;
-                    c.price = Fen::new(p.price);
-                }
-            }
-            if patch.on_sale_at.is_some() || patch.sale_ends_at.is_some() {
-                s.on_sale_at = patch.on_sale_at.or(s.on_sale_at);
-                s.sale_ends_at = patch.sale_ends_at.or(s.sale_ends_at);
-                let on = s.on_sale_at.map(|t| t.timestamp_millis()).unwrap_or(0);
-                let ends = s.sale_ends_at.map(|t| t.timestamp_millis()).unwrap_or(i64::MAX);
-                if ends <= on || ends <= now_ms as i64 {
-                    return Err(invalid("sale_ends_at must be after on_sale_at and in the future"));
-                }
-            }
-            Ok(Some(s))
-        })
-        .await
+        self.change_event(event_id, |def, now_ms| patched(def, now_ms, &patch, &ec).map(Some)).await
     }
 
     /// `POST …/pause`: no holds until resumed; a paused event stays paused.
@@ -194,7 +250,7 @@ impl Engine {
             if def.sale_status(now_ms) == SaleStatus::Ended {
                 return Err(crate::actors::event::off_sale_error(def, now_ms));
             }
-            Ok(Some(EventSettings { paused: true, ..def.settings() }))
+            Ok(Some(EventSettings { paused: true, ..def.settings() }.into()))
         })
         .await
     }
@@ -205,7 +261,7 @@ impl Engine {
             if let Some(e) = cancelled(def) {
                 return Err(e);
             }
-            Ok(def.paused.then(|| EventSettings { paused: false, ..def.settings() }))
+            Ok(def.paused.then(|| EventSettings { paused: false, ..def.settings() }.into()))
         })
         .await
     }
@@ -221,7 +277,7 @@ impl Engine {
                     return Ok(None);
                 }
                 let c = Cancellation { reason: reason.to_string(), at: Utc::now() };
-                Ok(Some(EventSettings { cancellation: Some(c), ..def.settings() }))
+                Ok(Some(EventSettings { cancellation: Some(c), ..def.settings() }.into()))
             })
             .await?;
         let me = self.clone();

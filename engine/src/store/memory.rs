@@ -24,7 +24,7 @@ use super::order_seats;
 use super::recent::RecentGrab;
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
-    SeatOp, SeatState, SeatsApplied, StoreError, Voided,
+    Replaced, SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::domain::DomainEvent;
 use crate::domain::{EventDef, EventInfo, EventSettings, Fen, Id, IdGen, OrderStatus, PacketStatus, SaleStatus};
@@ -425,6 +425,32 @@ impl HotStore for MemoryStore {
         // Every actor's memory of the event is stale now.
         hot.version += 1;
         Ok(true)
+    }
+
+    async fn replace_seats(&self, expected_rev: u64, def: &EventDef) -> Result<Replaced, StoreError> {
+        let Some(m) = self.event_mirror(def.event_id).await? else {
+            return Ok(Replaced::Stale);
+        };
+        let mut hot = m.lock().await;
+        if hot.info.def.rev != expected_rev || def.rev <= expected_rev {
+            return Ok(Replaced::Stale);
+        }
+        if !hot.holds.is_empty() || !hot.paid.is_empty() {
+            return Ok(Replaced::SeatsTaken);
+        }
+        let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
+        let body = serde_json::to_string(def).map_err(corrupt)?;
+        sqlx::query("UPDATE hot_events SET def = $1 WHERE event_id = $2")
+            .bind(body)
+            .bind(def.event_id.raw())
+            .execute(&self.db.write)
+            .await
+            .map_err(db_err)?;
+        let version = hot.version + 1;
+        let seats = vec![SeatState::Available; info.map.len()];
+        *hot = EventHot::new(info, seats, HashMap::new(), HashMap::new());
+        hot.version = version;
+        Ok(Replaced::Done)
     }
 
     async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {

@@ -185,6 +185,16 @@ impl PacketSnapshot {
     }
 }
 
+/// What [`HotStore::replace_seats`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    Done,
+    /// The definition changed meanwhile (or there is no such event).
+    Stale,
+    /// Seats are held or sold: the map stays.
+    SeatsTaken,
+}
+
 /// What [`HotStore::void_packet`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Voided {
@@ -254,6 +264,10 @@ pub trait HotStore: Send + Sync + 'static {
     /// hold decided on the old definition is not committed).
     async fn update_event(&self, event_id: Id, expected_rev: u64, settings: &EventSettings)
         -> Result<bool, StoreError>;
+    /// [`HotStore::update_event`] that also replaces the seat map with
+    /// `def`'s (its `rev` the new revision), only while no seat is held or
+    /// sold.
+    async fn replace_seats(&self, expected_rev: u64, def: &EventDef) -> Result<Replaced, StoreError>;
     /// Re-checks and applies a batch of seat ops in order, atomically with
     /// their outbox events. With `version`, nothing is written unless the
     /// event is still at that version (the actor decided on the store's

@@ -35,7 +35,7 @@ use super::recent::RecentGrab;
 use super::restore::{self, AppliedOrder, AppliedPacket, HotRecovery, Markers, Restored};
 use super::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
-    SeatOp, SeatState, SeatsApplied, StoreError, Voided,
+    Replaced, SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::config::Replication;
 use crate::domain::id::PARTITION_COUNT;
@@ -448,8 +448,8 @@ where
     }
 
     /// The cached definition with `sale` (the `:sale` hash's rev and
-    /// body) applied when newer.
-    fn with_sale(
+    /// body) applied when newer; read again first if its seat map changed.
+    async fn with_sale(
         &self,
         info: Arc<EventInfo>,
         sale: (Option<u64>, Option<String>),
@@ -459,7 +459,16 @@ where
             return Ok(info);
         }
         let settings: EventSettings = serde_json::from_str(&body).map_err(corrupt)?;
-        let info = info.with_settings(&settings);
+        let base = if settings.map_rev == info.def.map_rev {
+            info
+        } else {
+            let e = info.def.event_id;
+            let def: Option<String> = self.conn.clone().get(self.ev(e, "def")).await.map_err(unavailable)?;
+            let def: EventDef = serde_json::from_str(&def.ok_or_else(|| corrupt("an event without its definition"))?)
+                .map_err(corrupt)?;
+            EventInfo::build(def, self.seats_max).map_err(corrupt)?
+        };
+        let info = base.with_settings(&settings);
         self.events.insert(info.def.event_id, info.clone());
         Ok(info)
     }
@@ -776,7 +785,7 @@ where
     async fn event_info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError> {
         let Some(info) = self.info(event_id).await? else { return Ok(None) };
         let sale = self.sale(event_id).await?;
-        self.with_sale(info, sale).map(Some)
+        self.with_sale(info, sale).await.map(Some)
     }
 
     async fn update_event(
@@ -792,9 +801,31 @@ where
         inv.arg(expected_rev).arg(settings.rev).arg(&body).arg(info.def.rev);
         let applied: i64 = self.run_write(inv, event_id.partition()).await?;
         if applied == 1 {
-            self.with_sale(info, (Some(settings.rev), Some(body)))?;
+            self.with_sale(info, (Some(settings.rev), Some(body))).await?;
         }
         Ok(applied == 1)
+    }
+
+    async fn replace_seats(&self, expected_rev: u64, def: &EventDef) -> Result<Replaced, StoreError> {
+        let e = def.event_id;
+        let Some(cur) = self.info(e).await? else { return Ok(Replaced::Stale) };
+        let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
+        let settings = serde_json::to_string(&def.settings()).map_err(corrupt)?;
+        let body = serde_json::to_string(def).map_err(corrupt)?;
+        let mut inv = self.scripts.replace_seats.prepare_invoke();
+        for what in ["sale", "ver", "def", "n", "seats", "holds", "paid"] {
+            inv.key(self.ev(e, what));
+        }
+        inv.arg(expected_rev).arg(def.rev).arg(settings).arg(cur.def.rev).arg(body).arg(info.map.len());
+        let done: i64 = self.run_write(inv, e.partition()).await?;
+        Ok(match done {
+            1 => {
+                self.events.insert(e, info);
+                Replaced::Done
+            }
+            2 => Replaced::SeatsTaken,
+            _ => Replaced::Stale,
+        })
     }
 
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError> {
@@ -824,7 +855,7 @@ where
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-        let info = self.with_sale(info, sale)?;
+        let info = self.with_sale(info, sale).await?;
         if !marked {
             // The definition is cached here, but Redis lost the state.
             return Err(StoreError::Lost);

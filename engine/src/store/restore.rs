@@ -322,6 +322,7 @@ mod tests {
             on_sale_at: None,
             sale_ends_at: None,
             rev: 0,
+            map_rev: 0,
             paused: false,
             cancellation: None,
             hold_ttl_s: 60,

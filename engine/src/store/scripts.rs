@@ -24,6 +24,7 @@ pub struct Scripts {
     pub lease_node: Script,
     pub create_event: Script,
     pub update_event: Script,
+    pub replace_seats: Script,
     pub restore_event: Script,
     pub restore_packet: Script,
 }
@@ -50,6 +51,7 @@ impl Scripts {
             lease_node: Script::new(include_str!("../../../lua/lease_node.lua")),
             create_event: Script::new(include_str!("../../../lua/create_event.lua")),
             update_event: Script::new(include_str!("../../../lua/update_event.lua")),
+            replace_seats: Script::new(include_str!("../../../lua/replace_seats.lua")),
             restore_event: Script::new(include_str!("../../../lua/restore_event.lua")),
             restore_packet: Script::new(include_str!("../../../lua/restore_packet.lua")),
         }
@@ -67,6 +69,7 @@ impl Scripts {
             &self.grab_direct,
             &self.create_event,
             &self.update_event,
+            &self.replace_seats,
             &self.restore_event,
             &self.restore_packet,
         ] {

@@ -30,20 +30,22 @@ pub async fn create_event(
         hold_ttl_s: b.hold_ttl_s,
         limits: b.limits.map(|l| NewLimits { per_order: l.per_order, per_user: l.per_user }),
         categories: b.categories.into_iter().map(|c| NewCategory { id: c.id, name: c.name, price: c.price }).collect(),
-        layout: b.layout.map(|l| {
-            l.sections
-                .into_iter()
-                .map(|s| SectionLayout { name: s.name, rows: s.rows, cols: s.cols, category: s.category })
-                .collect()
-        }),
-        seats: b.seats.map(|v| {
-            v.into_iter()
-                .map(|s| SeatDef { section: s.section, row: s.row, col: s.col, category: s.category })
-                .collect()
-        }),
+        layout: b.layout.map(layout_of),
+        seats: b.seats.map(seats_of),
     };
     let (id, seat_count) = state.engine.create_event(input).await?;
     Ok(HttpResponse::Created().json(CreateEventResp { event_id: id.to_string(), seat_count }))
+}
+
+fn layout_of(l: LayoutReq) -> Vec<SectionLayout> {
+    l.sections
+        .into_iter()
+        .map(|s| SectionLayout { name: s.name, rows: s.rows, cols: s.cols, category: s.category })
+        .collect()
+}
+
+fn seats_of(v: Vec<SeatReq>) -> Vec<SeatDef> {
+    v.into_iter().map(|s| SeatDef { section: s.section, row: s.row, col: s.col, category: s.category }).collect()
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}",
@@ -133,7 +135,7 @@ async fn event_after(state: &AppState, id: rush_engine::domain::Id, status: u16)
 
 #[utoipa::path(patch, path = "/v1/admin/events/{id}", request_body = PatchEventReq,
     responses((status = 200, body = EventResp), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
-              (status = 409, description = "event_on_sale (prices once on sale), event_changing", body = ErrorResp),
+              (status = 409, description = "event_on_sale (prices or seats once on sale), event_has_orders, event_changing", body = ErrorResp),
               (status = 410, description = "event_cancelled", body = ErrorResp)))]
 #[patch("/v1/admin/events/{id}")]
 pub async fn patch_event(
@@ -152,6 +154,8 @@ pub async fn patch_event(
         on_sale_at: b.on_sale_at,
         sale_ends_at: b.sale_ends_at,
         categories: b.categories.map(|v| v.into_iter().map(|c| PriceChange { id: c.id, price: c.price }).collect()),
+        layout: b.layout.map(layout_of),
+        seats: b.seats.map(seats_of),
     };
     state.engine.patch_event(id, patch).await?;
     event_after(&state, id, 200).await

@@ -88,15 +88,17 @@ async fn operator_actions(app: &TestApp) {
     assert_eq!((v["limits"]["per_user"].as_u64(), v["hold_ttl_s"].as_u64()), (Some(1), Some(60)), "{v}");
     let (s, v) = hold(app, &fan, &event, 1).await;
     assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"), "{v}");
-    let (s, v) = app.patch(&base, Some(&app.admin), json!({"categories": [{"id": "std", "price": 500}]})).await;
-    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_on_sale"), "prices are fixed once on sale: {v}");
+    for fixed in [json!({"categories": [{"id": "std", "price": 500}]}), json!({"seats": []})] {
+        let (s, v) = app.patch(&base, Some(&app.admin), fixed.clone()).await;
+        assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_on_sale"), "fixed once on sale: {fixed} {v}");
+    }
     for bad in [
         json!({"hold_ttl_s": 0}),
         json!({"name": ""}),
         json!({"limits": {"per_order": 0}}),
         json!({"sale_ends_at": stamp(Utc::now() - chrono::Duration::hours(1))}),
         json!({"on_sale_at": "2031-01-01T00:00:00Z", "sale_ends_at": "2030-06-01T00:00:00Z"}),
-        json!({"seats": []}),
+        json!({"color": "red"}),
     ] {
         let (s, v) = app.patch(&base, Some(&app.admin), bad.clone()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
@@ -139,7 +141,8 @@ async fn pause_resume_edit_and_cancel_embedded_and_redis_mode() {
     operator_actions(&spawn_in(Mode::Redis, |_| {}).await).await;
 }
 
-/// A price changed before the opening is what buyers pay after it.
+/// A price and a seat map changed before the opening are what buyers get
+/// after it; neither changes once on sale.
 async fn price_before_the_opening(app: &TestApp) {
     let opens = in_ms(1500);
     let event = app.event(1, 4, json!({"on_sale_at": stamp(opens)})).await;
@@ -149,16 +152,36 @@ async fn price_before_the_opening(app: &TestApp) {
     let (s, v) = app.patch(&base, Some(&app.admin), json!({"categories": [{"id": "std", "price": 250}]})).await;
     assert_eq!((s, v["categories"][0]["price"].as_i64()), (StatusCode::OK, Some(250)), "{v}");
     assert_eq!(v["status"], "scheduled");
+    // The seat map too, while scheduled: 1×4 becomes 2×3.
+    let layout = json!({"layout": {"sections": [{"name": "B", "rows": 2, "cols": 3, "category": "std"}]}});
+    let (s, v) = app.patch(&base, Some(&app.admin), layout.clone()).await;
+    assert_eq!((s, v["categories"][0]["remaining"].as_u64()), (StatusCode::OK, Some(6)), "{v}");
+    assert_eq!(v["categories"][0]["price"], 250, "the price stays");
+    let (_, seats) = app.get(&format!("/v1/events/{event}/seats"), Some(&app.admin)).await;
+    let labels: Vec<&str> =
+        seats["seats"].as_array().expect("seats").iter().filter_map(|s| s["seat_id"].as_str()).collect();
+    assert_eq!(labels, ["B-1-1", "B-1-2", "B-1-3", "B-2-1", "B-2-2", "B-2-3"]);
+    for bad in [
+        json!({"layout": {"sections": [{"name": "B", "rows": 1, "cols": 2, "category": "nope"}]}}),
+        json!({"layout": {"sections": []}}),
+        json!({"seats": [{"section": "C", "row": 1, "col": 1, "category": "std"}], "layout": layout["layout"]}),
+    ] {
+        let (s, v) = app.patch(&base, Some(&app.admin), bad.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
     let left = (opens - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(left).await;
     let (s, v) = hold(app, &app.token("buyer", "user").await, &event, 2).await;
     assert_eq!((s, v["amount"].as_i64()), (StatusCode::CREATED, Some(500)), "{v}");
-    let (s, v) = app.patch(&base, Some(&app.admin), json!({"categories": [{"id": "std", "price": 100}]})).await;
-    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_on_sale"), "{v}");
+    assert_eq!(v["seats"][0]["section"], "B", "{v}");
+    for late in [json!({"categories": [{"id": "std", "price": 100}]}), layout] {
+        let (s, v) = app.patch(&base, Some(&app.admin), late.clone()).await;
+        assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_on_sale"), "{late}: {v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_price_set_before_the_opening_is_what_buyers_pay_embedded_and_redis_mode() {
+async fn prices_and_seats_set_before_the_opening_are_what_buyers_get_embedded_and_redis_mode() {
     price_before_the_opening(&spawn_app().await).await;
     price_before_the_opening(&spawn_in(Mode::Redis, |_| {}).await).await;
 }

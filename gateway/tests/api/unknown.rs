@@ -58,6 +58,9 @@ impl HotStore for Flaky {
     async fn update_event(&self, event_id: Id, rev: u64, settings: &EventSettings) -> Result<bool, StoreError> {
         self.inner.update_event(event_id, rev, settings).await
     }
+    async fn replace_seats(&self, rev: u64, def: &EventDef) -> Result<rush_engine::store::Replaced, StoreError> {
+        self.inner.replace_seats(rev, def).await
+    }
     async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {
         self.inner.event_version(event_id).await
     }
