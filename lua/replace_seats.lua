@@ -11,7 +11,10 @@
 -- ARGV[1]  the revision the change was made on   ARGV[2] the new revision
 -- ARGV[3]  settings JSON   ARGV[4] the definition's own revision
 -- ARGV[5]  the new event JSON   ARGV[6] its seat count
--- Reply:   1 replaced, 0 changed meanwhile (or no such event), 2 seats are held or sold
+-- ARGV[7]  the opening instant in Unix ms: replaced only before it, by this
+--          server's clock (the one hold.lua checks the opening against)
+-- Reply:   1 replaced, 0 changed meanwhile (or no such event), 2 refused:
+--          the sale has opened or seats are held or sold
 if redis.call('EXISTS', KEYS[#KEYS]) == 0 then
   return redis.error_reply('RUSHLOST the hot store lost its data')
 end
@@ -22,7 +25,10 @@ local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or ARGV[4])
 if cur ~= tonumber(ARGV[1]) or tonumber(ARGV[2]) <= cur then
   return 0
 end
-if redis.call('HLEN', KEYS[5]) > 0 or redis.call('HLEN', KEYS[6]) > 0 or redis.call('HLEN', KEYS[7]) > 0 then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now >= tonumber(ARGV[7]) or redis.call('HLEN', KEYS[5]) > 0 or redis.call('HLEN', KEYS[6]) > 0
+    or redis.call('HLEN', KEYS[7]) > 0 then
   return 2
 end
 redis.call('SET', KEYS[3], ARGV[5])

@@ -11,14 +11,15 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use rush_engine::domain::{
-    Category, EventDef, Fen, Id, IdGen, Limits, OrderStatus, PacketKind, PacketStatus, SeatMap, SectionLayout,
+    Category, EventDef, EventSettings, Fen, Id, IdGen, Limits, OrderStatus, PacketKind, PacketStatus, SeatMap,
+    SectionLayout,
 };
 use rush_engine::store::db::Db;
 use rush_engine::store::memory::MemoryStore;
 use rush_engine::store::redis::RedisStore;
 use rush_engine::store::restore::{AppliedGrab, AppliedOrder, AppliedPacket, HotRecovery};
 use rush_engine::store::{
-    DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, Replaced, SeatOp, SeatState, StoreError,
+    Changed, DueItem, Grab, HotOrder, HotStore, OpOutcome, PacketDef, SeatOp, SeatState, StoreError,
 };
 use rush_engine::Config;
 use std::time::Duration;
@@ -690,10 +691,15 @@ async fn operator_changes_are_compare_and_set_and_fence_old_decisions(f: &dyn Fi
     s.rev = 1;
     s.name = "Renamed".into();
     s.paused = true;
-    assert!(!store.update_event(e, 7, &s).await.expect("update"), "a change made on another revision");
-    assert!(!store.update_event(e, 1, &s).await.expect("update"), "a change that is not newer");
-    assert!(store.update_event(e, 0, &s).await.expect("update"));
-    assert!(!store.update_event(e, 0, &s).await.expect("update"), "the same change twice applies once");
+    let up = |rev: u64, s: EventSettings, opens: Option<u64>| {
+        let store = store.clone();
+        async move { store.update_event(e, rev, &s, opens).await.expect("update") }
+    };
+    assert_eq!(up(7, s.clone(), None).await, Changed::Stale, "a change made on another revision");
+    assert_eq!(up(1, s.clone(), None).await, Changed::Stale, "a change that is not newer");
+    assert_eq!(up(0, s.clone(), Some(1)).await, Changed::OnSale, "prices after the opening (store's clock)");
+    assert_eq!(up(0, s.clone(), Some(u64::MAX / 2)).await, Changed::Done);
+    assert_eq!(up(0, s.clone(), None).await, Changed::Stale, "the same change twice applies once");
     let after = store.load_event(e).await.expect("load").expect("event");
     assert!(after.version > before.version, "the change bumps the version");
     assert_eq!((after.info.def.rev, after.info.def.name.as_str(), after.info.def.paused), (1, "Renamed", true));
@@ -711,17 +717,19 @@ async fn operator_changes_are_compare_and_set_and_fence_old_decisions(f: &dyn Fi
     let mut s2 = s.clone();
     s2.rev = 2;
     s2.paused = false;
-    assert!(store.update_event(e, 1, &s2).await.expect("update"));
+    assert_eq!(up(1, s2, None).await, Changed::Done);
     let fresh = f.open().await;
     assert!(!fresh.load_event(e).await.expect("load").expect("event").info.def.paused, "resumed, as stored");
     let unknown = ids.next(0);
-    assert!(!store.update_event(unknown, 0, &s).await.expect("update"), "no such event");
+    assert_eq!(store.update_event(unknown, 0, &s, None).await.expect("update"), Changed::Stale, "no such event");
 
     // A new seat map, only while no seat is taken; every reader sees it.
     let grown = EventDef { rev: 3, map_rev: 3, ..event_def(&ids, 6) };
     let grown = EventDef { event_id: e, ..grown };
-    assert_eq!(store.replace_seats(1, &grown).await.expect("replace"), Replaced::Stale);
-    assert_eq!(store.replace_seats(2, &grown).await.expect("replace"), Replaced::Done);
+    let later = u64::MAX / 2;
+    assert_eq!(store.replace_seats(1, &grown, later).await.expect("replace"), Changed::Stale);
+    assert_eq!(store.replace_seats(2, &grown, 1).await.expect("replace"), Changed::OnSale, "after the opening");
+    assert_eq!(store.replace_seats(2, &grown, later).await.expect("replace"), Changed::Done);
     let fresh = f.open().await;
     let snap = fresh.load_event(e).await.expect("load").expect("event");
     assert_eq!((snap.info.map.len(), snap.seats.len(), snap.info.def.rev), (6, 6, 3));
@@ -734,7 +742,11 @@ async fn operator_changes_are_compare_and_set_and_fence_old_decisions(f: &dyn Fi
     let applied = store.apply_seats_at(e, at, &[SeatOp::Hold(o)], 1).await.expect("hold");
     assert_eq!(applied.outcomes, vec![OpOutcome::Applied], "a seat of the new map");
     let again = EventDef { rev: 4, map_rev: 4, ..grown.clone() };
-    assert_eq!(store.replace_seats(3, &again).await.expect("replace"), Replaced::SeatsTaken);
+    assert_eq!(store.replace_seats(3, &again, later).await.expect("replace"), Changed::OnSale, "a seat is held");
+    let mut priced = again.settings();
+    priced.categories[0].price = Fen::new(999);
+    assert_eq!(up(3, priced.clone(), Some(later)).await, Changed::OnSale, "a price while a seat is held");
+    assert_eq!(up(3, priced, None).await, Changed::Done, "other changes go on");
 }
 
 async fn run_all<F: Fixture>(make: impl Fn() -> F) {

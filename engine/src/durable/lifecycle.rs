@@ -135,17 +135,15 @@ impl Durable {
         Ok(())
     }
 
-    /// Records an operator's change to an event. Written twice: before the
-    /// hot store applies it (`confirmed` false: only over an older
-    /// revision), so that a rebuild never forgets a change the hot store
-    /// had; and after (`confirmed` true: over the same revision too, the
-    /// hot store's word), which also announces a cancellation to webhooks.
-    pub async fn save_event_change(&self, def: &EventDef, confirmed: bool) -> Result<(), DurableError> {
+    /// Records an operator's change to an event once the hot store took it
+    /// (over the same or an older revision: the hot store's word); a
+    /// cancellation is announced to webhooks in the same transaction (once:
+    /// the delivery id is the event's).
+    pub async fn save_event_change(&self, def: &EventDef) -> Result<(), DurableError> {
         let cols = columns(def)?;
         let (id, rev) = (def.event_id.raw(), ms_i(def.rev));
         let (name, venue) = (def.name.clone(), def.venue.clone());
-        let guard = if confirmed { "rev <= $9" } else { "rev < $9" };
-        let announce = (confirmed && def.cancellation.is_some()).then(|| {
+        let announce = def.cancellation.is_some().then(|| {
             let at = cols.cancelled_at_ms.map(ms).unwrap_or(0);
             let data = serde_json::json!({
                 "event_id": def.event_id.to_string(),
@@ -154,11 +152,11 @@ impl Durable {
             });
             (format!("event-{}-cancelled", def.event_id), data, at)
         });
-        let sql = format!(
+        let sql = String::from(
             "UPDATE events SET def = $1, name = $2, venue = $3, categories = $4, on_sale_at_ms = $5, \
              sale_ends_at_ms = $6, paused = $7, rev = $9, \
              cancelled_at_ms = COALESCE(cancelled_at_ms, $10), cancel_reason = COALESCE(cancel_reason, $11) \
-             WHERE event_id = $8 AND {guard}"
+             WHERE event_id = $8 AND rev <= $9",
         );
         self.db()
             .writer

@@ -5,8 +5,11 @@
 //! A change is compare-and-set on the definition's revision in the hot
 //! store, which bumps the event's version: every node's actor reloads
 //! before its next commit, so a hold decided on the old definition is
-//! never written. The durable store records the change before (a rebuild
-//! never forgets it) and after (the hot store's word).
+//! never written. The durable store records it after the hot store took
+//! it (never a change the hot store refused); a node that dies between
+//! the two leaves the durable store one change behind until the change is
+//! asked for again (every operator action is idempotent and writes the
+//! hot store's word back when there is nothing to change).
 
 use std::sync::Arc;
 
@@ -25,7 +28,7 @@ use crate::domain::{
 use crate::durable::lifecycle::{CatalogueQuery, OrderQuery};
 use crate::durable::payments::{PaymentStatus, RefundState};
 use crate::error::{EngineError, Entity};
-use crate::store::Replaced;
+use crate::store::Changed;
 use crate::views::OrderView;
 
 /// Attempts of a change that keeps meeting another operator's.
@@ -102,12 +105,22 @@ fn cancelled(def: &EventDef) -> Option<EngineError> {
 struct Change {
     settings: EventSettings,
     map: Option<SeatMap>,
+    /// Prices change: only before the opening, by the hot store's clock,
+    /// and while no seat is held or sold (as a new seat map).
+    prices: bool,
 }
 
 impl From<EventSettings> for Change {
     fn from(settings: EventSettings) -> Self {
-        Change { settings, map: None }
+        Change { settings, map: None, prices: false }
     }
+}
+
+fn on_sale() -> EngineError {
+    EngineError::conflict(
+        "event_on_sale",
+        "prices and the seat map change only before on_sale_at and while no seat is held or sold",
+    )
 }
 
 /// `patch` applied to `def`'s settings, checked.
@@ -139,12 +152,6 @@ fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) ->
             return Err(invalid(format!("limits must be 1-{}", ec.seats_max)));
         }
     }
-    let on_sale = || {
-        EngineError::conflict(
-            "event_on_sale",
-            "prices and the seat map change only while the event is scheduled (before on_sale_at)",
-        )
-    };
     if let Some(prices) = &patch.categories {
         // Buyers hold at the price they saw: none once anyone could.
         if !scheduled {
@@ -180,7 +187,7 @@ fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) ->
         (None, Some(seats)) => Some(SeatMap::from_seats(seats.clone(), &cats, ec.seats_max)),
     };
     let map = map.transpose().map_err(|e| invalid(e.to_string()))?;
-    Ok(Change { settings: s, map })
+    Ok(Change { settings: s, map, prices: patch.categories.is_some() })
 }
 
 impl Engine {
@@ -194,7 +201,11 @@ impl Engine {
         self.check_hot()?;
         for _ in 0..CHANGE_TRIES_MAX {
             let info = self.store.event_info(event_id).await?.ok_or(EngineError::NotFound(Entity::Event))?;
-            let Some(Change { mut settings, map }) = change(&info.def, now_unix_ms())? else {
+            let Some(Change { mut settings, map, prices }) = change(&info.def, now_unix_ms())? else {
+                // Nothing to change: the durable store gets the hot store's
+                // word again (a change whose node died before it wrote
+                // there is repaired by asking again).
+                self.durable.save_event_change(&info.def).await?;
                 return Ok(info);
             };
             settings.rev = info.def.rev + 1;
@@ -206,23 +217,20 @@ impl Engine {
                     Arc::new(EventInfo { def, map })
                 }
             };
-            self.durable.save_event_change(&next.def, false).await?;
-            let applied = if next.def.map_rev == info.def.map_rev {
-                self.store.update_event(event_id, info.def.rev, &settings).await?
+            // The opening this change must come before (by the store's clock).
+            let opens_ms = info.def.sale_window_ms().0;
+            let changed = if next.def.map_rev == info.def.map_rev {
+                self.store.update_event(event_id, info.def.rev, &settings, prices.then_some(opens_ms)).await?
             } else {
-                match self.store.replace_seats(info.def.rev, &next.def).await? {
-                    Replaced::Done => true,
-                    Replaced::Stale => false,
-                    Replaced::SeatsTaken => {
-                        return Err(EngineError::conflict(
-                            "event_has_orders",
-                            "the seat map cannot change while seats are held or sold",
-                        ))
-                    }
-                }
+                self.store.replace_seats(info.def.rev, &next.def, opens_ms).await?
+            };
+            let applied = match changed {
+                Changed::Done => true,
+                Changed::Stale => false,
+                Changed::OnSale => return Err(on_sale()),
             };
             if applied {
-                self.durable.save_event_change(&next.def, true).await?;
+                self.durable.save_event_change(&next.def).await?;
                 self.infos.insert(event_id, next.clone());
                 self.catalogue.invalidate(&event_id);
                 tracing::info!(%event_id, rev = settings.rev, "event changed");

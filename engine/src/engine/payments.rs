@@ -108,6 +108,11 @@ impl Engine {
             let status = if order.status == OrderStatus::PendingPayment { OrderStatus::Expired } else { order.status };
             return Err(EngineError::OrderNotPending { status });
         }
+        // A cancelled event's pending orders are being closed: no new
+        // payment (one opened just before the cancel is closed with them).
+        if let Some(c) = self.store.event_info(order.event_id).await?.and_then(|i| i.def.cancellation.clone()) {
+            return Err(EngineError::EventCancelled { reason: c.reason });
+        }
         self.channel(channel)?;
         let order_ref = Some((order_id, order.event_id));
         let p = self.new_payment(Purpose::Order, order_ref, &caller.user_id, channel, order.amount, expires_at_ms);

@@ -23,8 +23,8 @@ use super::db::Db;
 use super::order_seats;
 use super::recent::RecentGrab;
 use super::{
-    DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
-    Replaced, SeatOp, SeatState, SeatsApplied, StoreError, Voided,
+    Changed, DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot,
+    PaidOrder, SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::domain::DomainEvent;
 use crate::domain::{EventDef, EventInfo, EventSettings, Fen, Id, IdGen, OrderStatus, PacketStatus, SaleStatus};
@@ -47,6 +47,13 @@ struct EventHot {
 }
 
 impl EventHot {
+    /// The sale opened at `at` (by this process's clock, the one holds are
+    /// checked by here), or seats are held or sold: prices and the seat map
+    /// are fixed.
+    fn opened(&self, at: u64) -> bool {
+        crate::domain::now_unix_ms() >= at || !self.holds.is_empty() || !self.paid.is_empty()
+    }
+
     fn new(
         info: Arc<EventInfo>,
         seats: Vec<SeatState>,
@@ -405,13 +412,17 @@ impl HotStore for MemoryStore {
         event_id: Id,
         expected_rev: u64,
         settings: &EventSettings,
-    ) -> Result<bool, StoreError> {
+        opens_ms: Option<u64>,
+    ) -> Result<Changed, StoreError> {
         let Some(m) = self.event_mirror(event_id).await? else {
-            return Ok(false);
+            return Ok(Changed::Stale);
         };
         let mut hot = m.lock().await;
         if hot.info.def.rev != expected_rev || settings.rev <= expected_rev {
-            return Ok(false);
+            return Ok(Changed::Stale);
+        }
+        if opens_ms.is_some_and(|at| hot.opened(at)) {
+            return Ok(Changed::OnSale);
         }
         let info = hot.info.with_settings(settings);
         let body = serde_json::to_string(&info.def).map_err(corrupt)?;
@@ -424,19 +435,19 @@ impl HotStore for MemoryStore {
         hot.info = info;
         // Every actor's memory of the event is stale now.
         hot.version += 1;
-        Ok(true)
+        Ok(Changed::Done)
     }
 
-    async fn replace_seats(&self, expected_rev: u64, def: &EventDef) -> Result<Replaced, StoreError> {
+    async fn replace_seats(&self, expected_rev: u64, def: &EventDef, opens_ms: u64) -> Result<Changed, StoreError> {
         let Some(m) = self.event_mirror(def.event_id).await? else {
-            return Ok(Replaced::Stale);
+            return Ok(Changed::Stale);
         };
         let mut hot = m.lock().await;
         if hot.info.def.rev != expected_rev || def.rev <= expected_rev {
-            return Ok(Replaced::Stale);
+            return Ok(Changed::Stale);
         }
-        if !hot.holds.is_empty() || !hot.paid.is_empty() {
-            return Ok(Replaced::SeatsTaken);
+        if hot.opened(opens_ms) {
+            return Ok(Changed::OnSale);
         }
         let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
         let body = serde_json::to_string(def).map_err(corrupt)?;
@@ -450,7 +461,7 @@ impl HotStore for MemoryStore {
         let seats = vec![SeatState::Available; info.map.len()];
         *hot = EventHot::new(info, seats, HashMap::new(), HashMap::new());
         hot.version = version;
-        Ok(Replaced::Done)
+        Ok(Changed::Done)
     }
 
     async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {

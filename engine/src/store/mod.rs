@@ -185,14 +185,15 @@ impl PacketSnapshot {
     }
 }
 
-/// What [`HotStore::replace_seats`] did.
+/// What [`HotStore::update_event`] and [`HotStore::replace_seats`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Replaced {
+pub enum Changed {
     Done,
     /// The definition changed meanwhile (or there is no such event).
     Stale,
-    /// Seats are held or sold: the map stays.
-    SeatsTaken,
+    /// The sale has opened by the store's clock, or seats are held or
+    /// sold: prices and the seat map stay.
+    OnSale,
 }
 
 /// What [`HotStore::void_packet`] found.
@@ -258,16 +259,24 @@ pub trait HotStore: Send + Sync + 'static {
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError>;
     /// The event's definition as it stands (operator changes applied).
     async fn event_info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError>;
-    /// An operator's change: applied (true) only if the definition is still
-    /// at `expected_rev` and `settings.rev` is newer; it bumps the event's
-    /// version, so every node's actor reloads before its next decision (a
-    /// hold decided on the old definition is not committed).
-    async fn update_event(&self, event_id: Id, expected_rev: u64, settings: &EventSettings)
-        -> Result<bool, StoreError>;
+    /// An operator's change: applied only if the definition is still at
+    /// `expected_rev` and `settings.rev` is newer, and, with `opens_ms`,
+    /// only before that instant by the store's clock (the one the opening
+    /// is checked against) while no seat is held or sold (a change of
+    /// prices). It bumps the event's version, so every node's actor reloads
+    /// before its next decision (a hold decided on the old definition is
+    /// not committed).
+    async fn update_event(
+        &self,
+        event_id: Id,
+        expected_rev: u64,
+        settings: &EventSettings,
+        opens_ms: Option<u64>,
+    ) -> Result<Changed, StoreError>;
     /// [`HotStore::update_event`] that also replaces the seat map with
-    /// `def`'s (its `rev` the new revision), only while no seat is held or
-    /// sold.
-    async fn replace_seats(&self, expected_rev: u64, def: &EventDef) -> Result<Replaced, StoreError>;
+    /// `def`'s (its `rev` the new revision), always under the `opens_ms`
+    /// rule.
+    async fn replace_seats(&self, expected_rev: u64, def: &EventDef, opens_ms: u64) -> Result<Changed, StoreError>;
     /// Re-checks and applies a batch of seat ops in order, atomically with
     /// their outbox events. With `version`, nothing is written unless the
     /// event is still at that version (the actor decided on the store's

@@ -34,8 +34,8 @@ use tokio::task::JoinSet;
 use super::recent::RecentGrab;
 use super::restore::{self, AppliedOrder, AppliedPacket, HotRecovery, Markers, Restored};
 use super::{
-    DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, PaidOrder,
-    Replaced, SeatOp, SeatState, SeatsApplied, StoreError, Voided,
+    Changed, DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot,
+    PaidOrder, SeatOp, SeatState, SeatsApplied, StoreError, Voided,
 };
 use crate::config::Replication;
 use crate::domain::id::PARTITION_COUNT;
@@ -793,22 +793,30 @@ where
         event_id: Id,
         expected_rev: u64,
         settings: &EventSettings,
-    ) -> Result<bool, StoreError> {
-        let Some(info) = self.info(event_id).await? else { return Ok(false) };
+        opens_ms: Option<u64>,
+    ) -> Result<Changed, StoreError> {
+        let Some(info) = self.info(event_id).await? else { return Ok(Changed::Stale) };
         let body = serde_json::to_string(settings).map_err(corrupt)?;
         let mut inv = self.scripts.update_event.prepare_invoke();
-        inv.key(self.ev(event_id, "sale")).key(self.ev(event_id, "ver")).key(self.ev(event_id, "def"));
-        inv.arg(expected_rev).arg(settings.rev).arg(&body).arg(info.def.rev);
-        let applied: i64 = self.run_write(inv, event_id.partition()).await?;
-        if applied == 1 {
-            self.with_sale(info, (Some(settings.rev), Some(body))).await?;
+        for what in ["sale", "ver", "def", "holds", "paid"] {
+            inv.key(self.ev(event_id, what));
         }
-        Ok(applied == 1)
+        let opens = opens_ms.map(|o| o.to_string()).unwrap_or_default();
+        inv.arg(expected_rev).arg(settings.rev).arg(&body).arg(info.def.rev).arg(opens);
+        let applied: i64 = self.run_write(inv, event_id.partition()).await?;
+        Ok(match applied {
+            1 => {
+                self.with_sale(info, (Some(settings.rev), Some(body))).await?;
+                Changed::Done
+            }
+            2 => Changed::OnSale,
+            _ => Changed::Stale,
+        })
     }
 
-    async fn replace_seats(&self, expected_rev: u64, def: &EventDef) -> Result<Replaced, StoreError> {
+    async fn replace_seats(&self, expected_rev: u64, def: &EventDef, opens_ms: u64) -> Result<Changed, StoreError> {
         let e = def.event_id;
-        let Some(cur) = self.info(e).await? else { return Ok(Replaced::Stale) };
+        let Some(cur) = self.info(e).await? else { return Ok(Changed::Stale) };
         let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
         let settings = serde_json::to_string(&def.settings()).map_err(corrupt)?;
         let body = serde_json::to_string(def).map_err(corrupt)?;
@@ -816,15 +824,15 @@ where
         for what in ["sale", "ver", "def", "n", "seats", "holds", "paid"] {
             inv.key(self.ev(e, what));
         }
-        inv.arg(expected_rev).arg(def.rev).arg(settings).arg(cur.def.rev).arg(body).arg(info.map.len());
+        inv.arg(expected_rev).arg(def.rev).arg(settings).arg(cur.def.rev).arg(body).arg(info.map.len()).arg(opens_ms);
         let done: i64 = self.run_write(inv, e.partition()).await?;
         Ok(match done {
             1 => {
                 self.events.insert(e, info);
-                Replaced::Done
+                Changed::Done
             }
-            2 => Replaced::SeatsTaken,
-            _ => Replaced::Stale,
+            2 => Changed::OnSale,
+            _ => Changed::Stale,
         })
     }
 

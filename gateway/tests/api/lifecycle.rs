@@ -107,12 +107,24 @@ async fn operator_actions(app: &TestApp) {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(event_of(app, &event).await["name"], "Renamed", "a refused edit changed nothing");
 
+    // Moved back to scheduled, a price still cannot change while a seat is held.
+    let later = stamp(Utc::now() + chrono::Duration::hours(1));
+    let (s, v) = app.patch(&base, Some(&app.admin), json!({"on_sale_at": later})).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("scheduled")), "{v}");
+    let (s, v) = app.patch(&base, Some(&app.admin), json!({"categories": [{"id": "std", "price": 500}]})).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_on_sale"), "a seat is held: {v}");
+    let now = stamp(Utc::now());
+    assert_eq!(app.patch(&base, Some(&app.admin), json!({"on_sale_at": now})).await.0, StatusCode::OK);
+
     // Cancel: final, idempotent, the first reason stays.
     let (s, v) = admin_post(app, &format!("{base}/cancel"), json!({"reason": "storm"})).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::ACCEPTED, Some("cancelled")), "{v}");
     assert_eq!(v["cancellation"]["reason"], "storm", "{v}");
     let (s, v) = hold(app, &app.token("late", "user").await, &event, 1).await;
     assert_eq!((s, code(&v)), (StatusCode::GONE, "event_cancelled"), "{v}");
+    // No payment opens for an order of a cancelled event.
+    let (s, v) = app.post(&format!("/v1/orders/{pending}/payments"), Some(&fan), json!({"channel": "wechat"})).await;
+    assert!(matches!(code(&v), "event_cancelled" | "order_not_pending"), "{s}: {v}");
     let (s, v) = admin_post(app, &format!("{base}/cancel"), json!({"reason": "other"})).await;
     assert_eq!((s, v["cancellation"]["reason"].as_str()), (StatusCode::ACCEPTED, Some("storm")), "{v}");
     for action in ["pause", "resume"] {
@@ -184,6 +196,52 @@ async fn price_before_the_opening(app: &TestApp) {
 async fn prices_and_seats_set_before_the_opening_are_what_buyers_get_embedded_and_redis_mode() {
     price_before_the_opening(&spawn_app().await).await;
     price_before_the_opening(&spawn_in(Mode::Redis, |_| {}).await).await;
+}
+
+/// Price changes sent through two nodes from just before the opening to
+/// just after it, while holds race for the first seats: every answered
+/// change came before every hold (one price among all orders, and it is
+/// the price the last accepted change set), every other change is 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_price_changes_once_the_first_hold_is_taken_across_two_nodes() {
+    let (a, b) = super::multinode::two_nodes().await;
+    let opens = in_ms(1200);
+    let event = a.event(10, 10, json!({"on_sale_at": stamp(opens), "limits": {"per_order": 1, "per_user": 1}})).await;
+    let path = format!("/v1/admin/events/{event}");
+    tokio::time::sleep((opens - Utc::now() - chrono::Duration::milliseconds(150)).to_std().unwrap_or_default()).await;
+    let mut tasks = Vec::new();
+    for i in 0..60u64 {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (event, path) = (event.clone(), path.clone());
+        let token = node.token(&format!("p{i}"), "user").await;
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5 * i)).await;
+            if i % 3 == 0 {
+                let price = 1000 + i as i64;
+                let (s, v) = node.patch(&path, Some(&node.admin), json!({"categories": [{"id": "std", "price": price}]})).await;
+                (true, price, s, v)
+            } else {
+                let (s, v) = hold(&node, &token, &event, 1).await;
+                (false, 0, s, v)
+            }
+        }));
+    }
+    let (mut amounts, mut accepted, mut taken) = (HashSet::new(), Vec::new(), 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            (true, price, StatusCode::OK, _) => accepted.push(price),
+            (true, _, s, v) => assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_on_sale"), "{v}"),
+            (false, _, StatusCode::CREATED, v) => {
+                taken += 1;
+                amounts.insert(v["amount"].as_i64().expect("amount"));
+            }
+            (false, _, s, v) => assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "not_on_sale"), "{v}"),
+        }
+    }
+    assert!(taken > 0, "the sale opened");
+    assert_eq!(amounts.len(), 1, "one price among all orders: {amounts:?}");
+    let price = event_of(&a, &event).await["categories"][0]["price"].as_i64().expect("price");
+    assert_eq!(amounts.into_iter().next(), Some(price), "the orders' price is the event's; accepted {accepted:?}");
 }
 
 /// Payments of an order held before the sale ended complete after it,

@@ -55,11 +55,22 @@ impl HotStore for Flaky {
     async fn event_info(&self, event_id: Id) -> Result<Option<Arc<EventInfo>>, StoreError> {
         self.inner.event_info(event_id).await
     }
-    async fn update_event(&self, event_id: Id, rev: u64, settings: &EventSettings) -> Result<bool, StoreError> {
-        self.inner.update_event(event_id, rev, settings).await
+    async fn update_event(
+        &self,
+        event_id: Id,
+        rev: u64,
+        settings: &EventSettings,
+        opens_ms: Option<u64>,
+    ) -> Result<rush_engine::store::Changed, StoreError> {
+        self.inner.update_event(event_id, rev, settings, opens_ms).await
     }
-    async fn replace_seats(&self, rev: u64, def: &EventDef) -> Result<rush_engine::store::Replaced, StoreError> {
-        self.inner.replace_seats(rev, def).await
+    async fn replace_seats(
+        &self,
+        rev: u64,
+        def: &EventDef,
+        opens_ms: u64,
+    ) -> Result<rush_engine::store::Changed, StoreError> {
+        self.inner.replace_seats(rev, def, opens_ms).await
     }
     async fn event_version(&self, event_id: Id) -> Result<Option<u64>, StoreError> {
         self.inner.event_version(event_id).await
