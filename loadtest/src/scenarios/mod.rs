@@ -208,16 +208,18 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
         }
         Scenario::Seats => {
             let n = opts.events;
-            let events = Arc::new(Events::create(&mut api, &run_id, 2 * n, opts.rows, opts.cols).await?);
-            let by_category = CategoryLoad::new(events.clone(), tokens.clone(), 0, n);
-            if opts.runs("seats-category") {
-                stages.push(stage("seats-category", &opts, Arc::new(by_category), sampler, &mut checks).await);
+            if opts.runs("seats-category") || opts.runs("seats-named") {
+                let events = Arc::new(Events::create(&mut api, &run_id, 2 * n, opts.rows, opts.cols).await?);
+                let by_category = CategoryLoad::new(events.clone(), tokens.clone(), 0, n);
+                if opts.runs("seats-category") {
+                    stages.push(stage("seats-category", &opts, Arc::new(by_category), sampler, &mut checks).await);
+                }
+                let named = NamedLoad::new(events.clone(), tokens.clone(), n, 2 * n);
+                if opts.runs("seats-named") {
+                    stages.push(stage("seats-named", &opts, Arc::new(named), sampler, &mut checks).await);
+                }
+                events.check(&api, &users, &mut checks).await?;
             }
-            let named = NamedLoad::new(events.clone(), tokens.clone(), n, 2 * n);
-            if opts.runs("seats-named") {
-                stages.push(stage("seats-named", &opts, Arc::new(named), sampler, &mut checks).await);
-            }
-            events.check(&api, &users, &mut checks).await?;
             if opts.runs("opening") {
                 // Opens a third into the stage: every connection is sending by then.
                 let third = i64::try_from(opts.duration.as_millis() / 3).unwrap_or(i64::MAX);
