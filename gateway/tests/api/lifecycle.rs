@@ -218,7 +218,8 @@ async fn no_price_changes_once_the_first_hold_is_taken_across_two_nodes() {
             tokio::time::sleep(std::time::Duration::from_millis(5 * i)).await;
             if i % 3 == 0 {
                 let price = 1000 + i as i64;
-                let (s, v) = node.patch(&path, Some(&node.admin), json!({"categories": [{"id": "std", "price": price}]})).await;
+                let (s, v) =
+                    node.patch(&path, Some(&node.admin), json!({"categories": [{"id": "std", "price": price}]})).await;
                 (true, price, s, v)
             } else {
                 let (s, v) = hold(&node, &token, &event, 1).await;
