@@ -194,7 +194,7 @@ fn complete_operation(path: &str, op: &mut Map<String, Value>, cfg: &Config) {
         if p["in"] == "query" {
             let name = p["name"].as_str().unwrap_or_default().to_string();
             if let Some(schema) = p.get_mut("schema") {
-                merge(schema, query_schema(&name, cfg));
+                merge(schema, query_schema(path, &name, cfg));
             }
         }
     }
@@ -280,13 +280,19 @@ fn path_schema(name: &str) -> Value {
 /// `valid_user_id`: 1-64 of letters, digits, `_ - . @`, not starting with `@`.
 const USER_ID_PATTERN: &str = "^[A-Za-z0-9_.-][A-Za-z0-9_.@-]*$";
 
-fn query_schema(name: &str, cfg: &Config) -> Value {
-    match name {
-        "limit" => json!({"minimum": 1, "maximum": cfg.orders.list_limit_max}),
-        "cursor" => json!({"pattern": ID_PATTERN}),
-        "channel" => json!({"enum": ChannelKind::ALL.map(ChannelKind::as_str)}),
-        "status" => json!({"enum": WithdrawalStatus::ALL.map(WithdrawalStatus::as_str)}),
-        "section" => json!({"minLength": 1}),
+fn query_schema(path: &str, name: &str, cfg: &Config) -> Value {
+    use rush_engine::domain::{OrderStatus, SaleStatus};
+    match (path, name) {
+        (_, "limit") => json!({"minimum": 1, "maximum": cfg.orders.list_limit_max}),
+        (_, "cursor" | "event_id") => json!({"pattern": ID_PATTERN}),
+        (_, "channel") => json!({"enum": ChannelKind::ALL.map(ChannelKind::as_str)}),
+        ("/v1/events", "status") => json!({"enum": SaleStatus::ALL.map(SaleStatus::as_str)}),
+        ("/v1/admin/orders", "status") => json!({"enum": OrderStatus::ALL.map(OrderStatus::as_str)}),
+        (_, "status") => json!({"enum": WithdrawalStatus::ALL.map(WithdrawalStatus::as_str)}),
+        (_, "user_id") => json!({"minLength": 1, "maxLength": 64, "pattern": USER_ID_PATTERN}),
+        (_, "from" | "to") => json!({"format": "date-time"}),
+        (_, "q") => json!({"maxLength": cfg.events.name_len_max}),
+        (_, "section") => json!({"minLength": 1}),
         _ => json!({}),
     }
 }

@@ -69,7 +69,11 @@ pub async fn get_seats(
     id: web::Path<String>,
     q: web::Query<SeatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let seats = state.engine.seats(path_id(&id, Entity::Event)?, q.into_inner().section).await?;
+    let section = q.into_inner().section;
+    if section.as_deref() == Some("") {
+        return Err(ApiError::bad_request("section must not be empty"));
+    }
+    let seats = state.engine.seats(path_id(&id, Entity::Event)?, section).await?;
     Ok(HttpResponse::Ok().json(SeatsResp {
         seats: seats
             .into_iter()

@@ -17,7 +17,8 @@ use crate::AppState;
 #[utoipa::path(post, path = "/v1/orders", request_body = HoldReq,
     params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
     responses((status = 201, body = OrderView), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
-              (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats, not_on_sale (with on_sale_at), sale_ended (with sale_ends_at)", body = ErrorResp),
+              (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats, not_on_sale (with on_sale_at), sale_ended (with sale_ends_at), sale_paused", body = ErrorResp),
+              (status = 410, description = "event_cancelled (with reason)", body = ErrorResp),
               (status = 422, description = "limit_exceeded", body = ErrorResp),
               (status = 503, description = "overloaded, store_unavailable, outbox_full or shutting_down; see Retry-After", body = ErrorResp)))]
 #[post("/v1/orders")]
@@ -102,6 +103,9 @@ pub async fn admin_orders(
         None => None,
         Some(e) => Some(e.parse().map_err(|_| ApiError::bad_request("bad event_id"))?),
     };
+    if q.user_id.as_deref().is_some_and(|u| !rush_engine::domain::valid_user_id(u)) {
+        return Err(ApiError::bad_request("bad user_id"));
+    }
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(rush_engine::domain::OrderStatus::parse(s).ok_or_else(|| {

@@ -23,6 +23,7 @@ pub fn channel_of(raw: &str) -> Result<ChannelKind, ApiError> {
     responses((status = 201, body = PaymentView), (status = 200, description = "the unpaid payment already open on this channel", body = PaymentView),
               (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
               (status = 409, description = "order_not_pending", body = ErrorResp),
+              (status = 410, description = "event_cancelled: the order's event was cancelled", body = ErrorResp),
               (status = 503, description = "channel_unavailable", body = ErrorResp)))]
 #[post("/v1/orders/{id}/payments")]
 pub async fn pay_order(
