@@ -118,6 +118,23 @@ impl SaleStatus {
         }
     }
 
+    /// Where a sale of window `[on, ends)` stands at `now_ms`: cancelled is
+    /// final; past its end it is ended, paused or not; otherwise paused,
+    /// or where the clock puts it.
+    pub fn at(now_ms: u64, (on, ends): (u64, u64), paused: bool, cancelled: bool) -> SaleStatus {
+        if cancelled {
+            SaleStatus::Cancelled
+        } else if now_ms >= ends {
+            SaleStatus::Ended
+        } else if paused {
+            SaleStatus::Paused
+        } else if now_ms < on {
+            SaleStatus::Scheduled
+        } else {
+            SaleStatus::OnSale
+        }
+    }
+
     pub fn parse(s: &str) -> Option<SaleStatus> {
         SaleStatus::ALL.into_iter().find(|v| v.as_str() == s)
     }
@@ -133,21 +150,8 @@ impl EventDef {
         (self.on_sale_at.map(unix_ms).unwrap_or(0), self.sale_ends_at.map(unix_ms).unwrap_or(u64::MAX))
     }
 
-    /// Cancelled is final; a sale past its end is ended, paused or not;
-    /// otherwise paused, or where the clock puts it.
     pub fn sale_status(&self, now_ms: u64) -> SaleStatus {
-        let (on, ends) = self.sale_window_ms();
-        if self.cancellation.is_some() {
-            SaleStatus::Cancelled
-        } else if now_ms >= ends {
-            SaleStatus::Ended
-        } else if self.paused {
-            SaleStatus::Paused
-        } else if now_ms < on {
-            SaleStatus::Scheduled
-        } else {
-            SaleStatus::OnSale
-        }
+        SaleStatus::at(now_ms, self.sale_window_ms(), self.paused, self.cancellation.is_some())
     }
 
     pub fn settings(&self) -> EventSettings {

@@ -31,17 +31,8 @@ pub struct CatalogueRow {
 
 impl CatalogueRow {
     pub fn status(&self, now_ms: u64) -> SaleStatus {
-        if self.cancelled {
-            SaleStatus::Cancelled
-        } else if self.sale_ends_at_ms.is_some_and(|e| now_ms >= e) {
-            SaleStatus::Ended
-        } else if self.paused {
-            SaleStatus::Paused
-        } else if now_ms < self.on_sale_at_ms {
-            SaleStatus::Scheduled
-        } else {
-            SaleStatus::OnSale
-        }
+        let window = (self.on_sale_at_ms, self.sale_ends_at_ms.unwrap_or(u64::MAX));
+        SaleStatus::at(now_ms, window, self.paused, self.cancelled)
     }
 }
 

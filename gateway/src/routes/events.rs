@@ -1,3 +1,4 @@
+use actix_web::http::StatusCode;
 use actix_web::{get, patch, post, web, HttpResponse};
 use rush_engine::domain::SaleStatus;
 use rush_engine::domain::{SeatDef, SectionLayout};
@@ -131,10 +132,13 @@ pub async fn list_events(
 }
 
 /// The event as it stands after an operator's change.
-async fn event_after(state: &AppState, id: rush_engine::domain::Id, status: u16) -> Result<HttpResponse, ApiError> {
+async fn event_after(
+    state: &AppState,
+    id: rush_engine::domain::Id,
+    status: StatusCode,
+) -> Result<HttpResponse, ApiError> {
     let v = state.engine.event(id).await?;
-    let code = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
-    Ok(HttpResponse::build(code).json(EventResp::of(v)))
+    Ok(HttpResponse::build(status).json(EventResp::of(v)))
 }
 
 #[utoipa::path(patch, path = "/v1/admin/events/{id}", request_body = PatchEventReq,
@@ -162,7 +166,7 @@ pub async fn patch_event(
         seats: b.seats.map(seats_of),
     };
     state.engine.patch_event(id, patch).await?;
-    event_after(&state, id, 200).await
+    event_after(&state, id, StatusCode::OK).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/events/{id}/pause",
@@ -177,7 +181,7 @@ pub async fn pause_event(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, Entity::Event)?;
     state.engine.pause_event(id).await?;
-    event_after(&state, id, 200).await
+    event_after(&state, id, StatusCode::OK).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/events/{id}/resume",
@@ -191,7 +195,7 @@ pub async fn resume_event(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, Entity::Event)?;
     state.engine.resume_event(id).await?;
-    event_after(&state, id, 200).await
+    event_after(&state, id, StatusCode::OK).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/events/{id}/cancel", request_body = CancelEventReq,
@@ -206,7 +210,7 @@ pub async fn cancel_event(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&id, Entity::Event)?;
     state.engine.cancel_event(id, &body.reason).await?;
-    event_after(&state, id, 202).await
+    event_after(&state, id, StatusCode::ACCEPTED).await
 }
 
 #[utoipa::path(get, path = "/v1/admin/events/{id}/stats",

@@ -237,6 +237,21 @@ impl TestApp {
     }
 }
 
+/// Journal entries of `kind` (both legs), straight from the durable store.
+pub async fn journal_rows(app: &TestApp, kind: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM journal WHERE kind = $1")
+        .bind(kind)
+        .fetch_one(&app.engine.durable().db().read)
+        .await
+        .expect("journal")
+}
+
+/// An order's status as an admin reads it ("" if unreadable).
+pub async fn order_status(app: &TestApp, order: &str) -> String {
+    let (_, v) = app.get(&format!("/v1/orders/{order}"), Some(&app.admin)).await;
+    v["status"].as_str().unwrap_or_default().to_string()
+}
+
 pub fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("<no code>")
 }

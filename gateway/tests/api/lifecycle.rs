@@ -34,11 +34,6 @@ async fn admin_post(app: &TestApp, path: &str, body: Value) -> (StatusCode, Valu
     app.post(path, Some(&app.admin), body).await
 }
 
-async fn order_status(app: &TestApp, order: &str) -> String {
-    let (_, v) = app.get(&format!("/v1/orders/{order}"), Some(&app.admin)).await;
-    v["status"].as_str().unwrap_or_default().to_string()
-}
-
 async fn payment_status(app: &TestApp, payment: &str) -> String {
     let (_, v) = app.get(&format!("/v1/payments/{payment}"), Some(&app.admin)).await;
     v["status"].as_str().unwrap_or_default().to_string()
@@ -457,15 +452,6 @@ async fn stats_and_search(app: &TestApp) {
 async fn stats_add_up_to_the_seat_map_and_orders_are_searchable_embedded_and_redis_mode() {
     stats_and_search(&spawn_app().await).await;
     stats_and_search(&spawn_in(Mode::Redis, |_| {}).await).await;
-}
-
-/// Journal entries of `kind` (both legs).
-async fn journal_rows(app: &TestApp, kind: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM journal WHERE kind = $1")
-        .bind(kind)
-        .fetch_one(&app.engine.durable().db().read)
-        .await
-        .expect("journal")
 }
 
 async fn deliveries_of(app: &TestApp, event_type: &str) -> i64 {

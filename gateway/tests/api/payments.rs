@@ -44,11 +44,6 @@ async fn wait_payment(app: &TestApp, payment: &str, want: &str) {
     assert!(ok, "payment {payment} never became {want} (is {})", payment_status(app, payment).await);
 }
 
-async fn order_status(app: &TestApp, order: &str) -> String {
-    let (_, v) = app.get(&format!("/v1/orders/{order}"), Some(&app.admin)).await;
-    v["status"].as_str().unwrap_or_default().to_string()
-}
-
 async fn seat_statuses(app: &TestApp, event: &str) -> Vec<String> {
     let (_, v) = app.get(&format!("/v1/events/{event}/seats"), Some(&app.admin)).await;
     v["seats"].as_array().expect("seats").iter().map(|s| s["status"].as_str().unwrap_or_default().to_string()).collect()
@@ -65,15 +60,6 @@ async fn outcomes(app: &TestApp, payment: &str) -> Vec<String> {
         .filter(|c| c["payment_id"] == payment)
         .map(|c| c["outcome"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-/// Journal entries of `kind` (both legs), straight from the durable store.
-async fn journal_rows(app: &TestApp, kind: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM journal WHERE kind = $1")
-        .bind(kind)
-        .fetch_one(&app.engine.durable().db().read)
-        .await
-        .expect("journal")
 }
 
 async fn balance(app: &TestApp, account: &str) -> i64 {
