@@ -44,7 +44,7 @@ one() {
   rm -rf "$dir"; mkdir -p "$dir"
   psql "$pg_admin" -qc "CREATE DATABASE \"$tag\"" >/dev/null
   local env=(RUSH__REDIS__URL=redis://127.0.0.1:6379/12 RUSH__REDIS__KEY_PREFIX="$tag"
-             RUSH__POSTGRES__URL="$pg_base/$tag" RUSH__DATA_DIR="$dir/data")
+             RUSH__POSTGRES__URL="$pg_base/$tag" RUSH__DATA_DIR="$dir/data" RUSH__RATE_LIMITS__ENABLED=false)
   [ "$kafka" = on ] && env+=(RUSH__KAFKA__BROKERS=127.0.0.1:9092 RUSH__KAFKA__TOPIC_PREFIX="$tag"
                              RUSH__KAFKA__GROUP="$tag-persist")
   env "${env[@]}" "$rush" serve > "$dir/rush.out" 2> "$dir/rush.err" &

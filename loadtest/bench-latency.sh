@@ -56,7 +56,7 @@ for d in "${delays[@]}"; do
     fi
     RUSH__HTTP__ADDR=127.0.0.1:18090 RUSH__DATA_DIR="$data/$run" RUSH__ACTORS__MODE=$mode \
       RUSH__REDIS__URL=redis://127.0.0.1:$port/14 RUSH__REDIS__KEY_PREFIX=$run \
-      RUST_LOG=warn "$bin" serve >"$data/$run.log" 2>&1 &
+      RUSH__RATE_LIMITS__ENABLED=false RUST_LOG=warn "$bin" serve >"$data/$run.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do curl -sf http://127.0.0.1:18090/healthz >/dev/null && break; sleep 0.1; done
     # The round trip as a client sees it through the proxy (ms, average).

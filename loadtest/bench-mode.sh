@@ -40,7 +40,7 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-env=(RUSH__HTTP__ADDR=127.0.0.1:18080 RUSH__DATA_DIR="$data/rush" RUST_LOG=warn)
+env=(RUSH__HTTP__ADDR=127.0.0.1:18080 RUSH__DATA_DIR="$data/rush" RUST_LOG=warn RUSH__RATE_LIMITS__ENABLED=false)
 case $mode in
   embedded) ;;
   redis) env+=(RUSH__REDIS__URL="$redis_url" RUSH__REDIS__KEY_PREFIX="$tag") ;;

@@ -34,7 +34,7 @@ for i in $(seq "$nodes"); do
   port=$((18080 + i))
   RUSH__NODE_ID=$i RUSH__HTTP__ADDR=127.0.0.1:$port RUSH__DATA_DIR="$data/n$i" \
     RUSH__REDIS__URL=redis://127.0.0.1:6379/13 RUSH__REDIS__KEY_PREFIX=$run RUSH__POSTGRES__URL="$db" \
-    RUST_LOG=warn "$bin" serve >"$data/n$i.log" 2>&1 &
+    RUSH__RATE_LIMITS__ENABLED=false RUST_LOG=warn "$bin" serve >"$data/n$i.log" 2>&1 &
   pids+=($!)
   urls+=("http://127.0.0.1:$port")
 done

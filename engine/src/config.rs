@@ -45,6 +45,9 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub shutdown: ShutdownConfig,
     pub telemetry: TelemetryConfig,
+    pub waiting_room: WaitingRoomConfig,
+    pub push: PushConfig,
+    pub rate_limits: RateLimitConfig,
     /// Secret settings found in the config file (filled by [`Config::load_from`]).
     #[serde(skip)]
     pub secrets_in_file: Vec<String>,
@@ -60,8 +63,13 @@ pub enum Profile {
 
 /// Settings that hold secrets: never logged, and in production never read
 /// from the config file.
-pub const SECRET_KEYS: &[&str] =
-    &["auth.jwt_secret", "payments.wechat_secret", "payments.alipay_secret", "payments.ecard_secret"];
+pub const SECRET_KEYS: &[&str] = &[
+    "auth.jwt_secret",
+    "payments.wechat_secret",
+    "payments.alipay_secret",
+    "payments.ecard_secret",
+    "waiting_room.admission_secret",
+];
 
 /// Settings that may carry a password in their URL.
 const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
@@ -561,6 +569,128 @@ pub enum EngineMode {
     Direct,
 }
 
+/// Waiting rooms (`engine::queue`): bounds on an event's settings, and
+/// how admissions are signed and paced.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WaitingRoomConfig {
+    /// Signs admission tokens (HMAC-SHA256); empty: derived from
+    /// `auth.jwt_secret`. Every node must share it.
+    pub admission_secret: String,
+    /// Admissions may run ahead of `admit_per_s` by this much time's worth
+    /// (at least one): the bound on any second's admissions is
+    /// `admit_per_s × (1 + admit_burst_ms / 1000)`, rounded up.
+    pub admit_burst_ms: u64,
+    /// How often a node admits from the queues it serves (a join or a
+    /// position read admits too).
+    pub tick_ms: u64,
+    /// Bounds on an event's `waiting_room` settings.
+    pub admit_per_s_max: u32,
+    pub pre_queue_s_max: u32,
+    pub admission_ttl_s_max: u32,
+}
+
+impl Default for WaitingRoomConfig {
+    fn default() -> Self {
+        WaitingRoomConfig {
+            admission_secret: String::new(),
+            admit_burst_ms: 100,
+            tick_ms: 100,
+            admit_per_s_max: 100_000,
+            pre_queue_s_max: 7 * 86_400,
+            admission_ttl_s_max: 86_400,
+        }
+    }
+}
+
+/// Live updates over SSE (`gateway::push`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// At most one `changes` message per stream per this interval.
+    pub interval_ms: u64,
+    /// A comment line after this much silence, so proxies keep the stream.
+    pub heartbeat_ms: u64,
+    /// Streams open on this node at once; past it, 503.
+    pub subscribers_max: usize,
+    /// Messages queued for one subscriber; a subscriber that falls this far
+    /// behind is dropped (it reconnects and gets a fresh snapshot).
+    pub buffer_msgs: usize,
+    /// How often a queue stream reads its ticket.
+    pub queue_poll_ms: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            interval_ms: 250,
+            heartbeat_ms: 15_000,
+            subscribers_max: 20_000,
+            buffer_msgs: 16,
+            queue_poll_ms: 1_000,
+        }
+    }
+}
+
+/// One route class's token buckets: `per_s` sustained and `burst` at once,
+/// per user and per client address; 0 turns that bucket off.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassLimits {
+    pub user_per_s: u32,
+    pub user_burst: u32,
+    pub addr_per_s: u32,
+    pub addr_burst: u32,
+}
+
+impl Default for ClassLimits {
+    fn default() -> Self {
+        ClassLimits { user_per_s: 10, user_burst: 20, addr_per_s: 1_000, addr_burst: 2_000 }
+    }
+}
+
+/// Rate limits (`gateway::limits`) per route class.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// The header a trusted proxy writes the client address into (e.g.
+    /// `x-forwarded-for`: its last entry, the one the proxy appended, is
+    /// taken). Unset: the peer address. Only set it behind such a proxy,
+    /// else clients choose their own address.
+    pub client_addr_header: Option<String>,
+    /// Holds and grabs.
+    pub holds: ClassLimits,
+    /// POSTs that move money: payments, refunds, recharges, withdrawals,
+    /// credits, packets.
+    pub money: ClassLimits,
+    /// GETs, live streams included (per connection).
+    pub reads: ClassLimits,
+    /// Joining and leaving waiting rooms.
+    pub queue: ClassLimits,
+    /// Redis mode: each node enforces limit ÷ live nodes (counted every
+    /// `nodes_check_ms`), so a user's total across nodes never exceeds the
+    /// limit; a user whose requests all reach one node gets that share.
+    pub nodes_check_ms: u64,
+    /// Idle buckets are forgotten after this (bounds memory per node).
+    pub idle_forget_ms: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            client_addr_header: None,
+            holds: ClassLimits::default(),
+            money: ClassLimits::default(),
+            reads: ClassLimits { user_per_s: 100, user_burst: 200, addr_per_s: 5_000, addr_burst: 10_000 },
+            queue: ClassLimits { user_per_s: 5, user_burst: 10, ..ClassLimits::default() },
+            nodes_check_ms: 5_000,
+            idle_forget_ms: 60_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventConfig {
@@ -728,6 +858,9 @@ impl Default for Config {
             webhooks: WebhookConfig::default(),
             shutdown: ShutdownConfig::default(),
             telemetry: TelemetryConfig::default(),
+            waiting_room: WaitingRoomConfig::default(),
+            push: PushConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }
@@ -980,6 +1113,9 @@ impl Config {
         ];
         // With a JWKS the HS256 secret verifies nothing.
         let unused = |k: &str| k == "auth.jwt_secret" && self.jwks();
+        if self.jwks() && self.waiting_room.admission_secret.len() < 16 {
+            return bad("production with a JWKS needs waiting_room.admission_secret (16 bytes or more): auth.jwt_secret signs nothing there".into());
+        }
         let defaults: Vec<&str> = pairs.iter().filter(|(k, v, d)| v == d && !unused(k)).map(|(k, _, _)| *k).collect();
         if !defaults.is_empty() {
             return bad(format!(
@@ -1076,6 +1212,25 @@ impl Config {
         }
         if self.packets.count_max == 0 || self.packets.total_max_fen <= 0 {
             return bad("packets.count_max and packets.total_max_fen must be positive");
+        }
+        let w = &self.waiting_room;
+        if w.tick_ms == 0 || w.admit_per_s_max == 0 || w.admission_ttl_s_max == 0 {
+            return bad("waiting_room.tick_ms, admit_per_s_max and admission_ttl_s_max must be positive");
+        }
+        let p = &self.push;
+        if p.interval_ms == 0 || p.heartbeat_ms == 0 || p.buffer_msgs == 0 || p.queue_poll_ms == 0 {
+            return bad("push.interval_ms, heartbeat_ms, buffer_msgs and queue_poll_ms must be positive");
+        }
+        let r = &self.rate_limits;
+        for (name, c) in [("holds", r.holds), ("money", r.money), ("reads", r.reads), ("queue", r.queue)] {
+            if (c.user_per_s > 0 && c.user_burst == 0) || (c.addr_per_s > 0 && c.addr_burst == 0) {
+                return Err(ConfigError::Invalid(format!(
+                    "rate_limits.{name}: a bucket with a rate needs a burst of at least 1"
+                )));
+            }
+        }
+        if r.nodes_check_ms == 0 || r.idle_forget_ms == 0 {
+            return bad("rate_limits.nodes_check_ms and idle_forget_ms must be positive");
         }
         if self.orders.list_limit_default == 0 || self.orders.list_limit_default > self.orders.list_limit_max {
             return bad("orders.list_limit_default must be 1..=list_limit_max");

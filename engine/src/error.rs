@@ -15,6 +15,7 @@ pub enum Entity {
     Channel,
     Withdrawal,
     Webhook,
+    Ticket,
 }
 
 impl Entity {
@@ -28,6 +29,7 @@ impl Entity {
             Entity::Channel => "channel",
             Entity::Withdrawal => "withdrawal",
             Entity::Webhook => "webhook",
+            Entity::Ticket => "ticket",
         }
     }
 
@@ -42,6 +44,7 @@ impl Entity {
             Entity::Channel => "channel_not_found",
             Entity::Withdrawal => "withdrawal_not_found",
             Entity::Webhook => "webhook_not_found",
+            Entity::Ticket => "ticket_not_found",
         }
     }
 }
@@ -78,6 +81,16 @@ pub enum EngineError {
     /// Anything that would sell on a cancelled event (410 `event_cancelled`).
     #[error("the event was cancelled: {reason}")]
     EventCancelled { reason: String },
+    /// A join before the waiting room opens (409 `queue_not_open`).
+    #[error("the waiting room opens at {}", .opens_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))]
+    QueueNotOpen { opens_at: chrono::DateTime<chrono::Utc> },
+    /// A hold on an event with a waiting room without an admission (403).
+    #[error("this event has a waiting room: join it and hold with the admission token (Rush-Admission header)")]
+    AdmissionRequired,
+    /// An admission token that is forged, expired, or another user's or
+    /// event's (403 `admission_invalid`).
+    #[error("the admission token is {0}")]
+    AdmissionInvalid(&'static str),
     #[error("order is {} and cannot change", .status.as_str())]
     OrderNotPending { status: OrderStatus },
     #[error("already grabbed this packet")]

@@ -353,6 +353,7 @@ impl Node {
                 shutdown.clone(),
             )),
             tokio::spawn(webhooks.run(shutdown.clone())),
+            tokio::spawn(engine.clone().admit_loop(shutdown.clone())),
         ];
         if let Some(guard) = &self.guard {
             let engine = engine.clone();

@@ -16,6 +16,17 @@ pub struct Metrics {
     pub holds: IntCounterVec,
     /// The catalogue's cache of remaining seats: `hit` or `miss` per event read.
     pub catalogue_cache: IntCounterVec,
+    /// Waiting rooms: joins and leaves through this node (`op`).
+    pub queue_ops: IntCounterVec,
+    /// Users this node's admission steps admitted.
+    pub queue_admitted: IntCounter,
+    /// Live update streams open on this node, by `stream` (event, packet, queue).
+    pub push_subscribers: IntGaugeVec,
+    /// Streams closed by this node: `slow` (fell `push.buffer_msgs` behind)
+    /// or `full` (refused at `push.subscribers_max`).
+    pub push_dropped: IntCounterVec,
+    /// Requests refused with 429, by route `class` and `key` (user, addr).
+    pub rate_limited: IntCounterVec,
     /// Refunds a cancellation's fan-out asked for, and the fan-outs finished.
     pub cancel_refunds: IntCounterVec,
     pub grabs: IntCounterVec,
@@ -77,6 +88,29 @@ impl Metrics {
         ));
         let actors_live = must(IntGaugeVec::new(Opts::new("actors_live", "Running actors per kind"), &["kind"]));
         let holds = must(IntCounterVec::new(Opts::new("holds_total", "Hold requests by outcome"), &["outcome"]));
+        let queue_ops = must(IntCounterVec::new(
+            Opts::new("queue_ops_total", "Waiting room joins and leaves through this node"),
+            &["op"],
+        ));
+        let queue_admitted = must(IntCounter::new(
+            "queue_admitted_total",
+            "Users admitted from waiting rooms by this node's admission steps",
+        ));
+        let push_subscribers = must(IntGaugeVec::new(
+            Opts::new("push_subscribers", "Live update (SSE) streams open on this node"),
+            &["stream"],
+        ));
+        let push_dropped = must(IntCounterVec::new(
+            Opts::new(
+                "push_dropped_total",
+                "Live update streams closed by this node: slow (fell behind) or full (refused)",
+            ),
+            &["reason"],
+        ));
+        let rate_limited = must(IntCounterVec::new(
+            Opts::new("rate_limited_total", "Requests refused with 429 by route class and bucket key (user or addr)"),
+            &["class", "key"],
+        ));
         let catalogue_cache = must(IntCounterVec::new(
             Opts::new("catalogue_cache_total", "Catalogue reads of an event's remaining seats, hit or miss"),
             &["result"],
@@ -177,6 +211,11 @@ impl Metrics {
             Box::new(actors_live.clone()),
             Box::new(holds.clone()),
             Box::new(catalogue_cache.clone()),
+            Box::new(queue_ops.clone()),
+            Box::new(queue_admitted.clone()),
+            Box::new(push_subscribers.clone()),
+            Box::new(push_dropped.clone()),
+            Box::new(rate_limited.clone()),
             Box::new(cancel_refunds.clone()),
             Box::new(grabs.clone()),
             Box::new(worker_events.clone()),
@@ -205,6 +244,11 @@ impl Metrics {
             actors_live,
             holds,
             catalogue_cache,
+            queue_ops,
+            queue_admitted,
+            push_subscribers,
+            push_dropped,
+            rate_limited,
             cancel_refunds,
             grabs,
             worker_events,

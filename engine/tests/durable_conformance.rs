@@ -663,6 +663,7 @@ async fn rebuild_sources(backend: &str) {
         map_rev: 0,
         paused: false,
         cancellation: None,
+        waiting_room: None,
         hold_ttl_s: 60,
         limits: rush_engine::domain::Limits { per_order: 4, per_user: 4 },
         categories: vec![rush_engine::domain::Category { id: "std".into(), name: "S".into(), price: Fen::new(100) }],
@@ -679,6 +680,7 @@ async fn rebuild_sources(backend: &str) {
         map_rev: 0,
         paused: false,
         cancellation: None,
+        waiting_room: None,
         ..def.clone()
     };
     d.save_event(&old).await.expect("save old");

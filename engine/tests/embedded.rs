@@ -36,11 +36,17 @@ fn event(per_user: u32) -> NewEvent {
         categories: vec![NewCategory { id: "c".into(), name: "C".into(), price: 500 }],
         layout: Some(vec![SectionLayout { name: "A".into(), rows: 1, cols: 4, category: "c".into() }]),
         seats: None,
+        waiting_room: None,
     }
 }
 
 fn named(event_id: rush_engine::domain::Id, seats: &[&str]) -> NewHold {
-    NewHold { event_id, selection: Selection::Named(seats.iter().map(|s| s.to_string()).collect()), attendees: vec![] }
+    NewHold {
+        event_id,
+        selection: Selection::Named(seats.iter().map(|s| s.to_string()).collect()),
+        attendees: vec![],
+        admission: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,6 +114,7 @@ async fn ops_in_one_batch_reach_the_file_in_order() {
         map_rev: 0,
         paused: false,
         cancellation: None,
+        waiting_room: None,
         hold_ttl_s: 60,
         limits: Limits { per_order: 4, per_user: 4 },
         categories: vec![rush_engine::domain::Category { id: "c".into(), name: "C".into(), price: Fen::new(1) }],

@@ -234,6 +234,7 @@ fn event_def(ids: &IdGen, cols: u32) -> EventDef {
         map_rev: 0,
         paused: false,
         cancellation: None,
+        waiting_room: None,
         hold_ttl_s: 60,
         limits: Limits { per_order: 4, per_user: 4 },
         categories: vec![Category { id: "c".into(), name: "C".into(), price: Fen::new(250) }],
@@ -850,6 +851,7 @@ async fn engine_in_cluster_mode() {
                 event_id,
                 selection: Selection::Category { category: "c".into(), quantity: 2 },
                 attendees: vec![],
+                admission: None,
             },
         )
         .await
@@ -998,6 +1000,7 @@ fn event_input() -> rush_engine::engine::NewEvent {
         categories: vec![rush_engine::engine::NewCategory { id: "c".into(), name: "C".into(), price: 100 }],
         layout: Some(vec![SectionLayout { name: "A".into(), rows: 1, cols: 4, category: "c".into() }]),
         seats: None,
+        waiting_room: None,
     }
 }
 

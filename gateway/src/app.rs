@@ -29,21 +29,32 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
     let counter = connections.clone();
     let cfg = engine.config().clone();
     let _ = crate::error::RETRY_AFTER_S.set(cfg.http.retry_after_s);
-    let state = web::Data::new(AppState { engine: engine.clone(), traffic: connections.clone() });
+    let state = web::Data::new(AppState {
+        engine: engine.clone(),
+        traffic: connections.clone(),
+        push: Arc::new(crate::push::Push::new(engine.clone())),
+    });
     let keys = web::Data::new(Keys::from_config(&cfg.auth));
     if let (true, Ok(rt)) = (cfg.jwks(), tokio::runtime::Handle::try_current()) {
         let keys = keys.clone();
         rt.spawn(async move { keys.warm().await });
     }
+    let limits = std::sync::Arc::new(crate::limits::Limits::new(&cfg.rate_limits, engine.metrics.clone()));
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(crate::limits::maintain(std::sync::Arc::downgrade(&limits), std::sync::Arc::downgrade(&engine)));
+    }
+    let limits = web::Data::from(limits);
     let body_len_max = cfg.http.body_len_max;
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(keys.clone())
+            .app_data(limits.clone())
             .app_data(web::JsonConfig::default().limit(body_len_max).error_handler(json_error))
             .app_data(web::PayloadConfig::default().limit(body_len_max))
             .app_data(web::QueryConfig::default().error_handler(query_error))
             .app_data(web::PathConfig::default().error_handler(path_error))
+            .wrap(actix_web::middleware::from_fn(crate::middleware::front_door))
             .wrap(actix_web::middleware::from_fn(observe))
             // Hot routes first: actix tries routes in registration order,
             // and each dynamic route costs a regex match.
@@ -54,6 +65,12 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
             .service(routes::events::get_event)
             .service(routes::events::get_seats)
             .service(routes::events::list_events)
+            .service(routes::queue::join_queue)
+            .service(routes::queue::my_ticket)
+            .service(routes::queue::leave_queue)
+            .service(routes::queue::queue_stream)
+            .service(routes::queue::event_stream)
+            .service(routes::queue::packet_stream)
             .service(routes::events::patch_event)
             .service(routes::events::pause_event)
             .service(routes::events::resume_event)

@@ -397,7 +397,9 @@ async fn caller(req: HttpRequest) -> Result<Caller, ApiError> {
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>"))?;
-    keys.verify(token.trim()).await.map_err(|m| ApiError::unauthorized("invalid_token", m))
+    let caller = keys.verify(token.trim()).await.map_err(|m| ApiError::unauthorized("invalid_token", m))?;
+    crate::middleware::limit_user(&req, &caller)?;
+    Ok(caller)
 }
 
 impl FromRequest for Auth {

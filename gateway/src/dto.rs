@@ -73,6 +73,51 @@ pub struct CreateEventReq {
     pub categories: Vec<CategoryReq>,
     pub layout: Option<LayoutReq>,
     pub seats: Option<Vec<SeatReq>>,
+    /// A waiting room: holds then need an admission (`Rush-Admission`).
+    pub waiting_room: Option<WaitingRoomReq>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitingRoomReq {
+    /// Users admitted per second, at least 1.
+    pub admit_per_s: u32,
+    /// Most users holding unexpired admissions at once (absent: no bound).
+    pub active_max: Option<u32>,
+    /// How long before `on_sale_at` joining opens (default 600).
+    pub pre_queue_s: Option<u32>,
+    /// How long an admission is valid (default 300).
+    pub admission_ttl_s: Option<u32>,
+}
+
+/// A user's ticket in a waiting room.
+#[derive(Serialize, ToSchema)]
+pub struct TicketResp {
+    pub ticket_id: String,
+    pub status: rush_engine::engine::queue::TicketStatus,
+    /// From 1; absent before the opening (the order is drawn at the opening) and once admitted.
+    pub position: Option<u64>,
+    /// Seconds until admission, estimated (before the opening: until the opening).
+    pub eta_s: Option<u64>,
+    /// For `Rush-Admission` on `POST /v1/orders`, while admitted.
+    pub admission_token: Option<String>,
+    pub admission_expires_at: Option<DateTime<Utc>>,
+    /// The order of admission (1 = the event's first admitted user).
+    pub admission_no: Option<u64>,
+}
+
+impl TicketResp {
+    pub fn of(v: rush_engine::engine::queue::TicketView) -> TicketResp {
+        TicketResp {
+            ticket_id: v.ticket_id.to_string(),
+            status: v.status,
+            position: v.position,
+            eta_s: v.eta_s,
+            admission_token: v.admission_token,
+            admission_expires_at: v.admission_expires_at,
+            admission_no: v.admission_no,
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -114,6 +159,8 @@ pub struct EventResp {
     pub sale_ends_at: Option<DateTime<Utc>>,
     /// Set once cancelled: the reason and the refund fan-out's progress.
     pub cancellation: Option<CancellationResp>,
+    /// The waiting room's settings, or null.
+    pub waiting_room: Option<rush_engine::domain::WaitingRoom>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -145,6 +192,7 @@ impl EventResp {
                 refunds_total: c.refunds_total,
                 refunds_done: c.refunds_done,
             }),
+            waiting_room: v.waiting_room,
         }
     }
 }

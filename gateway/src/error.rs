@@ -19,6 +19,8 @@ pub struct ApiError {
     pub retry_after_s: Option<u32>,
     /// Answer with `Connection: close` (see [`ApiError::shutting_down`]).
     pub close: bool,
+    /// More headers (the rate limit's on 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -29,7 +31,15 @@ impl std::fmt::Display for ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Vec::new(), retry_after_s: None, close: false }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            retry_after_s: None,
+            close: false,
+            headers: Vec::new(),
+        }
     }
 
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
@@ -98,6 +108,11 @@ impl From<EngineError> for ApiError {
             EngineError::SaleEnded { sale_ends_at } => {
                 ApiError::new(S::CONFLICT, "sale_ended", message).with("sale_ends_at", json!(sale_ends_at))
             }
+            EngineError::QueueNotOpen { opens_at } => {
+                ApiError::new(S::CONFLICT, "queue_not_open", message).with("opens_at", json!(opens_at))
+            }
+            EngineError::AdmissionRequired => ApiError::new(S::FORBIDDEN, "admission_required", message),
+            EngineError::AdmissionInvalid(_) => ApiError::new(S::FORBIDDEN, "admission_invalid", message),
             EngineError::SalePaused => ApiError::new(S::CONFLICT, "sale_paused", message),
             EngineError::EventCancelled { reason } => {
                 ApiError::new(S::GONE, "event_cancelled", message).with("reason", json!(reason))
@@ -161,6 +176,11 @@ impl ResponseError for ApiError {
         if let Some(s) = self.retry_after_s {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(RETRY_AFTER, v);
+            }
+        }
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                resp.headers_mut().insert(actix_web::http::header::HeaderName::from_static(name), v);
             }
         }
         if self.close {

@@ -118,6 +118,11 @@ impl IdempotentPost {
         parse_json_or_default(&self.body)
     }
 
+    /// A request header as text (None if absent or not visible ASCII).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+
     /// Runs `f` at most once per (`user_id`, key): see [`once`].
     pub async fn once<F, Fut>(&self, state: &AppState, user_id: &str, f: F) -> Result<HttpResponse, ApiError>
     where

@@ -8,8 +8,90 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::web;
 
+use actix_web::HttpMessage;
+use rush_engine::engine::Caller;
+
 use crate::error::ApiError;
+use crate::limits::{client_addr, refusal, Class, Key, Limits, Verdict};
 use crate::AppState;
+
+/// What the front door found for a request (in its extensions): its class
+/// and the verdicts of its buckets, for the answer's headers.
+#[derive(Clone)]
+struct Checked {
+    class: Class,
+    addr: Option<Verdict>,
+    user: Option<Verdict>,
+}
+
+/// Rate limits by client address (and, in the production profile, the
+/// `Idempotency-Key` every money-moving POST needs), before the handler;
+/// the user's bucket is checked once the token is verified
+/// ([`limit_user`]); the answer carries the tighter bucket's headers.
+pub async fn front_door(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let limits = req.app_data::<web::Data<Limits>>().cloned();
+    let class = Class::of(req.method(), req.path());
+    if let (Some(limits), Some(class)) = (&limits, class) {
+        if class == Class::Money
+            && !req.headers().contains_key("idempotency-key")
+            && req
+                .app_data::<web::Data<AppState>>()
+                .is_some_and(|s| s.engine.config().profile == rush_engine::config::Profile::Production)
+        {
+            let e = ApiError::new(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "idempotency_key_required",
+                "send an Idempotency-Key header with every request that moves money",
+            );
+            let resp = actix_web::ResponseError::error_response(&e);
+            return Ok(req.into_response(resp).map_into_right_body());
+        }
+        if limits.enabled() {
+            let addr =
+                client_addr(req.request(), limits.addr_header()).and_then(|a| limits.check(class, Key::Addr, &a));
+            if let Some(v) = addr.as_ref().filter(|v| v.retry_after_s.is_some()) {
+                let resp = actix_web::ResponseError::error_response(&refusal(v, class, Key::Addr));
+                return Ok(req.into_response(resp).map_into_right_body());
+            }
+            req.extensions_mut().insert(Checked { class, addr, user: None });
+        }
+    }
+    let mut res = next.call(req).await?;
+    let checked = res.request().extensions().get::<Checked>().cloned();
+    // A 429 carries its own bucket's headers already.
+    if let Some(c) = checked.filter(|_| !res.headers().contains_key("ratelimit")) {
+        if let Some(v) = c.user.or(c.addr) {
+            let h = res.headers_mut();
+            for (name, value) in [("ratelimit-policy", v.policy), ("ratelimit", v.state)] {
+                if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&value) {
+                    h.insert(actix_web::http::header::HeaderName::from_static(name), v);
+                }
+            }
+        }
+    }
+    Ok(res.map_into_left_body())
+}
+
+/// The caller's own bucket for the request's class (admins are not
+/// limited per user).
+pub fn limit_user(req: &actix_web::HttpRequest, caller: &Caller) -> Result<(), ApiError> {
+    if caller.admin {
+        return Ok(());
+    }
+    let Some(limits) = req.app_data::<web::Data<Limits>>() else { return Ok(()) };
+    let mut ext = req.extensions_mut();
+    let Some(checked) = ext.get_mut::<Checked>() else { return Ok(()) };
+    if let Some(v) = limits.check(checked.class, Key::User, &caller.user_id) {
+        if v.retry_after_s.is_some() {
+            return Err(refusal(&v, checked.class, Key::User));
+        }
+        checked.user = Some(v);
+    }
+    Ok(())
+}
 
 /// Paths answered while shutting down (probes and metrics).
 fn is_ops_path(path: &str) -> bool {

@@ -38,6 +38,8 @@ use crate::AppState;
         routes::events::list_events, routes::events::patch_event, routes::events::pause_event,
         routes::events::resume_event, routes::events::cancel_event, routes::events::event_stats,
         routes::orders::admin_orders,
+        routes::queue::join_queue, routes::queue::my_ticket, routes::queue::leave_queue,
+        routes::queue::queue_stream, routes::queue::event_stream, routes::queue::packet_stream,
         routes::orders::create_order, routes::orders::get_order, routes::orders::list_orders, routes::orders::cancel_order,
         routes::packets::create_packet, routes::packets::grab, routes::packets::get_packet,
         routes::wallet::get_wallet, routes::wallet::get_ledger, routes::wallet::credit,
@@ -94,6 +96,7 @@ fn complete(doc: &mut Value, cfg: &Config) {
         for method in METHODS {
             if let Some(op) = item.get_mut(method).and_then(Value::as_object_mut) {
                 complete_operation(path, op, cfg);
+                rate_limited(path, method, op);
             }
         }
     }
@@ -116,6 +119,22 @@ fn complete(doc: &mut Value, cfg: &Config) {
                 schema.insert("example".into(), example);
             }
         }
+    }
+}
+
+/// Every rate-limited route may answer 429 (see `limits`).
+fn rate_limited(path: &str, method: &str, op: &mut Map<String, Value>) {
+    let Ok(m) = actix_web::http::Method::from_bytes(method.to_uppercase().as_bytes()) else { return };
+    if crate::limits::Class::of(&m, path).is_none() {
+        return;
+    }
+    if let Some(Value::Object(responses)) = op.get_mut("responses") {
+        responses.entry("429").or_insert_with(|| {
+            json!({
+                "description": "rate_limited: see Retry-After, RateLimit-Policy and RateLimit",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResp"}}}
+            })
+        });
     }
 }
 

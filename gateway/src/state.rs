@@ -11,6 +11,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Connections and requests in flight, for shutdown.
     pub traffic: Connections,
+    /// Live update streams.
+    pub push: Arc<crate::push::Push>,
 }
 
 /// Open HTTP connections (counted from accept to close), requests in

@@ -734,6 +734,7 @@ mod tests {
             map_rev: 0,
             paused: false,
             cancellation: None,
+            waiting_room: None,
             hold_ttl_s: 60,
             limits: Limits { per_order: 6, per_user },
             categories: vec![Category { id: "std".into(), name: "Std".into(), price: Fen::new(100) }],

@@ -57,6 +57,22 @@ pub struct EventDef {
     /// Cancelled by an operator: final.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation: Option<Cancellation>,
+    /// The event's waiting room, set at creation: holds need an admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_room: Option<WaitingRoom>,
+}
+
+/// A waiting room's settings (see `engine::queue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WaitingRoom {
+    /// Users admitted per second from the head of the queue.
+    pub admit_per_s: u32,
+    /// Most users holding unexpired admissions at once (None: no bound).
+    pub active_max: Option<u32>,
+    /// How long before `on_sale_at` the queue opens.
+    pub pre_queue_s: u32,
+    /// How long an admission is valid.
+    pub admission_ttl_s: u32,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -243,6 +259,7 @@ mod tests {
             map_rev: 0,
             paused: false,
             cancellation: None,
+            waiting_room: None,
         }
     }
 

@@ -11,7 +11,7 @@ pub mod seatmap;
 pub mod time;
 
 pub use change::{DomainEvent, Envelope};
-pub use event::{Cancellation, Category, EventDef, EventInfo, EventSettings, Limits, SaleStatus};
+pub use event::{Cancellation, Category, EventDef, EventInfo, EventSettings, Limits, SaleStatus, WaitingRoom};
 pub use id::{gene_of_user, now_unix_ms, Id, IdGen};
 pub use money::Fen;
 pub use order::{Attendee, OrderSeat, OrderStatus};

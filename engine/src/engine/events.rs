@@ -14,11 +14,15 @@ use super::{check_text, invalid, next_cursor, Engine};
 use crate::actors::event::{CategoryView, EventMsg, HoldRequest, ReleaseReason, SeatView, Selection};
 use crate::actors::packet::PacketMsg;
 use crate::domain::{
-    now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SaleStatus, SeatMap, UserId,
+    now_unix_ms, Category, EventDef, EventInfo, Fen, Id, Limits, OrderStatus, SaleStatus, SeatMap, UserId, WaitingRoom,
 };
 use crate::error::{EngineError, Entity};
 use crate::store::DueItem;
 use crate::views::OrderView;
+
+/// `waiting_room.pre_queue_s` and `admission_ttl_s` when not given (API.md).
+const WAITING_PRE_QUEUE_S_DEFAULT: u32 = 600;
+const WAITING_ADMISSION_TTL_S_DEFAULT: u32 = 300;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EventView {
@@ -33,6 +37,7 @@ pub struct EventView {
     pub on_sale_at: Option<DateTime<Utc>>,
     pub sale_ends_at: Option<DateTime<Utc>>,
     pub cancellation: Option<super::lifecycle::CancellationView>,
+    pub waiting_room: Option<WaitingRoom>,
 }
 
 impl Engine {
@@ -85,6 +90,15 @@ impl Engine {
                 "sale_ends_at (default: starts_at) must be after on_sale_at (default: now) and in the future",
             ));
         }
+        let waiting_room = input.waiting_room.map(|w| WaitingRoom {
+            admit_per_s: w.admit_per_s,
+            active_max: w.active_max,
+            pre_queue_s: w.pre_queue_s.unwrap_or(WAITING_PRE_QUEUE_S_DEFAULT),
+            admission_ttl_s: w.admission_ttl_s.unwrap_or(WAITING_ADMISSION_TTL_S_DEFAULT),
+        });
+        if let Some(w) = &waiting_room {
+            super::queue::check_waiting_room(w, &self.cfg.waiting_room)?;
+        }
         let cat_ids: Vec<&str> = categories.iter().map(|c| c.id.as_str()).collect();
         let map = match (input.layout, input.seats) {
             (Some(layout), None) => SeatMap::from_layout(&layout, &cat_ids, ec.seats_max),
@@ -107,6 +121,7 @@ impl Engine {
             map_rev: 0,
             paused: false,
             cancellation: None,
+            waiting_room,
         };
         let count = map.len();
         self.check_hot()?;
@@ -146,6 +161,7 @@ impl Engine {
             on_sale_at: def.on_sale_at,
             sale_ends_at: def.sale_ends_at,
             cancellation: self.cancellation(def).await?,
+            waiting_room: def.waiting_room,
         })
     }
 
@@ -167,6 +183,9 @@ impl Engine {
             if seats.is_empty() {
                 return Err(invalid("name at least one seat"));
             }
+        }
+        if self.info(input.event_id).await?.def.waiting_room.is_some() {
+            self.check_admission(input.event_id, user_id, input.admission.as_deref())?;
         }
         self.check_outbox()?;
         let req = HoldRequest {

@@ -56,6 +56,18 @@ pub struct NewEvent {
     pub categories: Vec<NewCategory>,
     pub layout: Option<Vec<SectionLayout>>,
     pub seats: Option<Vec<SeatDef>>,
+    pub waiting_room: Option<NewWaitingRoom>,
+}
+
+/// A waiting room as asked for at creation (defaults filled in).
+#[derive(Clone, Copy, Debug)]
+pub struct NewWaitingRoom {
+    pub admit_per_s: u32,
+    pub active_max: Option<u32>,
+    /// Default 600.
+    pub pre_queue_s: Option<u32>,
+    /// Default 300.
+    pub admission_ttl_s: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -63,6 +75,8 @@ pub struct NewHold {
     pub event_id: Id,
     pub selection: Selection,
     pub attendees: Vec<Attendee>,
+    /// The `Rush-Admission` token, for an event with a waiting room.
+    pub admission: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -17,6 +17,7 @@ pub mod input;
 pub mod lifecycle;
 pub mod packets;
 pub mod payments;
+pub mod queue;
 pub mod wallet;
 pub mod webhooks;
 
@@ -43,7 +44,7 @@ use crate::telemetry::Metrics;
 
 pub use crate::actors::event::{CategoryView, SeatView, Selection};
 pub use events::EventView;
-pub use input::{Caller, NewCategory, NewEvent, NewHold, NewLimits, NewPacket};
+pub use input::{Caller, NewCategory, NewEvent, NewHold, NewLimits, NewPacket, NewWaitingRoom};
 pub use lifecycle::{CancellationView, CatalogueItem, EventPatch, EventStats, PriceChange};
 pub use packets::GrabOk;
 
@@ -89,6 +90,8 @@ pub struct Engine {
     draining: AtomicBool,
     /// Redis mode: knows when Redis lost its data, and rebuilds it.
     guard: Option<Arc<HotGuard>>,
+    /// Waiting rooms this node admits for (see `queue`).
+    queues: queue::ServedQueues,
 }
 
 pub(crate) fn invalid(msg: impl Into<String>) -> EngineError {
@@ -144,6 +147,7 @@ impl Engine {
             metrics: p.metrics,
             draining: AtomicBool::new(false),
             guard: p.guard,
+            queues: queue::ServedQueues::default(),
         }
     }
 

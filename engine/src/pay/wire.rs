@@ -66,7 +66,7 @@ pub fn hmac(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Constant-time check of an HMAC over `parts`.
-fn verify_mac(secret: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
+pub(crate) fn verify_mac(secret: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
     let Ok(mut mac) = <HmacSha256 as Mac>::new_from_slice(secret) else { return false };
     for p in parts {
         mac.update(p);

@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, Notify};
 use super::commit::{insert_rows, stmt, Committer, WriteSet};
 use super::db::Db;
 use super::order_seats;
+use super::queue::{Joined, MemQueue, QueueRules, QueueWrites, StoredTicket, Ticket};
 use super::recent::RecentGrab;
 use super::{
     Changed, DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot,
@@ -182,6 +183,9 @@ pub struct MemoryStore {
     committer: Committer,
     /// Recent and just-closed orders, for reads before the workers.
     recent: super::recent::Recent,
+    /// Waiting rooms, loaded from `queue_tickets` on first use (None:
+    /// dropped after a failed write, read again).
+    queues: DashMap<Id, Arc<Mutex<Option<MemQueue>>>>,
 }
 
 fn db_err(e: sqlx::Error) -> StoreError {
@@ -236,6 +240,7 @@ impl MemoryStore {
             due: StdMutex::new(due),
             committer,
             appended,
+            queues: DashMap::new(),
             recent: super::recent::Recent::new(
                 super::recent::RECENT_KEEP_MS_DEFAULT,
                 super::recent::RECENT_PER_USER_MAX_DEFAULT,
@@ -253,6 +258,83 @@ impl MemoryStore {
     /// Notified after each commit that appended events to the outbox.
     pub fn appended(&self) -> Arc<Notify> {
         self.appended.clone()
+    }
+
+    /// Runs `f` on the event's queue and writes what it changed to the
+    /// file before answering; a failed write drops the queue from memory
+    /// (read again next time), so memory never runs ahead of the file.
+    async fn with_queue<T>(
+        &self,
+        event_id: Id,
+        f: impl FnOnce(&mut MemQueue, u64, &mut QueueWrites) -> T,
+    ) -> Result<T, StoreError> {
+        let slot = self.queues.entry(event_id).or_default().clone();
+        let mut guard = slot.lock().await;
+        let now = crate::domain::now_unix_ms();
+        if guard.is_none() {
+            let mut tickets = HashMap::new();
+            for r in sqlx::query(
+                "SELECT user_id, ticket_id, score, admit_no, expires_ms FROM queue_tickets WHERE event_id = ?",
+            )
+            .bind(event_id.raw())
+            .fetch_all(&self.db.read)
+            .await
+            .map_err(db_err)?
+            {
+                let n = |c: &str| r.try_get::<i64, _>(c).map(|v| v.max(0) as u64).map_err(db_err);
+                let ticket_id = Id::from_raw(r.try_get("ticket_id").map_err(db_err)?).map_err(corrupt)?;
+                tickets.insert(
+                    r.try_get::<String, _>("user_id").map_err(db_err)?,
+                    StoredTicket {
+                        ticket_id,
+                        score: n("score")?,
+                        admit_no: n("admit_no")?,
+                        expires_ms: n("expires_ms")?,
+                    },
+                );
+            }
+            *guard = Some(MemQueue::from_tickets(tickets, now));
+        }
+        let Some(q) = guard.as_mut() else { return Err(corrupt("queue not loaded")) };
+        let mut w = QueueWrites::default();
+        let out = f(q, now, &mut w);
+        if w.upsert.is_empty() && w.delete.is_empty() {
+            return Ok(out);
+        }
+        if let Err(e) = self.write_queue(event_id, w).await {
+            *guard = None;
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    async fn write_queue(&self, event_id: Id, w: QueueWrites) -> Result<(), StoreError> {
+        let mut tx = self.db.write.begin().await.map_err(db_err)?;
+        for (user, t) in &w.upsert {
+            sqlx::query(
+                "INSERT INTO queue_tickets (event_id, user_id, ticket_id, score, admit_no, expires_ms) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (event_id, user_id) DO UPDATE SET ticket_id = excluded.ticket_id, score = excluded.score, \
+                 admit_no = excluded.admit_no, expires_ms = excluded.expires_ms",
+            )
+            .bind(event_id.raw())
+            .bind(user)
+            .bind(t.ticket_id.raw())
+            .bind(ms_i(t.score))
+            .bind(ms_i(t.admit_no))
+            .bind(ms_i(t.expires_ms))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        for user in &w.delete {
+            sqlx::query("DELETE FROM queue_tickets WHERE event_id = ? AND user_id = ?")
+                .bind(event_id.raw())
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)
     }
 
     async fn event_mirror(&self, event_id: Id) -> Result<Option<Arc<Mutex<EventHot>>>, StoreError> {
@@ -370,6 +452,42 @@ enum SeatWrite {
 
 #[async_trait]
 impl HotStore for MemoryStore {
+    async fn queue_join(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &QueueRules,
+        new: (Id, u64),
+    ) -> Result<Joined, StoreError> {
+        self.with_queue(event_id, |q, now, w| q.join(user_id, rules, now, new, w)).await
+    }
+
+    async fn queue_ticket(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &QueueRules,
+    ) -> Result<Option<Ticket>, StoreError> {
+        self.with_queue(event_id, |q, now, w| {
+            q.advance(rules, now, w);
+            q.standing(user_id, rules, now)
+        })
+        .await
+    }
+
+    async fn queue_leave(&self, event_id: Id, user_id: &str, rules: &QueueRules) -> Result<bool, StoreError> {
+        self.with_queue(event_id, |q, now, w| {
+            let left = q.leave(user_id, w);
+            q.advance(rules, now, w);
+            left
+        })
+        .await
+    }
+
+    async fn queue_advance(&self, event_id: Id, rules: &QueueRules) -> Result<u64, StoreError> {
+        self.with_queue(event_id, |q, now, w| q.advance(rules, now, w)).await
+    }
+
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError> {
         let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
         let body = serde_json::to_string(def).map_err(corrupt)?;

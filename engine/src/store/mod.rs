@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod db;
 pub mod memory;
+pub mod queue;
 pub mod recent;
 pub mod redis;
 pub mod redis_cluster;
@@ -255,6 +256,34 @@ pub fn order_seats(info: &EventInfo, seats: &[SeatIdx]) -> Vec<crate::domain::Or
 
 #[async_trait]
 pub trait HotStore: Send + Sync + 'static {
+    /// Joins the event's waiting room (see [`queue`]): idempotent while
+    /// waiting or admitted. `new` is the ticket id and random key a new
+    /// ticket gets.
+    async fn queue_join(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &queue::QueueRules,
+        new: (Id, u64),
+    ) -> Result<queue::Joined, StoreError>;
+    /// Admits what is due, then where the user stands (None: not queued).
+    async fn queue_ticket(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &queue::QueueRules,
+    ) -> Result<Option<queue::Ticket>, StoreError>;
+    /// Leaves the queue (frees an admission's slot); false if not queued.
+    async fn queue_leave(&self, event_id: Id, user_id: &str, rules: &queue::QueueRules) -> Result<bool, StoreError>;
+    /// Marks node `node_id` alive for `ttl_ms` and counts the live nodes
+    /// (rate limits share their budget among them). Embedded: this one.
+    async fn live_nodes(&self, node_id: u16, ttl_ms: u64) -> Result<u32, StoreError> {
+        let _ = (node_id, ttl_ms);
+        Ok(1)
+    }
+    /// Admits what is due; how many it admitted.
+    async fn queue_advance(&self, event_id: Id, rules: &queue::QueueRules) -> Result<u64, StoreError>;
+
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError>;
     async fn load_event(&self, event_id: Id) -> Result<Option<EventSnapshot>, StoreError>;
     /// The event's definition as it stands (operator changes applied).

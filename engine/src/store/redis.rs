@@ -31,6 +31,7 @@ use redis::AsyncCommands;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use super::queue::{Joined, QueueRules, Ticket};
 use super::recent::RecentGrab;
 use super::restore::{self, AppliedOrder, AppliedPacket, HotRecovery, Markers, Restored};
 use super::{
@@ -192,6 +193,32 @@ where
     /// Runs a writing script with its partition's marker as its last key
     /// (the script refuses to write without it: `StoreError::Lost`), then,
     /// with `replicas` durability, waits until the replicas have the write.
+    async fn queue_call(
+        &self,
+        event_id: Id,
+        op: &str,
+        user_id: &str,
+        r: &QueueRules,
+        (ticket_id, key): (Id, f64),
+    ) -> Result<scripts::QueueReply, StoreError> {
+        let mut inv = self.scripts.queue.prepare_invoke();
+        for what in ["q:wait", "q:tk", "q:adm", "q:st"] {
+            inv.key(self.ev(event_id, what));
+        }
+        inv.arg(op)
+            .arg(user_id)
+            .arg(r.opens_ms)
+            .arg(r.keep_until_ms)
+            .arg(r.pre_queue_ms)
+            .arg(r.admit_per_s)
+            .arg(r.active_max)
+            .arg(r.admission_ttl_ms)
+            .arg(r.burst.to_string())
+            .arg(ticket_id.raw())
+            .arg(key.to_string());
+        self.run_write(inv, event_id.partition()).await
+    }
+
     async fn run_write<T: redis::FromRedisValue>(
         &self,
         mut inv: redis::ScriptInvocation<'_>,
@@ -771,6 +798,59 @@ impl<C> HotStore for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
+    async fn queue_join(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &QueueRules,
+        (ticket_id, key): (Id, u64),
+    ) -> Result<Joined, StoreError> {
+        // Below 1 and above 0, exactly (52 bits): every score after the
+        // opening (the counter) is above it.
+        let key = (key & (super::queue::FIFO_BASE - 1)) as f64 / super::queue::FIFO_BASE as f64;
+        let r = self.queue_call(event_id, "join", user_id, rules, (ticket_id, key)).await?;
+        if r.0 == 4 {
+            return Ok(Joined::NotOpen { now_ms: r.5.max(0) as u64 });
+        }
+        match scripts::queue_ticket(&r)? {
+            Some(t) => Ok(Joined::Ticket(t)),
+            None => Err(StoreError::Corrupt("queue.lua lost a ticket it just wrote".into())),
+        }
+    }
+
+    async fn queue_ticket(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &QueueRules,
+    ) -> Result<Option<Ticket>, StoreError> {
+        let r = self.queue_call(event_id, "ticket", user_id, rules, (event_id, 0.0)).await?;
+        scripts::queue_ticket(&r)
+    }
+
+    async fn queue_leave(&self, event_id: Id, user_id: &str, rules: &QueueRules) -> Result<bool, StoreError> {
+        let r = self.queue_call(event_id, "leave", user_id, rules, (event_id, 0.0)).await?;
+        Ok(r.0 == 1)
+    }
+
+    async fn live_nodes(&self, node_id: u16, ttl_ms: u64) -> Result<u32, StoreError> {
+        let key = format!("{}:{{nodes}}:live", self.prefix);
+        let now = crate::domain::now_unix_ms();
+        let (_, _, n): (i64, i64, u32) = redis::pipe()
+            .zadd(&key, node_id, now + ttl_ms)
+            .zrembyscore(&key, "-inf", now)
+            .zcard(&key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(n.max(1))
+    }
+
+    async fn queue_advance(&self, event_id: Id, rules: &QueueRules) -> Result<u64, StoreError> {
+        let r = self.queue_call(event_id, "advance", "", rules, (event_id, 0.0)).await?;
+        Ok(r.7.max(0) as u64)
+    }
+
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError> {
         let info = EventInfo::build(def.clone(), self.seats_max).map_err(corrupt)?;
         let body = serde_json::to_string(def).map_err(corrupt)?;

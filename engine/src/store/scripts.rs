@@ -27,6 +27,7 @@ pub struct Scripts {
     pub replace_seats: Script,
     pub restore_event: Script,
     pub restore_packet: Script,
+    pub queue: Script,
 }
 
 impl Default for Scripts {
@@ -54,6 +55,7 @@ impl Scripts {
             replace_seats: Script::new(include_str!("../../../lua/replace_seats.lua")),
             restore_event: Script::new(include_str!("../../../lua/restore_event.lua")),
             restore_packet: Script::new(include_str!("../../../lua/restore_packet.lua")),
+            queue: Script::new(include_str!("../../../lua/queue.lua")),
         }
     }
 
@@ -72,6 +74,7 @@ impl Scripts {
             &self.replace_seats,
             &self.restore_event,
             &self.restore_packet,
+            &self.queue,
         ] {
             s.load_async(conn).await.map_err(|e| StoreError::Unavailable(format!("loading a script: {e}")))?;
         }
@@ -151,6 +154,30 @@ pub fn direct_grab(reply: &[i64], grab_id: Id, user_id: &str, at_ms: u64) -> Res
         [0] => Ok(DirectGrab::Unknown),
         other => Err(StoreError::Corrupt(format!("grab_direct answered {other:?}"))),
     }
+}
+
+/// queue.lua's reply: state, ticket, admit_no, expires ms, position, now
+/// ms, waiting, admitted now.
+pub type QueueReply = (i64, String, i64, i64, i64, i64, i64, i64);
+
+/// Where queue.lua found the user (see its header).
+pub fn queue_ticket(r: &QueueReply) -> Result<Option<super::queue::Ticket>, StoreError> {
+    use super::queue::{Standing, Ticket};
+    let n = |v: i64| v.max(0) as u64;
+    let (state, id, admit_no, expires_ms, position, now_ms, waiting, _) = r;
+    let standing = match state {
+        0 | 4 => return Ok(None),
+        1 => Standing::Waiting { position: (*position > 0).then(|| n(*position)), waiting: n(*waiting) },
+        2 => Standing::Admitted { admit_no: n(*admit_no), expires_ms: n(*expires_ms) },
+        3 => Standing::Expired { admit_no: n(*admit_no), expires_ms: n(*expires_ms) },
+        other => return Err(StoreError::Corrupt(format!("queue.lua answered state {other}"))),
+    };
+    let ticket_id = id
+        .parse::<i64>()
+        .ok()
+        .and_then(|v| Id::from_raw(v).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("queue.lua answered ticket {id:?}")))?;
+    Ok(Some(Ticket { ticket_id, standing, now_ms: n(*now_ms) }))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ use actix_web::{get, patch, post, web, HttpResponse};
 use rush_engine::domain::SaleStatus;
 use rush_engine::domain::{SeatDef, SectionLayout};
 use rush_engine::durable::lifecycle::CatalogueQuery;
-use rush_engine::engine::{EventPatch, NewCategory, NewEvent, NewLimits, PriceChange};
+use rush_engine::engine::{EventPatch, NewCategory, NewEvent, NewLimits, NewWaitingRoom, PriceChange};
 use rush_engine::error::Entity;
 
 use super::path_id;
@@ -33,6 +33,12 @@ pub async fn create_event(
         categories: b.categories.into_iter().map(|c| NewCategory { id: c.id, name: c.name, price: c.price }).collect(),
         layout: b.layout.map(layout_of),
         seats: b.seats.map(seats_of),
+        waiting_room: b.waiting_room.map(|w| NewWaitingRoom {
+            admit_per_s: w.admit_per_s,
+            active_max: w.active_max,
+            pre_queue_s: w.pre_queue_s,
+            admission_ttl_s: w.admission_ttl_s,
+        }),
     };
     let (id, seat_count) = state.engine.create_event(input).await?;
     Ok(HttpResponse::Created().json(CreateEventResp { event_id: id.to_string(), seat_count }))

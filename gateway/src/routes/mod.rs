@@ -7,6 +7,7 @@ pub mod ops;
 pub mod orders;
 pub mod packets;
 pub mod payments;
+pub mod queue;
 pub mod wallet;
 pub mod webhooks;
 

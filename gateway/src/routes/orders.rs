@@ -14,9 +14,14 @@ use crate::error::ApiError;
 use crate::idempotency::IdempotentPost;
 use crate::AppState;
 
+/// The admission token header of an event with a waiting room.
+pub const ADMISSION_HEADER: &str = "rush-admission";
+
 #[utoipa::path(post, path = "/v1/orders", request_body = HoldReq,
-    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer for 24 h"),
+           ("Rush-Admission" = Option<String>, Header, description = "the admission token, for an event with a waiting room")),
     responses((status = 201, body = OrderView), (status = 400, body = ErrorResp), (status = 404, body = ErrorResp),
+              (status = 403, description = "admission_required, admission_invalid", body = ErrorResp),
               (status = 409, description = "seat_unavailable (with seats), sold_out, no_adjacent_seats, not_on_sale (with on_sale_at), sale_ended (with sale_ends_at), sale_paused", body = ErrorResp),
               (status = 410, description = "event_cancelled (with reason)", body = ErrorResp),
               (status = 422, description = "limit_exceeded", body = ErrorResp),
@@ -40,7 +45,8 @@ pub async fn create_order(
         .into_iter()
         .map(|a| Attendee { name: a.name, id_number: a.id_number })
         .collect();
-    let hold = NewHold { event_id, selection, attendees };
+    let admission = post.header(ADMISSION_HEADER);
+    let hold = NewHold { event_id, selection, attendees, admission };
     post.once(&state, &auth.0.user_id, || async {
         let order = state.engine.hold(&auth.0.user_id, hold).await?;
         Ok((StatusCode::CREATED, json!(order)))

@@ -6,6 +6,7 @@ mod crash;
 mod expiry;
 mod failover;
 mod faults;
+mod front;
 mod full;
 mod helpers;
 mod idempotency;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use rush_engine::domain::{EventDef, EventInfo, EventSettings, Fen, Id, OrderStatus, PacketStatus};
+use rush_engine::store::queue::{Joined, QueueRules, Ticket};
 use rush_engine::store::{
     DirectGrab, DueItem, EventSnapshot, Grab, HotOrder, HotStore, OpOutcome, PacketDef, PacketSnapshot, SeatOp,
     SeatsApplied, StoreError, Voided,
@@ -37,6 +38,29 @@ fn timeout() -> StoreError {
 
 #[async_trait]
 impl HotStore for Flaky {
+    async fn queue_join(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &QueueRules,
+        new: (Id, u64),
+    ) -> Result<Joined, StoreError> {
+        self.inner.queue_join(event_id, user_id, rules, new).await
+    }
+    async fn queue_ticket(
+        &self,
+        event_id: Id,
+        user_id: &str,
+        rules: &QueueRules,
+    ) -> Result<Option<Ticket>, StoreError> {
+        self.inner.queue_ticket(event_id, user_id, rules).await
+    }
+    async fn queue_leave(&self, event_id: Id, user_id: &str, rules: &QueueRules) -> Result<bool, StoreError> {
+        self.inner.queue_leave(event_id, user_id, rules).await
+    }
+    async fn queue_advance(&self, event_id: Id, rules: &QueueRules) -> Result<u64, StoreError> {
+        self.inner.queue_advance(event_id, rules).await
+    }
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError> {
         self.inner.create_event(def).await
     }

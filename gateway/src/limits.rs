@@ -1,0 +1,345 @@
+//! Rate limits (issue 19): token buckets per route class, per user and
+//! per client address, on `governor`'s GCRA.
+//!
+//! - The address is the peer's, or the last entry of
+//!   `rate_limits.client_addr_header` (what a trusted proxy appended), and
+//!   is checked in the middleware before anything else runs; the user is
+//!   checked once the token is verified (admins are not limited per user:
+//!   they are the operators).
+//! - A refusal is 429 `rate_limited` with `Retry-After`, and every checked
+//!   answer carries `RateLimit-Policy` and `RateLimit` (structured fields
+//!   of draft-ietf-httpapi-ratelimit-headers): `"<class>-<key>";q=<burst>;
+//!   w=<seconds to refill the burst>` and `"<class>-<key>";r=<left>;t=<s>`.
+//! - Across nodes (Redis mode) each node enforces its share, the limit ÷
+//!   live nodes (counted in Redis every `rate_limits.nodes_check_ms`): a
+//!   user's total over all nodes never exceeds the limit, and one whose
+//!   requests all reach one node gets that node's share. No Redis round
+//!   trip per request.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix_web::http::Method;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+use rush_engine::config::{ClassLimits, RateLimitConfig};
+use rush_engine::telemetry::Metrics;
+
+use crate::error::ApiError;
+
+/// The route classes of API.md's "Rate limits".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    Holds,
+    Money,
+    Reads,
+    Queue,
+}
+
+impl Class {
+    const ALL: [Class; 4] = [Class::Holds, Class::Money, Class::Reads, Class::Queue];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Holds => "holds",
+            Class::Money => "money",
+            Class::Reads => "reads",
+            Class::Queue => "queue",
+        }
+    }
+
+    fn limits(self, cfg: &RateLimitConfig) -> ClassLimits {
+        match self {
+            Class::Holds => cfg.holds,
+            Class::Money => cfg.money,
+            Class::Reads => cfg.reads,
+            Class::Queue => cfg.queue,
+        }
+    }
+
+    /// A request's class; None for what is not limited (probes, metrics,
+    /// the contract, channel callbacks, operators' writes, dev tokens).
+    pub fn of(method: &Method, path: &str) -> Option<Class> {
+        let rest = path.strip_prefix("/v1/")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        if *method == Method::GET {
+            return Some(Class::Reads);
+        }
+        match (method.as_str(), parts.as_slice()) {
+            ("POST", ["orders"]) | ("POST", ["packets", _, "grab"]) => Some(Class::Holds),
+            ("POST", ["orders", _, "payments" | "refund"])
+            | ("POST", ["packets"])
+            | ("POST", ["wallet", "recharge" | "withdraw"])
+            | ("POST", ["admin", "wallet", _, "credit"]) => Some(Class::Money),
+            ("POST", ["events", _, "queue"]) | ("DELETE", ["events", _, "queue", "me"]) => Some(Class::Queue),
+            _ => None,
+        }
+    }
+}
+
+/// Whose bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    User,
+    Addr,
+}
+
+impl Key {
+    fn as_str(self) -> &'static str {
+        match self {
+            Key::User => "user",
+            Key::Addr => "addr",
+        }
+    }
+}
+
+type Keyed = RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+struct Bucket {
+    limiter: Keyed,
+    burst: u32,
+    /// Seconds to refill the whole burst (the policy's window).
+    window_s: u64,
+}
+
+impl Bucket {
+    /// `per_s` and `burst` shared by `nodes`: this node's part.
+    fn new(per_s: u32, burst: u32, nodes: u32) -> Option<Bucket> {
+        if per_s == 0 || burst == 0 {
+            return None;
+        }
+        let nodes = nodes.max(1);
+        let burst = burst.div_ceil(nodes).max(1);
+        // One token every nodes / per_s seconds.
+        let period = Duration::from_nanos((1_000_000_000u64 * u64::from(nodes)).div_ceil(u64::from(per_s)).max(1));
+        let quota = Quota::with_period(period)?.allow_burst(std::num::NonZeroU32::new(burst)?);
+        let window_s = (period.as_secs_f64() * f64::from(burst)).ceil().max(1.0) as u64;
+        Some(Bucket { limiter: RateLimiter::dashmap(quota).with_middleware(), burst, window_s })
+    }
+}
+
+struct Buckets {
+    nodes: u32,
+    /// By class (`Class::ALL` order): the user's and the address's.
+    by_class: Vec<(Option<Bucket>, Option<Bucket>)>,
+}
+
+impl Buckets {
+    fn new(cfg: &RateLimitConfig, nodes: u32) -> Buckets {
+        let by_class = Class::ALL
+            .iter()
+            .map(|c| {
+                let l = c.limits(cfg);
+                (Bucket::new(l.user_per_s, l.user_burst, nodes), Bucket::new(l.addr_per_s, l.addr_burst, nodes))
+            })
+            .collect();
+        Buckets { nodes, by_class }
+    }
+}
+
+/// The headers a checked answer carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub policy: String,
+    pub state: String,
+    /// Some: refused, retry after this many seconds.
+    pub retry_after_s: Option<u64>,
+}
+
+pub struct Limits {
+    cfg: RateLimitConfig,
+    buckets: RwLock<Arc<Buckets>>,
+    clock: DefaultClock,
+    metrics: Metrics,
+}
+
+impl Limits {
+    pub fn new(cfg: &RateLimitConfig, metrics: Metrics) -> Limits {
+        Limits {
+            cfg: cfg.clone(),
+            buckets: RwLock::new(Arc::new(Buckets::new(cfg, 1))),
+            clock: DefaultClock::default(),
+            metrics,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    pub fn addr_header(&self) -> Option<&str> {
+        self.cfg.client_addr_header.as_deref()
+    }
+
+    fn current(&self) -> Arc<Buckets> {
+        self.buckets.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Live nodes sharing the limits: buckets are rebuilt for the new share
+    /// (they start full again, once per change of the node count).
+    pub fn set_nodes(&self, nodes: u32) {
+        let nodes = nodes.max(1);
+        if self.current().nodes == nodes {
+            return;
+        }
+        *self.buckets.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Buckets::new(&self.cfg, nodes));
+    }
+
+    /// Forgets buckets that are full again (bounds memory).
+    pub fn forget_idle(&self) {
+        for (u, a) in &self.current().by_class {
+            for b in [u, a].into_iter().flatten() {
+                b.limiter.retain_recent();
+                b.limiter.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Takes one token of `key`'s bucket for `class`; None when that bucket
+    /// is off.
+    pub fn check(&self, class: Class, key: Key, id: &str) -> Option<Verdict> {
+        if !self.cfg.enabled {
+            return None;
+        }
+        let buckets = self.current();
+        let (user, addr) = &buckets.by_class[Class::ALL.iter().position(|c| *c == class)?];
+        let b = match key {
+            Key::User => user.as_ref()?,
+            Key::Addr => addr.as_ref()?,
+        };
+        let name = format!("{}-{}", class.as_str(), key.as_str());
+        let policy = format!("\"{name}\";q={};w={}", b.burst, b.window_s);
+        // The `String` key is what governor's keyed store takes.
+        Some(match b.limiter.check_key(&id.to_string()) {
+            Ok(snap) => {
+                let left = snap.remaining_burst_capacity();
+                Verdict {
+                    policy,
+                    state: format!("\"{name}\";r={left};t={}", if left > 0 { 0 } else { 1 }),
+                    retry_after_s: None,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                self.metrics.rate_limited.with_label_values(&[class.as_str(), key.as_str()]).inc();
+                Verdict { policy, state: format!("\"{name}\";r=0;t={secs}"), retry_after_s: Some(secs.max(1)) }
+            }
+        })
+    }
+}
+
+/// 429 `rate_limited` with its headers.
+pub fn refusal(v: &Verdict, class: Class, key: Key) -> ApiError {
+    let who = match key {
+        Key::User => "you",
+        Key::Addr => "your address",
+    };
+    let secs = v.retry_after_s.unwrap_or(1);
+    let mut e = ApiError::new(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many {} requests from {who}; retry in {secs} s", class.as_str()),
+    )
+    .with("retry_after_s", serde_json::json!(secs));
+    e.retry_after_s = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+    e.headers.push(("ratelimit-policy", v.policy.clone()));
+    e.headers.push(("ratelimit", v.state.clone()));
+    e
+}
+
+/// The client's address: the last entry of the trusted proxy's header when
+/// configured (and present), else the peer's.
+pub fn client_addr(req: &actix_web::HttpRequest, header: Option<&str>) -> Option<String> {
+    if let Some(h) = header {
+        let last = req
+            .headers()
+            .get_all(h)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .last();
+        if let Some(a) = last {
+            return Some(a.to_string());
+        }
+    }
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+/// Counts live nodes every `rate_limits.nodes_check_ms` and forgets idle
+/// buckets every `idle_forget_ms`, while `limits` and `engine` live.
+pub async fn maintain(limits: std::sync::Weak<Limits>, engine: std::sync::Weak<rush_engine::Engine>) {
+    let (check, forget) = match limits.upgrade() {
+        Some(l) => (Duration::from_millis(l.cfg.nodes_check_ms), Duration::from_millis(l.cfg.idle_forget_ms)),
+        None => return,
+    };
+    let mut last_forget = tokio::time::Instant::now();
+    loop {
+        let (Some(l), Some(e)) = (limits.upgrade(), engine.upgrade()) else { return };
+        match e.live_nodes(check.as_millis() as u64 * 3).await {
+            Ok(n) => l.set_nodes(n),
+            Err(err) => tracing::debug!(error = %err, "counting live nodes for rate limits failed"),
+        }
+        if last_forget.elapsed() >= forget {
+            last_forget = tokio::time::Instant::now();
+            l.forget_idle();
+        }
+        drop((l, e));
+        tokio::time::sleep(check).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(per_s: u32, burst: u32) -> RateLimitConfig {
+        let c = ClassLimits { user_per_s: per_s, user_burst: burst, addr_per_s: 0, addr_burst: 0 };
+        RateLimitConfig { holds: c, ..RateLimitConfig::default() }
+    }
+
+    #[test]
+    fn routes_fall_in_their_classes() {
+        let cases = [
+            (Method::POST, "/v1/orders", Some(Class::Holds)),
+            (Method::POST, "/v1/packets/1/grab", Some(Class::Holds)),
+            (Method::POST, "/v1/orders/1/payments", Some(Class::Money)),
+            (Method::POST, "/v1/orders/1/refund", Some(Class::Money)),
+            (Method::POST, "/v1/packets", Some(Class::Money)),
+            (Method::POST, "/v1/wallet/withdraw", Some(Class::Money)),
+            (Method::POST, "/v1/admin/wallet/u1/credit", Some(Class::Money)),
+            (Method::POST, "/v1/events/1/queue", Some(Class::Queue)),
+            (Method::DELETE, "/v1/events/1/queue/me", Some(Class::Queue)),
+            (Method::GET, "/v1/events/1/stream", Some(Class::Reads)),
+            (Method::POST, "/v1/orders/1/cancel", None),
+            (Method::POST, "/v1/channels/wechat/notify", None),
+            (Method::GET, "/metrics", None),
+        ];
+        for (m, p, c) in cases {
+            assert_eq!(Class::of(&m, p), c, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_with_the_wait_and_shares_across_nodes() {
+        let l = Limits::new(&cfg(2, 4), Metrics::new());
+        let verdicts: Vec<_> = (0..5).map(|_| l.check(Class::Holds, Key::User, "u1").unwrap()).collect();
+        assert!(verdicts[..4].iter().all(|v| v.retry_after_s.is_none()), "{verdicts:?}");
+        assert_eq!(verdicts[0].policy, "\"holds-user\";q=4;w=2");
+        assert_eq!(verdicts[3].state, "\"holds-user\";r=0;t=1");
+        assert_eq!(verdicts[4].retry_after_s, Some(1), "one token every 500 ms");
+        assert!(l.check(Class::Holds, Key::User, "u2").unwrap().retry_after_s.is_none(), "per user");
+        assert_eq!(l.check(Class::Holds, Key::Addr, "a"), None, "addr bucket off");
+        // Two nodes: each allows half the burst.
+        l.set_nodes(2);
+        let ok = (0..4).filter(|_| l.check(Class::Holds, Key::User, "u3").unwrap().retry_after_s.is_none()).count();
+        assert_eq!(ok, 2);
+    }
+}

@@ -1,0 +1,363 @@
+//! Live updates over Server-Sent Events (issue 19).
+//!
+//! One hub per event or packet with subscribers on this node: every
+//! `push.interval_ms` it reads the entity through its actor (whose answers
+//! are checked against the hot store's version, so changes made through
+//! any node show), diffs against what it last sent, and queues at most one
+//! `changes` message to every subscriber, serialised once. A new subscriber
+//! gets a `snapshot` of what the hub last read, taken under the same lock
+//! the hub sends under, so snapshot plus changes never skip one.
+//!
+//! Bounds: at most `push.subscribers_max` streams per node (503 past it);
+//! each subscriber's queue holds `push.buffer_msgs` messages, and one that
+//! falls that far behind is dropped (its stream ends after what is queued;
+//! the client reconnects for a fresh snapshot): nothing is buffered without
+//! limit. A comment line every `push.heartbeat_ms` of silence keeps
+//! proxies from closing idle streams. Queue streams read the user's ticket
+//! every `push.queue_poll_ms` and send it when it changed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use actix_web::HttpResponse;
+use rush_engine::config::PushConfig;
+use rush_engine::domain::Id;
+use rush_engine::Engine;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+
+/// How often an idle stream looks whether the node is shutting down.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(500);
+/// A hub with no subscribers stops after this many empty rounds.
+const IDLE_ROUNDS_MAX: u32 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Event(Id),
+    Packet(Id),
+}
+
+impl Topic {
+    fn stream(self) -> &'static str {
+        match self {
+            Topic::Event(_) => "event",
+            Topic::Packet(_) => "packet",
+        }
+    }
+}
+
+/// What a hub last read.
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    /// Seats as (id, category, status), in seat-map order.
+    Event(Vec<(String, String, &'static str)>),
+    /// remaining_count, remaining_amount, status.
+    Packet(u32, i64, String),
+}
+
+impl State {
+    fn categories(seats: &[(String, String, &'static str)]) -> Vec<Value> {
+        let mut order: Vec<&str> = vec![];
+        let mut left: HashMap<&str, u32> = HashMap::new();
+        for (_, cat, status) in seats {
+            let n = left.entry(cat).or_insert_with(|| {
+                order.push(cat);
+                0
+            });
+            if *status == "available" {
+                *n += 1;
+            }
+        }
+        order.into_iter().map(|c| json!({"id": c, "remaining": left[c]})).collect()
+    }
+
+    fn snapshot(&self) -> Value {
+        match self {
+            State::Event(seats) => json!({
+                "categories": State::categories(seats),
+                "seats": seats.iter().map(|(id, _, s)| json!({"seat_id": id, "status": s})).collect::<Vec<_>>(),
+            }),
+            State::Packet(count, amount, status) => {
+                json!({"remaining_count": count, "remaining_amount": amount, "status": status})
+            }
+        }
+    }
+
+    /// What changed since `old` (None: nothing).
+    fn changes(&self, old: &State) -> Option<Value> {
+        match (self, old) {
+            (State::Event(new), State::Event(old)) if new.len() == old.len() => {
+                let seats: Vec<Value> = new
+                    .iter()
+                    .zip(old)
+                    .filter(|(n, o)| n.2 != o.2 || n.0 != o.0)
+                    .map(|(n, _)| json!({"seat_id": n.0, "status": n.2}))
+                    .collect();
+                if seats.is_empty() {
+                    return None;
+                }
+                let (cn, co) = (State::categories(new), State::categories(old));
+                let categories: Vec<Value> = cn.into_iter().filter(|c| !co.contains(c)).collect();
+                Some(json!({"categories": categories, "seats": seats}))
+            }
+            _ if self == old => None,
+            // A packet's numbers, or a replaced seat map: all of it.
+            _ => Some(self.snapshot()),
+        }
+    }
+}
+
+/// One SSE message.
+fn sse(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+struct Subscribers {
+    last: State,
+    live: Vec<mpsc::Sender<Bytes>>,
+}
+
+struct Hub {
+    subs: Mutex<Subscribers>,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Push {
+    cfg: PushConfig,
+    engine: Arc<Engine>,
+    hubs: Mutex<HashMap<Topic, Arc<Hub>>>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a stream while it lives.
+struct Open {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        self.gauge.dec();
+    }
+}
+
+impl Push {
+    pub fn new(engine: Arc<Engine>) -> Push {
+        Push {
+            cfg: engine.config().push.clone(),
+            engine,
+            hubs: Mutex::new(HashMap::new()),
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn admit(&self, stream: &'static str) -> Result<Open, ApiError> {
+        let m = &self.engine.metrics;
+        if self.open.fetch_add(1, Ordering::SeqCst) >= self.cfg.subscribers_max {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            m.push_dropped.with_label_values(&["full"]).inc();
+            let mut e = ApiError::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                format!("this node serves {} live streams already; retry shortly", self.cfg.subscribers_max),
+            );
+            e.retry_after_s = Some(1);
+            return Err(e);
+        }
+        let gauge = m.push_subscribers.with_label_values(&[stream]);
+        gauge.inc();
+        Ok(Open { open: self.open.clone(), gauge })
+    }
+
+    async fn read(&self, topic: Topic) -> Result<State, rush_engine::EngineError> {
+        Ok(match topic {
+            Topic::Event(id) => State::Event(
+                self.engine.seats(id, None).await?.into_iter().map(|s| (s.seat_id, s.category, s.status)).collect(),
+            ),
+            Topic::Packet(id) => {
+                let p = self.engine.packet(id).await?;
+                let status = serde_json::to_value(p.status).ok().and_then(|v| v.as_str().map(str::to_string));
+                State::Packet(p.remaining_count, p.remaining_amount.get(), status.unwrap_or_default())
+            }
+        })
+    }
+
+    /// A stream of `topic`: its snapshot, then its changes.
+    pub async fn subscribe(self: &Arc<Self>, topic: Topic) -> Result<HttpResponse, ApiError> {
+        let open = self.admit(topic.stream())?;
+        // Unknown ids are 404 before any stream starts.
+        let first = self.read(topic).await?;
+        let (tx, rx) = mpsc::channel(self.cfg.buffer_msgs);
+        let hub = {
+            let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+            match hubs.get(&topic) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = Arc::new(Hub { subs: Mutex::new(Subscribers { last: first, live: vec![] }) });
+                    hubs.insert(topic, h.clone());
+                    tokio::spawn(self.clone().run(topic, h.clone()));
+                    h
+                }
+            }
+        };
+        {
+            let mut s = hub.lock();
+            let _ = tx.try_send(sse("snapshot", &s.last.snapshot()));
+            s.live.push(tx);
+        }
+        Ok(self.respond(rx, open))
+    }
+
+    fn respond(&self, rx: mpsc::Receiver<Bytes>, open: Open) -> HttpResponse {
+        let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms);
+        let engine = self.engine.clone();
+        let state = (rx, open, tokio::time::Instant::now());
+        let body = futures_util::stream::unfold(state, move |(mut rx, open, mut quiet_since)| {
+            let engine = engine.clone();
+            async move {
+                loop {
+                    // Streams end when the node shuts down (they would
+                    // hold its drain open): the client reconnects elsewhere.
+                    if !engine.intake_open() {
+                        return None;
+                    }
+                    match tokio::time::timeout(SHUTDOWN_CHECK, rx.recv()).await {
+                        Ok(Some(msg)) => {
+                            return Some((Ok::<_, actix_web::Error>(msg), (rx, open, tokio::time::Instant::now())))
+                        }
+                        Ok(None) => return None,
+                        Err(_) if quiet_since.elapsed() >= heartbeat => {
+                            quiet_since = tokio::time::Instant::now();
+                            return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), (rx, open, quiet_since)));
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        });
+        HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("cache-control", "no-cache"))
+            .insert_header(("x-accel-buffering", "no"))
+            .streaming(body)
+    }
+
+    /// The hub's rounds: read, diff, send; stops once nobody listens.
+    async fn run(self: Arc<Self>, topic: Topic, hub: Arc<Hub>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle = 0;
+        loop {
+            tick.tick().await;
+            {
+                let mut s = hub.lock();
+                s.live.retain(|t| !t.is_closed());
+                if s.live.is_empty() {
+                    idle += 1;
+                    if idle >= IDLE_ROUNDS_MAX {
+                        // Removed under the map's lock, so a subscriber
+                        // either finds this hub before or a new one after.
+                        drop(s);
+                        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+                        let s = hub.lock();
+                        if s.live.is_empty() {
+                            hubs.remove(&topic);
+                            return;
+                        }
+                        idle = 0;
+                    }
+                    continue;
+                }
+                idle = 0;
+            }
+            let state = match self.read(topic).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, ?topic, "a live update read failed");
+                    continue;
+                }
+            };
+            let mut s = hub.lock();
+            let msg = state.changes(&s.last).map(|c| sse("changes", &c));
+            s.last = state;
+            if let Some(msg) = msg {
+                let dropped = &self.engine.metrics.push_dropped;
+                s.live.retain(|t| match t.try_send(msg.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        dropped.with_label_values(&["slow"]).inc();
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+            }
+        }
+    }
+
+    /// A user's ticket in an event's waiting room, on every change.
+    pub async fn queue(self: &Arc<Self>, event_id: Id, user_id: String) -> Result<HttpResponse, ApiError> {
+        let open = self.admit("queue")?;
+        let first = self.engine.queue_me(&user_id, event_id).await?;
+        let (tx, rx) = mpsc::channel(self.cfg.buffer_msgs);
+        let ticket = |t| serde_json::to_value(crate::dto::TicketResp::of(t)).unwrap_or_default();
+        let mut last = ticket(first);
+        let _ = tx.try_send(sse("ticket", &last));
+        let engine = self.engine.clone();
+        let every = Duration::from_millis(self.cfg.queue_poll_ms);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = tx.closed() => return,
+                }
+                let Ok(t) = engine.queue_me(&user_id, event_id).await else { continue };
+                let now = ticket(t);
+                if now != last {
+                    match tx.try_send(sse("ticket", &now)) {
+                        Ok(()) => last = now,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            engine.metrics.push_dropped.with_label_values(&["slow"]).inc();
+                            return;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+            }
+        });
+        Ok(self.respond(rx, open))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seats(st: &[&'static str]) -> State {
+        State::Event(
+            st.iter().enumerate().map(|(i, s)| (format!("s{i}"), if i < 2 { "a" } else { "b" }.into(), *s)).collect(),
+        )
+    }
+
+    #[test]
+    fn changes_name_the_seats_and_categories_that_moved() {
+        let old = seats(&["available", "available", "available"]);
+        let new = seats(&["held", "available", "available"]);
+        assert_eq!(
+            new.changes(&old),
+            Some(json!({"categories": [{"id": "a", "remaining": 1}], "seats": [{"seat_id": "s0", "status": "held"}]}))
+        );
+        assert_eq!(new.changes(&new), None);
+        assert_eq!(old.snapshot()["categories"], json!([{"id": "a", "remaining": 2}, {"id": "b", "remaining": 1}]));
+    }
+}
