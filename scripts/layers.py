@@ -55,9 +55,9 @@ LAYERS = {
         {"lib"},
     ],
     "gateway/src": [
-        # the error mapping, logs and traces, bearer tokens, what every
-        # handler shares.
-        {"error", "telemetry", "auth", "state"},
+        # the error mapping, logs and traces, rate limits, bearer tokens,
+        # live update streams, what every handler shares.
+        {"error", "telemetry", "limits", "auth", "push", "state"},
         # request and response bodies; Idempotency-Key replay; what every
         # request passes through.
         {"dto", "idempotency", "middleware"},

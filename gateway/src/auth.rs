@@ -398,7 +398,7 @@ async fn caller(req: HttpRequest) -> Result<Caller, ApiError> {
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::unauthorized("unauthorized", "send Authorization: Bearer <token>"))?;
     let caller = keys.verify(token.trim()).await.map_err(|m| ApiError::unauthorized("invalid_token", m))?;
-    crate::middleware::limit_user(&req, &caller)?;
+    crate::limits::limit_user(&req, &caller)?;
     Ok(caller)
 }
 

@@ -20,10 +20,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix_web::http::Method;
+use actix_web::{web, HttpMessage};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 use rush_engine::config::{ClassLimits, RateLimitConfig};
+use rush_engine::engine::Caller;
 use rush_engine::telemetry::Metrics;
 
 use crate::error::ApiError;
@@ -233,6 +235,33 @@ impl Limits {
             }
         })
     }
+}
+
+/// What the front door found for a request (in its extensions): its class
+/// and the verdicts of its buckets, for the answer's headers.
+#[derive(Clone)]
+pub struct Checked {
+    pub class: Class,
+    pub addr: Option<Verdict>,
+    pub user: Option<Verdict>,
+}
+
+/// The caller's own bucket for the request's class (admins are not
+/// limited per user).
+pub fn limit_user(req: &actix_web::HttpRequest, caller: &Caller) -> Result<(), ApiError> {
+    if caller.admin {
+        return Ok(());
+    }
+    let Some(limits) = req.app_data::<web::Data<Limits>>() else { return Ok(()) };
+    let mut ext = req.extensions_mut();
+    let Some(checked) = ext.get_mut::<Checked>() else { return Ok(()) };
+    if let Some(v) = limits.check(checked.class, Key::User, &caller.user_id) {
+        if v.retry_after_s.is_some() {
+            return Err(refusal(&v, checked.class, Key::User));
+        }
+        checked.user = Some(v);
+    }
+    Ok(())
 }
 
 /// 429 `rate_limited` with its headers.

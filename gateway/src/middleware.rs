@@ -1,33 +1,21 @@
 //! What every request passes through: counted in flight (what shutdown
 //! waits on), refused once intake is closed, its span, metrics and
-//! failure log.
+//! failure log; then the front door's rate limits (see `limits`).
 
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::web;
-
-use actix_web::HttpMessage;
-use rush_engine::engine::Caller;
+use actix_web::{web, HttpMessage};
 
 use crate::error::ApiError;
-use crate::limits::{client_addr, refusal, Class, Key, Limits, Verdict};
+use crate::limits::{client_addr, refusal, Checked, Class, Key, Limits};
 use crate::AppState;
-
-/// What the front door found for a request (in its extensions): its class
-/// and the verdicts of its buckets, for the answer's headers.
-#[derive(Clone)]
-struct Checked {
-    class: Class,
-    addr: Option<Verdict>,
-    user: Option<Verdict>,
-}
 
 /// Rate limits by client address (and, in the production profile, the
 /// `Idempotency-Key` every money-moving POST needs), before the handler;
 /// the user's bucket is checked once the token is verified
-/// ([`limit_user`]); the answer carries the tighter bucket's headers.
+/// ([`crate::limits::limit_user`]); the answer carries the tighter bucket's headers.
 pub async fn front_door(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
@@ -73,24 +61,6 @@ pub async fn front_door(
         }
     }
     Ok(res.map_into_left_body())
-}
-
-/// The caller's own bucket for the request's class (admins are not
-/// limited per user).
-pub fn limit_user(req: &actix_web::HttpRequest, caller: &Caller) -> Result<(), ApiError> {
-    if caller.admin {
-        return Ok(());
-    }
-    let Some(limits) = req.app_data::<web::Data<Limits>>() else { return Ok(()) };
-    let mut ext = req.extensions_mut();
-    let Some(checked) = ext.get_mut::<Checked>() else { return Ok(()) };
-    if let Some(v) = limits.check(checked.class, Key::User, &caller.user_id) {
-        if v.retry_after_s.is_some() {
-            return Err(refusal(&v, checked.class, Key::User));
-        }
-        checked.user = Some(v);
-    }
-    Ok(())
 }
 
 /// Paths answered while shutting down (probes and metrics).

@@ -310,7 +310,8 @@ impl Push {
         let open = self.admit("queue")?;
         let first = self.engine.queue_me(&user_id, event_id).await?;
         let (tx, rx) = mpsc::channel(self.cfg.buffer_msgs);
-        let ticket = |t| serde_json::to_value(crate::dto::TicketResp::of(t)).unwrap_or_default();
+        // The engine's view serialises as the API's ticket (ids as strings).
+        let ticket = |t: rush_engine::engine::queue::TicketView| serde_json::to_value(t).unwrap_or_default();
         let mut last = ticket(first);
         let _ = tx.try_send(sse("ticket", &last));
         let engine = self.engine.clone();

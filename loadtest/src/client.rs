@@ -67,12 +67,27 @@ impl Conn {
         token: Option<&str>,
         body: Option<Bytes>,
     ) -> anyhow::Result<Resp> {
+        self.send_with(method, path, token, body, None).await
+    }
+
+    /// [`Conn::send`] with one more header.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Bytes>,
+        header: Option<(&str, &str)>,
+    ) -> anyhow::Result<Resp> {
         let host = self.host.clone();
         let sender = self.connect().await?;
         sender.ready().await?;
         let mut req = Request::builder().method(method).uri(path).header(HOST, host);
         if let Some(t) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
         }
         let body = match body {
             Some(b) => {

@@ -34,6 +34,8 @@ pub struct Req {
     pub body: Option<Bytes>,
     /// Scenario-defined: what the request was, for `observe`.
     pub tag: [u32; 3],
+    /// A `Rush-Admission` header (holds on an event with a waiting room).
+    pub admission: Option<Arc<str>>,
 }
 
 pub enum Next {
@@ -156,7 +158,15 @@ pub async fn drive(name: &str, opts: &LoadOpts, workload: Arc<dyn Workload>) -> 
                         }
                         _ => now,
                     };
-                    let resp = conn.send(req.method.clone(), &req.path, req.token.as_deref(), req.body.clone()).await;
+                    let resp = conn
+                        .send_with(
+                            req.method.clone(),
+                            &req.path,
+                            req.token.as_deref(),
+                            req.body.clone(),
+                            req.admission.as_deref().map(|a| ("rush-admission", a)),
+                        )
+                        .await;
                     let latency_us = send_at.elapsed().as_micros() as u64;
                     let (ok, outcome) = match resp {
                         Ok(r) => {
@@ -234,7 +244,14 @@ impl Default for Ceiling {
 
 impl Workload for Ceiling {
     fn next(&self, _task: usize) -> Next {
-        Next::Send(Req { method: Method::GET, path: self.path.clone(), token: None, body: None, tag: [0; 3] })
+        Next::Send(Req {
+            method: Method::GET,
+            path: self.path.clone(),
+            token: None,
+            body: None,
+            tag: [0; 3],
+            admission: None,
+        })
     }
 
     fn observe(&self, _req: &Req, status: u16, _body: &[u8]) -> bool {

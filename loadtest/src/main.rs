@@ -60,8 +60,8 @@ struct Cli {
     out: PathBuf,
     /// Run only this stage: grab-hot, grab-spread, seats-category,
     /// seats-named, opening (an event opening a third into the stage while
-    /// every connection sends), mixed or pay (the ceiling and the checks
-    /// still run).
+    /// every connection sends), mixed, pay, or queue-join / queue-admit of
+    /// scenario `opening` (the ceiling and the checks still run).
     #[arg(long)]
     stage: Option<String>,
     /// Worker threads of the load generator.
@@ -89,6 +89,9 @@ struct Cli {
     /// Seconds after a stage's load by which every event must be persisted.
     #[arg(long, default_value_t = 10.0)]
     drain_max: f64,
+    /// Scenario `opening`: the waiting room's admissions per second.
+    #[arg(long, default_value_t = 2_000)]
+    admit_per_s: u32,
 }
 
 /// Seconds of a sustained run at the least.
@@ -145,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         sample_every: Duration::from_millis(cli.sample_ms.max(10)),
         lag_max_s: cli.lag_max,
         drain_max_s: cli.drain_max,
+        admit_per_s: cli.admit_per_s,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
     let report = rt.block_on(run(opts))?;

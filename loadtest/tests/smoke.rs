@@ -68,6 +68,7 @@ fn small(addr: SocketAddr, scenario: Scenario, model: Model) -> RunOpts {
         sample_every: Duration::from_millis(50),
         lag_max_s: 5.0,
         drain_max_s: 15.0,
+        admit_per_s: 300,
     }
 }
 
@@ -80,6 +81,7 @@ async fn every_scenario_runs_and_finds_no_violation() {
         (Scenario::Seats, Model::Closed),
         (Scenario::Mixed, Model::Open { rate_per_s: 400.0 }),
         (Scenario::Pay, Model::Closed),
+        (Scenario::Opening, Model::Closed),
     ] {
         let report = run(small(addr, scenario, model)).await.expect("run");
         let text = rush_loadtest::report::summary(&report);
@@ -155,8 +157,14 @@ async fn the_opening_checks_catch_a_hold_before_the_instant() {
     let tokens = Arc::new(api.tokens(&["early-u0".to_string()]).await.expect("token"));
     let opens_ms = chrono::DateTime::parse_from_rfc3339(opens).expect("time").timestamp_millis();
     let load = OpeningLoad::new(Arc::new(events), tokens, 0, opens_ms);
-    let req =
-        || Req { method: hyper::Method::POST, path: Arc::from("/v1/orders"), token: None, body: None, tag: [0, 0, 1] };
+    let req = || Req {
+        method: hyper::Method::POST,
+        path: Arc::from("/v1/orders"),
+        token: None,
+        body: None,
+        tag: [0, 0, 1],
+        admission: None,
+    };
     // A refusal naming the instant is right; one naming another is not;
     // a hold answered now (before 2029) is early whatever it says.
     load.observe(&req(), 409, br#"{"error":{"code":"not_on_sale","on_sale_at":"2029-06-01T00:00:00.000Z"}}"#);

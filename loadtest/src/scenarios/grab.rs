@@ -219,6 +219,7 @@ impl Workload for GrabLoad {
             token: Some(self.tokens[user].clone()),
             body: None,
             tag: [packet as u32, user as u32, slot as u32],
+            admission: None,
         })
     }
 

@@ -62,6 +62,7 @@ impl Workload for MixedLoad {
                     token,
                     body: Some(Bytes::from(body.to_string())),
                     tag: [HOLD, e as u32, (user as u32) << 1 | c as u32],
+                    admission: None,
                 }
             }
             7..14 => {
@@ -72,15 +73,30 @@ impl Workload for MixedLoad {
                     token,
                     body: None,
                     tag: [GRAB, p as u32, user as u32],
+                    admission: None,
                 }
             }
             14..17 => {
                 let e = mix % self.event_reads.len();
-                Req { method: Method::GET, path: self.event_reads[e].clone(), token, body: None, tag: [READ, 0, 0] }
+                Req {
+                    method: Method::GET,
+                    path: self.event_reads[e].clone(),
+                    token,
+                    body: None,
+                    tag: [READ, 0, 0],
+                    admission: None,
+                }
             }
             _ => {
                 let p = mix % self.packet_reads.len();
-                Req { method: Method::GET, path: self.packet_reads[p].clone(), token, body: None, tag: [READ, 0, 0] }
+                Req {
+                    method: Method::GET,
+                    path: self.packet_reads[p].clone(),
+                    token,
+                    body: None,
+                    tag: [READ, 0, 0],
+                    admission: None,
+                }
             }
         };
         Next::Send(req)

@@ -5,6 +5,7 @@
 pub mod grab;
 pub mod mixed;
 pub mod pay;
+pub mod queue;
 pub mod seats;
 
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ pub enum Scenario {
     Seats,
     Mixed,
     Pay,
+    /// A sale behind a waiting room (`queue.rs`).
+    Opening,
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +70,8 @@ pub struct RunOpts {
     /// A stage whose events are not all persisted this long after its load
     /// ends fails the run.
     pub drain_max_s: f64,
+    /// Scenario `opening`: the waiting room's admissions per second.
+    pub admit_per_s: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,6 +250,29 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             packets.check(&api, &users, &sender.token, &mut checks).await?;
             wallets = check_balances(&api, &packets, &users, &tokens, &sender, opts.settle_s, &mut checks).await?;
         }
+        Scenario::Opening => {
+            let event = queue::create_event(&mut api, &run_id, opts.rows, opts.cols, opts.admit_per_s).await?;
+            let mut q = queue::QueueRun::new(event, opts.users, opts.admit_per_s);
+            let joins = Arc::new(q.join_load(tokens.clone()));
+            // Joins until every pre-queue user is in, however long it takes.
+            let long = RunOpts { duration: Duration::from_secs(3600), model: Model::Closed, ..opts.clone() };
+            if opts.runs("queue-join") || opts.runs("queue-admit") {
+                stages.push(stage("queue-join", &long, joins, sampler, &mut checks).await);
+            }
+            q.open_and_join_late(&mut api, &tokens, OPENING_AFTER_JOINS_MS).await?;
+            // Long enough to admit everyone at the rate, and five seconds more.
+            let secs = (opts.users as u64).div_ceil(u64::from(opts.admit_per_s.max(1))) + 5;
+            let admit = RunOpts {
+                duration: opts.duration.max(Duration::from_secs(secs)),
+                model: Model::Closed,
+                ..opts.clone()
+            };
+            let load = Arc::new(q.admit_load(tokens.clone(), opts.concurrency));
+            if opts.runs("queue-admit") {
+                stages.push(stage("queue-admit", &admit, load, sampler, &mut checks).await);
+            }
+            q.check(&mut api, &mut checks).await?;
+        }
         Scenario::Pay => {
             let events = pay::events(&mut api, &run_id, opts.events, opts.rows, opts.cols).await?;
             let before = pay::succeeded_count(&mut api).await?;
@@ -284,6 +312,10 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
         checks: checks.checks,
     })
 }
+
+/// Scenario `opening`: the sale opens this long after the last pre-queue
+/// join.
+const OPENING_AFTER_JOINS_MS: i64 = 2_000;
 
 /// Below rush's default `orders.credit_max_fen`.
 const CREDIT_SLICE_FEN: i64 = 50_000_000;

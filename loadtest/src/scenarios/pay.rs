@@ -83,6 +83,7 @@ impl Workload for PayLoad {
                 token: None,
                 body: Some(Bytes::from(body.to_string())),
                 tag: [PAY, 0, p as u32],
+                admission: None,
             });
         }
         if let Some(o) = book.to_open.pop_front() {
@@ -94,6 +95,7 @@ impl Workload for PayLoad {
                 token: Some(self.tokens[*user].clone()),
                 body: Some(Bytes::from(json!({"channel": channel}).to_string())),
                 tag: [OPEN, *user as u32, o as u32],
+                admission: None,
             });
         }
         drop(book);
@@ -110,6 +112,7 @@ impl Workload for PayLoad {
             token: Some(self.tokens[user].clone()),
             body: Some(Bytes::from(body.to_string())),
             tag: [HOLD, user as u32, event as u32],
+            admission: None,
         })
     }
 

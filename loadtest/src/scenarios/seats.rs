@@ -240,6 +240,7 @@ impl Workload for CategoryLoad {
             token: Some(self.tokens[user].clone()),
             body: Some(Bytes::from(body.to_string())),
             tag: [event as u32, user as u32, (cat as u32) << 8 | qty],
+            admission: None,
         })
     }
 
@@ -303,6 +304,7 @@ impl Workload for NamedLoad {
             token: Some(self.tokens[user].clone()),
             body: Some(Bytes::from(body.to_string())),
             tag: [event as u32, user as u32, 1],
+            admission: None,
         })
     }
 
