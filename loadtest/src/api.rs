@@ -38,7 +38,16 @@ impl Api {
         token: Option<&str>,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        self.conn.json(method, path, token, body).await
+        match self.conn.json(method.clone(), path, token, body.clone()).await {
+            Ok(answer) => Ok(answer),
+            // The keep-alive connection closed under us (rush closes idle
+            // ones after http.keep_alive_s): once more on a new one. Setup
+            // and check calls are reads or idempotent.
+            Err(_) => {
+                self.conn = Conn::new(self.addr);
+                self.conn.json(method, path, token, body).await
+            }
+        }
     }
 
     /// A GET answered in text (`/metrics`).

@@ -248,6 +248,7 @@ async fn rate_limited(app: &TestApp) {
 }
 
 fn tight_reads(cfg: &mut rush_engine::Config) {
+    cfg.rate_limits.enabled = true;
     cfg.rate_limits.reads.user_per_s = 2;
     cfg.rate_limits.reads.user_burst = 3;
 }
@@ -261,6 +262,7 @@ async fn rate_limits_embedded_and_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_needs_idempotency_keys_on_money_and_limits_addresses() {
     let app = spawn_with(|c| {
+        c.rate_limits.enabled = true;
         c.rate_limits.queue.addr_per_s = 1;
         c.rate_limits.queue.addr_burst = 2;
         c.rate_limits.client_addr_header = Some("x-forwarded-for".into());
@@ -468,6 +470,7 @@ async fn streams_are_bounded_and_slow_clients_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_the_queue_streams_and_limits() {
     let a = spawn_in(Mode::Redis, |c| {
+        c.rate_limits.enabled = true;
         c.rate_limits.holds.user_per_s = 1;
         c.rate_limits.holds.user_burst = 4;
         c.rate_limits.nodes_check_ms = 100;
@@ -477,6 +480,7 @@ async fn two_nodes_share_the_queue_streams_and_limits() {
     let b = spawn_in(Mode::Redis, |c| {
         c.redis.key_prefix = prefix.clone();
         c.node_id = 1;
+        c.rate_limits.enabled = true;
         c.rate_limits.holds.user_per_s = 1;
         c.rate_limits.holds.user_burst = 4;
         c.rate_limits.nodes_check_ms = 100;

@@ -153,13 +153,15 @@ pub struct AdmitLoad {
     hold_body: Bytes,
     tokens: Arc<Vec<Arc<str>>>,
     /// Per task: its users (task t: t, t + C, …) and a cursor.
-    users: Vec<Mutex<(Vec<(usize, UserState)>, usize)>>,
+    users: Vec<TaskUsers>,
     /// Per task: the probes still to send (no admission, forged).
     probes: Vec<AtomicUsize>,
     forged: Arc<str>,
     opens_ms: i64,
     seen: Arc<Mutex<Seen>>,
 }
+
+type TaskUsers = Mutex<(Vec<(usize, UserState)>, usize)>;
 
 const POLL: u32 = 0;
 const HOLD: u32 = 1;
@@ -368,8 +370,8 @@ impl QueueRun {
         let wait = self.opens_ms - chrono::Utc::now().timestamp_millis() + 50;
         tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
         let path = format!("/v1/events/{}/queue", self.event);
-        for u in self.pre..self.users {
-            let (s, v) = api.call(Method::POST, &path, Some(&tokens[u]), Some(json!({}))).await?;
+        for (u, token) in tokens.iter().enumerate().take(self.users).skip(self.pre) {
+            let (s, v) = api.call(Method::POST, &path, Some(token), Some(json!({}))).await?;
             if s == 200 && v["status"].is_string() {
                 self.late_order.push(u);
             } else {
@@ -385,6 +387,9 @@ impl QueueRun {
 
     /// The scenario's checks (see the module).
     pub async fn check(&self, api: &mut Api, checks: &mut Checks) -> anyhow::Result<()> {
+        let admin = api.admin.clone();
+        let (s, stats) =
+            api.call(Method::GET, &format!("/v1/admin/events/{}/stats", self.event), Some(&admin), None).await?;
         let seen = lock(&self.seen);
         let early: Vec<String> = seen
             .held
@@ -395,9 +400,6 @@ impl QueueRun {
         checks.each("opening+queue: no hold acknowledged before on_sale_at", seen.held.len(), early);
         let mut without = seen.probes_passed.clone();
         without.extend(seen.refused_admitted.iter().map(|r| format!("an admitted user's hold refused: {r}")));
-        let admin = api.admin.clone();
-        let (s, stats) =
-            api.call(Method::GET, &format!("/v1/admin/events/{}/stats", self.event), Some(&admin), None).await?;
         let taken: u64 = stats["categories"]
             .as_array()
             .map(|c| c.iter().map(|c| c["held"].as_u64().unwrap_or(0) + c["sold"].as_u64().unwrap_or(0)).sum())
@@ -461,11 +463,6 @@ impl QueueRun {
         );
         checks.each("opening+queue: every join and poll answered a position", self.users, seen.unanswered.clone());
         Ok(())
-    }
-
-    /// Admissions seen, and how many pre-queue joiners there were.
-    pub fn admitted(&self) -> usize {
-        lock(&self.seen).admitted.len()
     }
 }
 
