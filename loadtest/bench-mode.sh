@@ -19,6 +19,8 @@
 # for a diagnosis); KEEP_LOG=FILE copies rush's log there during the run;
 # REDIS_URL points at another Redis (default redis://127.0.0.1:6379/12),
 # e.g. one with appendfsync always for RUSH__REDIS__DURABILITY=fsync.
+# Rate limits are off (one address sends everything); RATE_LIMITS=true
+# turns them on (then raise the per-address buckets with RUSH__… as well).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?usage: loadtest/bench-mode.sh embedded|redis|redis-pg|full [rush-loadtest args]}
@@ -40,7 +42,7 @@ cleanup() {
   rm -rf "$data"
 }
 trap cleanup EXIT
-env=(RUSH__HTTP__ADDR=127.0.0.1:18080 RUSH__DATA_DIR="$data/rush" RUST_LOG=warn RUSH__RATE_LIMITS__ENABLED=false)
+env=(RUSH__HTTP__ADDR=127.0.0.1:18080 RUSH__DATA_DIR="$data/rush" RUST_LOG=warn RUSH__RATE_LIMITS__ENABLED="${RATE_LIMITS:-false}")
 case $mode in
   embedded) ;;
   redis) env+=(RUSH__REDIS__URL="$redis_url" RUSH__REDIS__KEY_PREFIX="$tag") ;;

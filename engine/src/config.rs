@@ -618,6 +618,16 @@ pub struct PushConfig {
     pub buffer_msgs: usize,
     /// How often a queue stream reads its ticket.
     pub queue_poll_ms: u64,
+    /// Messages a node writes to all its streams per second, at most: with
+    /// many subscribers each stream's interval grows (subscribers ×
+    /// 1000 ÷ this, in ms) so the fan-out's cost stays bounded whatever
+    /// the audience.
+    pub fanout_per_s_max: u64,
+    /// Seats named in one `changes` message, at most; past it the message
+    /// names none and says how many changed (`seats_omitted`): the client
+    /// reads `GET …/seats` if it shows seats (a sell-out's thousands of
+    /// changes a second would otherwise go to every subscriber).
+    pub seats_per_message_max: usize,
 }
 
 impl Default for PushConfig {
@@ -1218,8 +1228,15 @@ impl Config {
             return bad("waiting_room.tick_ms, admit_per_s_max and admission_ttl_s_max must be positive");
         }
         let p = &self.push;
-        if p.interval_ms == 0 || p.heartbeat_ms == 0 || p.buffer_msgs == 0 || p.queue_poll_ms == 0 {
-            return bad("push.interval_ms, heartbeat_ms, buffer_msgs and queue_poll_ms must be positive");
+        if p.interval_ms == 0
+            || p.heartbeat_ms == 0
+            || p.buffer_msgs == 0
+            || p.queue_poll_ms == 0
+            || p.fanout_per_s_max == 0
+        {
+            return bad(
+                "push.interval_ms, heartbeat_ms, buffer_msgs, queue_poll_ms and fanout_per_s_max must be positive",
+            );
         }
         let r = &self.rate_limits;
         for (name, c) in [("holds", r.holds), ("money", r.money), ("reads", r.reads), ("queue", r.queue)] {

@@ -9,6 +9,9 @@
 //! the hub sends under, so snapshot plus changes never skip one.
 //!
 //! Bounds: at most `push.subscribers_max` streams per node (503 past it);
+//! at most `push.fanout_per_s_max` messages a second over all of a node's
+//! streams (the interval grows with the audience) and
+//! `push.seats_per_message_max` seats named per message;
 //! each subscriber's queue holds `push.buffer_msgs` messages, and one that
 //! falls that far behind is dropped (its stream ends after what is queued;
 //! the client reconnects for a fresh snapshot): nothing is buffered without
@@ -88,21 +91,22 @@ impl State {
         }
     }
 
-    /// What changed since `old` (None: nothing).
-    fn changes(&self, old: &State) -> Option<Value> {
+    /// What changed since `old` (None: nothing), naming at most
+    /// `seats_max` seats (past it, none, and how many changed).
+    fn changes(&self, old: &State, seats_max: usize) -> Option<Value> {
         match (self, old) {
             (State::Event(new), State::Event(old)) if new.len() == old.len() => {
-                let seats: Vec<Value> = new
-                    .iter()
-                    .zip(old)
-                    .filter(|(n, o)| n.2 != o.2 || n.0 != o.0)
-                    .map(|(n, _)| json!({"seat_id": n.0, "status": n.2}))
-                    .collect();
-                if seats.is_empty() {
+                let changed: Vec<&(String, String, &'static str)> =
+                    new.iter().zip(old).filter(|(n, o)| n.2 != o.2 || n.0 != o.0).map(|(n, _)| n).collect();
+                if changed.is_empty() {
                     return None;
                 }
                 let (cn, co) = (State::categories(new), State::categories(old));
                 let categories: Vec<Value> = cn.into_iter().filter(|c| !co.contains(c)).collect();
+                if changed.len() > seats_max {
+                    return Some(json!({"categories": categories, "seats": [], "seats_omitted": changed.len()}));
+                }
+                let seats: Vec<Value> = changed.iter().map(|n| json!({"seat_id": n.0, "status": n.2})).collect();
                 Some(json!({"categories": categories, "seats": seats}))
             }
             _ if self == old => None,
@@ -253,13 +257,20 @@ impl Push {
             .streaming(body)
     }
 
+    /// The pause between a hub's rounds: `push.interval_ms`, longer when
+    /// this node's streams would otherwise take more than
+    /// `push.fanout_per_s_max` messages a second.
+    fn interval(&self) -> Duration {
+        let streams = self.open.load(Ordering::Relaxed) as u64;
+        let fair = streams.saturating_mul(1000) / self.cfg.fanout_per_s_max.max(1);
+        Duration::from_millis(self.cfg.interval_ms.max(fair))
+    }
+
     /// The hub's rounds: read, diff, send; stops once nobody listens.
     async fn run(self: Arc<Self>, topic: Topic, hub: Arc<Hub>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle = 0;
         loop {
-            tick.tick().await;
+            tokio::time::sleep(self.interval()).await;
             {
                 let mut s = hub.lock();
                 s.live.retain(|t| !t.is_closed());
@@ -289,7 +300,7 @@ impl Push {
                 }
             };
             let mut s = hub.lock();
-            let msg = state.changes(&s.last).map(|c| sse("changes", &c));
+            let msg = state.changes(&s.last, self.cfg.seats_per_message_max).map(|c| sse("changes", &c));
             s.last = state;
             if let Some(msg) = msg {
                 let dropped = &self.engine.metrics.push_dropped;
@@ -355,10 +366,18 @@ mod tests {
         let old = seats(&["available", "available", "available"]);
         let new = seats(&["held", "available", "available"]);
         assert_eq!(
-            new.changes(&old),
+            new.changes(&old, 10),
             Some(json!({"categories": [{"id": "a", "remaining": 1}], "seats": [{"seat_id": "s0", "status": "held"}]}))
         );
-        assert_eq!(new.changes(&new), None);
+        assert_eq!(new.changes(&new, 10), None);
+        let all = seats(&["held", "held", "held"]);
+        assert_eq!(
+            all.changes(&old, 2),
+            Some(json!({
+                "categories": [{"id": "a", "remaining": 0}, {"id": "b", "remaining": 0}],
+                "seats": [], "seats_omitted": 3
+            }))
+        );
         assert_eq!(old.snapshot()["categories"], json!([{"id": "a", "remaining": 2}, {"id": "b", "remaining": 1}]));
     }
 }

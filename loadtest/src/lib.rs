@@ -24,6 +24,7 @@ pub mod report;
 pub mod sample;
 pub mod scenarios;
 pub mod stats;
+pub mod subscribers;
 
 /// A mutex's guard, even if a panicking holder poisoned it (the harness's
 /// books stay readable for the checks).

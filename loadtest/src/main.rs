@@ -92,6 +92,10 @@ struct Cli {
     /// Scenario `opening`: the waiting room's admissions per second.
     #[arg(long, default_value_t = 2_000)]
     admit_per_s: u32,
+    /// Scenario `seats`: idle live-update (SSE) streams held open on the
+    /// first event while the stages run.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
 }
 
 /// Seconds of a sustained run at the least.
@@ -149,6 +153,7 @@ fn main() -> anyhow::Result<()> {
         lag_max_s: cli.lag_max,
         drain_max_s: cli.drain_max,
         admit_per_s: cli.admit_per_s,
+        subscribers: cli.subscribers,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads.max(1)).enable_all().build()?;
     let report = rt.block_on(run(opts))?;

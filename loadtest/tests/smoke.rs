@@ -69,6 +69,7 @@ fn small(addr: SocketAddr, scenario: Scenario, model: Model) -> RunOpts {
         lag_max_s: 5.0,
         drain_max_s: 15.0,
         admit_per_s: 300,
+        subscribers: 0,
     }
 }
 

@@ -65,7 +65,7 @@ pub async fn queue_stream(
 }
 
 #[utoipa::path(get, path = "/v1/events/{id}/stream",
-    responses((status = 200, description = "text/event-stream: `snapshot` {categories:[{id, remaining}], seats:[{seat_id, status}]}, then `changes` of the same shape (what changed) at most once per push.interval_ms", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "text/event-stream: `snapshot` {categories:[{id, remaining}], seats:[{seat_id, status}]}, then `changes` of the same shape (what changed) at most once per push.interval_ms; past push.seats_per_message_max changed seats, `seats` is empty and `seats_omitted` counts them (read GET /v1/events/{id}/seats)", content_type = "text/event-stream", body = String),
               (status = 404, body = ErrorResp), (status = 503, description = "too_many_streams", body = ErrorResp)))]
 #[get("/v1/events/{id}/stream")]
 pub async fn event_stream(

@@ -9,6 +9,7 @@ pub mod queue;
 pub mod seats;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,9 @@ pub struct RunOpts {
     pub drain_max_s: f64,
     /// Scenario `opening`: the waiting room's admissions per second.
     pub admit_per_s: u32,
+    /// Scenario `seats`: idle live-update streams held open on the first
+    /// event while the stages run (the fan-out's cost on the hot path).
+    pub subscribers: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +219,17 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             let n = opts.events;
             if opts.runs("seats-category") || opts.runs("seats-named") {
                 let events = Arc::new(Events::create(&mut api, &run_id, 2 * n, opts.rows, opts.cols).await?);
+                let subs = if opts.subscribers > 0 {
+                    let path = format!("/v1/events/{}/stream", events.ids[0]);
+                    let subs =
+                        crate::subscribers::Subscribers::open(&opts.load().addrs, &path, &tokens[0], opts.subscribers)
+                            .await?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    eprintln!("{} of {} live update streams open", subs.open.load(Ordering::Relaxed), opts.subscribers);
+                    Some(subs)
+                } else {
+                    None
+                };
                 let by_category = CategoryLoad::new(events.clone(), tokens.clone(), 0, n);
                 if opts.runs("seats-category") {
                     stages.push(stage("seats-category", &opts, Arc::new(by_category), sampler, &mut checks).await);
@@ -222,6 +237,15 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
                 let named = NamedLoad::new(events.clone(), tokens.clone(), n, 2 * n);
                 if opts.runs("seats-named") {
                     stages.push(stage("seats-named", &opts, Arc::new(named), sampler, &mut checks).await);
+                }
+                if let Some(subs) = subs {
+                    eprintln!(
+                        "live update streams: {} open, {} changes messages, {} bytes received",
+                        subs.open.load(Ordering::Relaxed),
+                        subs.changes.load(Ordering::Relaxed),
+                        subs.bytes.load(Ordering::Relaxed)
+                    );
+                    subs.close();
                 }
                 events.check(&api, &users, &mut checks).await?;
             }
