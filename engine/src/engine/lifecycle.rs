@@ -125,8 +125,11 @@ fn on_sale() -> EngineError {
 
 /// `patch` applied to `def`'s settings, checked.
 fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) -> Result<Change, EngineError> {
-    if let Some(e) = cancelled(def) {
-        return Err(e);
+    // Malformed input is 400 whatever the event's state.
+    for p in patch.categories.iter().flatten() {
+        if p.price < 1 || p.price > ec.price_max_fen {
+            return Err(invalid(format!("price must be 1-{} fen", ec.price_max_fen)));
+        }
     }
     let scheduled = now_ms < def.sale_window_ms().0;
     let mut s = def.settings();
@@ -152,15 +155,15 @@ fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) ->
             return Err(invalid(format!("limits must be 1-{}", ec.seats_max)));
         }
     }
+    if let Some(e) = cancelled(def) {
+        return Err(e);
+    }
     if let Some(prices) = &patch.categories {
         // Buyers hold at the price they saw: none once anyone could.
         if !scheduled {
             return Err(on_sale());
         }
         for p in prices {
-            if p.price < 1 || p.price > ec.price_max_fen {
-                return Err(invalid(format!("price must be 1-{} fen", ec.price_max_fen)));
-            }
             let c = s
                 .categories
                 .iter_mut()

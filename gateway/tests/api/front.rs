@@ -260,7 +260,7 @@ async fn rate_limits_embedded_and_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn production_needs_idempotency_keys_on_money_and_limits_addresses() {
+async fn client_addresses_share_a_bucket_behind_a_trusted_proxy() {
     let app = spawn_with(|c| {
         c.rate_limits.enabled = true;
         c.rate_limits.queue.addr_per_s = 1;
@@ -548,4 +548,133 @@ async fn two_nodes_share_the_queue_streams_and_limits() {
         }
     }
     assert_eq!(ok, 4, "the burst holds across the two nodes");
+}
+
+/// The queue's stream: the ticket at once, then on every change (admitted
+/// at the opening); heartbeats in silence.
+async fn queue_stream_and_heartbeats(app: &TestApp) {
+    let event = queued_event(app, 1_200, json!({"admit_per_s": 50})).await;
+    let tok = app.token("streamer", "user").await;
+    let (s, v) = join(app, &tok, &event).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let resp = stream(&app.base, &app.client, &format!("/v1/events/{event}/queue/me/stream"), &tok).await;
+    let msgs = read_sse(resp, 10, |m| m.iter().any(|(e, d)| e == "ticket" && d["status"] == "admitted")).await;
+    assert_eq!((msgs[0].0.as_str(), msgs[0].1["status"].as_str()), ("ticket", Some("waiting")), "{msgs:?}");
+    assert_eq!(msgs[0].1["ticket_id"], v["ticket_id"]);
+    let admitted = msgs.iter().find(|(_, d)| d["status"] == "admitted").expect("admitted over the stream");
+    assert!(admitted.1["admission_token"].is_string(), "{msgs:?}");
+    // Not queued: 404 before any stream.
+    let other = app.token("not-queued", "user").await;
+    let (s, v) = app.get(&format!("/v1/events/{event}/queue/me/stream"), Some(&other)).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "ticket_not_found"), "{v}");
+    // An idle event stream gets heartbeats (push.heartbeat_ms = 300 here).
+    let quiet = app.event(1, 2, json!({})).await;
+    let mut resp = stream(&app.base, &app.client, &format!("/v1/events/{quiet}/stream"), &tok).await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !text.contains(": heartbeat") {
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, resp.chunk()).await else { break };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: snapshot") && text.contains(": heartbeat"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_stream_and_heartbeats_embedded_and_redis() {
+    let tune = |c: &mut rush_engine::Config| {
+        c.push.heartbeat_ms = 300;
+        c.push.queue_poll_ms = 100;
+    };
+    queue_stream_and_heartbeats(&spawn_with(tune).await).await;
+    queue_stream_and_heartbeats(&spawn_in(Mode::Redis, tune).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_refuses_money_posts_without_an_idempotency_key() {
+    const SECRET: &str = "production-secret-0123456789";
+    let app = spawn_with(|c| {
+        c.profile = rush_engine::config::Profile::Production;
+        c.auth.jwt_secret = SECRET.into();
+        c.payments.wechat_secret = "wechat-production-secret".into();
+        c.payments.alipay_secret = "alipay-production-secret".into();
+        c.payments.ecard_secret = "ecard-production-secret".into();
+    })
+    .await;
+    let tok = signed_token(SECRET, "payer", "user");
+    let body = json!({"kind": "normal", "total_amount": 100, "count": 1});
+    let (s, v) = app.post("/v1/packets", Some(&tok), body.clone()).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "idempotency_key_required"), "{v}");
+    let resp = app
+        .client
+        .post(format!("{}/v1/packets", app.base))
+        .bearer_auth(&tok)
+        .header("Idempotency-Key", "k1")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let s = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "insufficient_funds"),
+        "with a key it goes through: {v}"
+    );
+    // Holds are not money-moving: no key needed (404: no such event).
+    let (s, v) = app.post("/v1/orders", Some(&tok), json!({"event_id": "1", "category": "std", "quantity": 1})).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "event_not_found"), "{v}");
+}
+
+/// Embedded: the queue is rebuilt from hot.db after kill -9 (same order,
+/// same admissions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_queue_survives_kill_minus_nine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let envs = vec![
+        ("RUSH__HTTP__ADDR".to_string(), "127.0.0.1:0".to_string()),
+        ("RUSH__DATA_DIR".to_string(), dir.path().display().to_string()),
+    ];
+    let (mut child, banner) = spawn_rush("serve", &envs);
+    let c = Client::new(banner["url"].as_str().expect("url"));
+    let admin = c.token("ops", "admin").await;
+    let body = json!({"name": "Q", "venue": "V", "starts_at": "2030-12-31T20:00:00Z", "on_sale_at": in_ms(1_500),
+        "categories": [{"id": "std", "name": "Std", "price": 100}],
+        "layout": {"sections": [{"name": "A", "rows": 1, "cols": 10, "category": "std"}]},
+        "waiting_room": {"admit_per_s": 2}});
+    let (s, v) = c.call("POST", "/v1/admin/events", &admin, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let event = v["event_id"].as_str().expect("event").to_string();
+    let mut toks = vec![];
+    for i in 0..6 {
+        let tok = c.token(&format!("q{i}"), "user").await;
+        let (s, v) = c.call("POST", &format!("/v1/events/{event}/queue"), &tok, json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        toks.push((tok, v["ticket_id"].clone()));
+    }
+    // Two admitted (one a second, a 100 ms bank), four waiting with positions.
+    tokio::time::sleep(Duration::from_millis(2_700)).await;
+    let mut before = vec![];
+    for (tok, _) in &toks {
+        before.push(c.call("GET", &format!("/v1/events/{event}/queue/me"), tok, json!({})).await.1);
+    }
+    kill9(&mut child);
+    let (mut child, banner) = spawn_rush("serve", &envs);
+    let c = Client::new(banner["url"].as_str().expect("url"));
+    for (i, (tok, ticket)) in toks.iter().enumerate() {
+        let (s, v) = c.call("GET", &format!("/v1/events/{event}/queue/me"), tok, json!({})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(&v["ticket_id"], ticket);
+        let b = &before[i];
+        if b["status"] == "admitted" {
+            assert_eq!(
+                (&v["status"], &v["admission_no"], &v["admission_token"]),
+                (&b["status"], &b["admission_no"], &b["admission_token"])
+            );
+        } else {
+            // Still waiting, or admitted since; never behind where it was.
+            assert!(v["status"] == "admitted" || v["position"].as_u64() <= b["position"].as_u64(), "{b} then {v}");
+        }
+    }
+    assert!(before.iter().filter(|b| b["status"] == "admitted").count() >= 2, "{before:?}");
+    kill9(&mut child);
 }

@@ -142,7 +142,7 @@ pub async fn spawn_wrapped(
     tokio::spawn(server);
     let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().expect("client");
     let mut app = TestApp { base, client, engine, admin: String::new(), _dir: dir, redis, _pg: pg };
-    if !app.engine.config().jwks() {
+    if !app.engine.config().jwks() && app.engine.config().dev_tokens() {
         app.admin = app.token("ops", "admin").await;
     }
     app

@@ -128,6 +128,11 @@ async fn operator_actions(app: &TestApp) {
     }
     let (s, v) = app.patch(&base, Some(&app.admin), json!({"name": "again"})).await;
     assert_eq!((s, code(&v)), (StatusCode::GONE, "event_cancelled"), "{v}");
+    // A malformed change is 400 whatever the state (the contract's order).
+    for bad in [json!({"categories": [{"id": "std", "price": 0}]}), json!({"hold_ttl_s": 0}), json!({"name": " "})] {
+        let (s, v) = app.patch(&base, Some(&app.admin), bad.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
     // The fan-out closed the pending hold and freed its seat.
     let closed = eventually(15, || async {
         order_status(app, &pending).await == "cancelled"
