@@ -638,7 +638,7 @@ impl Default for PushConfig {
             subscribers_max: 20_000,
             buffer_msgs: 16,
             queue_poll_ms: 1_000,
-            fanout_per_s_max: 20_000,
+            fanout_per_s_max: 5_000,
             seats_per_message_max: 200,
         }
     }

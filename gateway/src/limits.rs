@@ -64,11 +64,20 @@ impl Class {
     /// the contract, channel callbacks, operators' writes, dev tokens).
     pub fn of(method: &Method, path: &str) -> Option<Class> {
         let rest = path.strip_prefix("/v1/")?;
-        let parts: Vec<&str> = rest.split('/').collect();
         if *method == Method::GET {
             return Some(Class::Reads);
         }
-        match (method.as_str(), parts.as_slice()) {
+        // At most five segments matter; no allocation on the hot path.
+        let mut parts = [""; 5];
+        let mut n = 0;
+        for p in rest.split('/') {
+            if n == parts.len() {
+                return None;
+            }
+            parts[n] = p;
+            n += 1;
+        }
+        match (method.as_str(), &parts[..n]) {
             ("POST", ["orders"]) | ("POST", ["packets", _, "grab"]) => Some(Class::Holds),
             ("POST", ["orders", _, "payments" | "refund"])
             | ("POST", ["packets"])
@@ -96,12 +105,8 @@ impl Key {
     }
 }
 
-type Keyed = RateLimiter<
-    String,
-    governor::state::keyed::DefaultKeyedStateStore<String>,
-    DefaultClock,
-    StateInformationMiddleware,
->;
+type Keyed =
+    RateLimiter<u64, governor::state::keyed::DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
 
 struct Bucket {
     limiter: Keyed,
@@ -145,19 +150,40 @@ impl Buckets {
     }
 }
 
-/// The headers a checked answer carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a bucket said: enough for the answer's headers, formatted only
+/// for the one bucket an answer names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
-    pub policy: String,
-    pub state: String,
+    pub class: Class,
+    pub key: Key,
+    pub burst: u32,
+    pub window_s: u64,
+    /// Tokens left after this request.
+    pub left: u32,
     /// Some: refused, retry after this many seconds.
     pub retry_after_s: Option<u64>,
+}
+
+impl Verdict {
+    /// `RateLimit-Policy`.
+    pub fn policy(&self) -> String {
+        format!("\"{}-{}\";q={};w={}", self.class.as_str(), self.key.as_str(), self.burst, self.window_s)
+    }
+
+    /// `RateLimit`: tokens left, seconds until the next one (0 while some
+    /// are left).
+    pub fn state(&self) -> String {
+        let t = self.retry_after_s.unwrap_or(u64::from(self.left == 0));
+        format!("\"{}-{}\";r={};t={t}", self.class.as_str(), self.key.as_str(), self.left)
+    }
 }
 
 pub struct Limits {
     cfg: RateLimitConfig,
     buckets: RwLock<Arc<Buckets>>,
     clock: DefaultClock,
+    /// Hashes ids into bucket keys (seeded per process).
+    hasher: std::collections::hash_map::RandomState,
     metrics: Metrics,
 }
 
@@ -167,6 +193,7 @@ impl Limits {
             cfg: cfg.clone(),
             buckets: RwLock::new(Arc::new(Buckets::new(cfg, 1))),
             clock: DefaultClock::default(),
+            hasher: std::collections::hash_map::RandomState::new(),
             metrics,
         }
     }
@@ -215,23 +242,22 @@ impl Limits {
             Key::User => user.as_ref()?,
             Key::Addr => addr.as_ref()?,
         };
-        let name = format!("{}-{}", class.as_str(), key.as_str());
-        let policy = format!("\"{name}\";q={};w={}", b.burst, b.window_s);
-        // The `String` key is what governor's keyed store takes.
-        Some(match b.limiter.check_key(&id.to_string()) {
-            Ok(snap) => {
-                let left = snap.remaining_burst_capacity();
-                Verdict {
-                    policy,
-                    state: format!("\"{name}\";r={left};t={}", if left > 0 { 0 } else { 1 }),
-                    retry_after_s: None,
-                }
-            }
+        let v = Verdict { class, key, burst: b.burst, window_s: b.window_s, left: 0, retry_after_s: None };
+        // Keyed by a 64-bit hash of the id: no allocation per request, and
+        // a collision (about 2^-64 a pair) only shares a bucket.
+        let hashed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = self.hasher.build_hasher();
+            h.write(id.as_bytes());
+            h.finish()
+        };
+        Some(match b.limiter.check_key(&hashed) {
+            Ok(snap) => Verdict { left: snap.remaining_burst_capacity(), ..v },
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 self.metrics.rate_limited.with_label_values(&[class.as_str(), key.as_str()]).inc();
-                Verdict { policy, state: format!("\"{name}\";r=0;t={secs}"), retry_after_s: Some(secs.max(1)) }
+                Verdict { retry_after_s: Some(secs.max(1)), ..v }
             }
         })
     }
@@ -278,8 +304,8 @@ pub fn refusal(v: &Verdict, class: Class, key: Key) -> ApiError {
     )
     .with("retry_after_s", serde_json::json!(secs));
     e.retry_after_s = Some(u32::try_from(secs).unwrap_or(u32::MAX));
-    e.headers.push(("ratelimit-policy", v.policy.clone()));
-    e.headers.push(("ratelimit", v.state.clone()));
+    e.headers.push(("ratelimit-policy", v.policy()));
+    e.headers.push(("ratelimit", v.state()));
     e
 }
 
@@ -361,8 +387,9 @@ mod tests {
         let l = Limits::new(&cfg(2, 4), Metrics::new());
         let verdicts: Vec<_> = (0..5).map(|_| l.check(Class::Holds, Key::User, "u1").unwrap()).collect();
         assert!(verdicts[..4].iter().all(|v| v.retry_after_s.is_none()), "{verdicts:?}");
-        assert_eq!(verdicts[0].policy, "\"holds-user\";q=4;w=2");
-        assert_eq!(verdicts[3].state, "\"holds-user\";r=0;t=1");
+        assert_eq!(verdicts[0].policy(), "\"holds-user\";q=4;w=2");
+        assert_eq!(verdicts[3].state(), "\"holds-user\";r=0;t=1");
+        assert_eq!(verdicts[4].state(), "\"holds-user\";r=0;t=1");
         assert_eq!(verdicts[4].retry_after_s, Some(1), "one token every 500 ms");
         assert!(l.check(Class::Holds, Key::User, "u2").unwrap().retry_after_s.is_none(), "per user");
         assert_eq!(l.check(Class::Holds, Key::Addr, "a"), None, "addr bucket off");

@@ -53,7 +53,7 @@ pub async fn front_door(
     if let Some(c) = checked.filter(|_| !res.headers().contains_key("ratelimit")) {
         if let Some(v) = c.user.or(c.addr) {
             let h = res.headers_mut();
-            for (name, value) in [("ratelimit-policy", v.policy), ("ratelimit", v.state)] {
+            for (name, value) in [("ratelimit-policy", v.policy()), ("ratelimit", v.state())] {
                 if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&value) {
                     h.insert(actix_web::http::header::HeaderName::from_static(name), v);
                 }

@@ -34,8 +34,6 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 
-/// How often an idle stream looks whether the node is shutting down.
-const SHUTDOWN_CHECK: Duration = Duration::from_millis(500);
 /// A hub with no subscribers stops after this many empty rounds.
 const IDLE_ROUNDS_MAX: u32 = 8;
 
@@ -123,7 +121,16 @@ fn sse(event: &str, data: &Value) -> Bytes {
 
 struct Subscribers {
     last: State,
+    /// `last` as a `snapshot` message, serialised once for every new
+    /// subscriber until it changes.
+    snapshot: Option<Bytes>,
     live: Vec<mpsc::Sender<Bytes>>,
+}
+
+impl Subscribers {
+    fn snapshot(&mut self) -> Bytes {
+        self.snapshot.get_or_insert_with(|| sse("snapshot", &self.last.snapshot())).clone()
+    }
 }
 
 struct Hub {
@@ -200,24 +207,30 @@ impl Push {
     /// A stream of `topic`: its snapshot, then its changes.
     pub async fn subscribe(self: &Arc<Self>, topic: Topic) -> Result<HttpResponse, ApiError> {
         let open = self.admit(topic.stream())?;
-        // Unknown ids are 404 before any stream starts.
-        let first = self.read(topic).await?;
-        let (tx, rx) = mpsc::channel(self.cfg.buffer_msgs);
-        let hub = {
-            let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-            match hubs.get(&topic) {
-                Some(h) => h.clone(),
-                None => {
-                    let h = Arc::new(Hub { subs: Mutex::new(Subscribers { last: first, live: vec![] }) });
-                    hubs.insert(topic, h.clone());
-                    tokio::spawn(self.clone().run(topic, h.clone()));
-                    h
+        let existing = self.hubs.lock().unwrap_or_else(|p| p.into_inner()).get(&topic).cloned();
+        let hub = match existing {
+            // Its entity exists; its last read is the snapshot.
+            Some(h) => h,
+            None => {
+                // Unknown ids are 404 before any stream starts.
+                let first = self.read(topic).await?;
+                let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+                match hubs.get(&topic) {
+                    Some(h) => h.clone(),
+                    None => {
+                        let subs = Subscribers { last: first, snapshot: None, live: vec![] };
+                        let h = Arc::new(Hub { subs: Mutex::new(subs) });
+                        hubs.insert(topic, h.clone());
+                        tokio::spawn(self.clone().run(topic, h.clone()));
+                        h
+                    }
                 }
             }
         };
+        let (tx, rx) = mpsc::channel(self.cfg.buffer_msgs);
         {
             let mut s = hub.lock();
-            let _ = tx.try_send(sse("snapshot", &s.last.snapshot()));
+            let _ = tx.try_send(s.snapshot());
             s.live.push(tx);
         }
         Ok(self.respond(rx, open))
@@ -225,29 +238,15 @@ impl Push {
 
     fn respond(&self, rx: mpsc::Receiver<Bytes>, open: Open) -> HttpResponse {
         let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms);
-        let engine = self.engine.clone();
-        let state = (rx, open, tokio::time::Instant::now());
-        let body = futures_util::stream::unfold(state, move |(mut rx, open, mut quiet_since)| {
-            let engine = engine.clone();
-            async move {
-                loop {
-                    // Streams end when the node shuts down (they would
-                    // hold its drain open): the client reconnects elsewhere.
-                    if !engine.intake_open() {
-                        return None;
-                    }
-                    match tokio::time::timeout(SHUTDOWN_CHECK, rx.recv()).await {
-                        Ok(Some(msg)) => {
-                            return Some((Ok::<_, actix_web::Error>(msg), (rx, open, tokio::time::Instant::now())))
-                        }
-                        Ok(None) => return None,
-                        Err(_) if quiet_since.elapsed() >= heartbeat => {
-                            quiet_since = tokio::time::Instant::now();
-                            return Some((Ok(Bytes::from_static(b": heartbeat\n\n")), (rx, open, quiet_since)));
-                        }
-                        Err(_) => {}
-                    }
-                }
+        // One timer per stream only while silent, for the heartbeat: an
+        // idle audience of thousands costs nothing between messages. The
+        // stream ends when its sender is dropped (a slow subscriber, or the
+        // node shutting down: see `run`).
+        let body = futures_util::stream::unfold((rx, open), move |(mut rx, open)| async move {
+            match tokio::time::timeout(heartbeat, rx.recv()).await {
+                Ok(Some(msg)) => Some((Ok::<_, actix_web::Error>(msg), (rx, open))),
+                Ok(None) => None,
+                Err(_) => Some((Ok(Bytes::from_static(b": heartbeat\n\n")), (rx, open))),
             }
         });
         HttpResponse::Ok()
@@ -271,6 +270,13 @@ impl Push {
         let mut idle = 0;
         loop {
             tokio::time::sleep(self.interval()).await;
+            if !self.engine.intake_open() {
+                // Shutting down: every stream ends (it would hold the drain
+                // open); clients reconnect to another node.
+                hub.lock().live.clear();
+                self.hubs.lock().unwrap_or_else(|p| p.into_inner()).remove(&topic);
+                return;
+            }
             {
                 let mut s = hub.lock();
                 s.live.retain(|t| !t.is_closed());
@@ -301,6 +307,9 @@ impl Push {
             };
             let mut s = hub.lock();
             let msg = state.changes(&s.last, self.cfg.seats_per_message_max).map(|c| sse("changes", &c));
+            if msg.is_some() {
+                s.snapshot = None;
+            }
             s.last = state;
             if let Some(msg) = msg {
                 let dropped = &self.engine.metrics.push_dropped;
@@ -332,6 +341,9 @@ impl Push {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = tx.closed() => return,
+                }
+                if !engine.intake_open() {
+                    return;
                 }
                 let Ok(t) = engine.queue_me(&user_id, event_id).await else { continue };
                 let now = ticket(t);

@@ -67,6 +67,50 @@ impl Subscribers {
         Ok(Subscribers { tasks, open, bytes, changes })
     }
 
+    /// Waits (at most `max`) until `n` streams are open and a second passes
+    /// without bytes arriving: the snapshots are in, the stage measures the
+    /// changes alone.
+    pub async fn settled(&self, n: usize, max: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        let mut last = u64::MAX;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = self.bytes.load(Ordering::Relaxed);
+            if self.open.load(Ordering::Relaxed) >= n && now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+
+    /// Until closed, holds a seat of `event` ten times a second as the user
+    /// of `token`, cancelling each half a second later: every read of the
+    /// event finds seats changed.
+    pub fn churn(&mut self, addr: SocketAddr, event: &str, token: Arc<str>) {
+        let body = serde_json::json!({"event_id": event, "category": "a", "quantity": 1});
+        self.tasks.spawn(async move {
+            let mut conn = crate::client::Conn::new(addr);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            let mut held = std::collections::VecDeque::new();
+            loop {
+                tick.tick().await;
+                if held.len() >= 5 {
+                    if let Some(order) = held.pop_front() {
+                        let path = format!("/v1/orders/{order}/cancel");
+                        let _ = conn.json(hyper::Method::POST, &path, Some(&token), None).await;
+                    }
+                }
+                if let Ok((201, v)) =
+                    conn.json(hyper::Method::POST, "/v1/orders", Some(&token), Some(body.clone())).await
+                {
+                    if let Some(order) = v["order_id"].as_str() {
+                        held.push_back(order.to_string());
+                    }
+                }
+            }
+        });
+    }
+
     /// Closes every stream.
     pub fn close(mut self) {
         self.tasks.abort_all();

@@ -220,12 +220,23 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
             if opts.runs("seats-category") || opts.runs("seats-named") {
                 let events = Arc::new(Events::create(&mut api, &run_id, 2 * n, opts.rows, opts.cols).await?);
                 let subs = if opts.subscribers > 0 {
-                    let path = format!("/v1/events/{}/stream", events.ids[0]);
-                    let subs =
+                    // A watched event of its own, changed ten times a second
+                    // through the stage (a hold, then its cancel): the
+                    // fan-out runs at its bound while the stage measures.
+                    let sections = serde_json::json!([{"name": "W", "rows": 10, "cols": 10, "category": "a"}]);
+                    let watched = api.create_event(&format!("{run_id}-watched"), sections).await?;
+                    let path = format!("/v1/events/{watched}/stream");
+                    let mut subs =
                         crate::subscribers::Subscribers::open(&opts.load().addrs, &path, &tokens[0], opts.subscribers)
                             .await?;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    eprintln!("{} of {} live update streams open", subs.open.load(Ordering::Relaxed), opts.subscribers);
+                    subs.churn(opts.addr, &watched, tokens[1].clone());
+                    subs.settled(opts.subscribers, Duration::from_secs(120)).await;
+                    eprintln!(
+                        "{} of {} live update streams open, {} bytes of snapshots received",
+                        subs.open.load(Ordering::Relaxed),
+                        opts.subscribers,
+                        subs.bytes.load(Ordering::Relaxed)
+                    );
                     Some(subs)
                 } else {
                     None
