@@ -11,10 +11,12 @@
 //!   of draft-ietf-httpapi-ratelimit-headers): `"<class>-<key>";q=<burst>;
 //!   w=<seconds to refill the burst>` and `"<class>-<key>";r=<left>;t=<s>`.
 //! - Across nodes (Redis mode) each node enforces its share, the limit ÷
-//!   live nodes (counted in Redis every `rate_limits.nodes_check_ms`): a
-//!   user's total over all nodes never exceeds the limit, and one whose
-//!   requests all reach one node gets that node's share. No Redis round
-//!   trip per request.
+//!   live nodes (counted in Redis every `rate_limits.nodes_check_ms`; the
+//!   burst's share rounded down, at least one): a user's total over all
+//!   nodes never exceeds the limit (or one request per node at once when
+//!   the burst is smaller than the node count), and one whose requests all
+//!   reach one node gets that node's share. No Redis round trip per
+//!   request.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -122,7 +124,10 @@ impl Bucket {
             return None;
         }
         let nodes = nodes.max(1);
-        let burst = burst.div_ceil(nodes).max(1);
+        // Rounded down, so the nodes' shares never add up to more than the
+        // burst; a burst smaller than the node count still lets one request
+        // through per node (the stated tolerance).
+        let burst = (burst / nodes).max(1);
         // One token every nodes / per_s seconds.
         let period = Duration::from_nanos((1_000_000_000u64 * u64::from(nodes)).div_ceil(u64::from(per_s)).max(1));
         let quota = Quota::with_period(period)?.allow_burst(std::num::NonZeroU32::new(burst)?);

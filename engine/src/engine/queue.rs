@@ -145,7 +145,7 @@ impl Engine {
             return Err(EngineError::conflict("no_waiting_room", "this event has no waiting room: hold directly"));
         };
         let rules = self.queue_rules(&def, &w);
-        self.queues.insert(event_id, (rules, Instant::now()));
+        self.queues.insert(event_id, Instant::now());
         Ok((def, w, rules))
     }
 
@@ -238,12 +238,17 @@ impl Engine {
     /// One admission step for every queue this node served lately (the
     /// ticker; every node runs it, the store's bucket keeps the rate).
     pub async fn admit_due(&self) {
-        let live: Vec<(Id, QueueRules)> = {
-            self.queues.retain(|_, (_, seen)| seen.elapsed() < TICK_FORGET_AFTER);
-            self.queues.iter().map(|e| (*e.key(), e.value().0)).collect()
+        let live: Vec<Id> = {
+            self.queues.retain(|_, seen| seen.elapsed() < TICK_FORGET_AFTER);
+            self.queues.iter().map(|e| *e.key()).collect()
         };
         let now = now_unix_ms();
-        for (event_id, rules) in live {
+        for event_id in live {
+            // The rules as the event stands now: an opening moved later
+            // (by any node) admits nobody before it.
+            let Ok(Some(info)) = self.store.event_info(event_id).await else { continue };
+            let Some(w) = info.def.waiting_room else { continue };
+            let rules = self.queue_rules(&info.def, &w);
             if now < rules.opens_ms {
                 continue;
             }
@@ -272,4 +277,4 @@ impl Engine {
 }
 
 /// Queues a node admits for, with when it was last asked about each.
-pub(crate) type ServedQueues = DashMap<Id, (QueueRules, Instant)>;
+pub(crate) type ServedQueues = DashMap<Id, Instant>;

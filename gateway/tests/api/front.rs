@@ -678,3 +678,45 @@ async fn the_embedded_queue_survives_kill_minus_nine() {
     assert!(before.iter().filter(|b| b["status"] == "admitted").count() >= 2, "{before:?}");
     kill9(&mut child);
 }
+
+/// An opening moved later stops admissions until it comes (the ticker
+/// reads the event as it stands, on every node).
+async fn opening_moved_later(app: &TestApp) {
+    let event = queued_event(app, 300, json!({"admit_per_s": 2, "admission_ttl_s": 120})).await;
+    let mut toks = vec![];
+    for i in 0..4 {
+        let tok = app.token(&format!("m{i}"), "user").await;
+        assert_eq!(join(app, &tok, &event).await.0, StatusCode::OK);
+        toks.push(tok);
+    }
+    let first = eventually(5, || async {
+        let mut any = false;
+        for t in &toks {
+            any |= me(app, t, &event).await["status"] == "admitted";
+        }
+        any
+    })
+    .await;
+    assert!(first, "nobody admitted after the opening");
+    let mut before = 0;
+    for t in &toks {
+        before += usize::from(me(app, t, &event).await["status"] == "admitted");
+    }
+    let (s, v) =
+        app.patch(&format!("/v1/admin/events/{event}"), Some(&app.admin), json!({"on_sale_at": in_ms(60_000)})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Nobody asks for two seconds: only the node's own ticker runs.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let mut after = 0;
+    for t in &toks {
+        after += usize::from(me(app, t, &event).await["status"] == "admitted");
+    }
+    assert!(before < toks.len(), "all admitted before the change: the test shows nothing");
+    assert_eq!(after, before, "admitted before the new opening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_moved_later_stops_admissions_embedded_and_redis() {
+    opening_moved_later(&spawn_app().await).await;
+    opening_moved_later(&spawn_in(Mode::Redis, |_| {}).await).await;
+}
