@@ -180,9 +180,6 @@ pub struct LagSummary {
 /// The window over which the applying rate is taken.
 const RATE_WINDOW: Duration = Duration::from_secs(3);
 
-/// Seconds a backlog stands for when nothing is applied at all.
-const STALLED_LAG_S: f64 = 3600.0;
-
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -206,6 +203,10 @@ pub fn summarize(samples: &[Sample]) -> LagSummary {
     let mut events: Vec<f64> = samples.iter().map(|s| s.scrape.behind()).collect();
     let mut seconds = Vec::with_capacity(samples.len() - 1);
     let mut from = 0;
+    // When nothing was behind last: with nothing applied over the window,
+    // the backlog is as old as that (a fresh burst after a quiet spell is
+    // not a stall of the window's length).
+    let mut last_empty = samples[0].at;
     for (i, now) in samples.iter().enumerate().skip(1) {
         // The rate over the last `RATE_WINDOW` (or since the first sample):
         // a consumer applies in batches, so one short interval may see none.
@@ -217,11 +218,12 @@ pub fn summarize(samples: &[Sample]) -> LagSummary {
         let rate = (now.scrape.applied - then.scrape.applied).max(0.0) / dt;
         let behind = now.scrape.behind();
         seconds.push(if behind == 0.0 {
+            last_empty = now.at;
             0.0
         } else if rate > 0.0 {
             behind / rate
         } else {
-            STALLED_LAG_S
+            now.at.duration_since(last_empty).as_secs_f64()
         });
     }
     let (first, last) = (samples[0], samples[samples.len() - 1]);
@@ -288,9 +290,13 @@ mod tests {
         let s = summarize(&[at(t, 0, 500.0, 0.0), at(t, 1000, 500.0, 1000.0), at(t, 2000, 500.0, 2000.0)]);
         assert!((s.seconds_p50 - 0.5).abs() < 1e-9, "{s:?}");
         assert!((s.applied_per_s - 1000.0).abs() < 1e-9);
-        // Nothing applied while events wait: stalled.
-        let s = summarize(&[at(t, 0, 10.0, 5.0), at(t, 1000, 10.0, 5.0)]);
-        assert_eq!(s.seconds_max, STALLED_LAG_S);
+        // Nothing applied while events wait: as old as the backlog is,
+        // growing for as long as the stall lasts.
+        let s = summarize(&[at(t, 0, 10.0, 5.0), at(t, 1000, 10.0, 5.0), at(t, 5000, 10.0, 5.0)]);
+        assert!((s.seconds_max - 5.0).abs() < 1e-9, "{s:?}");
+        // A burst right after a quiet spell is fresh, not a stall.
+        let s = summarize(&[at(t, 0, 0.0, 5.0), at(t, 1000, 0.0, 5.0), at(t, 1050, 7.0, 5.0)]);
+        assert!((s.seconds_max - 0.05).abs() < 1e-9, "{s:?}");
     }
 
     #[test]

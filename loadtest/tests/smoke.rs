@@ -142,7 +142,11 @@ async fn a_durable_side_that_does_not_keep_up_fails_the_run() {
     let text = rush_loadtest::report::summary(&report);
     let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
     assert!(failed.contains(&"grab-hot: everything persisted ≤ 1 s after the load"), "{text}");
-    assert!(failed.contains(&"grab-hot: the durable side keeps up (lag p99 ≤ 5 s)"), "{text}");
+    // Nothing is applied: the backlog's lag is its age, as long as the
+    // stage (samples every 50 ms).
+    let st = &report.stages[0];
+    let lag = st.lag.as_ref().map(|l| l.seconds_max).unwrap_or(0.0);
+    assert!(lag >= st.duration_s - 0.25, "lag {lag} s over a {} s stage: {text}", st.duration_s);
     assert!(report.stages[0].drain_s.is_none() && report.stages[0].cpu_us_per_ok.is_none(), "{text}");
 }
 
