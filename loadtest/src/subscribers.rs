@@ -24,7 +24,16 @@ pub struct Subscribers {
 
 impl Subscribers {
     /// Opens `n` streams of `path` (round the `addrs`), each as `token`.
-    pub async fn open(addrs: &[SocketAddr], path: &str, token: &str, n: usize) -> anyhow::Result<Subscribers> {
+    /// With `read_after` set, each stream reads its answer's first bytes
+    /// (the status and snapshot) and then nothing until that time: rush's
+    /// writes land in the socket buffers and only its own cost is measured.
+    pub async fn open(
+        addrs: &[SocketAddr],
+        path: &str,
+        token: &str,
+        n: usize,
+        read_after: Option<tokio::time::Instant>,
+    ) -> anyhow::Result<Subscribers> {
         let open = Arc::new(AtomicUsize::new(0));
         let bytes = Arc::new(AtomicU64::new(0));
         let changes = Arc::new(AtomicU64::new(0));
@@ -55,6 +64,9 @@ impl Subscribers {
                             first = false;
                             if chunk.starts_with(b"HTTP/1.1 200") {
                                 open.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Some(at) = read_after {
+                                tokio::time::sleep_until(at).await;
                             }
                         }
                         bytes.fetch_add(k as u64, Ordering::Relaxed);

@@ -226,9 +226,18 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Report> {
                     let sections = serde_json::json!([{"name": "W", "rows": 10, "cols": 10, "category": "a"}]);
                     let watched = api.create_event(&format!("{run_id}-watched"), sections).await?;
                     let path = format!("/v1/events/{watched}/stream");
-                    let mut subs =
-                        crate::subscribers::Subscribers::open(&opts.load().addrs, &path, &tokens[0], opts.subscribers)
-                            .await?;
+                    // RUSH_LT_SUBSCRIBERS_QUIET=1: the subscribers read
+                    // nothing during the stage (rush's own cost alone).
+                    let quiet = std::env::var("RUSH_LT_SUBSCRIBERS_QUIET").is_ok_and(|v| v == "1");
+                    let read_after = quiet.then(|| tokio::time::Instant::now() + Duration::from_secs(60));
+                    let mut subs = crate::subscribers::Subscribers::open(
+                        &opts.load().addrs,
+                        &path,
+                        &tokens[0],
+                        opts.subscribers,
+                        read_after,
+                    )
+                    .await?;
                     subs.churn(opts.addr, &watched, tokens[1].clone());
                     subs.settled(opts.subscribers, Duration::from_secs(120)).await;
                     eprintln!(
