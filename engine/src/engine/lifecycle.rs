@@ -125,12 +125,24 @@ fn on_sale() -> EngineError {
 
 /// `patch` applied to `def`'s settings, checked.
 fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) -> Result<Change, EngineError> {
-    // Malformed input is 400 whatever the event's state.
+    // Malformed input is 400 whatever the event's state (the seat map
+    // names the event's own categories, which a change never renames).
+    if patch.categories.as_ref().is_some_and(|p| p.len() > ec.categories_max) {
+        return Err(invalid(format!("at most {} categories", ec.categories_max)));
+    }
     for p in patch.categories.iter().flatten() {
         if p.price < 1 || p.price > ec.price_max_fen {
             return Err(invalid(format!("price must be 1-{} fen", ec.price_max_fen)));
         }
     }
+    let cats: Vec<&str> = def.categories.iter().map(|c| c.id.as_str()).collect();
+    let map = match (&patch.layout, &patch.seats) {
+        (None, None) => None,
+        (Some(_), Some(_)) => return Err(invalid("give at most one of layout or seats")),
+        (Some(layout), None) => Some(SeatMap::from_layout(layout, &cats, ec.seats_max)),
+        (None, Some(seats)) => Some(SeatMap::from_seats(seats.clone(), &cats, ec.seats_max)),
+    };
+    let map = map.transpose().map_err(|e| invalid(e.to_string()))?;
     let scheduled = now_ms < def.sale_window_ms().0;
     let mut s = def.settings();
     if let Some(name) = &patch.name {
@@ -181,15 +193,9 @@ fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) ->
             return Err(invalid("sale_ends_at must be after on_sale_at and in the future"));
         }
     }
-    let cats: Vec<&str> = s.categories.iter().map(|c| c.id.as_str()).collect();
-    let map = match (&patch.layout, &patch.seats) {
-        (None, None) => None,
-        (Some(_), Some(_)) => return Err(invalid("give at most one of layout or seats")),
-        _ if !scheduled => return Err(on_sale()),
-        (Some(layout), None) => Some(SeatMap::from_layout(layout, &cats, ec.seats_max)),
-        (None, Some(seats)) => Some(SeatMap::from_seats(seats.clone(), &cats, ec.seats_max)),
-    };
-    let map = map.transpose().map_err(|e| invalid(e.to_string()))?;
+    if map.is_some() && !scheduled {
+        return Err(on_sale());
+    }
     Ok(Change { settings: s, map, prices: patch.categories.is_some() })
 }
 

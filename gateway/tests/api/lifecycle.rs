@@ -83,7 +83,8 @@ async fn operator_actions(app: &TestApp) {
     assert_eq!((v["limits"]["per_user"].as_u64(), v["hold_ttl_s"].as_u64()), (Some(1), Some(60)), "{v}");
     let (s, v) = hold(app, &fan, &event, 1).await;
     assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "limit_exceeded"), "{v}");
-    for fixed in [json!({"categories": [{"id": "std", "price": 500}]}), json!({"seats": []})] {
+    let one_seat = json!({"seats": [{"section": "A", "row": 1, "col": 1, "category": "std"}]});
+    for fixed in [json!({"categories": [{"id": "std", "price": 500}]}), one_seat] {
         let (s, v) = app.patch(&base, Some(&app.admin), fixed.clone()).await;
         assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "event_on_sale"), "fixed once on sale: {fixed} {v}");
     }
@@ -129,7 +130,15 @@ async fn operator_actions(app: &TestApp) {
     let (s, v) = app.patch(&base, Some(&app.admin), json!({"name": "again"})).await;
     assert_eq!((s, code(&v)), (StatusCode::GONE, "event_cancelled"), "{v}");
     // A malformed change is 400 whatever the state (the contract's order).
-    for bad in [json!({"categories": [{"id": "std", "price": 0}]}), json!({"hold_ttl_s": 0}), json!({"name": " "})] {
+    let too_many: Vec<Value> = (0..33).map(|_| json!({"id": "std", "price": 1})).collect();
+    let bad_map = json!({"layout": {"sections": [{"name": "A", "rows": 1, "cols": 1, "category": "nope"}]}});
+    for bad in [
+        json!({"categories": [{"id": "std", "price": 0}]}),
+        json!({"categories": too_many}),
+        bad_map,
+        json!({"hold_ttl_s": 0}),
+        json!({"name": " "}),
+    ] {
         let (s, v) = app.patch(&base, Some(&app.admin), bad.clone()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
