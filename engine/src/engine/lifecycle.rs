@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::input::{Caller, NewLimits, REASON_LEN_MAX};
+use super::input::{Caller, NewLimits, CATEGORY_ID_LEN_MAX, REASON_LEN_MAX};
 use super::{check_text, invalid, next_cursor, Engine};
 use crate::actors::event::{CategoryCount, CategoryView, EventMsg, OpenOrders, ReleaseReason};
 use crate::config::EventConfig;
@@ -127,13 +127,19 @@ fn on_sale() -> EngineError {
 fn patched(def: &EventDef, now_ms: u64, patch: &EventPatch, ec: &EventConfig) -> Result<Change, EngineError> {
     // Malformed input is 400 whatever the event's state (the seat map
     // names the event's own categories, which a change never renames).
-    if patch.categories.as_ref().is_some_and(|p| p.len() > ec.categories_max) {
-        return Err(invalid(format!("at most {} categories", ec.categories_max)));
+    if patch.categories.as_ref().is_some_and(|p| p.is_empty() || p.len() > ec.categories_max) {
+        return Err(invalid(format!("categories: 1-{} prices", ec.categories_max)));
     }
     for p in patch.categories.iter().flatten() {
+        check_text("category id", &p.id, CATEGORY_ID_LEN_MAX)?;
         if p.price < 1 || p.price > ec.price_max_fen {
             return Err(invalid(format!("price must be 1-{} fen", ec.price_max_fen)));
         }
+    }
+    for section in
+        patch.layout.iter().flatten().map(|l| &l.name).chain(patch.seats.iter().flatten().map(|s| &s.section))
+    {
+        check_text("section name", section, ec.name_len_max)?;
     }
     let cats: Vec<&str> = def.categories.iter().map(|c| c.id.as_str()).collect();
     let map = match (&patch.layout, &patch.seats) {

@@ -135,6 +135,8 @@ async fn operator_actions(app: &TestApp) {
     for bad in [
         json!({"categories": [{"id": "std", "price": 0}]}),
         json!({"categories": too_many}),
+        json!({"categories": []}),
+        json!({"categories": [{"id": " ", "price": 5}]}),
         bad_map,
         json!({"hold_ttl_s": 0}),
         json!({"name": " "}),
