@@ -15,7 +15,7 @@
 -- ARGV[6]  admitted per second, ARGV[7] active at most (0: no bound)
 -- ARGV[8]  admission ttl ms, ARGV[9] tokens banked at most
 -- ARGV[10] a new ticket's id, ARGV[11] its random key ("0.…", in [0,1))
--- Reply:   {state, ticket, admit_no, expires_ms, position, now_ms, waiting,
+-- Reply:   {state, ticket, admit_no, expires_ms, position, now_ms,
 --          admitted now}; state 0 not queued, 1 waiting (position 0 before
 --          the opening), 2 admitted, 3 expired, 4 the queue is not open yet
 if redis.call('EXISTS', KEYS[5]) == 0 then
@@ -66,23 +66,23 @@ end
 
 local function standing(admitted)
   local tk = redis.call('HGET', KEYS[2], user)
-  if not tk then return {0, '', 0, 0, 0, now, 0, admitted} end
+  if not tk then return {0, '', 0, 0, 0, now, admitted} end
   local id, no, exp = string.match(tk, '^([^|]*)|([^|]*)|(.*)$')
   no, exp = tonumber(no), tonumber(exp)
   if no > 0 then
-    if exp > now then return {2, id, no, exp, 0, now, 0, admitted} end
-    return {3, id, no, exp, 0, now, 0, admitted}
+    if exp > now then return {2, id, no, exp, 0, now, admitted} end
+    return {3, id, no, exp, 0, now, admitted}
   end
   local pos = 0
   if now >= opens then
     local rank = redis.call('ZRANK', KEYS[1], user)
     if rank then pos = rank + 1 end
   end
-  return {1, id, 0, 0, pos, now, redis.call('ZCARD', KEYS[1]), admitted}
+  return {1, id, 0, 0, pos, now, admitted}
 end
 
 if op == 'join' then
-  if now < opens - pre then return {4, '', 0, 0, 0, now, 0, 0} end
+  if now < opens - pre then return {4, '', 0, 0, 0, now, 0} end
   local admitted = advance()
   local s = standing(admitted)
   if s[1] == 1 or s[1] == 2 then return s end
@@ -97,9 +97,9 @@ elseif op == 'leave' then
   redis.call('ZREM', KEYS[1], user)
   redis.call('ZREM', KEYS[3], user)
   local admitted = advance()
-  return {left, '', 0, 0, 0, now, 0, admitted}
+  return {left, '', 0, 0, 0, now, admitted}
 elseif op == 'advance' then
   local admitted = advance()
-  return {0, '', 0, 0, 0, now, 0, admitted}
+  return {0, '', 0, 0, 0, now, admitted}
 end
 return standing(advance())

@@ -44,11 +44,9 @@ pub struct QueueRules {
 /// Where one user stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Standing {
-    /// `position` from 1 (None before the opening: no order yet), of
-    /// `waiting` in all.
+    /// `position` from 1 (None before the opening: no order yet).
     Waiting {
         position: Option<u64>,
-        waiting: u64,
     },
     /// The `admit_no`-th admission of the event, valid until `expires_ms`.
     Admitted {
@@ -177,7 +175,7 @@ impl MemQueue {
             }
         } else {
             let position = if now_ms >= r.opens_ms { self.wait.position(t.score, user) } else { None };
-            Standing::Waiting { position, waiting: self.wait.len() }
+            Standing::Waiting { position }
         };
         Some(Ticket { ticket_id: t.ticket_id, standing, now_ms })
     }
@@ -297,14 +295,6 @@ impl Waiting {
         }
         let slot = *self.slot_of.get(user)?;
         Some(self.present.prefix(slot) as u64)
-    }
-
-    fn len(&self) -> u64 {
-        if self.fixed {
-            self.slot_of.len() as u64
-        } else {
-            self.before.len() as u64
-        }
     }
 }
 

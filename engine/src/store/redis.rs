@@ -848,7 +848,7 @@ where
 
     async fn queue_advance(&self, event_id: Id, rules: &QueueRules) -> Result<u64, StoreError> {
         let r = self.queue_call(event_id, "advance", "", rules, (event_id, 0.0)).await?;
-        Ok(r.7.max(0) as u64)
+        Ok(r.6.max(0) as u64)
     }
 
     async fn create_event(&self, def: &EventDef) -> Result<(), StoreError> {

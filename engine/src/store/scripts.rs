@@ -157,17 +157,17 @@ pub fn direct_grab(reply: &[i64], grab_id: Id, user_id: &str, at_ms: u64) -> Res
 }
 
 /// queue.lua's reply: state, ticket, admit_no, expires ms, position, now
-/// ms, waiting, admitted now.
-pub type QueueReply = (i64, String, i64, i64, i64, i64, i64, i64);
+/// ms, admitted now.
+pub type QueueReply = (i64, String, i64, i64, i64, i64, i64);
 
 /// Where queue.lua found the user (see its header).
 pub fn queue_ticket(r: &QueueReply) -> Result<Option<super::queue::Ticket>, StoreError> {
     use super::queue::{Standing, Ticket};
     let n = |v: i64| v.max(0) as u64;
-    let (state, id, admit_no, expires_ms, position, now_ms, waiting, _) = r;
+    let (state, id, admit_no, expires_ms, position, now_ms, _) = r;
     let standing = match state {
         0 | 4 => return Ok(None),
-        1 => Standing::Waiting { position: (*position > 0).then(|| n(*position)), waiting: n(*waiting) },
+        1 => Standing::Waiting { position: (*position > 0).then(|| n(*position)) },
         2 => Standing::Admitted { admit_no: n(*admit_no), expires_ms: n(*expires_ms) },
         3 => Standing::Expired { admit_no: n(*admit_no), expires_ms: n(*expires_ms) },
         other => return Err(StoreError::Corrupt(format!("queue.lua answered state {other}"))),
