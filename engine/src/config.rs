@@ -616,8 +616,13 @@ pub struct PushConfig {
     /// Messages queued for one subscriber; a subscriber that falls this far
     /// behind is dropped (it reconnects and gets a fresh snapshot).
     pub buffer_msgs: usize,
-    /// How often a queue stream reads its ticket.
+    /// How often a queue stream reads its ticket, at most.
     pub queue_poll_ms: u64,
+    /// Ticket reads a node's queue streams make per second, at most: with
+    /// many waiting users each stream's poll grows (queue streams × 1000
+    /// ÷ this, in ms), so a crowd in the waiting room costs the store a
+    /// bounded load.
+    pub queue_reads_per_s_max: u64,
     /// Messages a node writes to all its streams per second, at most: with
     /// many subscribers each stream's interval grows (subscribers ×
     /// 1000 ÷ this, in ms) so the fan-out's cost stays bounded whatever
@@ -638,7 +643,8 @@ impl Default for PushConfig {
             subscribers_max: 20_000,
             buffer_msgs: 16,
             queue_poll_ms: 1_000,
-            fanout_per_s_max: 5_000,
+            queue_reads_per_s_max: 2_000,
+            fanout_per_s_max: 3_000,
             seats_per_message_max: 200,
         }
     }
@@ -1235,10 +1241,10 @@ impl Config {
             || p.buffer_msgs == 0
             || p.queue_poll_ms == 0
             || p.fanout_per_s_max == 0
+            || p.queue_reads_per_s_max == 0
         {
-            return bad(
-                "push.interval_ms, heartbeat_ms, buffer_msgs, queue_poll_ms and fanout_per_s_max must be positive",
-            );
+            return bad("push.interval_ms, heartbeat_ms, buffer_msgs, queue_poll_ms, queue_reads_per_s_max and \
+                 fanout_per_s_max must be positive");
         }
         let r = &self.rate_limits;
         for (name, c) in [("holds", r.holds), ("money", r.money), ("reads", r.reads), ("queue", r.queue)] {

@@ -10,14 +10,17 @@
 //!
 //! Bounds: at most `push.subscribers_max` streams per node (503 past it);
 //! at most `push.fanout_per_s_max` messages a second over all of a node's
-//! streams (the interval grows with the audience) and
+//! streams (the interval grows with the audience, and a round's messages
+//! are paced through it rather than sent in one burst) and
 //! `push.seats_per_message_max` seats named per message;
 //! each subscriber's queue holds `push.buffer_msgs` messages, and one that
 //! falls that far behind is dropped (its stream ends after what is queued;
 //! the client reconnects for a fresh snapshot): nothing is buffered without
 //! limit. A comment line every `push.heartbeat_ms` of silence keeps
 //! proxies from closing idle streams. Queue streams read the user's ticket
-//! every `push.queue_poll_ms` and send it when it changed.
+//! every `push.queue_poll_ms` (longer when this node's queue streams would
+//! otherwise read more than `push.queue_reads_per_s_max` tickets a second)
+//! and send it when it changed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +39,9 @@ use crate::error::ApiError;
 
 /// A hub with no subscribers stops after this many empty rounds.
 const IDLE_ROUNDS_MAX: u32 = 8;
+
+/// A round's messages go out in slices this far apart (see `fan_out`).
+const FANOUT_SLICE_MS: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -112,6 +118,13 @@ impl State {
             _ => Some(self.snapshot()),
         }
     }
+}
+
+/// How often each of `streams` streams may get its turn when all of them
+/// together get at most `per_s_max` a second: every `floor_ms`, or
+/// `streams × 1000 ÷ per_s_max` ms once that is longer.
+fn shared_interval(floor_ms: u64, streams: u64, per_s_max: u64) -> Duration {
+    Duration::from_millis(floor_ms.max(streams.saturating_mul(1000) / per_s_max.max(1)))
 }
 
 /// One SSE message.
@@ -260,16 +273,16 @@ impl Push {
     /// this node's streams would otherwise take more than
     /// `push.fanout_per_s_max` messages a second.
     fn interval(&self) -> Duration {
-        let streams = self.open.load(Ordering::Relaxed) as u64;
-        let fair = streams.saturating_mul(1000) / self.cfg.fanout_per_s_max.max(1);
-        Duration::from_millis(self.cfg.interval_ms.max(fair))
+        shared_interval(self.cfg.interval_ms, self.open.load(Ordering::Relaxed) as u64, self.cfg.fanout_per_s_max)
     }
 
     /// The hub's rounds: read, diff, send; stops once nobody listens.
     async fn run(self: Arc<Self>, topic: Topic, hub: Arc<Hub>) {
         let mut idle = 0;
+        let mut pace = Duration::ZERO;
         loop {
-            tokio::time::sleep(self.interval()).await;
+            tokio::time::sleep(self.interval().saturating_sub(pace)).await;
+            pace = Duration::ZERO;
             if !self.engine.intake_open() {
                 // Shutting down: every stream ends (it would hold the drain
                 // open); clients reconnect to another node.
@@ -305,24 +318,53 @@ impl Push {
                     continue;
                 }
             };
-            let mut s = hub.lock();
-            let msg = state.changes(&s.last, self.cfg.seats_per_message_max).map(|c| sse("changes", &c));
-            if msg.is_some() {
-                s.snapshot = None;
-            }
-            s.last = state;
-            if let Some(msg) = msg {
-                let dropped = &self.engine.metrics.push_dropped;
-                s.live.retain(|t| match t.try_send(msg.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        dropped.with_label_values(&["slow"]).inc();
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
+            let (msg, round) = {
+                let mut s = hub.lock();
+                let msg = state.changes(&s.last, self.cfg.seats_per_message_max).map(|c| sse("changes", &c));
+                if msg.is_some() {
+                    s.snapshot = None;
+                }
+                s.last = state;
+                // Exactly the subscribers that got an older snapshot: one
+                // that joins from here on gets this state's.
+                let round = msg.is_some().then(|| s.live.clone());
+                (msg, round)
+            };
+            if let (Some(msg), Some(round)) = (msg, round) {
+                let started = tokio::time::Instant::now();
+                let slow = self.fan_out(&msg, round).await;
+                if !slow.is_empty() {
+                    hub.lock().live.retain(|t| !slow.iter().any(|d| d.same_channel(t)));
+                }
+                // The round's pacing counts towards the pause.
+                pace = started.elapsed();
             }
         }
+    }
+
+    /// Sends `msg` to every subscriber of a round, paced at
+    /// `push.fanout_per_s_max` a second in slices of
+    /// `FANOUT_SLICE_MS`: ten thousand streams never wake at once to
+    /// stall a worker between two requests (a burst that delays every
+    /// hold on that worker, not only its own share of the CPU). Returns
+    /// the subscribers too slow to take it (their buffers full): they are
+    /// dropped, the stream ends after what is queued.
+    async fn fan_out(&self, msg: &Bytes, round: Vec<mpsc::Sender<Bytes>>) -> Vec<mpsc::Sender<Bytes>> {
+        let per_slice = (self.cfg.fanout_per_s_max.max(1) * FANOUT_SLICE_MS / 1000).max(1) as usize;
+        let mut ticks = tokio::time::interval(Duration::from_millis(FANOUT_SLICE_MS));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let dropped = &self.engine.metrics.push_dropped;
+        let mut slow = vec![];
+        for slice in round.chunks(per_slice) {
+            ticks.tick().await;
+            for t in slice {
+                if let Err(mpsc::error::TrySendError::Full(_)) = t.try_send(msg.clone()) {
+                    dropped.with_label_values(&["slow"]).inc();
+                    slow.push(t.clone());
+                }
+            }
+        }
+        slow
     }
 
     /// A user's ticket in an event's waiting room, on every change.
@@ -335,9 +377,12 @@ impl Push {
         let mut last = ticket(first);
         let _ = tx.try_send(sse("ticket", &last));
         let engine = self.engine.clone();
-        let every = Duration::from_millis(self.cfg.queue_poll_ms);
+        let (poll_ms, reads_max) = (self.cfg.queue_poll_ms, self.cfg.queue_reads_per_s_max);
+        let queues = engine.metrics.push_subscribers.with_label_values(&["queue"]);
         tokio::spawn(async move {
             loop {
+                // The node's queue streams share `queue_reads_per_s_max`.
+                let every = shared_interval(poll_ms, u64::try_from(queues.get()).unwrap_or(0), reads_max);
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = tx.closed() => return,
@@ -371,6 +416,17 @@ mod tests {
         State::Event(
             st.iter().enumerate().map(|(i, s)| (format!("s{i}"), if i < 2 { "a" } else { "b" }.into(), *s)).collect(),
         )
+    }
+
+    #[test]
+    fn a_node_shares_its_budget_among_its_streams() {
+        // Few streams: the floor. Many: the budget split between them.
+        assert_eq!(shared_interval(250, 100, 3_000), Duration::from_millis(250));
+        assert_eq!(shared_interval(250, 10_000, 3_000), Duration::from_millis(3_333));
+        assert_eq!(shared_interval(1_000, 10_000, 2_000), Duration::from_millis(5_000));
+        // Never a division by zero, never an overflow.
+        assert_eq!(shared_interval(250, 10, 0), Duration::from_millis(10_000));
+        assert_eq!(shared_interval(250, u64::MAX, 1), Duration::from_millis(u64::MAX));
     }
 
     #[test]

@@ -401,6 +401,43 @@ async fn live_updates_redis() {
     live_updates(&spawn_in(Mode::Redis, |_| {}).await).await;
 }
 
+/// A round's messages go out paced at `push.fanout_per_s_max`, not in one
+/// burst: twenty subscribers at 100 messages a second (one per 10 ms
+/// slice) get one change over about 190 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_is_paced_through_the_fan_out_budget() {
+    let app = spawn_with(|c| {
+        c.push.fanout_per_s_max = 100;
+        c.push.interval_ms = 50;
+    })
+    .await;
+    let event = app.event(2, 10, json!({})).await;
+    let tok = app.token("watcher", "user").await;
+    let path = format!("/v1/events/{event}/stream");
+    let mut readers = vec![];
+    for _ in 0..20 {
+        let resp = stream(&app.base, &app.client, &path, &tok).await;
+        readers.push(tokio::spawn(async move {
+            let msgs = read_sse(resp, 10, |m| m.iter().any(|(e, _)| e == "changes")).await;
+            (tokio::time::Instant::now(), msgs)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let buyer = app.token("buyer", "user").await;
+    let (s, v) =
+        app.post("/v1/orders", Some(&buyer), json!({"event_id": event, "category": "std", "quantity": 1})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mut arrived = vec![];
+    for r in readers {
+        let (at, msgs) = r.await.expect("reader");
+        assert!(msgs.iter().any(|(e, _)| e == "changes"), "every subscriber gets the change: {msgs:?}");
+        arrived.push(at);
+    }
+    let (first, last) = (arrived.iter().min().expect("first"), arrived.iter().max().expect("last"));
+    let spread = last.duration_since(*first);
+    assert!(spread >= Duration::from_millis(100), "paced over the round, not a burst: {spread:?}");
+}
+
 /// A client that asks for a stream and never reads, through a receive
 /// window of 4 KiB: the node's socket buffer fills with the snapshot.
 async fn stalled_stream(app: &TestApp, path: &str, tok: &str) -> tokio::net::TcpStream {
