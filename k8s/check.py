@@ -31,6 +31,14 @@ by_kind = {}
 for d in docs:
     by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
 
+# The real Secret is created out of band: the render must not hold one
+# (an apply would overwrite it), and references resolve against the keys
+# the example lists.
+for name in by_kind.get("Secret", {}):
+    fail(f"Secret {name} is rendered: applying it would overwrite the real one (see k8s/secret.example.yaml)")
+example = yaml.safe_load(open(os.path.join(ROOT, "k8s", "secret.example.yaml")))
+secrets = {example["metadata"]["name"]: set(example.get("stringData", {})) | set(example.get("data", {}))}
+
 workloads = {**by_kind.get("Deployment", {}), **by_kind.get("StatefulSet", {})}
 pods = {name: w["spec"]["template"] for name, w in workloads.items()}
 
@@ -52,8 +60,7 @@ for name, w in workloads.items():
         for e in c.get("env", []):
             ref = e.get("valueFrom", {}).get("secretKeyRef")
             if ref:
-                secret = by_kind.get("Secret", {}).get(ref["name"])
-                if secret is None or ref["key"] not in secret.get("stringData", {}) | secret.get("data", {}):
+                if ref["key"] not in secrets.get(ref["name"], set()):
                     fail(f"{name}/{c['name']}: secret key {ref['name']}/{ref['key']} missing")
         mounts = {m["name"] for m in c.get("volumeMounts", [])}
         vols = {v["name"] for v in spec.get("volumes", [])} | {
@@ -66,7 +73,7 @@ for name, w in workloads.items():
             if isinstance(port, str) and port not in pod_ports(tpl):
                 fail(f"{name}/{c['name']}: {probe} port {port} not declared")
     for v in spec.get("volumes", []):
-        if "secret" in v and v["secret"]["secretName"] not in by_kind.get("Secret", {}):
+        if "secret" in v and v["secret"]["secretName"] not in secrets:
             fail(f"{name}: secret volume {v['secret']['secretName']} missing")
     sc = spec.get("securityContext", {})
     if not sc.get("runAsNonRoot"):
@@ -146,8 +153,27 @@ for store in ("redis", "postgres", "kafka"):
     peers = [peer for np in allowed for r in np["spec"].get("ingress", []) for peer in r.get("from", [])]
     if not allowed or any("namespaceSelector" in p or "ipBlock" in p for p in peers):
         fail(f"{store}: must be reachable from rush's pods only")
-if not any(np["spec"]["podSelector"] == {} for np in by_kind.get("NetworkPolicy", {}).values()):
-    fail("no default-deny NetworkPolicy")
+nps = by_kind.get("NetworkPolicy", {}).values()
+if not any(np["spec"]["podSelector"] == {} and "ingress" not in np["spec"] and "egress" not in np["spec"]
+           and set(np["spec"].get("policyTypes", [])) == {"Ingress", "Egress"} for np in nps):
+    fail("no default-deny NetworkPolicy for both directions")
+# Egress: only the gateway reaches addresses outside the cluster, and never
+# the metadata address, link-local, loopback or private ranges.
+MUST_EXCEPT = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"}
+for name, np in by_kind.get("NetworkPolicy", {}).items():
+    sel = np["spec"]["podSelector"].get("matchLabels", {})
+    for rule in np["spec"].get("egress", []):
+        if not rule.get("to"):
+            fail(f"NetworkPolicy {name}: an egress rule to anywhere")
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if block is None:
+                continue
+            if sel.get("app.kubernetes.io/component") != "gateway":
+                fail(f"NetworkPolicy {name}: only the gateway may reach outside addresses")
+            missing = MUST_EXCEPT - set(block.get("except", []))
+            if block["cidr"] == "0.0.0.0/0" and missing:
+                fail(f"NetworkPolicy {name}: egress to 0.0.0.0/0 must except {sorted(missing)}")
 
 # The shutdown budget fits the grace period.
 cfg = by_kind.get("ConfigMap", {}).get("rush-config", {}).get("data", {})
@@ -167,6 +193,68 @@ if gw:
         fail(f"gateway: probes {probes}")
     if not spec.get("topologySpreadConstraints"):
         fail("gateway: no topology spread")
+
+# Probes on shared dependencies tolerate one slow answer: a single slow
+# Postgres or Redis ping must not take every pod out of its Service.
+for name, w in workloads.items():
+    for c in w["spec"]["template"]["spec"]["containers"]:
+        r = c.get("readinessProbe")
+        if r and "httpGet" in r and r["httpGet"].get("path") == "/readyz":
+            if r.get("failureThreshold", 3) < 3 or r.get("timeoutSeconds", 1) < 2:
+                fail(f"{name}/{c['name']}: /readyz probe needs failureThreshold >= 3 and timeoutSeconds >= 2")
+
+
+def to_bytes(q):
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "kb": 2**10, "mb": 2**20, "gb": 2**30}
+    for u, m in units.items():
+        if str(q).lower().endswith(u.lower()):
+            return float(str(q)[: -len(u)]) * m
+    return float(q)
+
+
+# Redis refuses writes before the kernel kills it: maxmemory below the
+# container's memory limit.
+redis = workloads.get("redis")
+if redis:
+    c = redis["spec"]["template"]["spec"]["containers"][0]
+    args = c.get("args", [])
+    limit = c.get("resources", {}).get("limits", {}).get("memory")
+    if "--maxmemory" not in args:
+        fail("redis: no --maxmemory (noeviction without it is an OOM kill at the memory limit)")
+    elif limit and to_bytes(args[args.index("--maxmemory") + 1]) > 0.8 * to_bytes(limit):
+        fail("redis: --maxmemory must leave 20 % of the memory limit for buffers and the AOF rewrite")
+
+# Kafka's log dir is a directory inside its volume (the root holds
+# lost+found on ext4).
+kafka = workloads.get("kafka")
+if kafka:
+    for m in kafka["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", []):
+        if m["name"] == "data" and not m.get("subPath"):
+            fail("kafka: the data volume must be mounted with a subPath")
+
+# Postgres connections: every rush pool at its largest fits the server's
+# max_connections with 10 to spare.
+def pool_of(workload):
+    c = workload["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    return int(env.get("RUSH__POSTGRES__POOL_MAX") or cfg.get("RUSH__POSTGRES__POOL_MAX", "16"))
+
+
+pg = workloads.get("postgres")
+if pg:
+    args = pg["spec"]["template"]["spec"]["containers"][0].get("args", [])
+    max_conn = next((int(a.split("=", 1)[1]) for a in args if a.startswith("max_connections=")), 100)
+    hpa = next(iter(by_kind.get("HorizontalPodAutoscaler", {}).values()), None)
+    budget = 10
+    for name, w in workloads.items():
+        if w["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name") != "rush":
+            continue
+        most = w["spec"].get("replicas", 1)
+        if hpa and hpa["spec"]["scaleTargetRef"]["name"] == name:
+            most = hpa["spec"]["maxReplicas"]
+        budget += most * pool_of(w)
+    if budget > max_conn:
+        fail(f"Postgres: rush's pools may open {budget} connections (10 spare), max_connections is {max_conn}")
 
 # The dashboard shows metrics rush exports.
 telemetry = open(os.path.join(ROOT, "engine/src/telemetry.rs")).read()
