@@ -259,6 +259,22 @@ if pg:
 # The dashboard shows metrics rush exports.
 telemetry = open(os.path.join(ROOT, "engine/src/telemetry.rs")).read()
 exported = set(re.findall(r'new\(\s*"([a-z_]+)"', telemetry))
+# Every alert names its severity and a runbook section that exists.
+runbooks = open(os.path.join(ROOT, "k8s", "RUNBOOKS.md")).read()
+anchors = {re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-")) for h in re.findall(r"^## (.+)$", runbooks, re.M)}
+alerts = [r for pr in by_kind.get("PrometheusRule", {}).values() for g in pr["spec"]["groups"] for r in g["rules"] if "alert" in r]
+if not alerts:
+    fail("no alert rules (PrometheusRule)")
+for r in alerts:
+    url = r.get("annotations", {}).get("runbook_url", "")
+    if r.get("labels", {}).get("severity") not in ("page", "ticket"):
+        fail(f"alert {r['alert']}: severity must be page or ticket")
+    if "#" not in url or url.split("#", 1)[1] not in anchors:
+        fail(f"alert {r['alert']}: runbook_url {url!r} names no section of k8s/RUNBOOKS.md")
+    for m in re.findall(r"rush_([a-z_]+)", r["expr"]):
+        if re.sub(r"_(bucket|sum|count)$", "", m) not in exported:
+            fail(f"alert {r['alert']}: rush_{m} is not exported")
+
 dash = by_kind.get("ConfigMap", {}).get("rush-grafana-dashboard", {}).get("data", {}).get("rush.json")
 if not dash:
     fail("Grafana dashboard ConfigMap missing")

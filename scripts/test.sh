@@ -27,6 +27,8 @@ setup() {
   fi
   # librdkafka (built from source by rdkafka-sys) links zlib.
   dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
+  # promtool, for the alert rules' checks and unit tests (k8s/validate.sh).
+  command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}"
     apt-get update -qq
