@@ -41,6 +41,12 @@ secrets = {example["metadata"]["name"]: set(example.get("stringData", {})) | set
 
 workloads = {**by_kind.get("Deployment", {}), **by_kind.get("StatefulSet", {})}
 pods = {name: w["spec"]["template"] for name, w in workloads.items()}
+# CronJobs' pods are checked like the workloads' (references, security).
+for name, cj in by_kind.get("CronJob", {}).items():
+    job = cj["spec"]["jobTemplate"]["spec"]
+    workloads[name] = {"kind": "CronJob", "spec": {"selector": {"matchLabels": job["template"]["metadata"]["labels"]},
+                                                   "template": job["template"]}}
+    pods[name] = job["template"]
 
 
 def pod_ports(tpl):
@@ -169,8 +175,8 @@ for name, np in by_kind.get("NetworkPolicy", {}).items():
             block = peer.get("ipBlock")
             if block is None:
                 continue
-            if sel.get("app.kubernetes.io/component") != "gateway":
-                fail(f"NetworkPolicy {name}: only the gateway may reach outside addresses")
+            if sel.get("app.kubernetes.io/component") not in ("gateway", "reconcile"):
+                fail(f"NetworkPolicy {name}: only the gateway and reconciliation may reach outside addresses")
             missing = MUST_EXCEPT - set(block.get("except", []))
             if block["cidr"] == "0.0.0.0/0" and missing:
                 fail(f"NetworkPolicy {name}: egress to 0.0.0.0/0 must except {sorted(missing)}")
