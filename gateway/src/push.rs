@@ -40,7 +40,7 @@ use crate::error::ApiError;
 /// A hub with no subscribers stops after this many empty rounds.
 const IDLE_ROUNDS_MAX: u32 = 8;
 
-/// A round's messages go out in slices this far apart (see `fan_out`).
+/// A round's due messages go out every this many ms (see `fan_out`).
 const FANOUT_SLICE_MS: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,7 +137,7 @@ struct Subscribers {
     /// `last` as a `snapshot` message, serialised once for every new
     /// subscriber until it changes.
     snapshot: Option<Bytes>,
-    live: Vec<mpsc::Sender<Bytes>>,
+    live: Vec<Subscriber>,
 }
 
 impl Subscribers {
@@ -163,18 +163,32 @@ pub struct Push {
     open: Arc<AtomicUsize>,
 }
 
-/// Counts a stream while it lives.
+/// Counts a stream while it lives: until its body ends, or until the node
+/// drops it as too slow (its connection may linger while a client that
+/// never reads holds the bytes already written; its slot does not).
 struct Open {
     open: Arc<AtomicUsize>,
     gauge: prometheus::IntGauge,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl Open {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::SeqCst) {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            self.gauge.dec();
+        }
+    }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::SeqCst);
-        self.gauge.dec();
+        self.release();
     }
 }
+
+/// A subscriber of a hub: where its messages go, and its slot.
+type Subscriber = (mpsc::Sender<Bytes>, Arc<Open>);
 
 impl Push {
     pub fn new(engine: Arc<Engine>) -> Push {
@@ -186,7 +200,7 @@ impl Push {
         }
     }
 
-    fn admit(&self, stream: &'static str) -> Result<Open, ApiError> {
+    fn admit(&self, stream: &'static str) -> Result<Arc<Open>, ApiError> {
         let m = &self.engine.metrics;
         if self.open.fetch_add(1, Ordering::SeqCst) >= self.cfg.subscribers_max {
             self.open.fetch_sub(1, Ordering::SeqCst);
@@ -201,7 +215,7 @@ impl Push {
         }
         let gauge = m.push_subscribers.with_label_values(&[stream]);
         gauge.inc();
-        Ok(Open { open: self.open.clone(), gauge })
+        Ok(Arc::new(Open { open: self.open.clone(), gauge, released: Default::default() }))
     }
 
     async fn read(&self, topic: Topic) -> Result<State, rush_engine::EngineError> {
@@ -244,12 +258,12 @@ impl Push {
         {
             let mut s = hub.lock();
             let _ = tx.try_send(s.snapshot());
-            s.live.push(tx);
+            s.live.push((tx, open.clone()));
         }
         Ok(self.respond(rx, open))
     }
 
-    fn respond(&self, rx: mpsc::Receiver<Bytes>, open: Open) -> HttpResponse {
+    fn respond(&self, rx: mpsc::Receiver<Bytes>, open: Arc<Open>) -> HttpResponse {
         let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms);
         // One timer per stream only while silent, for the heartbeat: an
         // idle audience of thousands costs nothing between messages. The
@@ -292,7 +306,7 @@ impl Push {
             }
             {
                 let mut s = hub.lock();
-                s.live.retain(|t| !t.is_closed());
+                s.live.retain(|(t, _)| !t.is_closed());
                 if s.live.is_empty() {
                     idle += 1;
                     if idle >= IDLE_ROUNDS_MAX {
@@ -334,7 +348,7 @@ impl Push {
                 let started = tokio::time::Instant::now();
                 let slow = self.fan_out(&msg, round).await;
                 if !slow.is_empty() {
-                    hub.lock().live.retain(|t| !slow.iter().any(|d| d.same_channel(t)));
+                    hub.lock().live.retain(|(t, _)| !slow.iter().any(|d| d.same_channel(t)));
                 }
                 // The round's pacing counts towards the pause.
                 pace = started.elapsed();
@@ -343,24 +357,42 @@ impl Push {
     }
 
     /// Sends `msg` to every subscriber of a round, paced at
-    /// `push.fanout_per_s_max` a second in slices of
-    /// `FANOUT_SLICE_MS`: ten thousand streams never wake at once to
-    /// stall a worker between two requests (a burst that delays every
-    /// hold on that worker, not only its own share of the CPU). Returns
-    /// the subscribers too slow to take it (their buffers full): they are
-    /// dropped, the stream ends after what is queued.
-    async fn fan_out(&self, msg: &Bytes, round: Vec<mpsc::Sender<Bytes>>) -> Vec<mpsc::Sender<Bytes>> {
-        let per_slice = (self.cfg.fanout_per_s_max.max(1) * FANOUT_SLICE_MS / 1000).max(1) as usize;
+    /// `push.fanout_per_s_max` a second: the `i`th message is due
+    /// `i ÷ fanout_per_s_max` seconds into the round, and every
+    /// `FANOUT_SLICE_MS` the due ones go out. Ten thousand streams never
+    /// wake at once to stall a worker between two requests (a burst that
+    /// delays every hold on that worker, not only its own share of the
+    /// CPU). A subscriber already gone costs no turn. Returns the
+    /// subscribers too slow to take it (their buffers full): they are
+    /// dropped and their slots freed at once; the stream ends after what is
+    /// queued.
+    async fn fan_out(&self, msg: &Bytes, round: Vec<Subscriber>) -> Vec<mpsc::Sender<Bytes>> {
+        let per_s = self.cfg.fanout_per_s_max.max(1);
+        let started = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(Duration::from_millis(FANOUT_SLICE_MS));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let dropped = &self.engine.metrics.push_dropped;
         let mut slow = vec![];
-        for slice in round.chunks(per_slice) {
+        let mut round = round.into_iter().filter(|(t, _)| !t.is_closed()).peekable();
+        let mut sent: u64 = 0;
+        while round.peek().is_some() {
             ticks.tick().await;
-            for t in slice {
+            if !self.engine.intake_open() {
+                // Shutting down: `run` ends every stream next.
+                break;
+            }
+            let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let due = elapsed_us.saturating_mul(per_s) / 1_000_000 + 1;
+            while sent < due {
+                let Some((t, open)) = round.next() else { break };
+                if t.is_closed() {
+                    continue;
+                }
+                sent += 1;
                 if let Err(mpsc::error::TrySendError::Full(_)) = t.try_send(msg.clone()) {
                     dropped.with_label_values(&["slow"]).inc();
-                    slow.push(t.clone());
+                    open.release();
+                    slow.push(t);
                 }
             }
         }
@@ -379,6 +411,7 @@ impl Push {
         let engine = self.engine.clone();
         let (poll_ms, reads_max) = (self.cfg.queue_poll_ms, self.cfg.queue_reads_per_s_max);
         let queues = engine.metrics.push_subscribers.with_label_values(&["queue"]);
+        let slot = open.clone();
         tokio::spawn(async move {
             loop {
                 // The node's queue streams share `queue_reads_per_s_max`.
@@ -397,6 +430,7 @@ impl Push {
                         Ok(()) => last = now,
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             engine.metrics.push_dropped.with_label_values(&["slow"]).inc();
+                            slot.release();
                             return;
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
