@@ -238,6 +238,24 @@ if kafka:
         if m["name"] == "data" and not m.get("subPath"):
             fail("kafka: the data volume must be mounted with a subPath")
 
+# Flash-sale scaling: the HPA scales on a load metric rush exports, not CPU
+# alone; rush's threads follow the pod's CPU request.
+for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+    pods_metrics = [m["pods"]["metric"]["name"] for m in hpa["spec"].get("metrics", []) if m["type"] == "Pods"]
+    if not pods_metrics:
+        fail(f"HPA {name}: no load metric (only CPU)")
+    for m in pods_metrics:
+        base = re.sub(r"_per_second$", "_total", m).removeprefix("rush_")
+        if base not in set(re.findall(r'new\(\s*"([a-z_]+)"', open(os.path.join(ROOT, "engine/src/telemetry.rs")).read())):
+            fail(f"HPA {name}: {m} is not derived from a metric rush exports")
+for name in ("rush-gateway", "rush-worker"):
+    w = workloads.get(name)
+    if w:
+        env = {e["name"]: e for e in w["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+        ref = env.get("RUSH__THREADS", {}).get("valueFrom", {}).get("resourceFieldRef", {})
+        if ref.get("resource") != "requests.cpu":
+            fail(f"{name}: RUSH__THREADS must come from the pod's CPU request")
+
 # Postgres connections: every rush pool at its largest fits the server's
 # max_connections with 10 to spare.
 def pool_of(workload):

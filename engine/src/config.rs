@@ -26,6 +26,12 @@ pub struct Config {
     /// of the host name on (Kubernetes Deployments, whose pods have no
     /// ordinal). A live node's lease is renewed; a dead one's runs out.
     pub node_id_auto: bool,
+    /// Threads the process runs on: the async runtime's workers and, unless
+    /// `http.workers` says otherwise, the HTTP server's. 0 = one per core
+    /// the process may use. In Kubernetes, set it from the pod's CPU
+    /// request (a pod without a CPU limit otherwise sizes itself to the
+    /// node's cores and contends with its neighbours).
+    pub threads: usize,
     /// Where embedded mode keeps its SQLite file.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
@@ -858,6 +864,7 @@ impl Default for Config {
             secrets_in_file: Vec::new(),
             node_id: 0,
             node_id_auto: false,
+            threads: 0,
             data_dir: PathBuf::from("./rush-data"),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),

@@ -112,8 +112,9 @@ pub fn counted_http_server(listener: TcpListener, engine: Arc<Engine>) -> std::i
     .disable_signals()
     .shutdown_timeout(cfg.shutdown.timeout_ms.div_ceil(1000))
     .listen(listener)?;
-    if cfg.http.workers > 0 {
-        server = server.workers(cfg.http.workers);
+    let workers = if cfg.http.workers > 0 { cfg.http.workers } else { cfg.threads };
+    if workers > 0 {
+        server = server.workers(workers);
     }
     Ok((server.run(), connections))
 }

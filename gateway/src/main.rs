@@ -76,7 +76,11 @@ fn main() -> anyhow::Result<()> {
     };
     // Declared before the runtime, so dropped (traces flushed) after it.
     let _telemetry = rush_gateway::telemetry::init(&cfg, role)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.threads > 0 {
+        rt.worker_threads(cfg.threads);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Serve { .. } => commands::serve(cfg).await,
