@@ -256,6 +256,20 @@ for name in ("rush-gateway", "rush-worker"):
         if ref.get("resource") != "requests.cpu":
             fail(f"{name}: RUSH__THREADS must come from the pod's CPU request")
 
+# Migrations are a deliberate step: no process migrates at start, and the
+# Job template that does exists.
+if cfg.get("RUSH__POSTGRES__MIGRATE_ON_START") != "false":
+    fail("rush-config: RUSH__POSTGRES__MIGRATE_ON_START must be \"false\" (migrating is the rush-migrate Job)")
+for name, w in workloads.items():
+    for c in w["spec"]["template"]["spec"].get("initContainers", []):
+        if "migrate" in c.get("args", []):
+            fail(f"{name}: migrates at start (an init container); use the rush-migrate Job")
+mig = by_kind.get("CronJob", {}).get("rush-migrate")
+if not mig or not mig["spec"].get("suspend"):
+    fail("no suspended rush-migrate CronJob (the per-release migration's template)")
+elif mig["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].get("args") != ["migrate"]:
+    fail("rush-migrate does not run `rush migrate`")
+
 # Postgres connections: every rush pool at its largest fits the server's
 # max_connections with 10 to spare.
 def pool_of(workload):

@@ -305,11 +305,18 @@ pub struct PostgresConfig {
     /// A pooled connection idle at least this long is pinged before use
     /// (one that was busy moments ago is not: the ping is a round trip).
     pub ping_idle_ms: u64,
+    /// Apply pending migrations when a process starts. Off, migrating is a
+    /// deliberate step (`rush migrate`, once per release, before the new
+    /// processes start): a process then only checks that every migration
+    /// it knows is applied, and refuses to start otherwise. Either way a
+    /// database migrated by a newer release is accepted (its migrations
+    /// only expand the schema: README, "Upgrades"), so a rollback starts.
+    pub migrate_on_start: bool,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: None, pool_max: 16, connect_timeout_ms: 5_000, ping_idle_ms: 1_000 }
+        PostgresConfig { url: None, pool_max: 16, connect_timeout_ms: 5_000, ping_idle_ms: 1_000, migrate_on_start: true }
     }
 }
 

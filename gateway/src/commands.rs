@@ -22,9 +22,11 @@ pub fn check_config(cfg: &Config, offline: bool) -> anyhow::Result<serde_json::V
 }
 
 /// `rush migrate`: creates or upgrades the schemas, then says which.
-pub async fn migrate(cfg: Config) -> anyhow::Result<()> {
+pub async fn migrate(mut cfg: Config) -> anyhow::Result<()> {
     use rush_engine::config::redact_url;
     use rush_engine::store::db::Db;
+    // This is the deliberate step, whatever the processes do at start.
+    cfg.postgres.migrate_on_start = true;
     durable_pools(&cfg).await?;
     match &cfg.postgres.url {
         Some(url) => println!("migrated {}", redact_url(url)),

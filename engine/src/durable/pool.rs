@@ -89,6 +89,35 @@ async fn any_pool(
     pool.connect_with(opts).await.map_err(|source| DbOpenError::Open { path: shown.into(), source })
 }
 
+/// Brings a durable database's schema to what this binary knows: applies
+/// what is missing (`apply`), or only checks that nothing is. Migrations a
+/// newer release applied are accepted either way: each release's
+/// migrations only add (tables, nullable or defaulted columns, indexes),
+/// and what a release stops using is dropped one release later, so the
+/// previous binary runs against the newer schema and a rollback starts.
+pub(crate) async fn bring_up(
+    mut migrator: sqlx::migrate::Migrator,
+    pool: &AnyPool,
+    apply: bool,
+    shown: &str,
+) -> Result<(), DbOpenError> {
+    migrator.set_ignore_missing(true);
+    if apply {
+        return migrator.run(pool).await.map_err(|source| DbOpenError::Migrate { path: shown.into(), source });
+    }
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+    let missing: Vec<i64> =
+        migrator.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(DbOpenError::SchemaBehind { url: shown.into(), missing })
+    }
+}
+
 impl Pools {
     /// The configured durable store: Postgres when `postgres.url` is set,
     /// else `rush.db` in `data_dir`; migrated.
@@ -107,10 +136,8 @@ impl Pools {
         let shown = path.display().to_string();
         let url = format!("sqlite://{}", path.display());
         let write = any_pool(&format!("{url}?mode=rwc"), 1, Some(sqlite_pragmas(cfg, true)), None, &shown).await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&write)
-            .await
-            .map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
+        // One process owns the file: it always brings it up to date.
+        bring_up(sqlx::migrate!("./migrations/sqlite"), &write, true, &shown).await?;
         // Background WAL checkpoints (see `db.rs`), on a typed connection.
         let checkpointer = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
@@ -139,10 +166,7 @@ impl Pools {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(unreachable(sqlx::Error::PoolTimedOut)),
         };
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(|source| DbOpenError::Migrate { path: shown, source })?;
+        bring_up(sqlx::migrate!("./migrations/postgres"), &pool, cfg.migrate_on_start, &shown).await?;
         Ok(Pools { writer: Writer::pooled(pool.clone()), write: pool.clone(), read: pool, backend: Backend::Postgres })
     }
 

@@ -31,6 +31,11 @@ pub enum DbOpenError {
     Postgres { url: String, source: sqlx::Error },
     #[error("migrating {path}: {source}")]
     Migrate { path: String, source: sqlx::migrate::MigrateError },
+    #[error(
+        "the database at {url} lacks migrations {missing:?} this rush needs: run `rush migrate` \
+         (postgres.migrate_on_start is off)"
+    )]
+    SchemaBehind { url: String, missing: Vec<i64> },
 }
 
 /// WAL pages after which the writer checkpoints itself (SQLite's default
@@ -78,10 +83,10 @@ impl Db {
             .connect_with(opts.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string()))
             .await
             .map_err(|source| DbOpenError::Open { path: shown.clone(), source })?;
-        sqlx::migrate!("./migrations/sqlite-hot")
-            .run(&write)
-            .await
-            .map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
+        // A newer release's migrations are accepted (see `durable::pool::bring_up`).
+        let mut hot = sqlx::migrate!("./migrations/sqlite-hot");
+        hot.set_ignore_missing(true);
+        hot.run(&write).await.map_err(|source| DbOpenError::Migrate { path: shown.clone(), source })?;
         let checkpointer = SqlitePoolOptions::new()
             // A file in this process: no ping before each use (see `pool.rs`).
             .test_before_acquire(false)
