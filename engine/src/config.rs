@@ -316,7 +316,13 @@ pub struct PostgresConfig {
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: None, pool_max: 16, connect_timeout_ms: 5_000, ping_idle_ms: 1_000, migrate_on_start: true }
+        PostgresConfig {
+            url: None,
+            pool_max: 16,
+            connect_timeout_ms: 5_000,
+            ping_idle_ms: 1_000,
+            migrate_on_start: true,
+        }
     }
 }
 

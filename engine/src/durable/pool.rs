@@ -109,8 +109,7 @@ pub(crate) async fn bring_up(
         .fetch_all(pool)
         .await
         .unwrap_or_default();
-    let missing: Vec<i64> =
-        migrator.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
+    let missing: Vec<i64> = migrator.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
     if missing.is_empty() {
         Ok(())
     } else {
