@@ -173,6 +173,11 @@ struct Open {
 }
 
 impl Open {
+    /// Whether the node dropped this stream (or it ended).
+    fn released(&self) -> bool {
+        self.released.load(Ordering::SeqCst)
+    }
+
     fn release(&self) {
         if !self.released.swap(true, Ordering::SeqCst) {
             self.open.fetch_sub(1, Ordering::SeqCst);
@@ -346,9 +351,10 @@ impl Push {
             };
             if let (Some(msg), Some(round)) = (msg, round) {
                 let started = tokio::time::Instant::now();
-                let slow = self.fan_out(&msg, round).await;
-                if !slow.is_empty() {
-                    hub.lock().live.retain(|(t, _)| !slow.iter().any(|d| d.same_channel(t)));
+                if self.fan_out(&msg, round).await {
+                    // The slow ones' senders go: their streams end after
+                    // what is queued.
+                    hub.lock().live.retain(|(_, open)| !open.released());
                 }
                 // The round's pacing counts towards the pause.
                 pace = started.elapsed();
@@ -362,17 +368,16 @@ impl Push {
     /// `FANOUT_SLICE_MS` the due ones go out. Ten thousand streams never
     /// wake at once to stall a worker between two requests (a burst that
     /// delays every hold on that worker, not only its own share of the
-    /// CPU). A subscriber already gone costs no turn. Returns the
-    /// subscribers too slow to take it (their buffers full): they are
-    /// dropped and their slots freed at once; the stream ends after what is
-    /// queued.
-    async fn fan_out(&self, msg: &Bytes, round: Vec<Subscriber>) -> Vec<mpsc::Sender<Bytes>> {
+    /// CPU). A subscriber already gone costs no turn. One too slow to take
+    /// it (its buffer full) is dropped and its slot freed at once; whether
+    /// any was is the answer.
+    async fn fan_out(&self, msg: &Bytes, round: Vec<Subscriber>) -> bool {
         let per_s = self.cfg.fanout_per_s_max.max(1);
         let started = tokio::time::Instant::now();
         let mut ticks = tokio::time::interval(Duration::from_millis(FANOUT_SLICE_MS));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let dropped = &self.engine.metrics.push_dropped;
-        let mut slow = vec![];
+        let mut slow = false;
         let mut round = round.into_iter().filter(|(t, _)| !t.is_closed()).peekable();
         let mut sent: u64 = 0;
         while round.peek().is_some() {
@@ -390,7 +395,7 @@ impl Push {
                 if let Err(mpsc::error::TrySendError::Full(_)) = t.try_send(msg.clone()) {
                     dropped.with_label_values(&["slow"]).inc();
                     open.release();
-                    slow.push(t);
+                    slow = true;
                 }
             }
         }
