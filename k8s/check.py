@@ -39,6 +39,10 @@ for name in by_kind.get("Secret", {}):
 example = yaml.safe_load(open(os.path.join(ROOT, "k8s", "secret.example.yaml")))
 secrets = {example["metadata"]["name"]: set(example.get("stringData", {})) | set(example.get("data", {}))}
 
+# The metrics rush exports (without the `rush_` prefix).
+telemetry = open(os.path.join(ROOT, "engine/src/telemetry.rs")).read()
+exported = set(re.findall(r'new\(\s*"([a-z_]+)"', telemetry))
+
 workloads = {**by_kind.get("Deployment", {}), **by_kind.get("StatefulSet", {})}
 pods = {name: w["spec"]["template"] for name, w in workloads.items()}
 # CronJobs' pods are checked like the workloads' (references, security).
@@ -168,6 +172,13 @@ if not any(np["spec"]["podSelector"] == {} and "ingress" not in np["spec"] and "
 MUST_EXCEPT = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"}
 for name, np in by_kind.get("NetworkPolicy", {}).items():
     sel = np["spec"]["podSelector"].get("matchLabels", {})
+    components = {sel["app.kubernetes.io/component"]} if "app.kubernetes.io/component" in sel else set()
+    components |= {
+        v
+        for e in np["spec"]["podSelector"].get("matchExpressions", [])
+        if e["key"] == "app.kubernetes.io/component" and e["operator"] == "In"
+        for v in e["values"]
+    }
     for rule in np["spec"].get("egress", []):
         if not rule.get("to"):
             fail(f"NetworkPolicy {name}: an egress rule to anywhere")
@@ -175,7 +186,7 @@ for name, np in by_kind.get("NetworkPolicy", {}).items():
             block = peer.get("ipBlock")
             if block is None:
                 continue
-            if sel.get("app.kubernetes.io/component") not in ("gateway", "reconcile"):
+            if not components or not components <= {"gateway", "reconcile"}:
                 fail(f"NetworkPolicy {name}: only the gateway and reconciliation may reach outside addresses")
             missing = MUST_EXCEPT - set(block.get("except", []))
             if block["cidr"] == "0.0.0.0/0" and missing:
@@ -246,7 +257,7 @@ for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
         fail(f"HPA {name}: no load metric (only CPU)")
     for m in pods_metrics:
         base = re.sub(r"_per_second$", "_total", m).removeprefix("rush_")
-        if base not in set(re.findall(r'new\(\s*"([a-z_]+)"', open(os.path.join(ROOT, "engine/src/telemetry.rs")).read())):
+        if base not in exported:
             fail(f"HPA {name}: {m} is not derived from a metric rush exports")
 for name in ("rush-gateway", "rush-worker"):
     w = workloads.get(name)
@@ -295,8 +306,6 @@ if pg:
         fail(f"Postgres: rush's pools may open {budget} connections (10 spare), max_connections is {max_conn}")
 
 # The dashboard shows metrics rush exports.
-telemetry = open(os.path.join(ROOT, "engine/src/telemetry.rs")).read()
-exported = set(re.findall(r'new\(\s*"([a-z_]+)"', telemetry))
 # Every alert names its severity and a runbook section that exists.
 runbooks = open(os.path.join(ROOT, "k8s", "RUNBOOKS.md")).read()
 anchors = {re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-")) for h in re.findall(r"^## (.+)$", runbooks, re.M)}
