@@ -14,9 +14,10 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
-# librdkafka is built from source by rdkafka-sys (cmake, zlib).
+# librdkafka is built from source by rdkafka-sys (zlib, and the system's
+# OpenSSL for TLS and SASL/SCRAM; distroless cc ships libssl3).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends cmake pkg-config zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=planner /src/recipe.json recipe.json
 # Only the dependencies: this layer is reused until Cargo.lock changes.

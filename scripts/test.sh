@@ -7,7 +7,7 @@
 #   scripts/test.sh setup    set up only (what .ci/run needs before clippy)
 #
 # Setting up: Debian packages for building (a C compiler, pkg-config, zlib
-# for librdkafka) and the local stack of scripts/stack.sh (Redis, Postgres,
+# and OpenSSL for librdkafka) and the local stack of scripts/stack.sh (Redis, Postgres,
 # tansu: built once from crates.io, about 15 minutes on 2 cores). Every step
 # is skipped when what it provides is already there.
 set -euo pipefail
@@ -27,6 +27,8 @@ setup() {
   fi
   # librdkafka (built from source by rdkafka-sys) links zlib.
   dpkg -s zlib1g-dev >/dev/null 2>&1 || need_apt+=(zlib1g-dev)
+  # ... and OpenSSL (TLS and SASL/SCRAM to Kafka).
+  dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)
   # promtool, for the alert rules' checks and unit tests (k8s/validate.sh).
   command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
   if [ ${#need_apt[@]} -gt 0 ]; then

@@ -75,6 +75,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "payments.alipay_secret",
     "payments.ecard_secret",
     "waiting_room.admission_secret",
+    "kafka.sasl_password",
 ];
 
 /// Settings that may carry a password in their URL.
@@ -371,6 +372,71 @@ pub struct KafkaConfig {
     /// Consumer `session.timeout.ms`: a dead worker's partitions move to
     /// the others after this.
     pub session_timeout_ms: u64,
+    /// How every Kafka client reaches the brokers (`security.protocol`).
+    pub security_protocol: KafkaSecurity,
+    /// TLS (`ssl`, `sasl_ssl`): the PEM file of the CA that signed the
+    /// brokers' certificates; the system's roots when unset. The broker's
+    /// name is checked against its certificate.
+    pub ssl_ca_file: Option<PathBuf>,
+    /// TLS client certificate and its key (PEM), for brokers that ask for
+    /// one. Both or neither.
+    pub ssl_cert_file: Option<PathBuf>,
+    pub ssl_key_file: Option<PathBuf>,
+    /// SASL (`sasl_plaintext`, `sasl_ssl`).
+    pub sasl_mechanism: SaslMechanism,
+    pub sasl_username: Option<String>,
+    /// A secret: `RUSH__KAFKA__SASL_PASSWORD` or `…_FILE`.
+    pub sasl_password: Option<String>,
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaSecurity {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaSecurity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaSecurity::Plaintext => "plaintext",
+            KafkaSecurity::Ssl => "ssl",
+            KafkaSecurity::SaslPlaintext => "sasl_plaintext",
+            KafkaSecurity::SaslSsl => "sasl_ssl",
+        }
+    }
+    pub fn tls(self) -> bool {
+        matches!(self, KafkaSecurity::Ssl | KafkaSecurity::SaslSsl)
+    }
+    pub fn sasl(self) -> bool {
+        matches!(self, KafkaSecurity::SaslPlaintext | KafkaSecurity::SaslSsl)
+    }
+}
+
+/// librdkafka's `sasl.mechanism`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -391,6 +457,13 @@ impl Default for KafkaConfig {
             request_timeout_ms: 5_000,
             consumer_linger_ms: 0,
             session_timeout_ms: 10_000,
+            security_protocol: KafkaSecurity::Plaintext,
+            ssl_ca_file: None,
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            sasl_username: None,
+            sasl_password: None,
         }
     }
 }
@@ -457,6 +530,14 @@ pub struct RedisConfig {
     pub rebuild_history_s: u64,
     /// The one-rebuilder-at-a-time lease (renewed while it works).
     pub rebuild_lease_ms: u64,
+    /// TLS (a `rediss://` url): the PEM file of the CA that signed the
+    /// server's certificate; the system's roots when unset. An ACL user and
+    /// its password go in the url (`rediss://rush:PASSWORD@host:6380`).
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS client certificate and its key (PEM), for a server that asks for
+    /// one (`tls-auth-clients yes`). Both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// After every write, in `replicas` durability: how many replicas must
@@ -507,6 +588,9 @@ impl Default for RedisConfig {
             marker_check_ms: 500,
             rebuild_history_s: 7 * 24 * 3600,
             rebuild_lease_ms: 10_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -840,7 +924,15 @@ pub struct SqliteConfig {
 
 /// Settings whose own name ends in `_file` (a path rush reads itself):
 /// their variables are taken as they are, not as `…_FILE` secrets.
-const FIELDS_NAMED_FILE: &[&str] = &["RUSH__AUTH__JWKS_FILE"];
+const FIELDS_NAMED_FILE: &[&str] = &[
+    "RUSH__AUTH__JWKS_FILE",
+    "RUSH__REDIS__TLS_CA_FILE",
+    "RUSH__REDIS__TLS_CERT_FILE",
+    "RUSH__REDIS__TLS_KEY_FILE",
+    "RUSH__KAFKA__SSL_CA_FILE",
+    "RUSH__KAFKA__SSL_CERT_FILE",
+    "RUSH__KAFKA__SSL_KEY_FILE",
+];
 
 /// `RUSH__SECTION__FIELD_FILE=<path>` sets `RUSH__SECTION__FIELD` to the
 /// file's content (one trailing newline dropped): how orchestrators hand
@@ -1120,6 +1212,7 @@ impl Config {
             "redis": self.redis.url.as_deref().map(redact_url),
             "redis_durability": self.redis.url.as_ref().map(|_| self.redis.durability),
             "kafka": self.kafka.brokers,
+            "kafka_security": self.kafka.brokers.as_ref().map(|_| self.kafka.security_protocol),
             "log_format": self.log_format(),
             "shutdown_timeout_ms": self.shutdown.timeout_ms,
         })
@@ -1328,6 +1421,7 @@ impl Config {
         if self.kafka.topic_prefix.is_empty() || self.kafka.group.is_empty() {
             return bad("kafka.topic_prefix and kafka.group must be non-empty");
         }
+        self.validate_tls()?;
         if self.outbox.reader_lease_ms < 300 {
             return bad("outbox.reader_lease_ms must be at least 300");
         }
@@ -1336,6 +1430,35 @@ impl Config {
         }
         if self.sqlite.group_commit_max == 0 {
             return bad("sqlite.group_commit_max must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// TLS and SASL settings only where they take effect, certificate and
+    /// key in pairs, SASL with its credentials.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let (r, k) = (&self.redis, &self.kafka);
+        let rediss = r.url.as_deref().is_some_and(|u| u.starts_with("rediss://"));
+        if !rediss && (r.tls_ca_file.is_some() || r.tls_cert_file.is_some() || r.tls_key_file.is_some()) {
+            return bad("redis.tls_* files need a rediss:// redis.url (TLS)");
+        }
+        if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+            return bad("redis.tls_cert_file and redis.tls_key_file go together");
+        }
+        let sp = k.security_protocol;
+        if !sp.tls() && (k.ssl_ca_file.is_some() || k.ssl_cert_file.is_some() || k.ssl_key_file.is_some()) {
+            return bad("kafka.ssl_* files need kafka.security_protocol = \"ssl\" or \"sasl_ssl\"");
+        }
+        if k.ssl_cert_file.is_some() != k.ssl_key_file.is_some() {
+            return bad("kafka.ssl_cert_file and kafka.ssl_key_file go together");
+        }
+        let has = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        if sp.sasl() && !(has(&k.sasl_username) && has(&k.sasl_password)) {
+            return bad("kafka.security_protocol sasl_* needs kafka.sasl_username and kafka.sasl_password (RUSH__KAFKA__SASL_PASSWORD or …_FILE)");
+        }
+        if !sp.sasl() && (k.sasl_username.is_some() || k.sasl_password.is_some()) {
+            return bad("kafka.sasl_username and sasl_password need kafka.security_protocol = \"sasl_ssl\" or \"sasl_plaintext\"");
         }
         Ok(())
     }
@@ -1462,6 +1585,46 @@ mod tests {
         assert!(matches!(both, Err(ConfigError::Invalid(m)) if m.contains("both")));
         let missing = Config::load_from(None, env(&[("RUSH__AUTH__JWT_SECRET_FILE", "/nonexistent/jwt")]));
         assert!(matches!(missing, Err(ConfigError::Invalid(m)) if m.contains("RUSH__AUTH__JWT_SECRET_FILE")));
+    }
+
+    #[test]
+    fn store_tls_settings_are_paths_and_are_checked_where_they_apply() {
+        let rediss = ("RUSH__REDIS__URL", "rediss://rush:pw@redis:6380");
+        let sasl = [
+            ("RUSH__REDIS__URL", "redis://redis:6379"),
+            ("RUSH__KAFKA__BROKERS", "kafka:9093"),
+            ("RUSH__KAFKA__SECURITY_PROTOCOL", "sasl_ssl"),
+            ("RUSH__KAFKA__SASL_MECHANISM", "SCRAM-SHA-256"),
+            ("RUSH__KAFKA__SASL_USERNAME", "rush"),
+            ("RUSH__KAFKA__SASL_PASSWORD", "pw"),
+        ];
+        // Every `*_FILE` setting is a path rush reads, not a secret file:
+        // none of these paths exists, yet the config loads.
+        let mut vars = sasl.to_vec();
+        vars[0] = rediss;
+        for name in FIELDS_NAMED_FILE.iter().copied().filter(|n| !n.starts_with("RUSH__AUTH__")) {
+            vars.push((name, "/nonexistent/pem"));
+        }
+        let cfg = Config::load_from(None, env(&vars)).unwrap();
+        assert_eq!(cfg.redis.tls_ca_file.as_deref(), Some(Path::new("/nonexistent/pem")));
+        assert_eq!(cfg.kafka.ssl_key_file.as_deref(), Some(Path::new("/nonexistent/pem")));
+        assert_eq!(cfg.kafka.sasl_mechanism, SaslMechanism::ScramSha256);
+
+        let refused = |pairs: &[(&str, &str)], wanted: &str| {
+            let err = Config::load_from(None, env(pairs)).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{pairs:?}: {err}");
+        };
+        refused(&[("RUSH__REDIS__URL", "redis://redis:6379"), ("RUSH__REDIS__TLS_CA_FILE", "/ca.pem")], "rediss://");
+        refused(&[rediss, ("RUSH__REDIS__TLS_CERT_FILE", "/c.pem")], "go together");
+        refused(&sasl[..5], "sasl_password");
+        let mut plain = sasl.to_vec();
+        plain[2] = ("RUSH__KAFKA__SECURITY_PROTOCOL", "plaintext");
+        refused(&plain, "sasl_username and sasl_password need");
+        let mut ssl_file = sasl[..3].to_vec();
+        ssl_file[2] = ("RUSH__KAFKA__SSL_CA_FILE", "/ca.pem");
+        refused(&ssl_file, "kafka.ssl_* files need");
+        refused(&[("RUSH__KAFKA__SECURITY_PROTOCOL", "tls")], "security_protocol");
+        refused(&[("RUSH__KAFKA__SASL_MECHANISM", "GSSAPI")], "sasl_mechanism");
     }
 
     #[test]

@@ -70,13 +70,14 @@ enum RedisRole {
 async fn redis_roles(cfg: &Config, url: &str, ids: Arc<IdGen>, role: RedisRole) -> Result<Roles, StartError> {
     let timeout = Duration::from_millis(cfg.redis.timeout_ms);
     let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
-    let redis_err = |e| StartError::Redis(url.to_string(), e);
+    let redis_err = |e| StartError::Redis(crate::config::redact_url(url), e);
+    let tls = crate::store::redis::tls_certificates(&cfg.redis).map_err(redis_err)?;
     if cfg.redis.cluster {
         let store =
-            RedisStore::connect_cluster(url, prefix, ids.clone(), seats_max, timeout).await.map_err(redis_err)?;
+            RedisStore::connect_cluster(url, tls, prefix, ids.clone(), seats_max, timeout).await.map_err(redis_err)?;
         roles_of(store, cfg, url, role, &ids).await
     } else {
-        let store = RedisStore::connect(url, prefix, ids.clone(), seats_max, timeout).await.map_err(redis_err)?;
+        let store = RedisStore::connect(url, tls, prefix, ids.clone(), seats_max, timeout).await.map_err(redis_err)?;
         roles_of(store, cfg, url, role, &ids).await
     }
 }
@@ -92,7 +93,7 @@ where
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
     let store = store.remember_recent(cfg.orders.recent_keep_s.saturating_mul(1000), cfg.orders.recent_per_user_max);
-    let redis_err = |e| StartError::Redis(url.to_string(), e);
+    let redis_err = |e| StartError::Redis(crate::config::redact_url(url), e);
     if role == RedisRole::Node {
         let lease_ms = cfg.redis.node_lease_ms;
         if cfg.node_id_auto {
@@ -142,11 +143,12 @@ pub async fn check_redis_durability(cfg: &Config) -> Result<Option<String>, Star
     let (prefix, seats_max) = (&cfg.redis.key_prefix, cfg.events.seats_max);
     let redis_err = |e| StartError::Redis(crate::config::redact_url(url), e);
     let r = &cfg.redis;
+    let tls = crate::store::redis::tls_certificates(r).map_err(redis_err)?;
     let checked = if r.cluster {
-        let store = RedisStore::connect_cluster(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        let store = RedisStore::connect_cluster(url, tls, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
         store.check_durability(r.durability, r.replicas_min).await
     } else {
-        let store = RedisStore::connect(url, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
+        let store = RedisStore::connect(url, tls, prefix, ids, seats_max, timeout).await.map_err(redis_err)?;
         store.check_durability(r.durability, r.replicas_min).await
     };
     checked.map(Some).map_err(|e| StartError::Durability(crate::config::redact_url(url), e))

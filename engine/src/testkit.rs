@@ -29,13 +29,56 @@ pub struct ScratchDb {
 
 impl ScratchDb {
     pub async fn create() -> Result<ScratchDb, sqlx::Error> {
-        let admin_url = test_postgres_url();
-        let name = unique_name("rush_test");
-        let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url).to_string();
-        Ok(ScratchDb { url: format!("{base}/{name}"), admin_url, name })
+        Self::create_at(&test_postgres_url()).await
     }
+
+    /// On the server of `admin_url`, whose parameters (`?sslmode=…`) the
+    /// new database's url keeps.
+    pub async fn create_at(admin_url: &str) -> Result<ScratchDb, sqlx::Error> {
+        let name = unique_name("rush_test");
+        let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+        let (path, query) = admin_url.split_once('?').map_or((admin_url, ""), |(p, q)| (p, q));
+        let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
+        let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+        Ok(ScratchDb { url: format!("{base}/{name}{query}"), admin_url: admin_url.to_string(), name })
+    }
+}
+
+/// The stores with TLS and authentication of `scripts/stack.sh` (see its
+/// "TLS and authentication"): where their certificates are
+/// (`RUSH_TEST_TLS_DIR`, default `.stack/tls` in the workspace) and how
+/// to reach them.
+pub mod tls {
+    use std::path::PathBuf;
+
+    pub const PASSWORD: &str = "rush-tls-pw";
+
+    pub fn dir() -> PathBuf {
+        std::env::var_os("RUSH_TEST_TLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.stack/tls")))
+    }
+
+    pub fn file(name: &str) -> PathBuf {
+        dir().join(name)
+    }
+
+    /// Postgres on 5433, TLS only, the server's name checked against `ca`.
+    pub fn postgres_url(ca: &str) -> String {
+        format!(
+            "postgres://rush:{PASSWORD}@localhost:5433/postgres?sslmode=verify-full&sslrootcert={}",
+            file(ca).display()
+        )
+    }
+
+    /// Redis on 6380 (TLS, client certificate required), ACL user `rush`.
+    pub fn redis_url() -> String {
+        format!("rediss://rush:{PASSWORD}@localhost:6380")
+    }
+
+    /// Kafka: SASL/SCRAM-SHA-512 user `rush` behind TLS.
+    pub const KAFKA_BROKERS: &str = "localhost:9094";
 }
 
 impl Drop for ScratchDb {

@@ -103,7 +103,7 @@ impl Redis {
     /// The store, with the data set's identity marked (as a node's first
     /// start does): without the markers every writing script refuses.
     async fn open_redis(&self) -> Arc<RedisStore> {
-        let store = RedisStore::connect(&self.url, &self.prefix, self.ids.clone(), 1000, Duration::from_secs(2))
+        let store = RedisStore::connect(&self.url, None, &self.prefix, self.ids.clone(), 1000, Duration::from_secs(2))
             .await
             .unwrap_or_else(|e| panic!("Redis at {} is needed for this test (see .ci/run): {e}", self.url));
         store.set_markers("conformance").await.expect("markers");

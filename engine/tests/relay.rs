@@ -254,7 +254,7 @@ async fn a_standby_relay_takes_over_the_lease_and_the_dead_relays_pending_entrie
     let url = std::env::var("RUSH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/15".into());
     let prefix = format!("rushtest-relay-{}", std::process::id());
     let ids = Arc::new(IdGen::new(5).expect("ids"));
-    let store = RedisStore::connect(&url, &prefix, ids, 1000, Duration::from_secs(2)).await.expect("redis");
+    let store = RedisStore::connect(&url, None, &prefix, ids, 1000, Duration::from_secs(2)).await.expect("redis");
     let fake = outbox(100);
     let mut conn = store.connection();
     for env in &fake.events {

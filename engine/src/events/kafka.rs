@@ -51,7 +51,31 @@ fn base_config(cfg: &KafkaConfig, brokers: &str) -> ClientConfig {
     c.set("bootstrap.servers", brokers)
         .set("socket.timeout.ms", cfg.request_timeout_ms.max(10).to_string())
         .set("log_level", "4");
+    security(&mut c, cfg);
     c
+}
+
+/// TLS and SASL, the same for every client (config.rs checks the
+/// combinations). librdkafka checks a broker's name against its
+/// certificate (`ssl.endpoint.identification.algorithm=https`, its default).
+fn security(c: &mut ClientConfig, cfg: &KafkaConfig) {
+    let sp = cfg.security_protocol;
+    c.set("security.protocol", sp.as_str());
+    let path = |p: &std::path::Path| p.display().to_string();
+    if sp.tls() {
+        c.set("ssl.endpoint.identification.algorithm", "https");
+        if let Some(ca) = &cfg.ssl_ca_file {
+            c.set("ssl.ca.location", path(ca));
+        }
+        if let (Some(cert), Some(key)) = (&cfg.ssl_cert_file, &cfg.ssl_key_file) {
+            c.set("ssl.certificate.location", path(cert)).set("ssl.key.location", path(key));
+        }
+    }
+    if sp.sasl() {
+        c.set("sasl.mechanism", cfg.sasl_mechanism.as_str())
+            .set("sasl.username", cfg.sasl_username.clone().unwrap_or_default())
+            .set("sasl.password", cfg.sasl_password.clone().unwrap_or_default());
+    }
 }
 
 /// The relay's producer: idempotent (no duplicates or reordering from its

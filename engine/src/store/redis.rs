@@ -28,6 +28,7 @@ use dashmap::DashMap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::AsyncCommands;
+use redis::{ClientTlsConfig, TlsCertificates};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -98,17 +99,41 @@ fn version_arg(version: Option<u64>) -> String {
     version.map(|v| v.to_string()).unwrap_or_default()
 }
 
+/// The CA and client certificate of `redis.tls_*`, read from their files;
+/// `None` when none is set (a `rediss://` url then trusts the system's
+/// roots).
+pub fn tls_certificates(cfg: &crate::config::RedisConfig) -> Result<Option<TlsCertificates>, StoreError> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| StoreError::Unavailable(format!("redis.{what} {}: cannot read: {e}", path.display())))
+    };
+    let root_cert = cfg.tls_ca_file.as_deref().map(|p| read("tls_ca_file", p)).transpose()?;
+    let client_tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            Some(ClientTlsConfig { client_cert: read("tls_cert_file", cert)?, client_key: read("tls_key_file", key)? })
+        }
+        _ => None,
+    };
+    Ok((root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates { client_tls, root_cert }))
+}
+
 impl RedisStore<ConnectionManager> {
     /// Connects, with every call bounded by `timeout` so a dead Redis is an
-    /// error within that time, never a hang, and loads the scripts.
+    /// error within that time, never a hang, and loads the scripts. `tls`:
+    /// see [`tls_certificates`].
     pub async fn connect(
         url: &str,
+        tls: Option<TlsCertificates>,
         prefix: &str,
         ids: Arc<IdGen>,
         seats_max: u32,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("redis url: {e}")))?;
+        let client = match tls {
+            Some(certs) => redis::Client::build_with_tls(url, certs),
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| StoreError::Unavailable(format!("redis url: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -123,17 +148,18 @@ impl RedisStore<super::redis_cluster::ReopeningCluster> {
     /// bounded by `timeout`, and loads the scripts on every node.
     pub async fn connect_cluster(
         url: &str,
+        tls: Option<TlsCertificates>,
         prefix: &str,
         ids: Arc<IdGen>,
         seats_max: u32,
         timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let client = ClusterClientBuilder::new(vec![url])
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(1)
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("redis cluster url: {e}")))?;
+        let mut builder =
+            ClusterClientBuilder::new(vec![url]).connection_timeout(timeout).response_timeout(timeout).retries(1);
+        if let Some(certs) = tls {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build().map_err(|e| StoreError::Unavailable(format!("redis cluster url: {e}")))?;
         let conn = super::redis_cluster::ReopeningCluster::open(client).await.map_err(unavailable)?;
         let mut store = Self::with_connection(conn, prefix, ids, seats_max).await?;
         store.cluster = true;
