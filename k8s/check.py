@@ -5,6 +5,7 @@ Usage: check.py RENDERED.yaml   (env RUSH_BIN: a rush binary, to run
 `rush serve --check-config` on the ConfigMap). Prints each failure and
 exits 1 if there is any.
 """
+import ipaddress
 import json
 import os
 import re
@@ -36,8 +37,8 @@ for d in docs:
 # the example lists.
 for name in by_kind.get("Secret", {}):
     fail(f"Secret {name} is rendered: applying it would overwrite the real one (see k8s/secret.example.yaml)")
-example = yaml.safe_load(open(os.path.join(ROOT, "k8s", "secret.example.yaml")))
-secrets = {example["metadata"]["name"]: set(example.get("stringData", {})) | set(example.get("data", {}))}
+examples = [d for d in yaml.safe_load_all(open(os.path.join(ROOT, "k8s", "secret.example.yaml"))) if d]
+secrets = {e["metadata"]["name"]: set(e.get("stringData", {})) | set(e.get("data", {})) for e in examples}
 
 # The metrics rush exports (without the `rush_` prefix).
 telemetry = open(os.path.join(ROOT, "engine/src/telemetry.rs")).read()
@@ -153,8 +154,10 @@ for name, np in by_kind.get("NetworkPolicy", {}).items():
         for p in rule.get("ports", []):
             if isinstance(p["port"], str) and not all(p["port"] in pod_ports(t) for t in selected):
                 fail(f"NetworkPolicy {name}: port {p['port']} not declared by every selected pod")
-# Only rush reaches each store.
+# Only rush reaches each store (run in the cluster: overlays/managed has none).
 for store in ("redis", "postgres", "kafka"):
+    if store not in workloads:
+        continue
     allowed = [
         np
         for np in by_kind.get("NetworkPolicy", {}).values()
@@ -170,6 +173,9 @@ if not any(np["spec"]["podSelector"] == {} and "ingress" not in np["spec"] and "
 # Egress: only the gateway reaches addresses outside the cluster, and never
 # the metadata address, link-local, loopback or private ranges.
 MUST_EXCEPT = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"}
+PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+# Managed stores outside the cluster: their private network, on store ports.
+STORE_PORTS = {5432, 6379, 6380, 9092, 9093, 9094, 9096}
 for name, np in by_kind.get("NetworkPolicy", {}).items():
     sel = np["spec"]["podSelector"].get("matchLabels", {})
     components = {sel["app.kubernetes.io/component"]} if "app.kubernetes.io/component" in sel else set()
@@ -185,6 +191,12 @@ for name, np in by_kind.get("NetworkPolicy", {}).items():
         for peer in rule.get("to", []):
             block = peer.get("ipBlock")
             if block is None:
+                continue
+            net = ipaddress.ip_network(block["cidr"])
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            if any(net.subnet_of(p) for p in PRIVATE if net.version == p.version):
+                if not ports or not ports <= STORE_PORTS:
+                    fail(f"NetworkPolicy {name}: egress to a private network must name store ports only, not {ports}")
                 continue
             if not components or not components <= {"gateway", "reconcile"}:
                 fail(f"NetworkPolicy {name}: only the gateway and reconciliation may reach outside addresses")
@@ -267,6 +279,21 @@ for name in ("rush-gateway", "rush-worker"):
         if ref.get("resource") != "requests.cpu":
             fail(f"{name}: RUSH__THREADS must come from the pod's CPU request")
 
+# Every rush pod has what the shared config asks of it: the files it names
+# are mounted, and SASL to Kafka comes with its password (config.rs refuses
+# to start without it, in every subcommand).
+rush_pods = {n: t for n, t in pods.items() if t["metadata"]["labels"].get("app.kubernetes.io/name") == "rush"}
+for name, tpl in rush_pods.items():
+    c = tpl["spec"]["containers"][0]
+    mounted = [m["mountPath"] for m in c.get("volumeMounts", [])]
+    env = {e["name"] for e in c.get("env", [])}
+    for key, value in cfg.items():
+        if key.endswith("_FILE") and value.startswith("/") and not any(value.startswith(m + "/") for m in mounted):
+            fail(f"{name}: {key}={value} is not on a mounted volume")
+    sasl = cfg.get("RUSH__KAFKA__SECURITY_PROTOCOL", "").startswith("sasl")
+    if sasl and not env & {"RUSH__KAFKA__SASL_PASSWORD", "RUSH__KAFKA__SASL_PASSWORD_FILE"}:
+        fail(f"{name}: Kafka SASL without RUSH__KAFKA__SASL_PASSWORD_FILE")
+
 # Migrations are a deliberate step: no process migrates at start, and the
 # Job template that does exists.
 if cfg.get("RUSH__POSTGRES__MIGRATE_ON_START") != "false":
@@ -344,8 +371,11 @@ if rush and cfg:
         "RUSH__PAYMENTS__ALIPAY_SECRET": "k8s-check-alipay-0123456789",
         "RUSH__PAYMENTS__ECARD_SECRET": "k8s-check-ecard-0123456789",
         "RUSH__POSTGRES__URL": "postgres://rush:pw@postgres:5432/rush",
-        "RUSH__REDIS__URL": "redis://:pw@redis:6379",
+        "RUSH__REDIS__URL": ("rediss://rush:pw@redis:6380" if "RUSH__REDIS__TLS_CA_FILE" in cfg
+                             else "redis://:pw@redis:6379"),
     })
+    if cfg.get("RUSH__KAFKA__SECURITY_PROTOCOL", "").startswith("sasl"):
+        env["RUSH__KAFKA__SASL_PASSWORD"] = "k8s-check-kafka-password"
     r = subprocess.run([rush, "serve", "--check-config", "--offline"], env=env, capture_output=True, text=True)
     if r.returncode != 0:
         fail(f"rush serve --check-config refuses the ConfigMap: {(r.stderr.strip().splitlines() or [''])[0]}")
