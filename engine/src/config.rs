@@ -88,9 +88,10 @@ fn url_has_password(url: &str) -> bool {
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for
-/// messages and logs.
+/// messages and logs; a `password=…` parameter (`?password=…`, or a
+/// `key=value` connection string) is masked too.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let masked = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
             match userinfo.find(':') {
@@ -99,7 +100,25 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    };
+    redact_password_params(&masked)
+}
+
+/// Every `password=VALUE` (any case), VALUE up to `&`, `;` or whitespace.
+fn redact_password_params(s: &str) -> String {
+    const KEY: &str = "password=";
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(found) = lower[i..].find(KEY) {
+        let start = i + found + KEY.len();
+        let end = s[start..].find(['&', ';', ' ', '\t', '\n']).map_or(s.len(), |n| start + n);
+        out.push_str(&s[i..start]);
+        out.push_str("***");
+        i = end;
     }
+    out.push_str(&s[i..]);
+    out
 }
 
 /// Graceful shutdown (see the protocol in `gateway/src/serve.rs` and the
@@ -1118,6 +1137,29 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The settings that take one of a few words, and the words.
+const CHOICES: &[(&str, &str)] = &[
+    ("profile", "development, production"),
+    ("telemetry.log_format", "text, json"),
+    ("redis.durability", "fsync, replicas, none"),
+    ("actors.mode", "actor, direct"),
+    ("kafka.security_protocol", "plaintext, ssl, sasl_plaintext, sasl_ssl"),
+    ("kafka.sasl_mechanism", "SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
+];
+
+/// A word none of a setting's choices is refused with the choices listed
+/// (the deserializer names the setting, not the words it takes).
+fn with_choices(e: config::ConfigError) -> ConfigError {
+    let msg = e.to_string();
+    let key = CHOICES.iter().find(|(key, _)| msg.contains(&format!("`{key}`")) || msg.ends_with(key));
+    match key {
+        Some((key, choices)) if msg.contains("variant") => {
+            ConfigError::Invalid(format!("{msg}; {key} is one of: {choices}"))
+        }
+        _ => ConfigError::Load(e),
+    }
+}
+
 impl Config {
     /// Defaults, then the file if given, then `RUSH__…` variables from the
     /// process environment.
@@ -1142,7 +1184,7 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        let mut cfg: Config = builder.build()?.try_deserialize()?;
+        let mut cfg: Config = builder.build()?.try_deserialize().map_err(with_choices)?;
         if let Some(path) = file {
             let only_file = config::Config::builder().add_source(config::File::from(path).required(true)).build()?;
             for key in SECRET_KEYS {
@@ -1505,6 +1547,19 @@ mod tests {
         assert_eq!(redact_url("postgres://rush:s3cret@db:5432/rush"), "postgres://rush:***@db:5432/rush");
         assert_eq!(redact_url("postgres://rush@db/rush"), "postgres://rush@db/rush");
         assert_eq!(redact_url("postgres://db/rush"), "postgres://db/rush");
+        assert_eq!(
+            redact_url("postgres://rush@db/rush?password=s3cret&sslmode=verify-full"),
+            "postgres://rush@db/rush?password=***&sslmode=verify-full"
+        );
+        assert_eq!(
+            redact_url("postgres://db/rush?sslmode=require&PASSWORD=s3cret"),
+            "postgres://db/rush?sslmode=require&PASSWORD=***"
+        );
+        assert_eq!(
+            redact_url("host=db user=rush password=s3cret dbname=rush"),
+            "host=db user=rush password=*** dbname=rush"
+        );
+        assert_eq!(redact_url("rediss://rush:s3cret@redis:6380"), "rediss://rush:***@redis:6380");
     }
 
     use super::*;
@@ -1623,8 +1678,9 @@ mod tests {
         let mut ssl_file = sasl[..3].to_vec();
         ssl_file[2] = ("RUSH__KAFKA__SSL_CA_FILE", "/ca.pem");
         refused(&ssl_file, "kafka.ssl_* files need");
-        refused(&[("RUSH__KAFKA__SECURITY_PROTOCOL", "tls")], "security_protocol");
-        refused(&[("RUSH__KAFKA__SASL_MECHANISM", "GSSAPI")], "sasl_mechanism");
+        refused(&[("RUSH__KAFKA__SECURITY_PROTOCOL", "tls")], "one of: plaintext, ssl, sasl_plaintext, sasl_ssl");
+        refused(&[("RUSH__KAFKA__SASL_MECHANISM", "GSSAPI")], "one of: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN");
+        refused(&[("RUSH__REDIS__DURABILITY", "always")], "one of: fsync, replicas, none");
     }
 
     #[test]

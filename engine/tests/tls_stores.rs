@@ -58,6 +58,11 @@ async fn postgres_refuses_an_unknown_ca_no_tls_and_a_wrong_password() {
             Err(e) => assert!(!e.to_string().contains(tls::PASSWORD), "{what}: the password is not shown: {e}"),
         }
     }
+    let missing = good.replace("ca.pem", "no-such.pem");
+    let Err(err) = Pools::postgres(&missing, &pg_cfg()).await else { panic!("a missing CA file is an error") };
+    let err = err.to_string();
+    assert!(err.contains("sslrootcert") && err.contains("no-such.pem"), "{err}");
+    assert!(!err.contains(tls::PASSWORD), "{err}");
 }
 
 fn redis_cfg(ca: Option<&str>, client_cert: bool) -> RedisConfig {
@@ -159,6 +164,12 @@ async fn kafka_refuses_a_wrong_password_an_unknown_ca_and_no_tls() {
         let got = kafka::check_reachable(&cfg, tls::KAFKA_BROKERS).await;
         assert!(got.is_err(), "{what}: reached the broker");
     }
+    let missing = KafkaConfig {
+        ssl_ca_file: Some(tls::file("no-such.pem")),
+        ..kafka_cfg(KafkaSecurity::SaslSsl, None, tls::PASSWORD)
+    };
+    let err = kafka::check_reachable(&missing, tls::KAFKA_BROKERS).await.expect_err("a missing CA file").to_string();
+    assert!(err.contains("kafka.ssl_ca_file") && err.contains("no-such.pem"), "{err}");
     // The broker's name is checked against its certificate.
     let cfg = kafka_cfg(KafkaSecurity::SaslSsl, Some("ca.pem"), tls::PASSWORD);
     for (what, brokers) in [("an address not in the certificate", "127.0.0.1:9094")] {

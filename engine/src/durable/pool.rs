@@ -158,6 +158,7 @@ impl Pools {
         sqlx::any::install_default_drivers();
         let shown = redact_url(url);
         let unreachable = |source| DbOpenError::Postgres { url: shown.clone(), source };
+        tls_files_readable(url).map_err(unreachable)?;
         let connect = any_pool(url, cfg.pool_max, None, Some(Duration::from_millis(cfg.ping_idle_ms)), &shown);
         let pool = match tokio::time::timeout(Duration::from_millis(cfg.connect_timeout_ms), connect).await {
             Ok(Ok(pool)) => pool,
@@ -172,4 +173,19 @@ impl Pools {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
     }
+}
+
+/// The TLS files a Postgres URL names (`sslrootcert`, `sslcert`, `sslkey`
+/// and their aliases) can be read: a missing one is named, not reported
+/// as the driver's bare "No such file or directory".
+fn tls_files_readable(url: &str) -> Result<(), sqlx::Error> {
+    let Ok(parsed) = url::Url::parse(url) else { return Ok(()) };
+    let file_keys = ["sslrootcert", "ssl-root-cert", "ssl-ca", "sslcert", "ssl-cert", "sslkey", "ssl-key"];
+    for (key, path) in parsed.query_pairs() {
+        if file_keys.contains(&key.as_ref()) && !path.is_empty() {
+            std::fs::File::open(path.as_ref())
+                .map_err(|e| sqlx::Error::Configuration(format!("{key} {path}: cannot read: {e}").into()))?;
+        }
+    }
+    Ok(())
 }

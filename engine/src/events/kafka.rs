@@ -46,13 +46,23 @@ fn unavailable(e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!("kafka: {e}"))
 }
 
-fn base_config(cfg: &KafkaConfig, brokers: &str) -> ClientConfig {
+/// Fails naming the setting when a TLS file it names cannot be read
+/// (librdkafka's own message names neither).
+fn base_config(cfg: &KafkaConfig, brokers: &str) -> Result<ClientConfig, LogError> {
+    for (setting, path) in
+        [("ssl_ca_file", &cfg.ssl_ca_file), ("ssl_cert_file", &cfg.ssl_cert_file), ("ssl_key_file", &cfg.ssl_key_file)]
+    {
+        if let Some(path) = path {
+            std::fs::File::open(path)
+                .map_err(|e| LogError::Unavailable(format!("kafka.{setting} {}: cannot read: {e}", path.display())))?;
+        }
+    }
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("socket.timeout.ms", cfg.request_timeout_ms.max(10).to_string())
         .set("log_level", "4");
     security(&mut c, cfg);
-    c
+    Ok(c)
 }
 
 /// TLS and SASL, the same for every client (config.rs checks the
@@ -82,7 +92,7 @@ fn security(c: &mut ClientConfig, cfg: &KafkaConfig) {
 /// own retries), `acks=all`, lingering a little so a burst travels in few
 /// requests.
 pub fn producer(cfg: &KafkaConfig, brokers: &str) -> Result<FutureProducer, LogError> {
-    base_config(cfg, brokers)
+    base_config(cfg, brokers)?
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", cfg.linger_ms.to_string())
@@ -93,19 +103,66 @@ pub fn producer(cfg: &KafkaConfig, brokers: &str) -> Result<FutureProducer, LogE
 }
 
 /// Fails with a message naming the brokers when none answers within
-/// `request_timeout_ms` (metadata request).
+/// `request_timeout_ms` (metadata request), with librdkafka's reason (a
+/// refused TLS handshake, failed SASL authentication, an unknown host).
 pub async fn check_reachable(cfg: &KafkaConfig, brokers: &str) -> Result<(), LogError> {
-    let consumer: BaseConsumer = base_config(cfg, brokers).create().map_err(unavailable)?;
+    let consumer: BaseConsumer<Reasons> =
+        base_config(cfg, brokers)?.create_with_context(Reasons::default()).map_err(unavailable)?;
     let timeout = Duration::from_millis(cfg.request_timeout_ms);
-    tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, timeout).map(|_| ()))
-        .await
-        .map_err(unavailable)?
-        .map_err(|e| LogError::Unavailable(format!("Kafka at {} is unreachable: {e}", brokers)))
+    let (consumer, fetched) = tokio::task::spawn_blocking(move || {
+        let fetched = consumer.fetch_metadata(None, timeout).map(|_| ());
+        if fetched.is_err() {
+            // The reasons wait on the client's queue until it is polled.
+            let _ = consumer.poll(Duration::ZERO);
+        }
+        (consumer, fetched)
+    })
+    .await
+    .map_err(unavailable)?;
+    fetched.map_err(|e| {
+        let why = consumer.context().0.lock().map(|r| r.join("; ")).unwrap_or_default();
+        LogError::Unavailable(format!("Kafka at {brokers} is unreachable: {e}; librdkafka: {why}"))
+    })
 }
+
+/// What librdkafka reported while `check_reachable` waited: its errors
+/// and its warnings, the last few.
+#[derive(Default)]
+struct Reasons(Mutex<Vec<String>>);
+
+impl Reasons {
+    const KEPT: usize = 4;
+
+    fn keep(&self, line: String) {
+        if let Ok(mut r) = self.0.lock() {
+            if !r.contains(&line) {
+                if r.len() == Self::KEPT {
+                    r.remove(0);
+                }
+                r.push(line);
+            }
+        }
+    }
+}
+
+impl rdkafka::ClientContext for Reasons {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+        use rdkafka::config::RDKafkaLogLevel::*;
+        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
+            self.keep(format!("{fac} {line}"));
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.keep(format!("{error}: {reason}"));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Reasons {}
 
 /// Creates the topics with `cfg.partitions` partitions where missing.
 pub async fn ensure_topics(cfg: &KafkaConfig, brokers: &str) -> Result<(), LogError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(cfg, brokers).create().map_err(unavailable)?;
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg, brokers)?.create().map_err(unavailable)?;
     let names = topics(&cfg.topic_prefix);
     let new: Vec<NewTopic<'_>> = names
         .iter()
@@ -143,7 +200,7 @@ impl KafkaLog {
     /// Joins `cfg.group` on the topics (which must exist: the relay or
     /// `ensure_topics` creates them).
     pub fn new(cfg: &KafkaConfig, brokers: &str) -> Result<KafkaLog, LogError> {
-        let consumer: StreamConsumer = base_config(cfg, brokers)
+        let consumer: StreamConsumer = base_config(cfg, brokers)?
             .set("group.id", &cfg.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -267,7 +324,7 @@ pub struct LagProbe {
 
 impl LagProbe {
     pub fn new(cfg: &KafkaConfig, brokers: &str) -> Result<LagProbe, LogError> {
-        let consumer: BaseConsumer = base_config(cfg, brokers)
+        let consumer: BaseConsumer = base_config(cfg, brokers)?
             .set("group.id", &cfg.group)
             .set("enable.auto.commit", "false")
             .create()

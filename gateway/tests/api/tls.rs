@@ -3,7 +3,8 @@
 //! TLS-only stores of `scripts/stack.sh` (Postgres 5433, Redis 6380 with a
 //! client certificate, Kafka SASL/SCRAM behind TLS on localhost:9094).
 //! Acknowledged holds and grabs reach Postgres; a node given the wrong CA
-//! refuses to start and says which store, without its password.
+//! (or Kafka password) refuses to start and says which store and why,
+//! without its password.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -166,14 +167,16 @@ async fn a_node_given_the_wrong_ca_for_a_store_refuses_to_start_and_names_it() {
         good.iter().map(|(k, v)| (k.clone(), if k == key { value.to_string() } else { v.clone() })).collect()
     };
     let pg_other = pg.url.replace(&tls::file("ca.pem").display().to_string(), &other);
-    for (store, envs) in [
-        ("Postgres", with("RUSH__POSTGRES__URL", &pg_other)),
-        ("Redis", with("RUSH__REDIS__TLS_CA_FILE", &other)),
-        ("Kafka", with("RUSH__KAFKA__SSL_CA_FILE", &other)),
+    // The message names the store and says why (rustls' and OpenSSL's words).
+    for (store, why, envs) in [
+        ("Postgres", "UnknownIssuer", with("RUSH__POSTGRES__URL", &pg_other)),
+        ("Redis", "UnknownIssuer", with("RUSH__REDIS__TLS_CA_FILE", &other)),
+        ("Kafka", "certificate verify failed", with("RUSH__KAFKA__SSL_CA_FILE", &other)),
+        ("Kafka", "SCRAM authentication failed", with("RUSH__KAFKA__SASL_PASSWORD", "wrong")),
     ] {
         let (code, err) = tokio::task::spawn_blocking(move || refused(&envs)).await.expect("join");
         assert_ne!(code, 0, "{store}: {err}");
-        assert!(err.contains(store), "{store} is named: {err}");
+        assert!(err.contains(store) && err.contains(why), "{store} is named with {why:?}: {err}");
         assert!(!err.contains(tls::PASSWORD), "{store}: no password in the message: {err}");
     }
 }
