@@ -92,8 +92,10 @@ start_tansu() {
 #                              127.0.0.1:9095, which advertises 9094) with
 #                              SASL/SCRAM-SHA-512 user rush
 # The certificates (a CA of its own, the servers' for localhost, a
-# client's) are in .stack/tls. Passwords: rush-tls-pw.
-TLS="$STATE/tls"
+# client's), the stores' state and pid files are in /var/tmp/rush-tls, one
+# set per machine (the servers hold their ports for every checkout).
+# Passwords: rush-tls-pw.
+TLS=/var/tmp/rush-tls
 TLS_PW=rush-tls-pw
 PG_TLS_DIR=/var/tmp/rush-pg-tls
 
@@ -155,27 +157,28 @@ HBA
 }
 
 start_redis_tls() {
-  if [ -f "$STATE/redis-tls.pid" ] && kill -0 "$(cat "$STATE/redis-tls.pid")" 2>/dev/null; then return 0; fi
+  local ping=(redis-cli --tls --cacert "$TLS/ca.pem" --cert "$TLS/client.pem" --key "$TLS/client.key"
+    -h localhost -p 6380 --user rush --pass "$TLS_PW" --no-auth-warning ping)
+  if "${ping[@]}" >/dev/null 2>&1; then return 0; fi
   echo "starting redis-server with TLS only on 127.0.0.1:6380"
-  cat >"$STATE/redis-tls.conf" <<CONF
+  cat >"$TLS/redis.conf" <<CONF
 bind 127.0.0.1
 port 0
 tls-port 6380
-tls-cert-file $PWD/$TLS/server.pem
-tls-key-file $PWD/$TLS/server.key
-tls-ca-cert-file $PWD/$TLS/ca.pem
+tls-cert-file $TLS/server.pem
+tls-key-file $TLS/server.key
+tls-ca-cert-file $TLS/ca.pem
 tls-auth-clients yes
 save ""
 appendonly no
 daemonize yes
-pidfile $PWD/$STATE/redis-tls.pid
+pidfile $TLS/redis.pid
 user default off
 user rush on >$TLS_PW ~* &* +@all
 CONF
-  redis-server "$STATE/redis-tls.conf"
+  redis-server "$TLS/redis.conf"
   for _ in $(seq 50); do
-    redis-cli --tls --cacert "$TLS/ca.pem" --cert "$TLS/client.pem" --key "$TLS/client.key" \
-      -p 6380 --user rush --pass "$TLS_PW" --no-auth-warning ping >/dev/null 2>&1 && return 0
+    "${ping[@]}" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "redis-server with TLS did not come up" >&2
@@ -184,26 +187,29 @@ CONF
 
 start_kafka_tls() {
   if (exec 3<>/dev/tcp/127.0.0.1/9094) 2>/dev/null; then return 0; fi
-  # Relative: tansu opens sqlite://HOST/PATH as the file HOST/PATH.
-  local db="$STATE/tansu-auth.db"
+  # tansu opens sqlite://HOST/PATH as the file HOST/PATH (relative).
+  local db="${TLS#/}/tansu-auth.db"
   local broker=(tansu broker --listener-url tcp://127.0.0.1:9095 --advertised-listener-url tcp://localhost:9094
     --storage-engine "sqlite://$db" --silent)
-  if [ ! -f "$db" ]; then
+  # The path is relative to /, where the brokers run.
+  pushd / >/dev/null
+  if [ ! -f "/$db" ]; then
     # The SCRAM user is created through a broker that asks for none.
-    "${broker[@]}" >"$STATE/tansu-auth.log" 2>&1 &
+    "${broker[@]}" >"$TLS/tansu-auth.log" 2>&1 &
     local pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9095) 2>/dev/null && break; sleep 0.1; done
-    tansu user create --broker tcp://127.0.0.1:9095 --mechanism scram512 rush "$TLS_PW" >>"$STATE/tansu-auth.log" 2>&1
+    tansu user create --broker tcp://127.0.0.1:9095 --mechanism scram512 rush "$TLS_PW" >>"$TLS/tansu-auth.log" 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true
   fi
   echo "starting tansu with SASL/SCRAM behind TLS on localhost:9094"
-  nohup "${broker[@]}" --authentication >>"$STATE/tansu-auth.log" 2>&1 &
-  echo $! >"$STATE/tansu-auth.pid"
+  nohup "${broker[@]}" --authentication >>"$TLS/tansu-auth.log" 2>&1 &
+  echo $! >"$TLS/tansu-auth.pid"
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9095) 2>/dev/null && break; sleep 0.1; done
   nohup socat "OPENSSL-LISTEN:9094,bind=127.0.0.1,reuseaddr,fork,cert=$TLS/server.pem,key=$TLS/server.key,verify=0" \
-    TCP:127.0.0.1:9095 >"$STATE/socat.log" 2>&1 &
-  echo $! >"$STATE/socat.pid"
+    TCP:127.0.0.1:9095 >"$TLS/socat.log" 2>&1 &
+  echo $! >"$TLS/socat.pid"
+  popd >/dev/null
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/9094) 2>/dev/null && break; sleep 0.1; done
 }
 
@@ -229,7 +235,8 @@ case "${1:-start}" in
     start_tls
     ;;
   stop)
-    for p in tansu tansu-auth socat redis-tls; do stop_pidfile "$STATE/$p.pid"; done
+    stop_pidfile "$STATE/tansu.pid"
+    for p in tansu-auth socat redis; do stop_pidfile "$TLS/$p.pid"; done
     if pg_isready -h 127.0.0.1 -p 5433 >/dev/null 2>&1; then
       su postgres -c "/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -n | tail -1)/bin/pg_ctl -D $PG_TLS_DIR/data -w stop" >/dev/null
     fi

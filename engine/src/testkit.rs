@@ -47,17 +47,15 @@ impl ScratchDb {
 
 /// The stores with TLS and authentication of `scripts/stack.sh` (see its
 /// "TLS and authentication"): where their certificates are
-/// (`RUSH_TEST_TLS_DIR`, default `.stack/tls` in the workspace) and how
-/// to reach them.
+/// (`RUSH_TEST_TLS_DIR`, default `/var/tmp/rush-tls`, one set per machine)
+/// and how to reach them.
 pub mod tls {
     use std::path::PathBuf;
 
     pub const PASSWORD: &str = "rush-tls-pw";
 
     pub fn dir() -> PathBuf {
-        std::env::var_os("RUSH_TEST_TLS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.stack/tls")))
+        std::env::var_os("RUSH_TEST_TLS_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/rush-tls"))
     }
 
     pub fn file(name: &str) -> PathBuf {
