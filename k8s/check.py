@@ -279,6 +279,16 @@ for name in ("rush-gateway", "rush-worker"):
         if ref.get("resource") != "requests.cpu":
             fail(f"{name}: RUSH__THREADS must come from the pod's CPU request")
 
+# Payment channels call back the public address: an Ingress host, over
+# https in production.
+if cfg:
+    notify = cfg.get("RUSH__PAYMENTS__NOTIFY_BASE_URL", "")
+    hosts = {r.get("host") for i in by_kind.get("Ingress", {}).values() for r in i["spec"].get("rules", [])}
+    scheme = "https" if cfg.get("RUSH__PROFILE") == "production" else "https?"
+    m = re.match(rf"{scheme}://([^/:]+)", notify)
+    if not m or m.group(1) not in hosts:
+        fail(f"rush-config: RUSH__PAYMENTS__NOTIFY_BASE_URL {notify!r} must be {scheme}:// on an Ingress host {sorted(h for h in hosts if h)}")
+
 # Every rush pod has what the shared config asks of it: the files it names
 # are mounted, and SASL to Kafka comes with its password (config.rs refuses
 # to start without it, in every subcommand).
