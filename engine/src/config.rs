@@ -1684,6 +1684,19 @@ mod tests {
     }
 
     #[test]
+    fn every_listed_choice_is_a_word_its_setting_takes() {
+        for (key, words) in CHOICES {
+            let var = format!("RUSH__{}", key.to_uppercase().replace('.', "__"));
+            for word in words.split(", ") {
+                // Other rules may refuse the combination; the word itself is taken.
+                if let Err(e) = Config::load_from(None, env(&[(&var, word)])) {
+                    assert!(!e.to_string().contains("one of:"), "{key} = {word}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn production_refuses_development_secrets_and_routes() {
         let prod = ("RUSH__PROFILE", "production");
         let err = Config::load_from(None, env(&[prod])).unwrap_err().to_string();

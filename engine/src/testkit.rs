@@ -38,10 +38,9 @@ impl ScratchDb {
         let name = unique_name("rush_test");
         let mut conn = sqlx::PgConnection::connect(admin_url).await?;
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-        let (path, query) = admin_url.split_once('?').map_or((admin_url, ""), |(p, q)| (p, q));
-        let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
-        let query = if query.is_empty() { String::new() } else { format!("?{query}") };
-        Ok(ScratchDb { url: format!("{base}/{name}{query}"), admin_url: admin_url.to_string(), name })
+        let mut url = url::Url::parse(admin_url).map_err(|e| sqlx::Error::Configuration(e.into()))?;
+        url.set_path(&name);
+        Ok(ScratchDb { url: url.into(), admin_url: admin_url.to_string(), name })
     }
 }
 

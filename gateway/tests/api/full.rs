@@ -38,7 +38,7 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
     let dir = tempfile::tempdir().expect("tempdir");
     let pg = ScratchDb::create().await.expect("Postgres (RUSH_TEST_POSTGRES_URL)");
     let prefix = format!("rushtest-fullcrash-{}", std::process::id());
-    let envs: Vec<(String, String)> = [
+    let envs = env_vars([
         ("RUSH__REDIS__URL", test_redis_url()),
         ("RUSH__REDIS__KEY_PREFIX", prefix.clone()),
         ("RUSH__KAFKA__BROKERS", test_kafka_brokers()),
@@ -50,10 +50,7 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
         ("RUSH__POSTGRES__URL", pg.url.clone()),
         ("RUSH__DATA_DIR", dir.path().display().to_string()),
         ("RUSH__HTTP__ADDR", "127.0.0.1:0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    ]);
     let (serve, banner) = spawn_rush("serve", &envs);
     assert_eq!(banner["mode"], "full", "{banner}");
     assert_eq!(banner["durable"], "postgres", "{banner}");
@@ -138,8 +135,7 @@ async fn full_mode_kill_minus_nine_of_relay_then_worker_mid_burst_loses_and_doub
 
     // Everything acknowledged reaches Postgres, exactly once.
     let durable = Durable::new(Pools::postgres(&pg.url, &PostgresConfig::default()).await.expect("pg"));
-    let orders_sql =
-        (0..16).map(|g| format!("SELECT order_id FROM orders_{g}")).collect::<Vec<_>>().join(" UNION ALL ");
+    let orders_sql = all_orders_sql();
     let mut settled = false;
     for _ in 0..300 {
         let n_orders = count(&durable, &format!("SELECT COUNT(*) FROM ({orders_sql}) o")).await;

@@ -47,7 +47,14 @@ impl Drop for TestApp {
 /// Deletes every key under `prefix` (best effort: a failed clean-up leaves
 /// keys under a unique prefix).
 pub fn delete_prefix(url: &str, prefix: &str) {
-    if let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) {
+    if let Ok(client) = redis::Client::open(url) {
+        delete_prefix_with(client, prefix);
+    }
+}
+
+/// [`delete_prefix`] through `client` (one built with TLS certificates).
+pub fn delete_prefix_with(client: redis::Client, prefix: &str) {
+    if let Ok(mut conn) = client.get_connection() {
         let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap_or_default();
         for chunk in keys.chunks(1000) {
             let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
@@ -273,6 +280,38 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// `RUSH__…` pairs as the environment of [`spawn_rush`].
+pub fn env_vars<const N: usize>(pairs: [(&str, String); N]) -> Vec<(String, String)> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Every order id of the durable store's 16 order tables, as one query.
+pub fn all_orders_sql() -> String {
+    (0..16).map(|g| format!("SELECT order_id FROM orders_{g}")).collect::<Vec<_>>().join(" UNION ALL ")
+}
+
+/// Waits up to `secs` for exactly `orders` orders and `grabs` grabs in the
+/// durable store read through `read`; panics with what it found.
+pub async fn wait_persisted(read: &sqlx::AnyPool, orders: i64, grabs: i64, secs: u64) {
+    let count = |sql: String| async move { sqlx::query_scalar::<_, i64>(&sql).fetch_one(read).await.unwrap_or(-1) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = (
+            count(format!("SELECT COUNT(*) FROM ({}) o", all_orders_sql())).await,
+            count("SELECT COUNT(*) FROM grabs".into()).await,
+        );
+        if got == (orders, grabs) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "in the durable store after {secs} s: (orders, grabs) {got:?}, not {:?}",
+            (orders, grabs)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A `rush` subcommand as a real process with `envs`; waits for its banner

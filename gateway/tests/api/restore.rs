@@ -7,9 +7,10 @@
 //! database.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use rush_engine::config::PostgresConfig;
+use rush_engine::durable::Pools;
 use rush_engine::testkit::{unique_name, ScratchDb};
 use serde_json::json;
 
@@ -50,16 +51,13 @@ async fn a_dump_restored_into_an_empty_database_has_every_row_and_reconciles() {
     let dir = tempfile::tempdir().expect("tempdir");
     let source = ScratchDb::create().await.expect("Postgres (RUSH_TEST_POSTGRES_URL)");
     let prefix = unique_name("rushtest-restore");
-    let envs: Vec<(String, String)> = [
+    let envs = env_vars([
         ("RUSH__REDIS__URL", test_redis_url()),
         ("RUSH__REDIS__KEY_PREFIX", prefix.clone()),
         ("RUSH__POSTGRES__URL", source.url.clone()),
         ("RUSH__DATA_DIR", dir.path().display().to_string()),
         ("RUSH__HTTP__ADDR", "127.0.0.1:0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    ]);
     let (mut serve, banner) = spawn_rush("serve", &envs);
     let c = Client::new(banner["url"].as_str().expect("url"));
     let admin = c.token("ops", "admin").await;
@@ -80,20 +78,8 @@ async fn a_dump_restored_into_an_empty_database_has_every_row_and_reconciles() {
         assert_eq!(s, StatusCode::OK, "{v}");
     }
     // The workers have written it all to Postgres.
-    let pool = sqlx::PgPool::connect(&source.url).await.expect("connect");
-    let orders_sql =
-        (0..16).map(|g| format!("SELECT order_id FROM orders_{g}")).collect::<Vec<_>>().join(" UNION ALL ");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let orders: i64 =
-            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM ({orders_sql}) o")).fetch_one(&pool).await.unwrap_or(-1);
-        let grabs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grabs").fetch_one(&pool).await.unwrap_or(-1);
-        if orders == 3 && grabs == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not persisted: {orders} orders, {grabs} grabs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let pools = Pools::postgres(&source.url, &PostgresConfig::default()).await.expect("pg");
+    wait_persisted(&pools.read, 3, 3, 30).await;
     kill9(&mut serve);
     delete_prefix(&test_redis_url(), &prefix);
 

@@ -19,7 +19,7 @@ use super::helpers::*;
 
 fn envs(pg_url: &str, prefix: &str, data_dir: &std::path::Path) -> Vec<(String, String)> {
     let f = |name: &str| tls::file(name).display().to_string();
-    [
+    env_vars([
         ("RUSH__REDIS__URL", tls::redis_url()),
         ("RUSH__REDIS__TLS_CA_FILE", f("ca.pem")),
         ("RUSH__REDIS__TLS_CERT_FILE", f("client.pem")),
@@ -37,10 +37,7 @@ fn envs(pg_url: &str, prefix: &str, data_dir: &std::path::Path) -> Vec<(String, 
         ("RUSH__POSTGRES__URL", pg_url.into()),
         ("RUSH__DATA_DIR", data_dir.display().to_string()),
         ("RUSH__HTTP__ADDR", "127.0.0.1:0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    ])
 }
 
 /// Kills the processes when dropped, so a failing test leaves none.
@@ -76,13 +73,12 @@ async fn full_mode_over_tls_to_every_store_persists_what_it_acknowledges() {
         c.call("POST", "/v1/packets", &sender, json!({"kind": "normal", "total_amount": 1000, "count": 10})).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let packet = v["packet_id"].as_str().expect("packet").to_string();
-    let mut holds = 0;
+    // Ten users each hold a seat and grab a share.
     for u in 0..10 {
         let tok = c.token(&format!("u{u}"), "user").await;
         let body = json!({"event_id": event, "category": "std", "quantity": 1});
         let (s, v) = c.call("POST", "/v1/orders", &tok, body).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
-        holds += 1;
         let (s, v) = c.call("POST", &format!("/v1/packets/{packet}/grab"), &tok, json!({})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
@@ -90,32 +86,17 @@ async fn full_mode_over_tls_to_every_store_persists_what_it_acknowledges() {
     // Relayed to Kafka over TLS, consumed by the worker, written to
     // Postgres over TLS.
     let durable = Durable::new(Pools::postgres(&pg.url, &PostgresConfig::default()).await.expect("pg"));
-    let orders_sql =
-        (0..16).map(|g| format!("SELECT order_id FROM orders_{g}")).collect::<Vec<_>>().join(" UNION ALL ");
-    let count = |sql: String| {
-        let read = durable.db().read.clone();
-        async move { sqlx::query_scalar::<_, i64>(&sql).fetch_one(&read).await.unwrap_or(-1) }
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let orders = count(format!("SELECT COUNT(*) FROM ({orders_sql}) o")).await;
-        let grabs = count("SELECT COUNT(*) FROM grabs".into()).await;
-        if orders == holds && grabs == 10 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "in Postgres after 60 s: {orders} of {holds} orders, {grabs} of 10 grabs");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_persisted(&durable.db().read, 10, 10, 60).await;
     for u in 0..10 {
         let b = durable.balance(&format!("u{u}")).await.expect("balance");
         assert_eq!(b.available.get(), 100, "u{u}'s wallet");
     }
     drop(procs);
-    delete_prefix_tls(&prefix).await;
+    delete_prefix_tls(&prefix);
 }
 
 /// The test's keys, deleted from the TLS Redis.
-async fn delete_prefix_tls(prefix: &str) {
+fn delete_prefix_tls(prefix: &str) {
     let cfg = rush_engine::config::RedisConfig {
         url: Some(tls::redis_url()),
         tls_ca_file: Some(tls::file("ca.pem")),
@@ -124,12 +105,8 @@ async fn delete_prefix_tls(prefix: &str) {
         ..Default::default()
     };
     let Ok(Some(certs)) = rush_engine::store::redis::tls_certificates(&cfg) else { return };
-    let Ok(client) = redis::Client::build_with_tls(tls::redis_url(), certs) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap_or_default();
-    for chunk in keys.chunks(500) {
-        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    if let Ok(client) = redis::Client::build_with_tls(tls::redis_url(), certs) {
+        delete_prefix_with(client, prefix);
     }
 }
 
